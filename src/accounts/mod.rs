@@ -1,0 +1,460 @@
+//! Upstream accounts: validation, the sealed record format, masking, and the service
+//! that creates, reads, lists, updates and deletes them with compare-and-set.
+
+pub mod mask;
+mod model;
+pub mod record;
+mod upstream_token;
+pub mod validate;
+
+use std::sync::Arc;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+
+pub use model::{
+    Account, AccountKey, AccountMeta, AccountSecrets, AccountUpdate, Credits, NewAccount,
+    SessionInput, SessionMeta, Status,
+};
+pub use record::RecordError;
+pub use validate::FieldError;
+
+use crate::{
+    clock::Clock,
+    crypto::{SecretString, Sealer},
+    providers::Providers,
+    store::{Store, StoreError, Swap, Tree},
+};
+
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// How often a read-modify-write is retried when other writers keep winning the race.
+const MAX_CAS_ATTEMPTS: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error("Configuration not found. To create configuration use CreateAccount (account: {0})")]
+    NotFound(AccountKey),
+    #[error("account {0} already exists")]
+    AlreadyExists(AccountKey),
+    #[error("version mismatch: account {key} is at version {actual}, the request expected {expected}")]
+    VersionMismatch {
+        key: AccountKey,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("account {0} is being changed by too many writers at once; retry")]
+    Contended(AccountKey),
+    #[error("account {key} failed its integrity check and will not be served: {source}")]
+    DataLoss {
+        key: AccountKey,
+        #[source]
+        source: RecordError,
+    },
+    #[error("storing account {key} failed: {source}")]
+    Encode {
+        key: AccountKey,
+        #[source]
+        source: RecordError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One page of [`AccountService::list`].
+#[derive(Debug)]
+pub struct Page {
+    pub accounts: Vec<Account>,
+    /// Empty on the last page.
+    pub next_page_token: String,
+}
+
+pub struct AccountService {
+    store: Arc<dyn Store>,
+    sealer: Arc<Sealer>,
+    providers: Arc<Providers>,
+    clock: Arc<dyn Clock>,
+}
+
+impl AccountService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        sealer: Arc<Sealer>,
+        providers: Arc<Providers>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            sealer,
+            providers,
+            clock,
+        }
+    }
+
+    pub async fn create(&self, input: NewAccount) -> Result<Account, AccountError> {
+        let spec = validate::provider(&self.providers, &input.provider)?;
+        let email = validate::email(&input.email)?;
+        let max_jobs = validate::max_jobs(&input.provider, spec, input.max_jobs)?;
+        check_credentials(&input.password, &input.api_key, &input.secret)?;
+        validate::labels(&input.labels)?;
+        let now = self.clock.now_ms();
+        let mut account = Account {
+            meta: AccountMeta {
+                provider: input.provider,
+                email,
+                max_jobs,
+                disabled: input.disabled,
+                labels: input.labels,
+                status: Status::Active,
+                status_reason: String::new(),
+                session: None,
+                credits: None,
+                created_at_ms: now,
+                updated_at_ms: now,
+                version: 1,
+            },
+            secrets: AccountSecrets {
+                password: input.password,
+                api_key: input.api_key,
+                secret: input.secret,
+                token: None,
+            },
+        };
+        if let Some(session) = input.session {
+            set_session(&mut account, session)?;
+        }
+
+        let key = account.meta.key();
+        let bytes = self.encode(&key, &account)?;
+        match self
+            .store
+            .compare_and_swap(Tree::Accounts, &key.storage_key(), None, Some(&bytes))?
+        {
+            Swap::Done => {}
+            Swap::Conflict { .. } => return Err(AccountError::AlreadyExists(key)),
+        }
+        self.store.flush().await?;
+        Ok(account)
+    }
+
+    pub fn get(&self, provider: &str, email: &str) -> Result<Account, AccountError> {
+        let key = lookup_key(provider, email)?;
+        let bytes = self
+            .store
+            .get(Tree::Accounts, &key.storage_key())?
+            .ok_or_else(|| AccountError::NotFound(key.clone()))?;
+        self.decode(&key, &bytes)
+    }
+
+    /// Accounts in (provider, email) order; `provider` empty means all providers.
+    pub fn list(&self, provider: &str, page_size: i64, page_token: &str) -> Result<Page, AccountError> {
+        let limit = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if (1..=i64::from(MAX_PAGE_SIZE)).contains(&n) => n as u32,
+            got => {
+                return Err(FieldError::PageSize {
+                    max: MAX_PAGE_SIZE,
+                    got,
+                }
+                .into());
+            }
+        } as usize;
+        let prefix = if provider.is_empty() {
+            Vec::new()
+        } else {
+            validate::text("provider", provider, validate::MAX_PROVIDER_LEN, true)?;
+            model::provider_prefix(provider)
+        };
+        let after = decode_page_token(page_token, &prefix)?;
+
+        // One extra entry tells whether another page follows.
+        let mut entries = self
+            .store
+            .scan(Tree::Accounts, &prefix, after.as_deref(), limit + 1)?;
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        let next_page_token = match (more, entries.last()) {
+            (true, Some((last, _))) => URL_SAFE_NO_PAD.encode(last),
+            _ => String::new(),
+        };
+        let accounts = entries
+            .iter()
+            .map(|(key, value)| self.decode_stored(key, value))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page {
+            accounts,
+            next_page_token,
+        })
+    }
+
+    pub async fn update(
+        &self,
+        provider: &str,
+        email: &str,
+        update: AccountUpdate,
+        expected_version: Option<u64>,
+    ) -> Result<Account, AccountError> {
+        let key = lookup_key(provider, email)?;
+        let max_jobs = self.check_update(&key, &update)?;
+        let storage_key = key.storage_key();
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let current = self
+                .store
+                .get(Tree::Accounts, &storage_key)?
+                .ok_or_else(|| AccountError::NotFound(key.clone()))?;
+            let mut account = self.decode(&key, &current)?;
+            check_version(&key, &account.meta, expected_version)?;
+            apply(&mut account, update.clone(), max_jobs)?;
+            account.meta.version += 1;
+            account.meta.updated_at_ms = self.clock.now_ms();
+            let bytes = self.encode(&key, &account)?;
+            match self.store.compare_and_swap(
+                Tree::Accounts,
+                &storage_key,
+                Some(&current),
+                Some(&bytes),
+            )? {
+                Swap::Done => {
+                    self.store.flush().await?;
+                    return Ok(account);
+                }
+                // Someone else wrote first: read again (and re-check the version).
+                Swap::Conflict { .. } => continue,
+            }
+        }
+        Err(AccountError::Contended(key))
+    }
+
+    /// Deletes an account. A record that no longer authenticates can still be deleted,
+    /// so an operator can clear it; nothing of it is handed out on the way.
+    pub async fn delete(
+        &self,
+        provider: &str,
+        email: &str,
+        expected_version: Option<u64>,
+    ) -> Result<(), AccountError> {
+        let key = lookup_key(provider, email)?;
+        let storage_key = key.storage_key();
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let current = self
+                .store
+                .get(Tree::Accounts, &storage_key)?
+                .ok_or_else(|| AccountError::NotFound(key.clone()))?;
+            if expected_version.is_some() {
+                let meta = record::decode_meta_unauthenticated(&current).map_err(|source| {
+                    AccountError::DataLoss {
+                        key: key.clone(),
+                        source,
+                    }
+                })?;
+                check_version(&key, &meta, expected_version)?;
+            }
+            match self
+                .store
+                .compare_and_swap(Tree::Accounts, &storage_key, Some(&current), None)?
+            {
+                Swap::Done => {
+                    self.store.flush().await?;
+                    return Ok(());
+                }
+                Swap::Conflict { .. } => continue,
+            }
+        }
+        Err(AccountError::Contended(key))
+    }
+
+    /// Checks an update's fields; returns the validated `max_jobs`.
+    fn check_update(
+        &self,
+        key: &AccountKey,
+        update: &AccountUpdate,
+    ) -> Result<Option<u32>, AccountError> {
+        let max_jobs = match update.max_jobs {
+            Some(requested) => {
+                let spec = validate::provider(&self.providers, &key.provider)?;
+                Some(validate::max_jobs(&key.provider, spec, requested)?)
+            }
+            None => None,
+        };
+        for (field, value, max) in [
+            ("password", &update.password, validate::MAX_SECRET_LEN),
+            ("api_key", &update.api_key, validate::MAX_SECRET_LEN),
+            ("secret", &update.secret, validate::MAX_SECRET_LEN),
+        ] {
+            if let Some(value) = value {
+                validate::secret(field, value, max)?;
+            }
+        }
+        validate::labels(&update.set_labels)?;
+        for label in &update.remove_labels {
+            validate::label_key(label)?;
+        }
+        Ok(max_jobs)
+    }
+
+    fn encode(&self, key: &AccountKey, account: &Account) -> Result<Vec<u8>, AccountError> {
+        record::encode(&self.sealer, &key.storage_key(), account).map_err(|source| {
+            AccountError::Encode {
+                key: key.clone(),
+                source,
+            }
+        })
+    }
+
+    fn decode(&self, key: &AccountKey, bytes: &[u8]) -> Result<Account, AccountError> {
+        record::decode(&self.sealer, &key.storage_key(), bytes).map_err(|source| {
+            AccountError::DataLoss {
+                key: key.clone(),
+                source,
+            }
+        })
+    }
+
+    /// Decodes a record found by a scan, naming it by its storage key.
+    fn decode_stored(&self, storage_key: &[u8], bytes: &[u8]) -> Result<Account, AccountError> {
+        record::decode(&self.sealer, storage_key, bytes).map_err(|source| {
+            let text = String::from_utf8_lossy(storage_key);
+            let (provider, email) = text.split_once('\0').unwrap_or((&text, ""));
+            AccountError::DataLoss {
+                key: AccountKey {
+                    provider: provider.to_owned(),
+                    email: email.to_owned(),
+                },
+                source,
+            }
+        })
+    }
+}
+
+/// The key named by a read, update or delete. The provider need not be configured any
+/// more: an account of a provider since removed from the config can still be managed.
+fn lookup_key(provider: &str, email: &str) -> Result<AccountKey, FieldError> {
+    validate::text("provider", provider, validate::MAX_PROVIDER_LEN, true)?;
+    validate::text("email", email, validate::MAX_EMAIL_LEN, true)?;
+    Ok(AccountKey {
+        provider: provider.to_owned(),
+        email: email.to_lowercase(),
+    })
+}
+
+fn check_credentials(
+    password: &Option<SecretString>,
+    api_key: &Option<SecretString>,
+    secret: &Option<SecretString>,
+) -> Result<(), FieldError> {
+    match (password, api_key) {
+        (None, None) => return Err(FieldError::Missing("password")),
+        (Some(password), _) => validate::secret("password", password, validate::MAX_SECRET_LEN)?,
+        _ => {}
+    }
+    if let Some(api_key) = api_key {
+        validate::secret("api_key", api_key, validate::MAX_SECRET_LEN)?;
+    }
+    match (secret, api_key) {
+        (Some(_), None) => Err(FieldError::SecretWithoutApiKey),
+        (Some(secret), Some(_)) => validate::secret("secret", secret, validate::MAX_SECRET_LEN),
+        (None, _) => Ok(()),
+    }
+}
+
+fn check_version(
+    key: &AccountKey,
+    meta: &AccountMeta,
+    expected: Option<u64>,
+) -> Result<(), AccountError> {
+    match expected {
+        Some(expected) if expected != meta.version => Err(AccountError::VersionMismatch {
+            key: key.clone(),
+            expected,
+            actual: meta.version,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn apply(
+    account: &mut Account,
+    update: AccountUpdate,
+    max_jobs: Option<u32>,
+) -> Result<(), FieldError> {
+    let meta = &mut account.meta;
+    if let Some(max_jobs) = max_jobs {
+        meta.max_jobs = max_jobs;
+    }
+    if let Some(disabled) = update.disabled {
+        meta.disabled = disabled;
+    }
+    for label in &update.remove_labels {
+        meta.labels.remove(label);
+    }
+    meta.labels.extend(update.set_labels);
+    if meta.labels.len() > validate::MAX_LABELS {
+        return Err(FieldError::TooManyLabels);
+    }
+    let credentials_changed =
+        update.password.is_some() || update.api_key.is_some() || update.secret.is_some();
+    if update.password.is_some() {
+        account.secrets.password = update.password;
+    }
+    if update.api_key.is_some() {
+        account.secrets.api_key = update.api_key;
+    }
+    if update.secret.is_some() {
+        account.secrets.secret = update.secret;
+    }
+    if account.secrets.secret.is_some() && account.secrets.api_key.is_none() {
+        return Err(FieldError::SecretWithoutApiKey);
+    }
+    // New credentials are the operator's answer to a login the upstream refused.
+    if credentials_changed && account.meta.status == Status::NeedsAttention {
+        account.meta.status = Status::Active;
+        account.meta.status_reason.clear();
+    }
+    if let Some(session) = update.session {
+        set_session(account, session)?;
+    }
+    Ok(())
+}
+
+/// Stores an operator-supplied session token, reading its expiry from the token itself
+/// when none is given.
+fn set_session(account: &mut Account, session: SessionInput) -> Result<(), FieldError> {
+    validate::secret("jwt.token", &session.token, validate::MAX_TOKEN_LEN)?;
+    validate::text("jwt.account_id", &session.account_id, validate::MAX_NAME_LEN, false)?;
+    validate::text("jwt.username", &session.username, validate::MAX_NAME_LEN, false)?;
+    if session.expire_time < 0 {
+        return Err(FieldError::NegativeExpiry);
+    }
+    let expire_time = match session.expire_time {
+        0 => upstream_token::expiry(session.token.expose()).unwrap_or(0),
+        given => given,
+    };
+    let generation = account
+        .meta
+        .session
+        .as_ref()
+        .map_or(1, |s| s.generation + 1);
+    account.meta.session = Some(SessionMeta {
+        account_id: session.account_id,
+        username: session.username,
+        expire_time,
+        generation,
+    });
+    account.secrets.token = Some(session.token);
+    Ok(())
+}
+
+fn decode_page_token(token: &str, prefix: &[u8]) -> Result<Option<Vec<u8>>, FieldError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let after = URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| FieldError::PageToken)?;
+    if !after.starts_with(prefix) || !after.contains(&0) {
+        return Err(FieldError::PageToken);
+    }
+    Ok(Some(after))
+}

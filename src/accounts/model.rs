@@ -1,0 +1,155 @@
+//! The account as the domain holds it: readable metadata plus sealed secrets.
+
+use std::{collections::BTreeMap, fmt};
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::SecretString;
+
+/// Accounts are keyed by (provider, email); the email is stored lower-cased.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountKey {
+    pub provider: String,
+    pub email: String,
+}
+
+impl AccountKey {
+    /// `provider \0 email`: sorts by provider, so one provider is one key prefix.
+    pub fn storage_key(&self) -> Vec<u8> {
+        let mut key = provider_prefix(&self.provider);
+        key.extend_from_slice(self.email.as_bytes());
+        key
+    }
+}
+
+/// The key prefix under which all of one provider's accounts sort.
+pub fn provider_prefix(provider: &str) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(provider.len() + 1);
+    prefix.extend_from_slice(provider.as_bytes());
+    prefix.push(0);
+    prefix
+}
+
+impl fmt::Display for AccountKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.provider, self.email)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    Active,
+    Refreshing,
+    NeedsAttention,
+    Disabled,
+}
+
+/// What is known about the upstream session apart from the token itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionMeta {
+    pub account_id: String,
+    pub username: String,
+    /// Unix seconds; 0 when unknown.
+    pub expire_time: i64,
+    pub generation: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credits {
+    pub total: i64,
+    pub remaining: i64,
+    pub valid_from_ms: Option<i64>,
+    pub valid_until_ms: Option<i64>,
+}
+
+/// The non-secret part of an account. Stored readable, but authenticated: it is part of
+/// the associated data of the sealed secrets, so editing it on disk breaks the record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountMeta {
+    pub provider: String,
+    pub email: String,
+    pub max_jobs: u32,
+    pub disabled: bool,
+    pub labels: BTreeMap<String, String>,
+    pub status: Status,
+    pub status_reason: String,
+    pub session: Option<SessionMeta>,
+    pub credits: Option<Credits>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub version: u64,
+}
+
+impl AccountMeta {
+    pub fn key(&self) -> AccountKey {
+        AccountKey {
+            provider: self.provider.clone(),
+            email: self.email.clone(),
+        }
+    }
+
+    /// The status a reader sees: a disabled account is DISABLED whatever else is true.
+    pub fn effective_status(&self) -> Status {
+        if self.disabled {
+            Status::Disabled
+        } else {
+            self.status
+        }
+    }
+}
+
+/// The secret part of an account, sealed as one blob.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccountSecrets {
+    pub password: Option<SecretString>,
+    pub api_key: Option<SecretString>,
+    pub secret: Option<SecretString>,
+    /// The upstream session token.
+    pub token: Option<SecretString>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    pub meta: AccountMeta,
+    pub secrets: AccountSecrets,
+}
+
+/// A session token supplied by an operator.
+#[derive(Clone, Debug, Default)]
+pub struct SessionInput {
+    pub token: SecretString,
+    pub account_id: String,
+    pub username: String,
+    /// Unix seconds; 0 means "read it from the token's `exp` claim".
+    pub expire_time: i64,
+}
+
+/// CreateAccount's input, before validation.
+#[derive(Clone, Debug, Default)]
+pub struct NewAccount {
+    pub provider: String,
+    pub email: String,
+    pub password: Option<SecretString>,
+    pub api_key: Option<SecretString>,
+    pub secret: Option<SecretString>,
+    /// As requested; checked against the provider's range (wide so that a negative
+    /// request is reported as it was sent).
+    pub max_jobs: i64,
+    pub session: Option<SessionInput>,
+    pub labels: BTreeMap<String, String>,
+    pub disabled: bool,
+}
+
+/// UpdateAccount's input: `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct AccountUpdate {
+    pub max_jobs: Option<i64>,
+    pub password: Option<SecretString>,
+    pub api_key: Option<SecretString>,
+    pub secret: Option<SecretString>,
+    pub disabled: Option<bool>,
+    pub set_labels: BTreeMap<String, String>,
+    pub remove_labels: Vec<String>,
+    pub session: Option<SessionInput>,
+}

@@ -1,0 +1,197 @@
+//! The stored form of an account.
+//!
+//! Layout: `b"CVA" | format (1 byte) | meta length (u32 BE) | meta JSON | sealed secrets`.
+//! The sealed secrets' associated data is the tree, the record key and the exact meta
+//! bytes, so a flipped byte anywhere, a ciphertext moved to another record, or an edited
+//! `maxJobs` all fail to open.
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::model::{Account, AccountMeta, AccountSecrets};
+use crate::crypto::{SealError, SecretString, Sealer};
+
+const MAGIC: &[u8; 3] = b"CVA";
+/// The record format this build writes and reads.
+pub const FORMAT: u8 = 1;
+const HEADER_LEN: usize = MAGIC.len() + 1 + 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("the record is not in credvault's account format")]
+    Malformed,
+    #[error("the record has format {0}, which this build cannot read")]
+    UnsupportedFormat(u8),
+    #[error("the record's sealed secrets failed authentication (tampered, moved, or sealed with another key)")]
+    Unauthentic,
+    #[error("sealing failed: {0}")]
+    Seal(SealError),
+}
+
+impl From<SealError> for RecordError {
+    fn from(error: SealError) -> Self {
+        match error {
+            SealError::Rng(_) => RecordError::Seal(error),
+            SealError::Unauthentic | SealError::Truncated | SealError::UnknownKey(_) => {
+                RecordError::Unauthentic
+            }
+        }
+    }
+}
+
+/// The secrets as serialized inside the sealed blob.
+#[derive(Serialize, Deserialize)]
+struct SealedFields<S> {
+    password: Option<S>,
+    api_key: Option<S>,
+    secret: Option<S>,
+    token: Option<S>,
+}
+
+pub fn encode(sealer: &Sealer, key: &[u8], account: &Account) -> Result<Vec<u8>, RecordError> {
+    let meta = serde_json::to_vec(&account.meta).map_err(|_| RecordError::Malformed)?;
+    let secrets = &account.secrets;
+    let fields = SealedFields {
+        password: expose(&secrets.password),
+        api_key: expose(&secrets.api_key),
+        secret: expose(&secrets.secret),
+        token: expose(&secrets.token),
+    };
+    let plaintext = Zeroizing::new(serde_json::to_vec(&fields).map_err(|_| RecordError::Malformed)?);
+    let sealed = sealer.seal(&context(key, &meta), &plaintext)?;
+
+    let meta_len = u32::try_from(meta.len()).map_err(|_| RecordError::Malformed)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + meta.len() + sealed.len());
+    out.extend_from_slice(MAGIC);
+    out.push(FORMAT);
+    out.extend_from_slice(&meta_len.to_be_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+/// Opens a record completely. Secrets are returned only if everything authenticates.
+pub fn decode(sealer: &Sealer, key: &[u8], bytes: &[u8]) -> Result<Account, RecordError> {
+    let (meta_bytes, sealed) = split(bytes)?;
+    let plaintext = sealer.open(&context(key, meta_bytes), sealed)?;
+    let meta: AccountMeta =
+        serde_json::from_slice(meta_bytes).map_err(|_| RecordError::Malformed)?;
+    let fields: SealedFields<String> =
+        serde_json::from_slice(&plaintext).map_err(|_| RecordError::Malformed)?;
+    let secret = |s: Option<String>| s.map(SecretString::from);
+    Ok(Account {
+        meta,
+        secrets: AccountSecrets {
+            password: secret(fields.password),
+            api_key: secret(fields.api_key),
+            secret: secret(fields.secret),
+            token: secret(fields.token),
+        },
+    })
+}
+
+/// Reads the metadata without authenticating it. Only for decisions that hand out
+/// nothing, such as deleting a record that no longer opens.
+pub fn decode_meta_unauthenticated(bytes: &[u8]) -> Result<AccountMeta, RecordError> {
+    let (meta_bytes, _) = split(bytes)?;
+    serde_json::from_slice(meta_bytes).map_err(|_| RecordError::Malformed)
+}
+
+fn expose(secret: &Option<SecretString>) -> Option<&str> {
+    secret.as_ref().map(SecretString::expose)
+}
+
+fn split(bytes: &[u8]) -> Result<(&[u8], &[u8]), RecordError> {
+    if bytes.len() < HEADER_LEN || &bytes[..3] != MAGIC {
+        return Err(RecordError::Malformed);
+    }
+    if bytes[3] != FORMAT {
+        return Err(RecordError::UnsupportedFormat(bytes[3]));
+    }
+    let meta_len = u32::from_be_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
+    let rest = &bytes[HEADER_LEN..];
+    if rest.len() < meta_len {
+        return Err(RecordError::Malformed);
+    }
+    Ok(rest.split_at(meta_len))
+}
+
+/// Associated data: the record's place and its readable part.
+fn context(key: &[u8], meta: &[u8]) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(32 + key.len() + meta.len());
+    ctx.extend_from_slice(b"credvault/accounts/v1\0");
+    ctx.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    ctx.extend_from_slice(key);
+    ctx.extend_from_slice(meta);
+    ctx
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{accounts::model::Status, crypto::MasterKey};
+
+    fn account(email: &str) -> Account {
+        Account {
+            meta: AccountMeta {
+                provider: "pixverse".into(),
+                email: email.into(),
+                max_jobs: 4,
+                disabled: false,
+                labels: BTreeMap::new(),
+                status: Status::Active,
+                status_reason: String::new(),
+                session: None,
+                credits: None,
+                created_at_ms: 1,
+                updated_at_ms: 1,
+                version: 1,
+            },
+            secrets: AccountSecrets {
+                password: Some(SecretString::from("correct horse".to_owned())),
+                token: Some(SecretString::from("eyJ.token.sig".to_owned())),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn round_trip_and_no_plaintext() {
+        let sealer = Sealer::new(&MasterKey::generate().unwrap());
+        let original = account("a@example.com");
+        let bytes = encode(&sealer, b"pixverse\0a@example.com", &original).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("correct horse") && !text.contains("eyJ.token.sig"));
+        assert_eq!(decode(&sealer, b"pixverse\0a@example.com", &bytes).unwrap(), original);
+    }
+
+    #[test]
+    fn tampering_with_meta_or_place_is_detected() {
+        let sealer = Sealer::new(&MasterKey::generate().unwrap());
+        let bytes = encode(&sealer, b"k1", &account("a@example.com")).unwrap();
+        assert!(matches!(decode(&sealer, b"k2", &bytes), Err(RecordError::Unauthentic)));
+
+        // Raise maxJobs in the readable part and keep the sealed part as it was.
+        let (meta, sealed) = split(&bytes).unwrap();
+        let meta = String::from_utf8(meta.to_vec()).unwrap().replace("\"max_jobs\":4", "\"max_jobs\":8");
+        let mut forged = bytes[..HEADER_LEN].to_vec();
+        forged.extend_from_slice(meta.as_bytes());
+        forged.extend_from_slice(sealed);
+        assert!(matches!(decode(&sealer, b"k1", &forged), Err(RecordError::Unauthentic)));
+        assert_eq!(decode_meta_unauthenticated(&forged).unwrap().max_jobs, 8);
+    }
+
+    #[test]
+    fn unknown_formats_are_named() {
+        let sealer = Sealer::new(&MasterKey::generate().unwrap());
+        let mut bytes = encode(&sealer, b"k", &account("a@example.com")).unwrap();
+        bytes[3] = 9;
+        assert_eq!(
+            decode(&sealer, b"k", &bytes).unwrap_err().to_string(),
+            "the record has format 9, which this build cannot read"
+        );
+        assert!(matches!(decode(&sealer, b"k", b"junk"), Err(RecordError::Malformed)));
+    }
+}

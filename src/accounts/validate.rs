@@ -1,0 +1,212 @@
+//! Field checks for account input. Each failure names the field, in the wording of the
+//! reference APIs ("missing parameter: [email]").
+
+use std::collections::BTreeMap;
+
+use crate::{
+    crypto::SecretString,
+    providers::{ProviderSpec, Providers},
+};
+
+pub const MAX_EMAIL_LEN: usize = 254;
+pub const MAX_PROVIDER_LEN: usize = 64;
+pub const MAX_SECRET_LEN: usize = 4096;
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+pub const MAX_NAME_LEN: usize = 256;
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_KEY_LEN: usize = 63;
+pub const MAX_LABEL_VALUE_LEN: usize = 256;
+
+/// Top-level domains that can never receive mail (RFC 2606, RFC 6761).
+const RESERVED_TLDS: [&str; 5] = ["example", "invalid", "localhost", "local", "test"];
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    #[error("missing parameter: [{0}]")]
+    Missing(&'static str),
+    #[error("invalid parameter: [{0}] is not a valid email address")]
+    MalformedEmail(&'static str),
+    #[error("invalid email domain for \"{0}\"")]
+    EmailDomain(String),
+    #[error("invalid parameter: [provider] unknown provider \"{name}\" (configured: {known})")]
+    UnknownProvider { name: String, known: String },
+    #[error(
+        "invalid parameter: [max_jobs] must be between {min} and {max} for provider \"{provider}\", got {got}"
+    )]
+    MaxJobs {
+        provider: String,
+        min: u32,
+        max: u32,
+        got: i64,
+    },
+    #[error("invalid parameter: [{field}] is longer than {max} bytes")]
+    TooLong { field: &'static str, max: usize },
+    #[error("invalid parameter: [{0}] contains control characters")]
+    ControlCharacters(&'static str),
+    #[error("invalid parameter: [secret] is only used together with [api_key]")]
+    SecretWithoutApiKey,
+    #[error("invalid parameter: [labels] holds more than {MAX_LABELS} labels")]
+    TooManyLabels,
+    #[error(
+        "invalid parameter: [labels] keys are 1 to {MAX_LABEL_KEY_LEN} characters of a-z, 0-9, '.', '_', '-' and '/'"
+    )]
+    LabelKey,
+    #[error("invalid parameter: [jwt.expire_time] must not be negative")]
+    NegativeExpiry,
+    #[error("invalid parameter: [page_size] must be between 0 and {max}, got {got}")]
+    PageSize { max: u32, got: i64 },
+    #[error("invalid parameter: [page_token] is not a token returned by ListAccounts")]
+    PageToken,
+}
+
+/// Checks a plain (non-secret) text field: present if `required`, bounded, printable.
+pub fn text(
+    field: &'static str,
+    value: &str,
+    max: usize,
+    required: bool,
+) -> Result<(), FieldError> {
+    if required && value.is_empty() {
+        return Err(FieldError::Missing(field));
+    }
+    if value.len() > max {
+        return Err(FieldError::TooLong { field, max });
+    }
+    if value.chars().any(char::is_control) {
+        return Err(FieldError::ControlCharacters(field));
+    }
+    Ok(())
+}
+
+/// Checks a secret field without ever echoing it.
+pub fn secret(field: &'static str, value: &SecretString, max: usize) -> Result<(), FieldError> {
+    if value.is_empty() {
+        return Err(FieldError::Missing(field));
+    }
+    text(field, value.expose(), max, true)
+}
+
+/// Validates an address and returns it lower-cased, the form accounts are keyed by.
+pub fn email(value: &str) -> Result<String, FieldError> {
+    text("email", value, MAX_EMAIL_LEN, true)?;
+    let Some((local, domain)) = value.rsplit_once('@') else {
+        return Err(FieldError::MalformedEmail("email"));
+    };
+    if !local_part_ok(local) {
+        return Err(FieldError::MalformedEmail("email"));
+    }
+    if !domain_ok(&domain.to_ascii_lowercase()) {
+        return Err(FieldError::EmailDomain(value.to_owned()));
+    }
+    Ok(value.to_lowercase())
+}
+
+fn local_part_ok(local: &str) -> bool {
+    const SPECIALS: &str = "!#$%&'*+/=?^_`{|}~.-";
+    !local.is_empty()
+        && local.len() <= 64
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || SPECIALS.contains(c))
+}
+
+fn domain_ok(domain: &str) -> bool {
+    let labels: Vec<&str> = domain.split('.').collect();
+    if labels.len() < 2 || domain.len() > 253 {
+        return false;
+    }
+    let label_ok = |label: &&str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    let tld = labels[labels.len() - 1];
+    let tld_ok = (tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic()))
+        || (tld.starts_with("xn--") && tld.len() > 4);
+    labels.iter().all(label_ok) && tld_ok && !RESERVED_TLDS.contains(&tld)
+}
+
+/// Looks a provider up by name; an unknown name lists the configured ones.
+pub fn provider<'a>(providers: &'a Providers, name: &str) -> Result<&'a ProviderSpec, FieldError> {
+    text("provider", name, MAX_PROVIDER_LEN, true)?;
+    providers
+        .get(name)
+        .ok_or_else(|| FieldError::UnknownProvider {
+            name: name.to_owned(),
+            known: providers.names().join(", "),
+        })
+}
+
+pub fn max_jobs(provider: &str, spec: &ProviderSpec, got: i64) -> Result<u32, FieldError> {
+    let out_of_range = || FieldError::MaxJobs {
+        provider: provider.to_owned(),
+        min: spec.min_jobs,
+        max: spec.max_jobs,
+        got,
+    };
+    let value = u32::try_from(got).map_err(|_| out_of_range())?;
+    if value < spec.min_jobs || value > spec.max_jobs {
+        return Err(out_of_range());
+    }
+    Ok(value)
+}
+
+pub fn labels(labels: &BTreeMap<String, String>) -> Result<(), FieldError> {
+    if labels.len() > MAX_LABELS {
+        return Err(FieldError::TooManyLabels);
+    }
+    for (key, value) in labels {
+        label_key(key)?;
+        text("labels", value, MAX_LABEL_VALUE_LEN, false)?;
+    }
+    Ok(())
+}
+
+pub fn label_key(key: &str) -> Result<(), FieldError> {
+    let ok = !key.is_empty()
+        && key.len() <= MAX_LABEL_KEY_LEN
+        && key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c));
+    ok.then_some(()).ok_or(FieldError::LabelKey)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails() {
+        assert_eq!(email("Ops.Team+px@Example.COM").unwrap(), "ops.team+px@example.com");
+        assert_eq!(email("").unwrap_err(), FieldError::Missing("email"));
+        for bad in ["plain", "@example.com", "a..b@example.com", "a b@example.com", ".a@x.io"] {
+            assert_eq!(email(bad).unwrap_err(), FieldError::MalformedEmail("email"), "{bad}");
+        }
+        for bad in ["name@localhost", "name@host.123", "name@-x.com", "name@x..com", "name@x.test"] {
+            assert_eq!(
+                email(bad).unwrap_err().to_string(),
+                format!("invalid email domain for \"{bad}\""),
+            );
+        }
+        assert!(email(&format!("{}@example.com", "a".repeat(250))).is_err());
+        assert_eq!(
+            email("a\u{7}@example.com").unwrap_err().to_string(),
+            "invalid parameter: [email] contains control characters"
+        );
+    }
+
+    #[test]
+    fn label_keys() {
+        assert!(label_key("team/region-1.a_b").is_ok());
+        assert!(label_key("").is_err());
+        assert!(label_key("Upper").is_err());
+        assert!(label_key(&"k".repeat(64)).is_err());
+    }
+}

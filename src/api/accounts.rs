@@ -1,0 +1,128 @@
+//! `credvault.v1.Accounts`: convert, call the account service, convert back.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{caller, convert, status::account_error};
+use crate::{
+    accounts::{AccountService, AccountUpdate, NewAccount},
+    crypto::Fingerprinter,
+    proto::{self, accounts_server::Accounts},
+};
+
+pub struct AccountsApi {
+    accounts: Arc<AccountService>,
+    fingerprints: Arc<Fingerprinter>,
+}
+
+impl AccountsApi {
+    pub fn new(accounts: Arc<AccountService>, fingerprints: Arc<Fingerprinter>) -> Self {
+        Self {
+            accounts,
+            fingerprints,
+        }
+    }
+
+    fn email_tag(&self, email: &str) -> String {
+        self.fingerprints.tag(&email.to_lowercase())
+    }
+}
+
+#[tonic::async_trait]
+impl Accounts for AccountsApi {
+    #[tracing::instrument(skip_all, fields(provider = %request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
+    async fn create_account(
+        &self,
+        request: Request<proto::CreateAccountRequest>,
+    ) -> Result<Response<proto::Account>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let input = NewAccount {
+            provider: req.provider,
+            email: req.email,
+            password: convert::secret(req.password),
+            api_key: convert::secret(req.api_key),
+            secret: convert::secret(req.secret),
+            max_jobs: i64::from(req.max_jobs),
+            session: convert::session(req.jwt),
+            labels: req.labels.into_iter().collect(),
+            disabled: req.disabled,
+        };
+        let account = self.accounts.create(input).await.map_err(account_error)?;
+        tracing::info!(caller = %caller.id, version = account.meta.version, "account created");
+        Ok(Response::new(convert::masked_account(&account)))
+    }
+
+    #[tracing::instrument(skip_all, fields(provider = %request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
+    async fn get_account(
+        &self,
+        request: Request<proto::GetAccountRequest>,
+    ) -> Result<Response<proto::Account>, Status> {
+        caller(&request)?;
+        let req = request.into_inner();
+        let account = self
+            .accounts
+            .get(&req.provider, &req.email)
+            .map_err(account_error)?;
+        Ok(Response::new(convert::masked_account(&account)))
+    }
+
+    #[tracing::instrument(skip_all, fields(provider = %request.get_ref().provider))]
+    async fn list_accounts(
+        &self,
+        request: Request<proto::ListAccountsRequest>,
+    ) -> Result<Response<proto::ListAccountsResponse>, Status> {
+        caller(&request)?;
+        let req = request.into_inner();
+        let page = self
+            .accounts
+            .list(&req.provider, i64::from(req.page_size), &req.page_token)
+            .map_err(account_error)?;
+        Ok(Response::new(proto::ListAccountsResponse {
+            accounts: page.accounts.iter().map(convert::masked_account).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(provider = %request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
+    async fn update_account(
+        &self,
+        request: Request<proto::UpdateAccountRequest>,
+    ) -> Result<Response<proto::Account>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let update = AccountUpdate {
+            max_jobs: req.max_jobs.map(i64::from),
+            password: req.password.map(Into::into),
+            api_key: req.api_key.map(Into::into),
+            secret: req.secret.map(Into::into),
+            disabled: req.disabled,
+            set_labels: req.labels.into_iter().collect(),
+            remove_labels: req.remove_labels,
+            session: convert::session(req.jwt),
+        };
+        let account = self
+            .accounts
+            .update(&req.provider, &req.email, update, req.expected_version)
+            .await
+            .map_err(account_error)?;
+        tracing::info!(caller = %caller.id, version = account.meta.version, "account updated");
+        Ok(Response::new(convert::masked_account(&account)))
+    }
+
+    #[tracing::instrument(skip_all, fields(provider = %request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
+    async fn delete_account(
+        &self,
+        request: Request<proto::DeleteAccountRequest>,
+    ) -> Result<Response<()>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        self.accounts
+            .delete(&req.provider, &req.email, req.expected_version)
+            .await
+            .map_err(account_error)?;
+        tracing::info!(caller = %caller.id, "account deleted");
+        Ok(Response::new(()))
+    }
+}

@@ -1,0 +1,19 @@
+//! The gRPC surface: one module per service, the auth layer that runs before all of
+//! them, and the single place where domain errors become `tonic::Status`.
+
+pub mod accounts;
+pub mod auth;
+mod convert;
+pub mod status;
+
+use tonic::{Request, Status};
+
+use crate::auth::Caller;
+
+/// The caller the auth layer proved; its absence is a wiring bug, not the client's.
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request.extensions().get::<Caller>().cloned().ok_or_else(|| {
+        tracing::error!("request reached a handler without an authenticated caller");
+        Status::internal(status::INTERNAL_MESSAGE)
+    })
+}

@@ -1,0 +1,60 @@
+//! The command line. Flags override the config file and the environment.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{LogFormat, Overrides};
+
+#[derive(Debug, Parser)]
+#[command(name = "credvault", version, about = "Credential vault for upstream accounts, served over gRPC")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve(ServeArgs),
+    /// Print a new random master key (base64) for a key file or CREDVAULT_MASTER_KEY.
+    Keygen,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Development mode: creates a key file beside the data and prints a fresh admin
+    /// token. Never for production.
+    #[arg(long)]
+    pub dev: bool,
+    /// TCP address for the API ("none" to serve only the Unix socket).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Unix socket path for the API.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Where the store (and, in --dev, the key file) lives.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// File holding the base64 master key.
+    #[arg(long, value_name = "FILE")]
+    pub master_key_file: Option<PathBuf>,
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl ServeArgs {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            socket: self.socket.clone(),
+            data_dir: self.data_dir.clone(),
+            master_key_file: self.master_key_file.clone(),
+            log_format: self.log_format,
+            dev: self.dev,
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! Configuration: defaults, then a TOML file, then `CREDVAULT_*` environment variables,
+//! then command-line flags, each overriding the one before (figment). [`Config`] is what
+//! was written; [`Settings`] is what was checked and resolved, keys loaded.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write,
+    net::SocketAddr,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    auth::MIN_ADMIN_TOKEN_LEN,
+    crypto::{KeyError, MasterKey, RngError, SecretString, random_bytes},
+    providers::{ProviderSpec, Providers},
+};
+
+/// The address served when nothing else is configured.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Name of the key file `--dev` keeps inside the data directory.
+pub const DEV_KEY_FILE: &str = "dev-master.key";
+
+/// Environment variables read, beyond nested provider settings (`CREDVAULT_PROVIDERS__…`).
+const ENV_KEYS: [&str; 12] = [
+    "listen",
+    "socket",
+    "socket_mode",
+    "data_dir",
+    "master_key",
+    "master_key_file",
+    "admin_token",
+    "admin_token_file",
+    "log_format",
+    "log_filter",
+    "shutdown_grace_secs",
+    "dev",
+];
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The configuration as written. Secrets in it are [`SecretString`]s, so printing a
+/// `Config` shows none of them.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// TCP address for the API; "none" (or empty) serves no TCP.
+    pub listen: String,
+    /// Unix socket path for the API, in addition to or instead of TCP.
+    pub socket: Option<PathBuf>,
+    /// Permission bits of the socket file, octal.
+    pub socket_mode: String,
+    pub data_dir: PathBuf,
+    /// Base64 master key (for `CREDVAULT_MASTER_KEY`); prefer `master_key_file`.
+    #[serde(skip_serializing)]
+    pub master_key: Option<SecretString>,
+    pub master_key_file: Option<PathBuf>,
+    #[serde(skip_serializing)]
+    pub admin_token: Option<SecretString>,
+    pub admin_token_file: Option<PathBuf>,
+    pub log_format: LogFormat,
+    /// `RUST_LOG`-style filter; the `RUST_LOG` variable wins when set.
+    pub log_filter: String,
+    pub shutdown_grace_secs: u64,
+    /// Development mode: a key file beside the data and a fresh admin token each start.
+    pub dev: bool,
+    pub providers: BTreeMap<String, ProviderSpec>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.to_owned(),
+            socket: None,
+            socket_mode: "0660".to_owned(),
+            data_dir: PathBuf::from("credvault-data"),
+            master_key: None,
+            master_key_file: None,
+            admin_token: None,
+            admin_token_file: None,
+            log_format: LogFormat::Text,
+            log_filter: "info".to_owned(),
+            shutdown_grace_secs: 10,
+            dev: false,
+            providers: BTreeMap::new(),
+        }
+    }
+}
+
+/// Flags given on the command line; `None` leaves the lower layers' value.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dev: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Parse(Box<figment::Error>),
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("listen: {0:?} is not an address like 127.0.0.1:50051 (or \"none\")")]
+    Listen(String),
+    #[error("nothing to serve on: set listen or socket")]
+    NoListener,
+    #[error("socket_mode: {0:?} is not an octal mode like 0660")]
+    SocketMode(String),
+    #[error("no master key: set master_key_file (--master-key-file) or CREDVAULT_MASTER_KEY, or run with --dev")]
+    NoMasterKey,
+    #[error("both master_key and master_key_file are set: keep one")]
+    TwoMasterKeys,
+    #[error("master key {origin}: {source}")]
+    MasterKey {
+        origin: String,
+        #[source]
+        source: KeyError,
+    },
+    #[error("no admin token: set admin_token_file or CREDVAULT_ADMIN_TOKEN, or run with --dev")]
+    NoAdminToken,
+    #[error("both admin_token and admin_token_file are set: keep one")]
+    TwoAdminTokens,
+    #[error("the admin token must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces or control characters")]
+    WeakAdminToken,
+    #[error("provider {name:?}: max_jobs range {min}..={max} is empty or starts below 1")]
+    ProviderRange { name: String, min: u32, max: u32 },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Rng(#[from] RngError),
+}
+
+/// Checked configuration, ready to start from.
+#[derive(Debug)]
+pub struct Settings {
+    pub listen: Option<SocketAddr>,
+    pub socket: Option<PathBuf>,
+    pub socket_mode: u32,
+    pub data_dir: PathBuf,
+    pub master_key: MasterKey,
+    pub admin_token: SecretString,
+    /// True when the admin token was generated here and must be shown once.
+    pub admin_token_generated: bool,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    pub shutdown_grace: Duration,
+    pub dev: bool,
+    /// Set when `--dev` created or used the key file beside the data.
+    pub dev_key_file: Option<PathBuf>,
+    pub providers: Providers,
+}
+
+impl Config {
+    /// Layers file, environment and flags over the defaults.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::MissingFile(file.to_owned()));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let env = Env::prefixed("CREDVAULT_")
+            .filter(|key| {
+                let key = key.as_str().to_ascii_lowercase();
+                ENV_KEYS.contains(&key.as_str()) || key.starts_with("providers__")
+            })
+            .split("__");
+        figment
+            .merge(env)
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))
+    }
+
+    /// Checks every field and loads the keys. In `--dev`, creates what is missing.
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let listen = match self.listen.trim() {
+            "" | "none" => None,
+            text => Some(
+                text.parse::<SocketAddr>()
+                    .map_err(|_| ConfigError::Listen(text.to_owned()))?,
+            ),
+        };
+        if listen.is_none() && self.socket.is_none() {
+            return Err(ConfigError::NoListener);
+        }
+        let socket_mode = u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|mode| *mode <= 0o777)
+            .ok_or_else(|| ConfigError::SocketMode(self.socket_mode.clone()))?;
+        for (name, spec) in &self.providers {
+            if spec.min_jobs < 1 || spec.min_jobs > spec.max_jobs {
+                return Err(ConfigError::ProviderRange {
+                    name: name.clone(),
+                    min: spec.min_jobs,
+                    max: spec.max_jobs,
+                });
+            }
+        }
+
+        create_private_dir(&self.data_dir)?;
+        let (master_key, dev_key_file) =
+            master_key(self.master_key, self.master_key_file, &self.data_dir, self.dev)?;
+        let (admin_token, admin_token_generated) =
+            admin_token(self.admin_token, self.admin_token_file, self.dev)?;
+
+        Ok(Settings {
+            listen,
+            socket: self.socket,
+            socket_mode,
+            data_dir: self.data_dir,
+            master_key,
+            admin_token,
+            admin_token_generated,
+            log_format: self.log_format,
+            log_filter: self.log_filter,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            dev: self.dev,
+            dev_key_file,
+            providers: Providers::new(self.providers),
+        })
+    }
+}
+
+fn master_key(
+    inline: Option<SecretString>,
+    file: Option<PathBuf>,
+    data_dir: &Path,
+    dev: bool,
+) -> Result<(MasterKey, Option<PathBuf>), ConfigError> {
+    let parse = |text: &str, origin: String| {
+        MasterKey::from_base64(text).map_err(|source| ConfigError::MasterKey { origin, source })
+    };
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(ConfigError::TwoMasterKeys),
+        (Some(inline), None) => Ok((parse(inline.expose(), "from CREDVAULT_MASTER_KEY".into())?, None)),
+        (None, Some(path)) => {
+            let text = read_secret_file(&path, "reading master key file")?;
+            Ok((parse(text.expose(), format!("in {}", path.display()))?, None))
+        }
+        (None, None) if dev => {
+            let path = data_dir.join(DEV_KEY_FILE);
+            if path.exists() {
+                let text = read_secret_file(&path, "reading dev master key file")?;
+                Ok((parse(text.expose(), format!("in {}", path.display()))?, Some(path)))
+            } else {
+                let key = MasterKey::generate().map_err(|source| ConfigError::MasterKey {
+                    origin: "generated for --dev".into(),
+                    source,
+                })?;
+                write_private_file(&path, key.to_base64().as_bytes())?;
+                Ok((key, Some(path)))
+            }
+        }
+        (None, None) => Err(ConfigError::NoMasterKey),
+    }
+}
+
+fn admin_token(
+    inline: Option<SecretString>,
+    file: Option<PathBuf>,
+    dev: bool,
+) -> Result<(SecretString, bool), ConfigError> {
+    let token = match (inline, file) {
+        (Some(_), Some(_)) => return Err(ConfigError::TwoAdminTokens),
+        (Some(inline), None) => inline,
+        (None, Some(path)) => read_secret_file(&path, "reading admin token file")?,
+        (None, None) if dev => return Ok((generate_token()?, true)),
+        (None, None) => return Err(ConfigError::NoAdminToken),
+    };
+    let strong = token.len() >= MIN_ADMIN_TOKEN_LEN
+        && !token.expose().chars().any(|c| c.is_whitespace() || c.is_control());
+    if !strong {
+        return Err(ConfigError::WeakAdminToken);
+    }
+    Ok((token, false))
+}
+
+/// 32 random bytes as URL-safe base64 (43 characters).
+pub fn generate_token() -> Result<SecretString, RngError> {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    random_bytes(bytes.as_mut())?;
+    Ok(SecretString::from(URL_SAFE_NO_PAD.encode(bytes.as_ref())))
+}
+
+fn read_secret_file(path: &Path, action: &'static str) -> Result<SecretString, ConfigError> {
+    let text = fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(SecretString::from(text.trim().to_owned()))
+}
+
+fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), ConfigError> {
+    let io = |source| ConfigError::Io {
+        action: "writing",
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(contents).map_err(io)?;
+    file.write_all(b"\n").map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+fn create_private_dir(path: &Path) -> Result<(), ConfigError> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(path)
+        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o700)))
+        .map_err(|source| ConfigError::Io {
+            action: "creating data directory",
+            path: path.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(dir: &Path) -> Config {
+        Config {
+            data_dir: dir.to_owned(),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn production_needs_a_master_key_and_an_admin_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = base(dir.path()).resolve().unwrap_err();
+        assert!(matches!(error, ConfigError::NoMasterKey), "{error}");
+
+        let mut config = base(dir.path());
+        config.master_key = Some(MasterKey::generate().unwrap().to_base64().to_string().into());
+        assert!(matches!(config.resolve().unwrap_err(), ConfigError::NoAdminToken));
+
+        let mut config = base(dir.path());
+        config.master_key = Some(MasterKey::generate().unwrap().to_base64().to_string().into());
+        config.admin_token = Some(SecretString::from("short".to_owned()));
+        assert!(matches!(config.resolve().unwrap_err(), ConfigError::WeakAdminToken));
+    }
+
+    #[test]
+    fn dev_creates_a_private_key_file_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = base(dir.path());
+        config.dev = true;
+        let first = config.resolve().unwrap();
+        let path = dir.path().join(DEV_KEY_FILE);
+        assert_eq!(first.dev_key_file.as_deref(), Some(path.as_path()));
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(first.admin_token_generated);
+
+        let mut again = base(dir.path());
+        again.dev = true;
+        let second = again.resolve().unwrap();
+        assert_eq!(first.master_key.key_id(), second.master_key.key_id());
+        assert_ne!(first.admin_token, second.admin_token);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = base(dir.path());
+        config.listen = "localhost".into();
+        assert_eq!(
+            config.resolve().unwrap_err().to_string(),
+            "listen: \"localhost\" is not an address like 127.0.0.1:50051 (or \"none\")"
+        );
+        let mut config = base(dir.path());
+        config.socket_mode = "rw".into();
+        assert!(matches!(config.resolve().unwrap_err(), ConfigError::SocketMode(_)));
+        let mut config = base(dir.path());
+        config.listen = "none".into();
+        assert!(matches!(config.resolve().unwrap_err(), ConfigError::NoListener));
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let config = Config {
+            master_key: Some(SecretString::from("bWFzdGVyLWtleS1zZWNyZXQ=".to_owned())),
+            admin_token: Some(SecretString::from("admin-token-secret-value".to_owned())),
+            ..Config::default()
+        };
+        let text = format!("{config:?}");
+        assert!(!text.contains("bWFzdGVyLWtleS1zZWNyZXQ=") && !text.contains("admin-token-secret-value"));
+    }
+}

@@ -1,0 +1,178 @@
+//! XChaCha20-Poly1305 sealing of secret fields.
+//!
+//! Sealed layout: `key id (4 bytes, big endian) | nonce (24 bytes) | ciphertext + tag`.
+//! The associated data is the key id followed by the caller's context (which names the
+//! record), so a ciphertext copied to another record, or relabelled with another key
+//! id, fails to open.
+
+use std::fmt;
+
+use chacha20poly1305::{
+    KeyInit, XChaCha20Poly1305, XNonce,
+    aead::{Aead, Payload},
+};
+use zeroize::Zeroizing;
+
+use super::{KeyId, MasterKey, Purpose, RngError, random_bytes};
+
+const KEY_ID_LEN: usize = 4;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// Wrong key, tampered bytes, or a ciphertext moved from elsewhere: indistinguishable
+    /// by design.
+    #[error("sealed data failed authentication")]
+    Unauthentic,
+    #[error("sealed data is too short to be a ciphertext")]
+    Truncated,
+    #[error("sealed data names key id {0}, which this vault does not hold")]
+    UnknownKey(KeyId),
+    #[error(transparent)]
+    Rng(#[from] RngError),
+}
+
+/// Seals and opens secret fields with the sealing sub-key of one master key.
+pub struct Sealer {
+    key_id: KeyId,
+    cipher: XChaCha20Poly1305,
+}
+
+impl Sealer {
+    pub fn new(master: &MasterKey) -> Self {
+        let key = master.derive(Purpose::Sealing);
+        let cipher = XChaCha20Poly1305::new_from_slice(key.expose())
+            .expect("the sealing key is 32 bytes");
+        Self {
+            key_id: master.key_id(),
+            cipher,
+        }
+    }
+
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+
+    pub fn seal(&self, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        random_bytes(&mut nonce)?;
+        let aad = associated_data(self.key_id, context);
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| SealError::Unauthentic)?;
+        let mut sealed = Vec::with_capacity(KEY_ID_LEN + NONCE_LEN + ciphertext.len());
+        sealed.extend_from_slice(&self.key_id.0.to_be_bytes());
+        sealed.extend_from_slice(&nonce);
+        sealed.extend_from_slice(&ciphertext);
+        Ok(sealed)
+    }
+
+    pub fn open(&self, context: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        if sealed.len() < KEY_ID_LEN + NONCE_LEN + TAG_LEN {
+            return Err(SealError::Truncated);
+        }
+        let (key_id, rest) = sealed.split_at(KEY_ID_LEN);
+        let key_id = KeyId(u32::from_be_bytes(
+            key_id.try_into().expect("split at KEY_ID_LEN"),
+        ));
+        if key_id != self.key_id {
+            return Err(SealError::UnknownKey(key_id));
+        }
+        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("split at NONCE_LEN");
+        let aad = associated_data(key_id, context);
+        self.cipher
+            .decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: &aad,
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| SealError::Unauthentic)
+    }
+}
+
+impl fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealer")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn associated_data(key_id: KeyId, context: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(KEY_ID_LEN + context.len());
+    aad.extend_from_slice(&key_id.0.to_be_bytes());
+    aad.extend_from_slice(context);
+    aad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealer() -> Sealer {
+        Sealer::new(&MasterKey::generate().unwrap())
+    }
+
+    #[test]
+    fn round_trip_with_fresh_nonces() {
+        let sealer = sealer();
+        let a = sealer.seal(b"record-1", b"pa55word").unwrap();
+        let b = sealer.seal(b"record-1", b"pa55word").unwrap();
+        assert_ne!(a, b, "each seal draws a new nonce");
+        assert_eq!(sealer.open(b"record-1", &a).unwrap().as_slice(), b"pa55word");
+        assert!(!a.windows(8).any(|w| w == b"pa55word"));
+    }
+
+    #[test]
+    fn another_context_does_not_open() {
+        let sealer = sealer();
+        let sealed = sealer.seal(b"record-1", b"secret").unwrap();
+        assert!(matches!(
+            sealer.open(b"record-2", &sealed),
+            Err(SealError::Unauthentic)
+        ));
+    }
+
+    #[test]
+    fn any_flipped_byte_is_detected() {
+        let sealer = sealer();
+        let sealed = sealer.seal(b"ctx", b"secret").unwrap();
+        for i in KEY_ID_LEN..sealed.len() {
+            let mut tampered = sealed.clone();
+            tampered[i] ^= 0x01;
+            assert!(sealer.open(b"ctx", &tampered).is_err(), "byte {i}");
+        }
+    }
+
+    #[test]
+    fn another_key_or_key_id_is_refused() {
+        let sealed = sealer().seal(b"ctx", b"secret").unwrap();
+        let other = sealer();
+        assert!(matches!(
+            other.open(b"ctx", &sealed),
+            Err(SealError::UnknownKey(_))
+        ));
+        let mut relabelled = sealed.clone();
+        relabelled[..4].copy_from_slice(&other.key_id().0.to_be_bytes());
+        assert!(matches!(
+            other.open(b"ctx", &relabelled),
+            Err(SealError::Unauthentic)
+        ));
+        assert!(matches!(
+            other.open(b"ctx", &sealed[..20]),
+            Err(SealError::Truncated)
+        ));
+    }
+}

@@ -1,0 +1,111 @@
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use credvault::{
+    cli::{Cli, Command, ServeArgs},
+    config::{Config, Settings},
+    crypto::MasterKey,
+    server::{self, Listeners},
+    telemetry,
+    vault::Vault,
+};
+
+/// EX_USAGE: bad flags, configuration or keys.
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Keygen => keygen(),
+        Command::Serve(args) => serve(&args),
+    }
+}
+
+fn keygen() -> ExitCode {
+    match MasterKey::generate() {
+        Ok(key) => {
+            println!("{}", *key.to_base64());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("credvault: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let settings = match Config::load(args.config.as_deref(), args.overrides()).and_then(Config::resolve) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("credvault: configuration error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    telemetry::init(settings.log_format, &settings.log_filter);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("credvault: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(settings))
+}
+
+async fn run(settings: Settings) -> ExitCode {
+    if let Some(key_file) = &settings.dev_key_file {
+        tracing::warn!(
+            key_file = %key_file.display(),
+            "DEVELOPMENT MODE: the master key is stored beside the data; anyone who can read the data directory can read every secret. Never use --dev in production."
+        );
+    }
+    let vault = match Vault::open(&settings) {
+        Ok(vault) => vault,
+        Err(error) => {
+            tracing::error!(%error, "refusing to start");
+            eprintln!("credvault: refusing to start: {error}");
+            return if error.is_configuration() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+    };
+    let listeners = match Listeners::bind(&settings).await {
+        Ok(listeners) => listeners,
+        Err(error) => {
+            eprintln!("credvault: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if settings.admin_token_generated {
+        // Shown once, on stdout, on its own line; never logged.
+        println!("admin token: {}", settings.admin_token.expose());
+    }
+    tracing::info!(
+        tcp = ?listeners.tcp_addr(),
+        socket = ?listeners.socket_path(),
+        data_dir = %settings.data_dir.display(),
+        "credvault serving"
+    );
+    match server::run(vault, listeners, settings.shutdown_grace, server::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "credvault stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Generated protobuf and gRPC code for `credvault.v1`.
+
+#![allow(clippy::all, missing_docs)]
+
+tonic::include_proto!("credvault.v1");
+
+/// The compiled descriptors of every credvault proto file, served by reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("credvault_descriptor");
+
+/// Debug impls for messages that can carry secrets: identifying fields only.
+mod redacted_debug {
+    use std::fmt;
+
+    use super::*;
+
+    impl fmt::Debug for Account {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("Account")
+                .field("provider", &self.provider)
+                .field("email", &self.email)
+                .field("max_jobs", &self.max_jobs)
+                .field("status", &self.status)
+                .field("version", &self.version)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl fmt::Debug for Jwt {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("Jwt")
+                .field("account_id", &self.account_id)
+                .field("expire_time", &self.expire_time)
+                .field("generation", &self.generation)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl fmt::Debug for JwtInput {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("JwtInput")
+                .field("account_id", &self.account_id)
+                .field("expire_time", &self.expire_time)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl fmt::Debug for CreateAccountRequest {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("CreateAccountRequest")
+                .field("provider", &self.provider)
+                .field("email", &self.email)
+                .field("max_jobs", &self.max_jobs)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl fmt::Debug for UpdateAccountRequest {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("UpdateAccountRequest")
+                .field("provider", &self.provider)
+                .field("email", &self.email)
+                .field("expected_version", &self.expected_version)
+                .finish_non_exhaustive()
+        }
+    }
+}

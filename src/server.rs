@@ -1,0 +1,205 @@
+//! Serving: bind the listeners, assemble the router (auth layer, health, reflection,
+//! services), and shut down gracefully: health turns NOT_SERVING, in-flight calls get
+//! a grace period, then the store is flushed.
+
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    os::unix::fs::{FileTypeExt, PermissionsExt},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use tokio::{
+    net::{TcpListener, UnixListener},
+    sync::watch,
+    task::JoinSet,
+};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::{Server, server::Router};
+use tower::layer::util::{Identity, Stack};
+
+use crate::{
+    api::{accounts::AccountsApi, auth::AuthLayer},
+    config::Settings,
+    proto::{FILE_DESCRIPTOR_SET, accounts_server::AccountsServer},
+    store::Store,
+    vault::Vault,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("binding {what}: {source}")]
+    Bind {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("building the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("a listener failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("a listener task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("final flush of the store failed: {0}")]
+    Flush(#[from] crate::store::StoreError),
+}
+
+/// The sockets the API is served on, bound before serving so that callers (and tests)
+/// can learn the real address of a `:0` port.
+pub struct Listeners {
+    tcp: Option<TcpListener>,
+    unix: Option<(UnixListener, PathBuf)>,
+}
+
+impl Listeners {
+    pub async fn bind(settings: &Settings) -> Result<Self, ServeError> {
+        let tcp = match settings.listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| {
+                ServeError::Bind {
+                    what: addr.to_string(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
+        let unix = match &settings.socket {
+            Some(path) => Some((bind_unix(path, settings.socket_mode)?, path.clone())),
+            None => None,
+        };
+        Ok(Self { tcp, unix })
+    }
+
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn socket_path(&self) -> Option<&Path> {
+        self.unix.as_ref().map(|(_, path)| path.as_path())
+    }
+}
+
+fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
+    let bind_error = |source| ServeError::Bind {
+        what: path.display().to_string(),
+        source,
+    };
+    // A socket left by a previous run that did not shut down cleanly.
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(bind_error)?,
+        Ok(_) => return Err(ServeError::NotASocket(path.to_owned())),
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(bind_error)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_error)?;
+    Ok(listener)
+}
+
+type Routes = Router<Stack<AuthLayer, Identity>>;
+
+fn router(
+    vault: &Vault,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) -> Result<Routes, ServeError> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let accounts = AccountsApi::new(vault.accounts.clone(), vault.fingerprints.clone());
+    Ok(Server::builder()
+        .layer(AuthLayer::new(vault.authenticator.clone()))
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(AccountsServer::new(accounts)))
+}
+
+/// Serves until `shutdown` resolves (or a listener fails), then drains for at most
+/// `grace` and flushes the store. The vault is dropped, and its store closed, on return.
+pub async fn run(
+    vault: Vault,
+    listeners: Listeners,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let mut servers = JoinSet::new();
+    if let Some(tcp) = listeners.tcp {
+        let routes = router(&vault, health.clone())?;
+        servers.spawn(routes.serve_with_incoming_shutdown(
+            TcpListenerStream::new(tcp),
+            stopped(stop_rx.clone()),
+        ));
+    }
+    let socket_path = match listeners.unix {
+        Some((unix, path)) => {
+            let routes = router(&vault, health.clone())?;
+            servers.spawn(routes.serve_with_incoming_shutdown(
+                UnixListenerStream::new(unix),
+                stopped(stop_rx.clone()),
+            ));
+            Some(path)
+        }
+        None => None,
+    };
+    health_reporter
+        .set_serving::<AccountsServer<AccountsApi>>()
+        .await;
+
+    let mut outcome = Ok(());
+    tokio::select! {
+        () = shutdown => tracing::info!("shutdown requested; draining"),
+        Some(ended) = servers.join_next() => {
+            outcome = ended.map_err(ServeError::from).and_then(|r| r.map_err(ServeError::from));
+            tracing::error!("a listener stopped unexpectedly; shutting down");
+        }
+    }
+    health_reporter
+        .set_not_serving::<AccountsServer<AccountsApi>>()
+        .await;
+    let _ = stop_tx.send(true);
+    let drain = async {
+        while let Some(ended) = servers.join_next().await {
+            if let Ok(Err(error)) = ended {
+                tracing::warn!(%error, "listener ended with an error while draining");
+            }
+        }
+    };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!(grace_secs = grace.as_secs(), "grace period over; closing remaining connections");
+        servers.shutdown().await;
+    }
+    if let Some(path) = socket_path {
+        let _ = std::fs::remove_file(path);
+    }
+    vault.store.flush().await?;
+    tracing::info!("stopped; store flushed");
+    outcome
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT will stop credvault");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

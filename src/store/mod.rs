@@ -1,0 +1,79 @@
+//! Storage: a small key-value trait the domain is written against, and its sled
+//! implementation. Values are opaque bytes here; encryption happens above this layer,
+//! so nothing in `store/` ever sees a plaintext secret or a protobuf type.
+
+mod sled_store;
+
+use std::{future::Future, pin::Pin};
+
+pub use sled_store::SledStore;
+
+/// The named key spaces. Each maps to one sled tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tree {
+    /// Vault-wide records: format version, key check.
+    Meta,
+    /// Upstream accounts, keyed by `provider \0 email`.
+    Accounts,
+}
+
+impl Tree {
+    pub const ALL: [Tree; 2] = [Tree::Meta, Tree::Accounts];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tree::Meta => "meta",
+            Tree::Accounts => "accounts",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the storage engine failed: {0}")]
+    Engine(String),
+    #[error("the data directory is in use by another credvault process")]
+    Locked,
+}
+
+/// The outcome of a compare-and-swap that did not fail outright.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Swap {
+    Done,
+    /// The stored value was not the expected one; here is what it is now.
+    Conflict { current: Option<Vec<u8>> },
+}
+
+pub type Entry = (Vec<u8>, Vec<u8>);
+pub type FlushFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
+
+/// What credvault needs from a storage engine. Writes become durable only once a later
+/// [`Store::flush`] has completed; callers await it before acknowledging a write.
+pub trait Store: Send + Sync + 'static {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Atomically replaces `expected` by `new` (`None` meaning absent on either side).
+    fn compare_and_swap(
+        &self,
+        tree: Tree,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<Swap, StoreError>;
+
+    /// Up to `limit` entries whose key starts with `prefix` and sorts after `after`, in
+    /// key order.
+    fn scan(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError>;
+
+    /// Makes every write that completed before this call durable. Concurrent callers
+    /// share one flush.
+    fn flush(&self) -> FlushFuture<'_>;
+}

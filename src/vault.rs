@@ -1,0 +1,141 @@
+//! Opening a vault: the store, the key check, and the services built on them.
+
+use std::{path::PathBuf, sync::Arc};
+
+use crate::{
+    accounts::AccountService,
+    auth::Authenticator,
+    clock::{Clock, SystemClock},
+    config::Settings,
+    crypto::{Fingerprinter, RngError, SealError, Sealer},
+    store::{SledStore, Store, StoreError, Swap, Tree},
+};
+
+/// The layout of the data this build writes. Bumped when it changes incompatibly.
+pub const STORE_FORMAT: u32 = 1;
+
+const FORMAT_KEY: &[u8] = b"format";
+const KEY_CHECK_KEY: &[u8] = b"key-check";
+const KEY_CHECK_CONTEXT: &[u8] = b"credvault/meta/key-check/v1";
+const KEY_CHECK_PLAINTEXT: &[u8] = b"credvault master key check";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("opening the store in {path}: {source}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    #[error(
+        "the master key does not match the data in {0} (key check failed); start with the key this data was created with"
+    )]
+    WrongKey(PathBuf),
+    #[error(
+        "the data in {path} has store format {found}, this build reads format {STORE_FORMAT}; run a credvault release that supports format {found}, or restore a backup made for this one"
+    )]
+    UnsupportedFormat { path: PathBuf, found: String },
+    #[error("initialising the key check: {0}")]
+    Seal(#[from] SealError),
+    #[error(transparent)]
+    Rng(#[from] RngError),
+}
+
+impl OpenError {
+    /// Errors an operator fixes in configuration (exit 64) rather than in the machine.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, OpenError::WrongKey(_) | OpenError::UnsupportedFormat { .. })
+    }
+}
+
+/// Everything a running credvault holds. Dropping it closes the store.
+pub struct Vault {
+    pub store: Arc<SledStore>,
+    pub accounts: Arc<AccountService>,
+    pub authenticator: Arc<Authenticator>,
+    pub fingerprints: Arc<Fingerprinter>,
+}
+
+impl Vault {
+    pub fn open(settings: &Settings) -> Result<Self, OpenError> {
+        Self::open_with_clock(settings, Arc::new(SystemClock))
+    }
+
+    pub fn open_with_clock(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Self, OpenError> {
+        let db_path = settings.data_dir.join("db");
+        let store_error = |source| OpenError::Store {
+            path: db_path.clone(),
+            source,
+        };
+        let store = Arc::new(SledStore::open(&db_path).map_err(store_error)?);
+        let sealer = Arc::new(Sealer::new(&settings.master_key));
+        check_format(store.as_ref(), &settings.data_dir).map_err(|e| match e {
+            CheckError::Store(source) => store_error(source),
+            CheckError::Open(error) => error,
+        })?;
+        check_key(store.as_ref(), &sealer, &settings.data_dir).map_err(|e| match e {
+            CheckError::Store(source) => store_error(source),
+            CheckError::Open(error) => error,
+        })?;
+
+        let providers = Arc::new(settings.providers.clone());
+        let accounts = Arc::new(AccountService::new(
+            store.clone(),
+            sealer,
+            providers,
+            clock,
+        ));
+        Ok(Self {
+            store,
+            accounts,
+            authenticator: Arc::new(Authenticator::new(&settings.admin_token)?),
+            fingerprints: Arc::new(Fingerprinter::new(&settings.master_key)),
+        })
+    }
+}
+
+enum CheckError {
+    Store(StoreError),
+    Open(OpenError),
+}
+
+impl From<StoreError> for CheckError {
+    fn from(error: StoreError) -> Self {
+        CheckError::Store(error)
+    }
+}
+
+/// Writes the format marker into a new store, or checks the one found.
+fn check_format(store: &dyn Store, data_dir: &std::path::Path) -> Result<(), CheckError> {
+    let current = STORE_FORMAT.to_string();
+    match store.get(Tree::Meta, FORMAT_KEY)? {
+        Some(found) if found == current.as_bytes() => Ok(()),
+        Some(found) => Err(CheckError::Open(OpenError::UnsupportedFormat {
+            path: data_dir.to_owned(),
+            found: String::from_utf8_lossy(&found).into_owned(),
+        })),
+        None => {
+            store.compare_and_swap(Tree::Meta, FORMAT_KEY, None, Some(current.as_bytes()))?;
+            Ok(())
+        }
+    }
+}
+
+/// A sealed constant: if it opens, this is the key the data was written with.
+fn check_key(store: &dyn Store, sealer: &Sealer, data_dir: &std::path::Path) -> Result<(), CheckError> {
+    match store.get(Tree::Meta, KEY_CHECK_KEY)? {
+        Some(sealed) => match sealer.open(KEY_CHECK_CONTEXT, &sealed) {
+            Ok(plain) if plain.as_slice() == KEY_CHECK_PLAINTEXT => Ok(()),
+            _ => Err(CheckError::Open(OpenError::WrongKey(data_dir.to_owned()))),
+        },
+        None => {
+            let sealed = sealer
+                .seal(KEY_CHECK_CONTEXT, KEY_CHECK_PLAINTEXT)
+                .map_err(|e| CheckError::Open(e.into()))?;
+            match store.compare_and_swap(Tree::Meta, KEY_CHECK_KEY, None, Some(&sealed))? {
+                Swap::Done => Ok(()),
+                Swap::Conflict { .. } => Err(CheckError::Open(OpenError::WrongKey(data_dir.to_owned()))),
+            }
+        }
+    }
+}
