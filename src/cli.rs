@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{LogFormat, Overrides};
 
 #[derive(Debug, Parser)]
-#[command(name = "credvault", version, about = "Credential vault for upstream accounts, served over gRPC")]
+#[command(
+    name = "credvault",
+    version,
+    about = "Credential vault for upstream accounts, served over gRPC"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

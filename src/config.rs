@@ -130,7 +130,9 @@ pub enum ConfigError {
     NoListener,
     #[error("socket_mode: {0:?} is not an octal mode like 0660")]
     SocketMode(String),
-    #[error("no master key: set master_key_file (--master-key-file) or CREDVAULT_MASTER_KEY, or run with --dev")]
+    #[error(
+        "no master key: set master_key_file (--master-key-file) or CREDVAULT_MASTER_KEY, or run with --dev"
+    )]
     NoMasterKey,
     #[error("both master_key and master_key_file are set: keep one")]
     TwoMasterKeys,
@@ -144,7 +146,9 @@ pub enum ConfigError {
     NoAdminToken,
     #[error("both admin_token and admin_token_file are set: keep one")]
     TwoAdminTokens,
-    #[error("the admin token must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces or control characters")]
+    #[error(
+        "the admin token must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces or control characters"
+    )]
     WeakAdminToken,
     #[error("provider {name:?}: max_jobs range {min}..={max} is empty or starts below 1")]
     ProviderRange { name: String, min: u32, max: u32 },
@@ -229,8 +233,12 @@ impl Config {
         }
 
         create_private_dir(&self.data_dir)?;
-        let (master_key, dev_key_file) =
-            master_key(self.master_key, self.master_key_file, &self.data_dir, self.dev)?;
+        let (master_key, dev_key_file) = master_key(
+            self.master_key,
+            self.master_key_file,
+            &self.data_dir,
+            self.dev,
+        )?;
         let (admin_token, admin_token_generated) =
             admin_token(self.admin_token, self.admin_token_file, self.dev)?;
 
@@ -263,16 +271,25 @@ fn master_key(
     };
     match (inline, file) {
         (Some(_), Some(_)) => Err(ConfigError::TwoMasterKeys),
-        (Some(inline), None) => Ok((parse(inline.expose(), "from CREDVAULT_MASTER_KEY".into())?, None)),
+        (Some(inline), None) => Ok((
+            parse(inline.expose(), "from CREDVAULT_MASTER_KEY".into())?,
+            None,
+        )),
         (None, Some(path)) => {
             let text = read_secret_file(&path, "reading master key file")?;
-            Ok((parse(text.expose(), format!("in {}", path.display()))?, None))
+            Ok((
+                parse(text.expose(), format!("in {}", path.display()))?,
+                None,
+            ))
         }
         (None, None) if dev => {
             let path = data_dir.join(DEV_KEY_FILE);
             if path.exists() {
                 let text = read_secret_file(&path, "reading dev master key file")?;
-                Ok((parse(text.expose(), format!("in {}", path.display()))?, Some(path)))
+                Ok((
+                    parse(text.expose(), format!("in {}", path.display()))?,
+                    Some(path),
+                ))
             } else {
                 let key = MasterKey::generate().map_err(|source| ConfigError::MasterKey {
                     origin: "generated for --dev".into(),
@@ -299,7 +316,10 @@ fn admin_token(
         (None, None) => return Err(ConfigError::NoAdminToken),
     };
     let strong = token.len() >= MIN_ADMIN_TOKEN_LEN
-        && !token.expose().chars().any(|c| c.is_whitespace() || c.is_control());
+        && !token
+            .expose()
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control());
     if !strong {
         return Err(ConfigError::WeakAdminToken);
     }
@@ -371,13 +391,31 @@ mod tests {
         assert!(matches!(error, ConfigError::NoMasterKey), "{error}");
 
         let mut config = base(dir.path());
-        config.master_key = Some(MasterKey::generate().unwrap().to_base64().to_string().into());
-        assert!(matches!(config.resolve().unwrap_err(), ConfigError::NoAdminToken));
+        config.master_key = Some(
+            MasterKey::generate()
+                .unwrap()
+                .to_base64()
+                .to_string()
+                .into(),
+        );
+        assert!(matches!(
+            config.resolve().unwrap_err(),
+            ConfigError::NoAdminToken
+        ));
 
         let mut config = base(dir.path());
-        config.master_key = Some(MasterKey::generate().unwrap().to_base64().to_string().into());
+        config.master_key = Some(
+            MasterKey::generate()
+                .unwrap()
+                .to_base64()
+                .to_string()
+                .into(),
+        );
         config.admin_token = Some(SecretString::from("short".to_owned()));
-        assert!(matches!(config.resolve().unwrap_err(), ConfigError::WeakAdminToken));
+        assert!(matches!(
+            config.resolve().unwrap_err(),
+            ConfigError::WeakAdminToken
+        ));
     }
 
     #[test]
@@ -388,7 +426,10 @@ mod tests {
         let first = config.resolve().unwrap();
         let path = dir.path().join(DEV_KEY_FILE);
         assert_eq!(first.dev_key_file.as_deref(), Some(path.as_path()));
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(first.admin_token_generated);
 
         let mut again = base(dir.path());
@@ -409,10 +450,16 @@ mod tests {
         );
         let mut config = base(dir.path());
         config.socket_mode = "rw".into();
-        assert!(matches!(config.resolve().unwrap_err(), ConfigError::SocketMode(_)));
+        assert!(matches!(
+            config.resolve().unwrap_err(),
+            ConfigError::SocketMode(_)
+        ));
         let mut config = base(dir.path());
         config.listen = "none".into();
-        assert!(matches!(config.resolve().unwrap_err(), ConfigError::NoListener));
+        assert!(matches!(
+            config.resolve().unwrap_err(),
+            ConfigError::NoListener
+        ));
     }
 
     #[test]
@@ -423,6 +470,9 @@ mod tests {
             ..Config::default()
         };
         let text = format!("{config:?}");
-        assert!(!text.contains("bWFzdGVyLWtleS1zZWNyZXQ=") && !text.contains("admin-token-secret-value"));
+        assert!(
+            !text.contains("bWFzdGVyLWtleS1zZWNyZXQ=")
+                && !text.contains("admin-token-secret-value")
+        );
     }
 }

@@ -47,15 +47,19 @@ fn keygen() -> ExitCode {
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {
-    let settings = match Config::load(args.config.as_deref(), args.overrides()).and_then(Config::resolve) {
-        Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("credvault: configuration error: {error}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+    let settings =
+        match Config::load(args.config.as_deref(), args.overrides()).and_then(Config::resolve) {
+            Ok(settings) => settings,
+            Err(error) => {
+                eprintln!("credvault: configuration error: {error}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
     telemetry::init(settings.log_format, &settings.log_filter);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("credvault: cannot start the async runtime: {error}");
@@ -96,12 +100,19 @@ async fn run(settings: Settings) -> ExitCode {
         println!("admin token: {}", settings.admin_token.expose());
     }
     tracing::info!(
-        tcp = ?listeners.tcp_addr(),
-        socket = ?listeners.socket_path(),
+        tcp = %listeners.tcp_addr().map(|a| a.to_string()).unwrap_or_default(),
+        socket = %listeners.socket_path().map(|p| p.display().to_string()).unwrap_or_default(),
         data_dir = %settings.data_dir.display(),
         "credvault serving"
     );
-    match server::run(vault, listeners, settings.shutdown_grace, server::shutdown_signal()).await {
+    match server::run(
+        vault,
+        listeners,
+        settings.shutdown_grace,
+        server::shutdown_signal(),
+    )
+    .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "credvault stopped with an error");

@@ -5,8 +5,7 @@
 tonic::include_proto!("credvault.v1");
 
 /// The compiled descriptors of every credvault proto file, served by reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    tonic::include_file_descriptor_set!("credvault_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("credvault_descriptor");
 
 /// Debug impls for messages that can carry secrets: identifying fields only.
 mod redacted_debug {

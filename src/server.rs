@@ -58,12 +58,16 @@ pub struct Listeners {
 impl Listeners {
     pub async fn bind(settings: &Settings) -> Result<Self, ServeError> {
         let tcp = match settings.listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| {
-                ServeError::Bind {
-                    what: addr.to_string(),
-                    source,
-                }
-            })?),
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServeError::Bind {
+                            what: addr.to_string(),
+                            source,
+                        })?,
+                )
+            }
             None => None,
         };
         let unix = match &settings.socket {
@@ -89,7 +93,9 @@ fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
     };
     // A socket left by a previous run that did not shut down cleanly.
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(bind_error)?,
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(bind_error)?
+        }
         Ok(_) => return Err(ServeError::NotASocket(path.to_owned())),
         Err(_) => {}
     }
@@ -102,14 +108,13 @@ type Routes = Router<Stack<AuthLayer, Identity>>;
 
 fn router(
     vault: &Vault,
-    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
 ) -> Result<Routes, ServeError> {
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    // grpcurl 1.8 speaks only v1alpha; newer clients prefer v1.
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let accounts = AccountsApi::new(vault.accounts.clone(), vault.fingerprints.clone());
     Ok(Server::builder()
         .layer(AuthLayer::new(vault.authenticator.clone()))
@@ -117,6 +122,12 @@ fn router(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(AccountsServer::new(accounts)))
+}
+
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// Serves until `shutdown` resolves (or a listener fails), then drains for at most
@@ -136,10 +147,12 @@ pub async fn run(
     let mut servers = JoinSet::new();
     if let Some(tcp) = listeners.tcp {
         let routes = router(&vault, health.clone())?;
-        servers.spawn(routes.serve_with_incoming_shutdown(
-            TcpListenerStream::new(tcp),
-            stopped(stop_rx.clone()),
-        ));
+        servers.spawn(
+            routes.serve_with_incoming_shutdown(
+                TcpListenerStream::new(tcp),
+                stopped(stop_rx.clone()),
+            ),
+        );
     }
     let socket_path = match listeners.unix {
         Some((unix, path)) => {
@@ -176,7 +189,10 @@ pub async fn run(
         }
     };
     if tokio::time::timeout(grace, drain).await.is_err() {
-        tracing::warn!(grace_secs = grace.as_secs(), "grace period over; closing remaining connections");
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "grace period over; closing remaining connections"
+        );
         servers.shutdown().await;
     }
     if let Some(path) = socket_path {

@@ -44,7 +44,10 @@ pub enum OpenError {
 impl OpenError {
     /// Errors an operator fixes in configuration (exit 64) rather than in the machine.
     pub fn is_configuration(&self) -> bool {
-        matches!(self, OpenError::WrongKey(_) | OpenError::UnsupportedFormat { .. })
+        matches!(
+            self,
+            OpenError::WrongKey(_) | OpenError::UnsupportedFormat { .. }
+        )
     }
 }
 
@@ -79,12 +82,7 @@ impl Vault {
         })?;
 
         let providers = Arc::new(settings.providers.clone());
-        let accounts = Arc::new(AccountService::new(
-            store.clone(),
-            sealer,
-            providers,
-            clock,
-        ));
+        let accounts = Arc::new(AccountService::new(store.clone(), sealer, providers, clock));
         Ok(Self {
             store,
             accounts,
@@ -122,7 +120,11 @@ fn check_format(store: &dyn Store, data_dir: &std::path::Path) -> Result<(), Che
 }
 
 /// A sealed constant: if it opens, this is the key the data was written with.
-fn check_key(store: &dyn Store, sealer: &Sealer, data_dir: &std::path::Path) -> Result<(), CheckError> {
+fn check_key(
+    store: &dyn Store,
+    sealer: &Sealer,
+    data_dir: &std::path::Path,
+) -> Result<(), CheckError> {
     match store.get(Tree::Meta, KEY_CHECK_KEY)? {
         Some(sealed) => match sealer.open(KEY_CHECK_CONTEXT, &sealed) {
             Ok(plain) if plain.as_slice() == KEY_CHECK_PLAINTEXT => Ok(()),
@@ -134,7 +136,9 @@ fn check_key(store: &dyn Store, sealer: &Sealer, data_dir: &std::path::Path) -> 
                 .map_err(|e| CheckError::Open(e.into()))?;
             match store.compare_and_swap(Tree::Meta, KEY_CHECK_KEY, None, Some(&sealed))? {
                 Swap::Done => Ok(()),
-                Swap::Conflict { .. } => Err(CheckError::Open(OpenError::WrongKey(data_dir.to_owned()))),
+                Swap::Conflict { .. } => {
+                    Err(CheckError::Open(OpenError::WrongKey(data_dir.to_owned())))
+                }
             }
         }
     }

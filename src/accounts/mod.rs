@@ -20,7 +20,7 @@ pub use validate::FieldError;
 
 use crate::{
     clock::Clock,
-    crypto::{SecretString, Sealer},
+    crypto::{Sealer, SecretString},
     providers::Providers,
     store::{Store, StoreError, Swap, Tree},
 };
@@ -39,7 +39,9 @@ pub enum AccountError {
     NotFound(AccountKey),
     #[error("account {0} already exists")]
     AlreadyExists(AccountKey),
-    #[error("version mismatch: account {key} is at version {actual}, the request expected {expected}")]
+    #[error(
+        "version mismatch: account {key} is at version {actual}, the request expected {expected}"
+    )]
     VersionMismatch {
         key: AccountKey,
         expected: u64,
@@ -149,7 +151,12 @@ impl AccountService {
     }
 
     /// Accounts in (provider, email) order; `provider` empty means all providers.
-    pub fn list(&self, provider: &str, page_size: i64, page_token: &str) -> Result<Page, AccountError> {
+    pub fn list(
+        &self,
+        provider: &str,
+        page_size: i64,
+        page_token: &str,
+    ) -> Result<Page, AccountError> {
         let limit = match page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if (1..=i64::from(MAX_PAGE_SIZE)).contains(&n) => n as u32,
@@ -422,8 +429,18 @@ fn apply(
 /// when none is given.
 fn set_session(account: &mut Account, session: SessionInput) -> Result<(), FieldError> {
     validate::secret("jwt.token", &session.token, validate::MAX_TOKEN_LEN)?;
-    validate::text("jwt.account_id", &session.account_id, validate::MAX_NAME_LEN, false)?;
-    validate::text("jwt.username", &session.username, validate::MAX_NAME_LEN, false)?;
+    validate::text(
+        "jwt.account_id",
+        &session.account_id,
+        validate::MAX_NAME_LEN,
+        false,
+    )?;
+    validate::text(
+        "jwt.username",
+        &session.username,
+        validate::MAX_NAME_LEN,
+        false,
+    )?;
     if session.expire_time < 0 {
         return Err(FieldError::NegativeExpiry);
     }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::model::{Account, AccountMeta, AccountSecrets};
-use crate::crypto::{SealError, SecretString, Sealer};
+use crate::crypto::{SealError, Sealer, SecretString};
 
 const MAGIC: &[u8; 3] = b"CVA";
 /// The record format this build writes and reads.
@@ -22,7 +22,9 @@ pub enum RecordError {
     Malformed,
     #[error("the record has format {0}, which this build cannot read")]
     UnsupportedFormat(u8),
-    #[error("the record's sealed secrets failed authentication (tampered, moved, or sealed with another key)")]
+    #[error(
+        "the record's sealed secrets failed authentication (tampered, moved, or sealed with another key)"
+    )]
     Unauthentic,
     #[error("sealing failed: {0}")]
     Seal(SealError),
@@ -57,7 +59,8 @@ pub fn encode(sealer: &Sealer, key: &[u8], account: &Account) -> Result<Vec<u8>,
         secret: expose(&secrets.secret),
         token: expose(&secrets.token),
     };
-    let plaintext = Zeroizing::new(serde_json::to_vec(&fields).map_err(|_| RecordError::Malformed)?);
+    let plaintext =
+        Zeroizing::new(serde_json::to_vec(&fields).map_err(|_| RecordError::Malformed)?);
     let sealed = sealer.seal(&context(key, &meta), &plaintext)?;
 
     let meta_len = u32::try_from(meta.len()).map_err(|_| RecordError::Malformed)?;
@@ -164,22 +167,33 @@ mod tests {
         let bytes = encode(&sealer, b"pixverse\0a@example.com", &original).unwrap();
         let text = String::from_utf8_lossy(&bytes);
         assert!(!text.contains("correct horse") && !text.contains("eyJ.token.sig"));
-        assert_eq!(decode(&sealer, b"pixverse\0a@example.com", &bytes).unwrap(), original);
+        assert_eq!(
+            decode(&sealer, b"pixverse\0a@example.com", &bytes).unwrap(),
+            original
+        );
     }
 
     #[test]
     fn tampering_with_meta_or_place_is_detected() {
         let sealer = Sealer::new(&MasterKey::generate().unwrap());
         let bytes = encode(&sealer, b"k1", &account("a@example.com")).unwrap();
-        assert!(matches!(decode(&sealer, b"k2", &bytes), Err(RecordError::Unauthentic)));
+        assert!(matches!(
+            decode(&sealer, b"k2", &bytes),
+            Err(RecordError::Unauthentic)
+        ));
 
         // Raise maxJobs in the readable part and keep the sealed part as it was.
         let (meta, sealed) = split(&bytes).unwrap();
-        let meta = String::from_utf8(meta.to_vec()).unwrap().replace("\"max_jobs\":4", "\"max_jobs\":8");
+        let meta = String::from_utf8(meta.to_vec())
+            .unwrap()
+            .replace("\"max_jobs\":4", "\"max_jobs\":8");
         let mut forged = bytes[..HEADER_LEN].to_vec();
         forged.extend_from_slice(meta.as_bytes());
         forged.extend_from_slice(sealed);
-        assert!(matches!(decode(&sealer, b"k1", &forged), Err(RecordError::Unauthentic)));
+        assert!(matches!(
+            decode(&sealer, b"k1", &forged),
+            Err(RecordError::Unauthentic)
+        ));
         assert_eq!(decode_meta_unauthenticated(&forged).unwrap().max_jobs, 8);
     }
 
@@ -192,6 +206,9 @@ mod tests {
             decode(&sealer, b"k", &bytes).unwrap_err().to_string(),
             "the record has format 9, which this build cannot read"
         );
-        assert!(matches!(decode(&sealer, b"k", b"junk"), Err(RecordError::Malformed)));
+        assert!(matches!(
+            decode(&sealer, b"k", b"junk"),
+            Err(RecordError::Malformed)
+        ));
     }
 }

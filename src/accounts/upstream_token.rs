@@ -33,7 +33,10 @@ mod tests {
 
     #[test]
     fn reads_exp_without_verifying() {
-        assert_eq!(expiry(&jwt(r#"{"exp":1735733594,"sub":"1"}"#)), Some(1_735_733_594));
+        assert_eq!(
+            expiry(&jwt(r#"{"exp":1735733594,"sub":"1"}"#)),
+            Some(1_735_733_594)
+        );
         assert_eq!(expiry(&jwt(r#"{"exp":1735733594.5}"#)), Some(1_735_733_594));
         assert_eq!(expiry(&jwt(r#"{"sub":"1"}"#)), None);
         assert_eq!(expiry("not-a-jwt"), None);

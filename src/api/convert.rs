@@ -13,7 +13,13 @@ use crate::{
 pub fn masked_account(account: &Account) -> proto::Account {
     let meta = &account.meta;
     let secrets = &account.secrets;
-    let secured = |set: bool| if set { mask::SECURED.to_owned() } else { String::new() };
+    let secured = |set: bool| {
+        if set {
+            mask::SECURED.to_owned()
+        } else {
+            String::new()
+        }
+    };
     proto::Account {
         provider: meta.provider.clone(),
         email: meta.email.clone(),

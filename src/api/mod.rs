@@ -12,8 +12,12 @@ use crate::auth::Caller;
 
 /// The caller the auth layer proved; its absence is a wiring bug, not the client's.
 fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
-    request.extensions().get::<Caller>().cloned().ok_or_else(|| {
-        tracing::error!("request reached a handler without an authenticated caller");
-        Status::internal(status::INTERNAL_MESSAGE)
-    })
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| {
+            tracing::error!("request reached a handler without an authenticated caller");
+            Status::internal(status::INTERNAL_MESSAGE)
+        })
 }

@@ -104,7 +104,11 @@ mod tests {
             .authenticate(Some(&header(&format!("Bearer {TOKEN}"))))
             .unwrap();
         assert_eq!(caller.role, Role::Admin);
-        assert!(auth().authenticate(Some(&header(&format!("bearer {TOKEN}")))).is_ok());
+        assert!(
+            auth()
+                .authenticate(Some(&header(&format!("bearer {TOKEN}"))))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -23,9 +23,13 @@ const HKDF_SALT: &[u8] = b"credvault/hkdf/v1";
 pub enum KeyError {
     #[error("the master key is not valid base64")]
     NotBase64,
-    #[error("the master key must be {KEY_LEN} bytes, base64-encoded (got {0} bytes); generate one with `credvault keygen`")]
+    #[error(
+        "the master key must be {KEY_LEN} bytes, base64-encoded (got {0} bytes); generate one with `credvault keygen`"
+    )]
     WrongLength(usize),
-    #[error("the master key is weak (all bytes are the same); generate one with `credvault keygen`")]
+    #[error(
+        "the master key is weak (all bytes are the same); generate one with `credvault keygen`"
+    )]
     Weak,
     #[error(transparent)]
     Rng(#[from] RngError),
@@ -152,7 +156,10 @@ mod tests {
         let sealing = master.derive(Purpose::Sealing);
         assert_eq!(sealing.expose(), master.derive(Purpose::Sealing).expose());
         assert_ne!(sealing.expose(), master.derive(Purpose::AuditHmac).expose());
-        assert_ne!(sealing.expose(), master.derive(Purpose::TokenSigning).expose());
+        assert_ne!(
+            sealing.expose(),
+            master.derive(Purpose::TokenSigning).expose()
+        );
     }
 
     #[test]
@@ -166,15 +173,21 @@ mod tests {
     #[test]
     fn bad_keys_are_refused_with_a_reason() {
         assert_eq!(
-            MasterKey::from_base64("not base64!").unwrap_err().to_string(),
+            MasterKey::from_base64("not base64!")
+                .unwrap_err()
+                .to_string(),
             "the master key is not valid base64"
         );
         assert_eq!(
-            MasterKey::from_base64(&STANDARD.encode([7u8; 16])).unwrap_err().to_string(),
+            MasterKey::from_base64(&STANDARD.encode([7u8; 16]))
+                .unwrap_err()
+                .to_string(),
             "the master key must be 32 bytes, base64-encoded (got 16 bytes); generate one with `credvault keygen`"
         );
         assert_eq!(
-            MasterKey::from_base64(&STANDARD.encode([0u8; 32])).unwrap_err().to_string(),
+            MasterKey::from_base64(&STANDARD.encode([0u8; 32]))
+                .unwrap_err()
+                .to_string(),
             "the master key is weak (all bytes are the same); generate one with `credvault keygen`"
         );
     }

@@ -35,7 +35,10 @@ impl Fingerprinter {
     /// The first 8 bytes of HMAC-SHA256, in hex.
     pub fn tag(&self, value: &str) -> String {
         let tag = ring::hmac::sign(&self.0, value.as_bytes());
-        tag.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+        tag.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }
 

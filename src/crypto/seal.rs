@@ -42,8 +42,8 @@ pub struct Sealer {
 impl Sealer {
     pub fn new(master: &MasterKey) -> Self {
         let key = master.derive(Purpose::Sealing);
-        let cipher = XChaCha20Poly1305::new_from_slice(key.expose())
-            .expect("the sealing key is 32 bytes");
+        let cipher =
+            XChaCha20Poly1305::new_from_slice(key.expose()).expect("the sealing key is 32 bytes");
         Self {
             key_id: master.key_id(),
             cipher,
@@ -131,7 +131,10 @@ mod tests {
         let a = sealer.seal(b"record-1", b"pa55word").unwrap();
         let b = sealer.seal(b"record-1", b"pa55word").unwrap();
         assert_ne!(a, b, "each seal draws a new nonce");
-        assert_eq!(sealer.open(b"record-1", &a).unwrap().as_slice(), b"pa55word");
+        assert_eq!(
+            sealer.open(b"record-1", &a).unwrap().as_slice(),
+            b"pa55word"
+        );
         assert!(!a.windows(8).any(|w| w == b"pa55word"));
     }
 

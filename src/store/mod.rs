@@ -43,7 +43,9 @@ pub enum StoreError {
 pub enum Swap {
     Done,
     /// The stored value was not the expected one; here is what it is now.
-    Conflict { current: Option<Vec<u8>> },
+    Conflict {
+        current: Option<Vec<u8>>,
+    },
 }
 
 pub type Entry = (Vec<u8>, Vec<u8>);

