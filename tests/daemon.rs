@@ -1,0 +1,428 @@
+//! The `credvault` binary as an operator runs it: start-up, `--dev`, exit codes,
+//! SIGTERM, and logs that never hold a secret even at trace level.
+
+mod support;
+
+use std::{os::unix::fs::PermissionsExt, process::Command};
+
+use support::{ADMIN_TOKEN, Bearer, Daemon, pixverse, proto, upstream_jwt};
+use tonic::{Code, transport::Channel};
+
+const PASSWORD: &str = "LOGSWEEP-PASSWORD-e1d2c3";
+const NEW_PASSWORD: &str = "LOGSWEEP-NEWPASS-a9b8c7";
+const API_KEY: &str = "LOGSWEEP-APIKEY-445566";
+const CLIENT_SECRET: &str = "LOGSWEEP-CLIENTSECRET-7788aa-0123456789abcdef";
+const BAD_TOKEN: &str = "LOGSWEEP-WRONG-BEARER-TOKEN-00ff";
+
+type Client = proto::accounts_client::AccountsClient<
+    tonic::service::interceptor::InterceptedService<Channel, Bearer>,
+>;
+
+async fn client(addr: std::net::SocketAddr, token: &str) -> Client {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    proto::accounts_client::AccountsClient::with_interceptor(
+        channel,
+        Bearer(Some(token.to_owned())),
+    )
+}
+
+fn write_key_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("master.key");
+    std::fs::write(&path, support::new_key()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = write_key_file(dir.path());
+    let data = dir.path().join("data");
+    let mut daemon = Daemon::spawn(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--master-key-file",
+            key_file.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+        &[
+            ("CREDVAULT_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("RUST_LOG", "trace"),
+        ],
+    );
+    let addr = daemon.wait_for_addr();
+    let token = upstream_jwt(1_900_000_000, "LOGSWEEP-JWT-SIGNATURE");
+    let mut admin = client(addr, ADMIN_TOKEN).await;
+
+    // Every RPC, and its failure paths, carrying known secrets.
+    admin
+        .create_account(proto::CreateAccountRequest {
+            jwt: Some(proto::JwtInput {
+                token: token.clone(),
+                ..Default::default()
+            }),
+            ..pixverse("sweep@example.com", PASSWORD)
+        })
+        .await
+        .unwrap();
+    admin
+        .create_account(proto::CreateAccountRequest {
+            provider: "pixverse".into(),
+            email: "keyed@example.com".into(),
+            api_key: API_KEY.into(),
+            secret: CLIENT_SECRET.into(),
+            max_jobs: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for failing in [
+        pixverse("sweep@example.com", PASSWORD),
+        pixverse("broken address", PASSWORD),
+        proto::CreateAccountRequest {
+            max_jobs: 99,
+            ..pixverse("x@example.com", PASSWORD)
+        },
+        pixverse("ctl@example.com", &format!("{PASSWORD}\u{1}")),
+    ] {
+        assert!(admin.create_account(failing).await.is_err());
+    }
+    admin
+        .get_account(proto::GetAccountRequest {
+            provider: "pixverse".into(),
+            email: "sweep@example.com".into(),
+        })
+        .await
+        .unwrap();
+    admin
+        .list_accounts(proto::ListAccountsRequest::default())
+        .await
+        .unwrap();
+    admin
+        .update_account(proto::UpdateAccountRequest {
+            provider: "pixverse".into(),
+            email: "sweep@example.com".into(),
+            password: Some(NEW_PASSWORD.into()),
+            jwt: Some(proto::JwtInput {
+                token: token.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let stale = admin
+        .update_account(proto::UpdateAccountRequest {
+            provider: "pixverse".into(),
+            email: "sweep@example.com".into(),
+            password: Some(NEW_PASSWORD.into()),
+            expected_version: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted);
+    let mut intruder = client(addr, BAD_TOKEN).await;
+    let refused = intruder
+        .create_account(pixverse("intruder@example.com", PASSWORD))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    admin
+        .delete_account(proto::DeleteAccountRequest {
+            provider: "pixverse".into(),
+            email: "keyed@example.com".into(),
+            expected_version: None,
+        })
+        .await
+        .unwrap();
+    drop((admin, intruder));
+
+    let status = daemon.terminate();
+    assert!(status.success(), "SIGTERM is a clean stop: {status:?}");
+    let output = daemon.output();
+    assert!(output.contains("stopped; store flushed"), "{output}");
+    assert!(
+        !output.contains("grace period over"),
+        "idle connections close at once: {output}"
+    );
+    assert!(
+        output.contains("authentication failed"),
+        "auth failures are logged"
+    );
+    assert!(
+        output.contains("\"level\":\"TRACE\""),
+        "trace logging was on"
+    );
+    for secret in [
+        PASSWORD,
+        NEW_PASSWORD,
+        API_KEY,
+        CLIENT_SECRET,
+        BAD_TOKEN,
+        ADMIN_TOKEN,
+        token.as_str(),
+        "LOGSWEEP-JWT-SIGNATURE",
+    ] {
+        assert!(!output.contains(secret), "{secret} leaked into the log");
+    }
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    assert!(
+        !output.contains(key.trim()),
+        "the master key leaked into the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_prints_one_admin_token_and_keeps_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev-data");
+    let args = [
+        "serve",
+        "--dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+
+    let mut daemon = Daemon::spawn(&args, &[]);
+    let addr = daemon.wait_for_addr();
+    let output = daemon.output();
+    let token_lines: Vec<&str> = output
+        .lines()
+        .filter(|l| l.starts_with("admin token: "))
+        .collect();
+    assert_eq!(token_lines.len(), 1, "{output}");
+    assert!(output.contains("DEVELOPMENT MODE"), "{output}");
+    let token = token_lines[0]
+        .trim_start_matches("admin token: ")
+        .to_owned();
+    assert!(token.len() >= 32);
+    let key_file = data.join("dev-master.key");
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let mut admin = client(addr, &token).await;
+    admin
+        .create_account(pixverse("dev@example.com", PASSWORD))
+        .await
+        .unwrap();
+    drop(admin);
+    assert!(daemon.terminate().success());
+
+    // A second start reuses the key file (the data still opens) with a new token.
+    let mut daemon = Daemon::spawn(&args, &[]);
+    let addr = daemon.wait_for_addr();
+    let second = daemon
+        .wait_for_line("admin token: ")
+        .trim_start_matches("admin token: ")
+        .to_owned();
+    assert_ne!(second, token);
+    let mut old = client(addr, &token).await;
+    let refused = old
+        .get_account(proto::GetAccountRequest {
+            provider: "pixverse".into(),
+            email: "dev@example.com".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let mut admin = client(addr, &second).await;
+    let account = admin
+        .get_account(proto::GetAccountRequest {
+            provider: "pixverse".into(),
+            email: "dev@example.com".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(account.password, "…secured…");
+    drop((old, admin));
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn a_wrong_master_key_exits_64_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let first = write_key_file(dir.path());
+    let mut daemon = Daemon::spawn(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_arg,
+            "--master-key-file",
+            first.to_str().unwrap(),
+        ],
+        &[("CREDVAULT_ADMIN_TOKEN", ADMIN_TOKEN)],
+    );
+    daemon.wait_for_addr();
+    assert!(daemon.terminate().success());
+
+    let other = dir.path().join("other.key");
+    std::fs::write(&other, support::new_key()).unwrap();
+    let mut daemon = Daemon::spawn(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_arg,
+            "--master-key-file",
+            other.to_str().unwrap(),
+        ],
+        &[("CREDVAULT_ADMIN_TOKEN", ADMIN_TOKEN)],
+    );
+    let status = daemon.wait();
+    assert_eq!(status.code(), Some(64));
+    assert!(
+        daemon.output().contains(&format!(
+            "credvault: refusing to start: the master key does not match the data in {data_arg} (key check failed)"
+        )),
+        "{}",
+        daemon.output()
+    );
+}
+
+fn run(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_credvault"));
+    command
+        .args(args)
+        .env_remove("CREDVAULT_MASTER_KEY")
+        .env_remove("CREDVAULT_ADMIN_TOKEN");
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_configuration_exits_64_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let key = support::new_key();
+    let good_env = [
+        ("CREDVAULT_MASTER_KEY", key.as_str()),
+        ("CREDVAULT_ADMIN_TOKEN", ADMIN_TOKEN),
+    ];
+    let bad_toml = dir.path().join("bad.toml");
+    std::fs::write(&bad_toml, "listen = \"127.0.0.1:0\"\nlisten_port = 5\n").unwrap();
+    let bad_provider = dir.path().join("provider.toml");
+    std::fs::write(
+        &bad_provider,
+        "[providers.media]\nkind = \"basic-session\"\nmin_jobs = 5\nmax_jobs = 2\n",
+    )
+    .unwrap();
+    let bad_toml = bad_toml.to_str().unwrap();
+    let bad_provider = bad_provider.to_str().unwrap();
+
+    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+        (
+            vec!["serve", "--data-dir", data, "--listen", "nonsense"],
+            good_env.to_vec(),
+            "configuration error: listen: \"nonsense\" is not an address",
+        ),
+        (
+            vec!["serve", "--data-dir", data],
+            vec![("CREDVAULT_ADMIN_TOKEN", ADMIN_TOKEN)],
+            "configuration error: no master key",
+        ),
+        (
+            vec!["serve", "--data-dir", data],
+            vec![("CREDVAULT_MASTER_KEY", "c2hvcnQ=")],
+            "master key from CREDVAULT_MASTER_KEY: the master key must be 32 bytes",
+        ),
+        (
+            vec!["serve", "--data-dir", data],
+            vec![("CREDVAULT_MASTER_KEY", key.as_str())],
+            "configuration error: no admin token",
+        ),
+        (
+            vec!["serve", "--data-dir", data],
+            vec![
+                ("CREDVAULT_MASTER_KEY", key.as_str()),
+                ("CREDVAULT_ADMIN_TOKEN", "tooshort"),
+            ],
+            "the admin token must be at least 32 characters",
+        ),
+        (
+            vec!["serve", "--data-dir", data, "--config", bad_toml],
+            good_env.to_vec(),
+            "unknown field: found `listen_port`",
+        ),
+        (
+            vec!["serve", "--data-dir", data, "--config", bad_provider],
+            good_env.to_vec(),
+            "provider \"media\": max_jobs range 5..=2 is empty",
+        ),
+        (
+            vec!["serve", "--config", "/nonexistent/credvault.toml"],
+            good_env.to_vec(),
+            "config file /nonexistent/credvault.toml does not exist",
+        ),
+        (
+            vec![
+                "serve",
+                "--master-key-file",
+                "/nonexistent/key",
+                "--data-dir",
+                data,
+            ],
+            vec![("CREDVAULT_ADMIN_TOKEN", ADMIN_TOKEN)],
+            "reading master key file /nonexistent/key",
+        ),
+        (
+            vec!["serve", "--no-such-flag"],
+            vec![],
+            "unexpected argument '--no-such-flag'",
+        ),
+    ];
+    for (args, envs, expected) in cases {
+        let (code, stderr) = run(&args, &envs);
+        assert_eq!(code, Some(64), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in {stderr}"
+        );
+        assert!(!stderr.contains(&key), "the key is never echoed");
+    }
+}
+
+#[test]
+fn keygen_prints_a_fresh_valid_key() {
+    let keys: Vec<String> = (0..2)
+        .map(|_| {
+            let out = Command::new(env!("CARGO_BIN_EXE_credvault"))
+                .arg("keygen")
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        })
+        .collect();
+    assert_ne!(keys[0], keys[1]);
+    for key in &keys {
+        credvault::crypto::MasterKey::from_base64(key)
+            .expect("keygen output is a valid master key");
+    }
+}
