@@ -315,6 +315,9 @@ fn run(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
     )
 }
 
+/// Arguments, environment, and what stderr must say.
+type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+
 #[test]
 fn bad_configuration_exits_64_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
@@ -336,7 +339,7 @@ fn bad_configuration_exits_64_naming_the_problem() {
     let bad_toml = bad_toml.to_str().unwrap();
     let bad_provider = bad_provider.to_str().unwrap();
 
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             vec!["serve", "--data-dir", data, "--listen", "nonsense"],
             good_env.to_vec(),
