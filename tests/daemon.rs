@@ -429,3 +429,15 @@ fn keygen_prints_a_fresh_valid_key() {
             .expect("keygen output is a valid master key");
     }
 }
+
+#[test]
+fn the_example_config_in_deploy_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/credvault.example.toml");
+    let config =
+        credvault::config::Config::load(Some(std::path::Path::new(example)), Default::default())
+            .expect("the example parses");
+    assert_eq!(config.listen, "127.0.0.1:50051");
+    assert_eq!(config.providers["pixverse"].max_jobs, 8);
+    assert_eq!(config.providers["dataapi"].max_jobs, 50);
+    assert_eq!(config.log_format, credvault::config::LogFormat::Json);
+}
