@@ -34,6 +34,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".credvault.v1.JwtInput",
             ".credvault.v1.CreateAccountRequest",
             ".credvault.v1.UpdateAccountRequest",
+            ".credvault.v1.CreateCallerRequest",
+            ".credvault.v1.CreateCallerResponse",
+            ".credvault.v1.Session",
+            ".credvault.v1.IssueTokenResponse",
+            ".credvault.v1.RevokeTokenRequest",
         ])
         .compile_fds(descriptors)?;
     Ok(())

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     auth::MIN_ADMIN_TOKEN_LEN,
+    callers::CallerSettings,
     crypto::{KeyError, MasterKey, RngError, SecretString, random_bytes},
     providers::{ProviderSpec, Providers},
 };
@@ -79,6 +80,8 @@ pub struct Config {
     /// Development mode: a key file beside the data and a fresh admin token each start.
     pub dev: bool,
     pub providers: BTreeMap<String, ProviderSpec>,
+    /// Caller tokens, sessions and credits.
+    pub callers: CallerSettings,
 }
 
 impl Default for Config {
@@ -97,6 +100,7 @@ impl Default for Config {
             shutdown_grace_secs: 10,
             dev: false,
             providers: BTreeMap::new(),
+            callers: CallerSettings::default(),
         }
     }
 }
@@ -150,6 +154,8 @@ pub enum ConfigError {
         "the admin token must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces or control characters"
     )]
     WeakAdminToken,
+    #[error("callers: {0}")]
+    Callers(&'static str),
     #[error("provider {name:?}: max_jobs range {min}..={max} is empty or starts below 1")]
     ProviderRange { name: String, min: u32, max: u32 },
     #[error("{action} {path}: {source}")]
@@ -181,6 +187,7 @@ pub struct Settings {
     /// Set when `--dev` created or used the key file beside the data.
     pub dev_key_file: Option<PathBuf>,
     pub providers: Providers,
+    pub callers: CallerSettings,
 }
 
 impl Config {
@@ -196,7 +203,9 @@ impl Config {
         let env = Env::prefixed("CREDVAULT_")
             .filter(|key| {
                 let key = key.as_str().to_ascii_lowercase();
-                ENV_KEYS.contains(&key.as_str()) || key.starts_with("providers__")
+                ENV_KEYS.contains(&key.as_str())
+                    || key.starts_with("providers__")
+                    || key.starts_with("callers__")
             })
             .split("__");
         figment
@@ -232,6 +241,7 @@ impl Config {
             }
         }
 
+        check_callers(&self.callers)?;
         create_private_dir(&self.data_dir)?;
         let (master_key, dev_key_file) = master_key(
             self.master_key,
@@ -256,8 +266,22 @@ impl Config {
             dev: self.dev,
             dev_key_file,
             providers: Providers::new(self.providers),
+            callers: self.callers,
         })
     }
+}
+
+fn check_callers(callers: &CallerSettings) -> Result<(), ConfigError> {
+    let problem = if callers.issuer.is_empty() || callers.audience.is_empty() {
+        Some("issuer and audience must not be empty")
+    } else if callers.token_lifetime_secs < 60 || callers.session_lifetime_secs < 60 {
+        Some("token_lifetime_secs and session_lifetime_secs must be at least 60")
+    } else if callers.default_credits < 0 || callers.reveal_cost < 0 {
+        Some("default_credits and reveal_cost must not be negative")
+    } else {
+        None
+    };
+    problem.map_or(Ok(()), |p| Err(ConfigError::Callers(p)))
 }
 
 fn master_key(

@@ -4,13 +4,17 @@
 //!
 //! - [`server`]: listeners, the router and graceful shutdown; `main.rs` only calls it.
 //! - [`api`]: the gRPC services, the auth layer, and the one error-to-status mapping.
-//! - [`auth`]: who a caller is, from the `authorization` metadata.
+//! - [`auth`]: who a caller is (bootstrap token, API key + secret, JWT, Basic) and
+//!   what its roles permit.
+//! - [`callers`]: credvault's own callers: keys, JWTs, sessions, scopes, credits.
 //! - [`accounts`]: upstream accounts: validation, sealed records, masking, CRUD.
+//! - [`sealed`]: whole records under AEAD, bound to their tree and key.
 //! - [`store`]: the storage trait and its sled implementation (group-commit flushes).
 //! - [`crypto`]: secret types, the master key and its HKDF sub-keys, record sealing.
 //! - [`vault`]: opening a data directory: format and key checks, wiring the services.
 //! - [`config`] and [`cli`]: layered configuration (defaults, TOML, env, flags).
 //! - [`providers`]: the configured upstream providers and their `maxJobs` ranges.
+//! - [`validate`]: field checks shared by every service, in the reference wording.
 //! - [`clock`], [`timefmt`], [`telemetry`]: time, timestamps, logging.
 //! - [`proto`]: generated code for `credvault.v1`.
 
@@ -19,14 +23,17 @@
 pub mod accounts;
 pub mod api;
 pub mod auth;
+pub mod callers;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod proto;
 pub mod providers;
+pub mod sealed;
 pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod timefmt;
+pub mod validate;
 pub mod vault;

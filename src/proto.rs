@@ -63,4 +63,49 @@ mod redacted_debug {
                 .finish_non_exhaustive()
         }
     }
+
+    impl fmt::Debug for CreateCallerRequest {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("CreateCallerRequest")
+                .field("email", &self.email)
+                .field("roles", &self.roles)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl fmt::Debug for CreateCallerResponse {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("CreateCallerResponse")
+                .field("caller_id", &self.caller_id)
+                .field("key_id", &self.key_id)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl fmt::Debug for Session {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("Session")
+                .field("expires_at", &self.expires_at)
+                .field("profile", &self.profile)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl fmt::Debug for IssueTokenResponse {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("IssueTokenResponse")
+                .field("jti", &self.jti)
+                .field("expires_at", &self.expires_at)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl fmt::Debug for RevokeTokenRequest {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("RevokeTokenRequest")
+                .field("jti", &self.jti)
+                .field("caller_id", &self.caller_id)
+                .finish_non_exhaustive()
+        }
+    }
 }

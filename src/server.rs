@@ -21,9 +21,14 @@ use tonic::transport::{Server, server::Router};
 use tower::layer::util::{Identity, Stack};
 
 use crate::{
-    api::{accounts::AccountsApi, auth::AuthLayer},
+    api::{
+        accounts::AccountsApi, auth::AuthLayer, callers::CallersApi, credentials::CredentialsApi,
+    },
     config::Settings,
-    proto::{FILE_DESCRIPTOR_SET, accounts_server::AccountsServer},
+    proto::{
+        FILE_DESCRIPTOR_SET, accounts_server::AccountsServer, callers_server::CallersServer,
+        credentials_server::CredentialsServer,
+    },
     store::Store,
     vault::Vault,
 };
@@ -116,12 +121,20 @@ fn router(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let accounts = AccountsApi::new(vault.accounts.clone(), vault.fingerprints.clone());
+    let callers = CallersApi::new(vault.callers.clone());
+    let credentials = CredentialsApi::new(
+        vault.accounts.clone(),
+        vault.callers.clone(),
+        vault.fingerprints.clone(),
+    );
     Ok(Server::builder()
         .layer(AuthLayer::new(vault.authenticator.clone()))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AccountsServer::new(accounts)))
+        .add_service(AccountsServer::new(accounts))
+        .add_service(CallersServer::new(callers))
+        .add_service(CredentialsServer::new(credentials)))
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {
@@ -168,6 +181,12 @@ pub async fn run(
     health_reporter
         .set_serving::<AccountsServer<AccountsApi>>()
         .await;
+    health_reporter
+        .set_serving::<CallersServer<CallersApi>>()
+        .await;
+    health_reporter
+        .set_serving::<CredentialsServer<CredentialsApi>>()
+        .await;
 
     let mut outcome = Ok(());
     tokio::select! {
@@ -179,6 +198,12 @@ pub async fn run(
     }
     health_reporter
         .set_not_serving::<AccountsServer<AccountsApi>>()
+        .await;
+    health_reporter
+        .set_not_serving::<CallersServer<CallersApi>>()
+        .await;
+    health_reporter
+        .set_not_serving::<CredentialsServer<CredentialsApi>>()
         .await;
     let _ = stop_tx.send(true);
     let drain = async {

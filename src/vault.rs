@@ -5,6 +5,7 @@ use std::{path::PathBuf, sync::Arc};
 use crate::{
     accounts::AccountService,
     auth::Authenticator,
+    callers::{CallerError, CallerService},
     clock::{Clock, SystemClock},
     config::Settings,
     crypto::{Fingerprinter, RngError, SealError, Sealer},
@@ -35,6 +36,8 @@ pub enum OpenError {
         "the data in {path} has store format {found}, this build reads format {STORE_FORMAT}; run a credvault release that supports format {found}, or restore a backup made for this one"
     )]
     UnsupportedFormat { path: PathBuf, found: String },
+    #[error("opening the callers: {0}")]
+    Callers(#[from] CallerError),
     #[error("initialising the key check: {0}")]
     Seal(#[from] SealError),
     #[error(transparent)]
@@ -55,6 +58,7 @@ impl OpenError {
 pub struct Vault {
     pub store: Arc<SledStore>,
     pub accounts: Arc<AccountService>,
+    pub callers: Arc<CallerService>,
     pub authenticator: Arc<Authenticator>,
     pub fingerprints: Arc<Fingerprinter>,
 }
@@ -82,11 +86,24 @@ impl Vault {
         })?;
 
         let providers = Arc::new(settings.providers.clone());
-        let accounts = Arc::new(AccountService::new(store.clone(), sealer, providers, clock));
+        let accounts = Arc::new(AccountService::new(
+            store.clone(),
+            sealer.clone(),
+            providers,
+            clock.clone(),
+        ));
+        let callers = Arc::new(CallerService::open(
+            store.clone(),
+            sealer,
+            &settings.master_key,
+            clock,
+            settings.callers.clone(),
+        )?);
         Ok(Self {
             store,
             accounts,
-            authenticator: Arc::new(Authenticator::new(&settings.admin_token)?),
+            authenticator: Arc::new(Authenticator::new(&settings.admin_token, callers.clone())?),
+            callers,
             fingerprints: Arc::new(Fingerprinter::new(&settings.master_key)),
         })
     }

@@ -5,24 +5,24 @@ pub mod mask;
 mod model;
 pub mod record;
 mod upstream_token;
-pub mod validate;
 
 use std::sync::Arc;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
+pub use crate::validate::FieldError;
 pub use model::{
     Account, AccountKey, AccountMeta, AccountSecrets, AccountUpdate, Credits, NewAccount,
     SessionInput, SessionMeta, Status,
 };
 pub use record::RecordError;
-pub use validate::FieldError;
 
 use crate::{
     clock::Clock,
     crypto::{Sealer, SecretString},
     providers::Providers,
     store::{Store, StoreError, Swap, Tree},
+    validate,
 };
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;

@@ -4,9 +4,13 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{caller, convert, status::account_error};
+use super::{
+    caller, convert,
+    status::{account_error, denied},
+};
 use crate::{
     accounts::{AccountService, AccountUpdate, NewAccount},
+    auth::Permission,
     crypto::Fingerprinter,
     proto::{self, accounts_server::Accounts},
 };
@@ -37,6 +41,9 @@ impl Accounts for AccountsApi {
         request: Request<proto::CreateAccountRequest>,
     ) -> Result<Response<proto::Account>, Status> {
         let caller = caller(&request)?;
+        caller
+            .require(Permission::AccountsWrite, "CreateAccount")
+            .map_err(denied)?;
         let req = request.into_inner();
         let input = NewAccount {
             provider: req.provider,
@@ -59,7 +66,9 @@ impl Accounts for AccountsApi {
         &self,
         request: Request<proto::GetAccountRequest>,
     ) -> Result<Response<proto::Account>, Status> {
-        caller(&request)?;
+        caller(&request)?
+            .require(Permission::AccountsRead, "GetAccount")
+            .map_err(denied)?;
         let req = request.into_inner();
         let account = self
             .accounts
@@ -73,7 +82,9 @@ impl Accounts for AccountsApi {
         &self,
         request: Request<proto::ListAccountsRequest>,
     ) -> Result<Response<proto::ListAccountsResponse>, Status> {
-        caller(&request)?;
+        caller(&request)?
+            .require(Permission::AccountsRead, "ListAccounts")
+            .map_err(denied)?;
         let req = request.into_inner();
         let page = self
             .accounts
@@ -91,6 +102,9 @@ impl Accounts for AccountsApi {
         request: Request<proto::UpdateAccountRequest>,
     ) -> Result<Response<proto::Account>, Status> {
         let caller = caller(&request)?;
+        caller
+            .require(Permission::AccountsWrite, "UpdateAccount")
+            .map_err(denied)?;
         let req = request.into_inner();
         let update = AccountUpdate {
             max_jobs: req.max_jobs.map(i64::from),
@@ -117,6 +131,9 @@ impl Accounts for AccountsApi {
         request: Request<proto::DeleteAccountRequest>,
     ) -> Result<Response<()>, Status> {
         let caller = caller(&request)?;
+        caller
+            .require(Permission::AccountsWrite, "DeleteAccount")
+            .map_err(denied)?;
         let req = request.into_inner();
         self.accounts
             .delete(&req.provider, &req.email, req.expected_version)

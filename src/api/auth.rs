@@ -1,6 +1,6 @@
 //! The auth layer: one tower layer in front of every gRPC service. It proves the caller
 //! from the `authorization` metadata, puts the typed [`Caller`] into the request
-//! extensions, and answers UNAUTHENTICATED itself when that fails. Handlers never parse
+//! extensions, and answers the refusal itself when that fails. Handlers never parse
 //! metadata. Only the health service is public (kubelet probes carry no token).
 
 use std::{
@@ -8,7 +8,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{Request, Response, header::AUTHORIZATION};
+use http::{Request, Response};
 use tonic::body::Body;
 use tower::{Layer, Service};
 
@@ -70,7 +70,7 @@ where
         }
         match self
             .authenticator
-            .authenticate(request.headers().get(AUTHORIZATION))
+            .authenticate(request.uri().path(), request.headers())
         {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);

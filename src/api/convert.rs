@@ -1,12 +1,17 @@
 //! Domain values to protobuf messages, and request fields to domain input.
 
+use std::collections::BTreeSet;
+
 use prost_types::Timestamp;
 
 use crate::{
     accounts::{Account, SessionInput, Status, mask},
+    auth::Caller,
+    callers::{CallerRecord, Role, TokenEntry},
     crypto::SecretString,
     proto,
     timefmt::rfc3339_millis,
+    validate::FieldError,
 };
 
 /// The operator's view: every secret masked.
@@ -69,7 +74,7 @@ fn status(status: Status) -> proto::account::Status {
     }
 }
 
-fn timestamp(ms: i64) -> Timestamp {
+pub fn timestamp(ms: i64) -> Timestamp {
     Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
@@ -89,4 +94,111 @@ pub fn session(input: Option<proto::JwtInput>) -> Option<SessionInput> {
         username: jwt.username,
         expire_time: jwt.expire_time,
     })
+}
+
+/// The unmasked view, for RevealAccount only.
+pub fn revealed_account(account: &Account) -> proto::Account {
+    let mut view = masked_account(account);
+    let secrets = &account.secrets;
+    let plain = |s: &Option<SecretString>| {
+        s.as_ref()
+            .map(|s| s.expose().to_owned())
+            .unwrap_or_default()
+    };
+    view.password = plain(&secrets.password);
+    view.api_key = plain(&secrets.api_key);
+    view.secret = plain(&secrets.secret);
+    if let Some(jwt) = view.jwt.as_mut() {
+        jwt.token = plain(&secrets.token);
+    }
+    view
+}
+
+pub fn caller_info(record: &CallerRecord, now_ms: i64) -> proto::CallerInfo {
+    proto::CallerInfo {
+        id: record.id.clone(),
+        email: record.email.clone(),
+        name: record.name.clone(),
+        created_at: Some(timestamp(record.created_at_ms)),
+        roles: record.roles.iter().map(|r| role(*r) as i32).collect(),
+        scopes: record.scopes.clone(),
+        balance: record.credits.as_ref().map_or(0, |c| c.balance(now_ms)),
+        credits: record.credits.as_ref().map(|c| proto::CallerCredits {
+            total: c.total,
+            remaining: c.remaining,
+            valid_from: c.valid_from_ms.map(timestamp),
+            valid_until: c.valid_until_ms.map(timestamp),
+        }),
+        unmetered: record.credits.is_none(),
+        groups: record.groups.clone(),
+        disabled: record.disabled,
+        api_keys: record.keys.len() as i32,
+        activated_keys: record.activated_keys() as i32,
+        version: record.version,
+    }
+}
+
+pub fn profile(record: &CallerRecord, caller: &Caller) -> proto::Profile {
+    proto::Profile {
+        id: record.id.clone(),
+        email: record.email.clone(),
+        name: record.name.clone(),
+        status: Some(proto::SessionStatus {
+            invited: true,
+            approved: !record.roles.is_empty(),
+            registered: record.secret_mac.is_some(),
+            confirmed: record.activated_keys() > 0,
+        }),
+        roles: record.roles.iter().map(|r| role(*r) as i32).collect(),
+        permissions: caller
+            .permissions()
+            .iter()
+            .map(|p| p.name().to_owned())
+            .collect(),
+        groups: record.groups.clone(),
+        // credvault has no second factor; these say so rather than being left out.
+        two_factor_verified: false,
+        has_enforced_2fa: false,
+    }
+}
+
+pub fn token_info(entry: &TokenEntry) -> proto::TokenInfo {
+    proto::TokenInfo {
+        jti: entry.jti.clone(),
+        kind: entry.kind.name().to_owned(),
+        issued_at: Some(timestamp(entry.issued_at_ms)),
+        expires_at: Some(timestamp(entry.expires_at_ms)),
+        revoked: entry.revoked_at_ms.is_some(),
+    }
+}
+
+pub fn role(role: Role) -> proto::Role {
+    match role {
+        Role::Admin => proto::Role::Admin,
+        Role::Operator => proto::Role::Operator,
+        Role::Consumer => proto::Role::Consumer,
+    }
+}
+
+pub fn roles(values: &[i32]) -> Result<BTreeSet<Role>, FieldError> {
+    values
+        .iter()
+        .map(|value| match proto::Role::try_from(*value) {
+            Ok(proto::Role::Admin) => Ok(Role::Admin),
+            Ok(proto::Role::Operator) => Ok(Role::Operator),
+            Ok(proto::Role::Consumer) => Ok(Role::Consumer),
+            Ok(proto::Role::Unspecified) | Err(_) => Err(FieldError::UnknownRole(*value)),
+        })
+        .collect()
+}
+
+pub fn timestamp_ms(field: &'static str, ts: Option<Timestamp>) -> Result<Option<i64>, FieldError> {
+    ts.map(|ts| {
+        ts.seconds
+            .checked_mul(1000)
+            .and_then(|ms| ms.checked_add(i64::from(ts.nanos / 1_000_000)))
+            .filter(|_| (0..1_000_000_000).contains(&ts.nanos))
+            .ok_or(FieldError::Timestamp(field))
+    })
+    .transpose()
 }

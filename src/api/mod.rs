@@ -3,7 +3,9 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod callers;
 mod convert;
+pub mod credentials;
 pub mod status;
 
 use tonic::{Request, Status};

@@ -2,15 +2,39 @@
 //! catch-all arm, so a new error variant does not compile until it is mapped here.
 //! Internal detail goes to the log, never to the client.
 
-use tonic::Status;
+use std::collections::HashMap;
 
-use crate::{accounts::AccountError, auth::AuthError, store::StoreError};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{
+    accounts::AccountError,
+    auth::{AuthError, Denied},
+    callers::{CallerError, CreditError, MAX_KEYS},
+    store::StoreError,
+};
 
 pub const INTERNAL_MESSAGE: &str = "internal error; the credvault log has the details";
+/// The `domain` of every google.rpc.ErrorInfo credvault sends.
+const DOMAIN: &str = "credvault";
 
 pub fn auth_error(error: AuthError) -> Status {
+    let message = error.to_string();
     match error {
-        AuthError::MissingOrInvalid => Status::unauthenticated(error.to_string()),
+        AuthError::MissingOrInvalid | AuthError::Revoked | AuthError::Expired => {
+            Status::unauthenticated(message)
+        }
+        AuthError::NotActivated => Status::failed_precondition(message),
+        AuthError::Disabled => Status::permission_denied(message),
+        AuthError::Internal => Status::internal(INTERNAL_MESSAGE),
+    }
+}
+
+pub fn denied(error: Denied) -> Status {
+    match error {
+        Denied::Scope { .. } | Denied::Account { .. } | Denied::OtherCaller => {
+            Status::permission_denied(error.to_string())
+        }
     }
 }
 
@@ -29,6 +53,60 @@ pub fn account_error(error: AccountError) -> Status {
         AccountError::Encode { .. } => internal(&error),
         AccountError::Store(store) => store_error(store),
     }
+}
+
+pub fn caller_error(error: CallerError) -> Status {
+    let message = error.to_string();
+    match error {
+        CallerError::Invalid(_) => Status::invalid_argument(message),
+        CallerError::NotFound(_) | CallerError::TokenNotFound(_) | CallerError::KeyNotFound(_) => {
+            Status::not_found(message)
+        }
+        CallerError::TooManyKeys => with_info(
+            Code::ResourceExhausted,
+            message,
+            "MAX_KEYS_PER_ACCOUNT",
+            [("max_keys_per_account", MAX_KEYS.to_string())],
+        ),
+        CallerError::TooManyTokens => Status::already_exists(message),
+        CallerError::TooManySessions => Status::resource_exhausted(message),
+        CallerError::SecretMismatch => Status::permission_denied(message),
+        CallerError::Denied(denial) => denied(denial),
+        CallerError::Credits(credits) => credit_error(credits),
+        CallerError::VersionMismatch { .. } | CallerError::Contended(_) => Status::aborted(message),
+        CallerError::DataLoss { ref id, ref source } => {
+            tracing::error!(caller = %id, reason = %source, "caller record failed its integrity check");
+            Status::data_loss(message)
+        }
+        CallerError::Store(ref store) => store_error(store),
+        CallerError::Seal(_) | CallerError::Keys(_) | CallerError::Rng(_) => internal(&error),
+    }
+}
+
+fn credit_error(error: CreditError) -> Status {
+    let reason = match error {
+        CreditError::Exhausted { .. } => "CREDITS_EXHAUSTED",
+        CreditError::NotYetValid(_) => "CREDITS_NOT_YET_VALID",
+        CreditError::Expired(_) => "CREDITS_EXPIRED",
+    };
+    with_info(Code::ResourceExhausted, error.to_string(), reason, [])
+}
+
+fn with_info<const N: usize>(
+    code: Code,
+    message: String,
+    reason: &str,
+    metadata: [(&str, String); N],
+) -> Status {
+    let metadata: HashMap<String, String> = metadata
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, DOMAIN, metadata),
+    )
 }
 
 fn store_error(error: &StoreError) -> Status {

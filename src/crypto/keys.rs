@@ -40,8 +40,9 @@ pub enum KeyError {
 pub enum Purpose {
     /// XChaCha20-Poly1305 key for records at rest.
     Sealing,
-    /// Seed for credvault's own caller-token signing key.
-    TokenSigning,
+    /// HMAC-SHA256 key for callers' API keys and client secrets: only keyed hashes of
+    /// them are stored.
+    CallerHmac,
     /// HMAC-SHA256 key for secret values in the audit trail.
     AuditHmac,
     /// Source of the public key id; not a key for anything.
@@ -52,7 +53,7 @@ impl Purpose {
     fn label(self) -> &'static [u8] {
         match self {
             Purpose::Sealing => b"credvault sealing v1",
-            Purpose::TokenSigning => b"credvault token signing v1",
+            Purpose::CallerHmac => b"credvault caller hmac v1",
             Purpose::AuditHmac => b"credvault audit hmac v1",
             Purpose::KeyId => b"credvault key id v1",
         }
@@ -158,7 +159,7 @@ mod tests {
         assert_ne!(sealing.expose(), master.derive(Purpose::AuditHmac).expose());
         assert_ne!(
             sealing.expose(),
-            master.derive(Purpose::TokenSigning).expose()
+            master.derive(Purpose::CallerHmac).expose()
         );
     }
 

@@ -15,15 +15,30 @@ pub enum Tree {
     Meta,
     /// Upstream accounts, keyed by `provider \0 email`.
     Accounts,
+    /// credvault's callers (sealed records), keyed by caller id.
+    Callers,
+    /// Index: caller email -> caller id.
+    CallerEmails,
+    /// Index: API key id (the public part of a key) -> caller id.
+    ApiKeys,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 2] = [Tree::Meta, Tree::Accounts];
+    pub const ALL: [Tree; 5] = [
+        Tree::Meta,
+        Tree::Accounts,
+        Tree::Callers,
+        Tree::CallerEmails,
+        Tree::ApiKeys,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Tree::Meta => "meta",
             Tree::Accounts => "accounts",
+            Tree::Callers => "callers",
+            Tree::CallerEmails => "caller_emails",
+            Tree::ApiKeys => "api_keys",
         }
     }
 }

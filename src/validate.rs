@@ -1,4 +1,4 @@
-//! Field checks for account input. Each failure names the field, in the wording of the
+//! Field checks for request input. Each failure names the field, in the wording of the
 //! reference APIs ("missing parameter: [email]").
 
 use std::collections::BTreeMap;
@@ -57,6 +57,20 @@ pub enum FieldError {
     PageSize { max: u32, got: i64 },
     #[error("invalid parameter: [page_token] is not a token returned by ListAccounts")]
     PageToken,
+    #[error("invalid parameter: [secret] must be at least {min} characters")]
+    SecretTooShort { min: usize },
+    #[error("invalid parameter: [roles] {0} is not a role (admin, operator, consumer)")]
+    UnknownRole(i32),
+    #[error("invalid parameter: [scopes] \"{0}\" is not \"provider\" or \"provider/email-glob\"")]
+    Scope(String),
+    #[error("invalid parameter: [{0}] holds too many entries")]
+    TooMany(&'static str),
+    #[error("invalid parameter: give one of [{0}] and [{1}]")]
+    OneOf(&'static str, &'static str),
+    #[error("invalid parameter: [jwt] is not a JWT issued by this credvault")]
+    ForeignJwt,
+    #[error("invalid parameter: [{0}] is not a valid timestamp")]
+    Timestamp(&'static str),
 }
 
 /// Checks a plain (non-secret) text field: present if `required`, bounded, printable.

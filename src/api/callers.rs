@@ -1,0 +1,232 @@
+//! `credvault.v1.Callers`: credvault's own identities, keys, tokens and sessions.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{
+    caller, convert,
+    status::{caller_error, denied},
+};
+use crate::{
+    auth::{Credential, Permission},
+    callers::{CallerError, CallerService, CallerUpdate, NewCaller, TokenError},
+    crypto::SecretString,
+    proto::{self, callers_server::Callers},
+    validate::FieldError,
+};
+
+pub struct CallersApi {
+    callers: Arc<CallerService>,
+}
+
+impl CallersApi {
+    pub fn new(callers: Arc<CallerService>) -> Self {
+        Self { callers }
+    }
+
+    fn info(&self, id: &str) -> Result<proto::CallerInfo, Status> {
+        let record = self.callers.get(id).map_err(caller_error)?;
+        Ok(convert::caller_info(&record, self.callers.now_ms()))
+    }
+}
+
+fn invalid(error: FieldError) -> Status {
+    caller_error(CallerError::Invalid(error))
+}
+
+#[tonic::async_trait]
+impl Callers for CallersApi {
+    #[tracing::instrument(skip_all)]
+    async fn create_caller(
+        &self,
+        request: Request<proto::CreateCallerRequest>,
+    ) -> Result<Response<proto::CreateCallerResponse>, Status> {
+        let actor = caller(&request)?;
+        let req = request.into_inner();
+        let input = NewCaller {
+            email: req.email,
+            secret: SecretString::from(req.secret),
+            name: req.name,
+            roles: convert::roles(&req.roles).map_err(invalid)?,
+            scopes: req.scopes,
+        };
+        let created = self
+            .callers
+            .create(&actor, input)
+            .await
+            .map_err(caller_error)?;
+        tracing::info!(actor = %actor.id, caller = %created.caller.id, key_id = %created.key_id, "API key created");
+        Ok(Response::new(proto::CreateCallerResponse {
+            caller_id: created.caller.id.clone(),
+            api_key: created.api_key.expose().to_owned(),
+            key_id: created.key_id,
+            caller: Some(convert::caller_info(&created.caller, self.callers.now_ms())),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn activate_caller(
+        &self,
+        request: Request<proto::ActivateCallerRequest>,
+    ) -> Result<Response<proto::CallerInfo>, Status> {
+        let actor = caller(&request)?;
+        let Credential::ApiKey { key_id, .. } = &actor.credential else {
+            return Err(Status::failed_precondition(
+                "ActivateCaller is called with the new API key: authorization: Bearer <api key> and x-credvault-secret: <secret>",
+            ));
+        };
+        let record = self
+            .callers
+            .activate(&actor.id, key_id)
+            .await
+            .map_err(caller_error)?;
+        tracing::info!(caller = %actor.id, key_id = %key_id, "API key activated");
+        Ok(Response::new(convert::caller_info(
+            &record,
+            self.callers.now_ms(),
+        )))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_caller_info(
+        &self,
+        request: Request<proto::GetCallerInfoRequest>,
+    ) -> Result<Response<proto::CallerInfo>, Status> {
+        let actor = caller(&request)?;
+        Ok(Response::new(self.info(&actor.id)?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn create_session(
+        &self,
+        request: Request<proto::CreateSessionRequest>,
+    ) -> Result<Response<proto::Session>, Status> {
+        let actor = caller(&request)?;
+        if actor.credential != Credential::Basic {
+            return Err(Status::unauthenticated(
+                "CreateSession needs authorization: Basic base64(email:secret)",
+            ));
+        }
+        let (jwt, claims, record) = self
+            .callers
+            .create_session(&actor.id)
+            .await
+            .map_err(caller_error)?;
+        tracing::info!(caller = %actor.id, jti = %claims.jti, "session created");
+        Ok(Response::new(proto::Session {
+            jwt,
+            expires_at: Some(convert::timestamp(claims.exp * 1000)),
+            profile: Some(convert::profile(&record, &actor)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn issue_token(
+        &self,
+        request: Request<proto::IssueTokenRequest>,
+    ) -> Result<Response<proto::IssueTokenResponse>, Status> {
+        let actor = caller(&request)?;
+        let req = request.into_inner();
+        let target = actor.target(&req.caller_id).map_err(denied)?;
+        let (jwt, claims) = self
+            .callers
+            .issue_token(target)
+            .await
+            .map_err(caller_error)?;
+        tracing::info!(actor = %actor.id, caller = %target, jti = %claims.jti, "token issued");
+        Ok(Response::new(proto::IssueTokenResponse {
+            jwt,
+            jti: claims.jti,
+            expires_at: Some(convert::timestamp(claims.exp * 1000)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn revoke_token(
+        &self,
+        request: Request<proto::RevokeTokenRequest>,
+    ) -> Result<Response<()>, Status> {
+        let actor = caller(&request)?;
+        let req = request.into_inner();
+        let (owner, jti) = match (req.jwt.as_str(), req.jti.as_str()) {
+            ("", "") | (_, "") if req.jwt.is_empty() => {
+                return Err(invalid(FieldError::OneOf("jwt", "jti")));
+            }
+            (jwt, "") => match self.callers.token_keys().verify(jwt, self.callers.now_ms()) {
+                Ok(claims) => (claims.sub, claims.jti),
+                // An expired token needs no revoking.
+                Err(TokenError::Expired) => return Ok(Response::new(())),
+                Err(TokenError::Invalid) => return Err(invalid(FieldError::ForeignJwt)),
+            },
+            ("", jti) => (req.caller_id.clone(), jti.to_owned()),
+            _ => return Err(invalid(FieldError::OneOf("jwt", "jti"))),
+        };
+        let owner = actor.target(&owner).map_err(denied)?;
+        self.callers
+            .revoke(owner, &jti)
+            .await
+            .map_err(caller_error)?;
+        tracing::info!(actor = %actor.id, caller = %owner, jti = %jti, "token revoked");
+        Ok(Response::new(()))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_tokens(
+        &self,
+        request: Request<proto::ListTokensRequest>,
+    ) -> Result<Response<proto::ListTokensResponse>, Status> {
+        let actor = caller(&request)?;
+        let target = actor.target(&request.get_ref().caller_id).map_err(denied)?;
+        let tokens = self.callers.list_tokens(target).map_err(caller_error)?;
+        Ok(Response::new(proto::ListTokensResponse {
+            tokens: tokens.iter().map(convert::token_info).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update_caller(
+        &self,
+        request: Request<proto::UpdateCallerRequest>,
+    ) -> Result<Response<proto::CallerInfo>, Status> {
+        let actor = caller(&request)?;
+        actor
+            .require(Permission::ManageCallers, "UpdateCaller")
+            .map_err(denied)?;
+        let req = request.into_inner();
+        let id = match (req.caller_id.as_str(), req.email.as_str()) {
+            ("", "") => return Err(invalid(FieldError::OneOf("caller_id", "email"))),
+            ("", email) => self.callers.find_by_email(email).map_err(caller_error)?.id,
+            (id, _) => id.to_owned(),
+        };
+        let update = CallerUpdate {
+            roles: req
+                .set_roles
+                .then(|| convert::roles(&req.roles))
+                .transpose()
+                .map_err(invalid)?,
+            scopes: req.set_scopes.then_some(req.scopes),
+            groups: req.set_groups.then_some(req.groups),
+            name: req.name,
+            disabled: req.disabled,
+            unmetered: req.unmetered,
+            add_credits: req.add_credits,
+            valid_from_ms: convert::timestamp_ms("credits_valid_from", req.credits_valid_from)
+                .map_err(invalid)?,
+            valid_until_ms: convert::timestamp_ms("credits_valid_until", req.credits_valid_until)
+                .map_err(invalid)?,
+            remove_keys: req.remove_api_keys,
+            expected_version: req.expected_version,
+        };
+        let record = self
+            .callers
+            .update(&id, update)
+            .await
+            .map_err(caller_error)?;
+        tracing::info!(actor = %actor.id, caller = %id, version = record.version, "caller updated");
+        Ok(Response::new(convert::caller_info(
+            &record,
+            self.callers.now_ms(),
+        )))
+    }
+}

@@ -1,0 +1,790 @@
+//! credvault's own callers (reference behaviours B, C and D): identities created from
+//! an email and a client secret, API keys that activate on first use, JWTs (at most
+//! three live), short-lived sessions, roles and scopes, and a credit balance that
+//! credential hand-outs draw on.
+
+pub mod keys;
+mod model;
+pub mod scope;
+pub mod tokens;
+
+use std::{
+    collections::{BTreeSet, hash_map::DefaultHasher},
+    hash::{Hash, Hasher},
+    sync::{Arc, Mutex},
+};
+
+pub use model::{ApiKeyEntry, CallerCredits, CallerRecord, Role, TokenEntry, TokenKind};
+pub use tokens::{Claims, KeysError, TokenError, TokenKeys};
+
+use crate::{
+    auth::{AuthError, Caller, Credential, Permission},
+    clock::Clock,
+    crypto::{MasterKey, RngError, Sealer, SecretString, random_bytes},
+    sealed::{self, SealedError},
+    store::{Store, StoreError, Swap, Tree},
+    timefmt::rfc3339_millis,
+    validate::{self, FieldError},
+};
+use keys::{CallerMacs, KEY_LABEL, SECRET_LABEL};
+
+/// The caller the configured bootstrap token authenticates as.
+pub const BOOTSTRAP_ADMIN_ID: &str = "admin";
+pub const MAX_KEYS: usize = 3;
+pub const MAX_TOKENS: usize = 3;
+/// Live sessions per caller; sessions are short-lived, this only bounds the record.
+pub const MAX_SESSIONS: usize = 16;
+pub const MIN_SECRET_LEN: usize = 32;
+const MAX_SECRET_LEN: usize = 1024;
+const MAX_GROUPS: usize = 64;
+const STRIPES: usize = 64;
+
+/// The `[callers]` section of the configuration.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallerSettings {
+    /// `iss` and `aud` of every token credvault issues and accepts.
+    pub issuer: String,
+    pub audience: String,
+    /// IssueToken's tokens (default one year).
+    pub token_lifetime_secs: i64,
+    /// CreateSession's tokens (default one hour).
+    pub session_lifetime_secs: i64,
+    /// Credits a new caller starts with.
+    pub default_credits: i64,
+    /// Credits one RevealAccount costs.
+    pub reveal_cost: i64,
+}
+
+impl Default for CallerSettings {
+    fn default() -> Self {
+        Self {
+            issuer: "credvault".into(),
+            audience: "credvault".into(),
+            token_lifetime_secs: 365 * 24 * 3600,
+            session_lifetime_secs: 3600,
+            default_credits: 100,
+            reveal_cost: 1,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreditError {
+    #[error(
+        "no credits remaining: the balance is {remaining}, this call costs {cost}; ask an admin to top up"
+    )]
+    Exhausted { remaining: i64, cost: i64 },
+    #[error("credits are not valid until {0}")]
+    NotYetValid(String),
+    #[error("credits expired at {0}")]
+    Expired(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallerError {
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error("caller {0} not found")]
+    NotFound(String),
+    #[error("Too many Requests")]
+    TooManyKeys,
+    #[error("JWT limit exceeded, please revoke an existing JWT to create a new one")]
+    TooManyTokens,
+    #[error("too many live sessions ({MAX_SESSIONS}); wait for one to expire or revoke one")]
+    TooManySessions,
+    #[error("no JWT with jti {0} for this caller")]
+    TokenNotFound(String),
+    #[error("no API key {0} for this caller")]
+    KeyNotFound(String),
+    #[error("permission denied: the secret does not match this caller's secret")]
+    SecretMismatch,
+    #[error(transparent)]
+    Denied(#[from] crate::auth::Denied),
+    #[error(transparent)]
+    Credits(#[from] CreditError),
+    #[error(
+        "version mismatch: caller {id} is at version {actual}, the request expected {expected}"
+    )]
+    VersionMismatch {
+        id: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("caller {0} is being created by another request at the same time; retry")]
+    Contended(String),
+    #[error("caller {id} failed its integrity check and will not be used: {source}")]
+    DataLoss {
+        id: String,
+        #[source]
+        source: SealedError,
+    },
+    #[error("sealing a caller record failed: {0}")]
+    Seal(SealedError),
+    #[error(transparent)]
+    Keys(#[from] KeysError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Rng(#[from] RngError),
+}
+
+/// CreateCaller's input, before validation.
+#[derive(Debug, Default)]
+pub struct NewCaller {
+    pub email: String,
+    pub secret: SecretString,
+    pub name: String,
+    pub roles: BTreeSet<Role>,
+    pub scopes: Vec<String>,
+}
+
+/// What CreateCaller hands back once: the new key.
+#[derive(Debug)]
+pub struct CreatedKey {
+    pub caller: CallerRecord,
+    pub key_id: String,
+    pub api_key: SecretString,
+}
+
+/// UpdateCaller's input: `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct CallerUpdate {
+    pub roles: Option<BTreeSet<Role>>,
+    pub scopes: Option<Vec<String>>,
+    pub groups: Option<Vec<String>>,
+    pub name: Option<String>,
+    pub disabled: Option<bool>,
+    pub unmetered: Option<bool>,
+    pub add_credits: i64,
+    pub valid_from_ms: Option<i64>,
+    pub valid_until_ms: Option<i64>,
+    pub remove_keys: Vec<String>,
+    pub expected_version: Option<u64>,
+}
+
+pub struct CallerService {
+    store: Arc<dyn Store>,
+    sealer: Arc<Sealer>,
+    clock: Arc<dyn Clock>,
+    macs: CallerMacs,
+    tokens: TokenKeys,
+    settings: CallerSettings,
+    /// Serialises read-modify-write per caller in this process, so that concurrent
+    /// debits queue instead of racing on compare-and-swap.
+    stripes: Vec<Mutex<()>>,
+}
+
+impl CallerService {
+    /// Loads (or creates) the signing keys and the bootstrap admin.
+    pub fn open(
+        store: Arc<dyn Store>,
+        sealer: Arc<Sealer>,
+        master: &MasterKey,
+        clock: Arc<dyn Clock>,
+        settings: CallerSettings,
+    ) -> Result<Self, CallerError> {
+        let tokens = TokenKeys::load_or_init(
+            store.as_ref(),
+            &sealer,
+            clock.now_ms(),
+            &settings.issuer,
+            &settings.audience,
+            settings
+                .token_lifetime_secs
+                .max(settings.session_lifetime_secs),
+        )?;
+        let service = Self {
+            store,
+            sealer,
+            clock,
+            macs: CallerMacs::new(master),
+            tokens,
+            settings,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        };
+        service.ensure_bootstrap_admin()?;
+        Ok(service)
+    }
+
+    pub fn settings(&self) -> &CallerSettings {
+        &self.settings
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub fn token_keys(&self) -> &TokenKeys {
+        &self.tokens
+    }
+
+    /// Makes a new signing key current (old tokens stay valid until they expire).
+    pub fn rotate_signing_key(&self) -> Result<String, CallerError> {
+        Ok(self
+            .tokens
+            .rotate(self.store.as_ref(), &self.sealer, self.clock.now_ms())?)
+    }
+
+    fn ensure_bootstrap_admin(&self) -> Result<(), CallerError> {
+        if self.load(BOOTSTRAP_ADMIN_ID)?.is_some() {
+            return Ok(());
+        }
+        let record = CallerRecord {
+            id: BOOTSTRAP_ADMIN_ID.into(),
+            email: String::new(),
+            name: "bootstrap admin".into(),
+            created_at_ms: self.now_ms(),
+            roles: BTreeSet::from([Role::Admin]),
+            scopes: Vec::new(),
+            groups: Vec::new(),
+            disabled: false,
+            secret_mac: None,
+            keys: Vec::new(),
+            tokens: Vec::new(),
+            credits: None,
+            version: 1,
+        };
+        let bytes = self.seal(&record)?;
+        self.store.compare_and_swap(
+            Tree::Callers,
+            BOOTSTRAP_ADMIN_ID.as_bytes(),
+            None,
+            Some(&bytes),
+        )?;
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Result<CallerRecord, CallerError> {
+        self.load(id)?
+            .map(|(_, record)| record)
+            .ok_or_else(|| CallerError::NotFound(id.to_owned()))
+    }
+
+    pub fn find_by_email(&self, email: &str) -> Result<CallerRecord, CallerError> {
+        let email = email.to_lowercase();
+        let id = self
+            .store
+            .get(Tree::CallerEmails, email.as_bytes())?
+            .ok_or_else(|| CallerError::NotFound(email.clone()))?;
+        self.get(&String::from_utf8_lossy(&id))
+    }
+
+    /// CreateCaller: a new caller (admin only), or one more key for an existing one
+    /// (admin, or the caller itself), proven by the caller's secret either way.
+    pub async fn create(
+        &self,
+        actor: &Caller,
+        input: NewCaller,
+    ) -> Result<CreatedKey, CallerError> {
+        let email = validate::email(&input.email)?;
+        check_secret(&input.secret)?;
+        validate::text("name", &input.name, validate::MAX_NAME_LEN, false)?;
+        let scopes = parse_scopes(&input.scopes)?;
+        let now = self.now_ms();
+        let (key_id, api_key) = keys::generate()?;
+        let key_entry = ApiKeyEntry {
+            key_id: key_id.clone(),
+            key_mac: self.macs.mac(KEY_LABEL, api_key.expose()),
+            created_at_ms: now,
+            activated_at_ms: None,
+        };
+
+        let caller = match self.store.get(Tree::CallerEmails, email.as_bytes())? {
+            Some(id) => {
+                let id = String::from_utf8_lossy(&id).into_owned();
+                if actor.id != id {
+                    actor.require(Permission::ManageCallers, "CreateCaller")?;
+                }
+                self.modify(&id, None, |record| {
+                    let matches = record.secret_mac.as_deref().is_some_and(|mac| {
+                        self.macs.verify(SECRET_LABEL, input.secret.expose(), mac)
+                    });
+                    if !matches {
+                        return Err(CallerError::SecretMismatch);
+                    }
+                    if record.keys.len() >= MAX_KEYS {
+                        return Err(CallerError::TooManyKeys);
+                    }
+                    record.keys.push(key_entry.clone());
+                    Ok(())
+                })?
+            }
+            None => {
+                actor.require(Permission::ManageCallers, "CreateCaller")?;
+                self.insert_new(&email, &input, scopes, key_entry, now)?
+            }
+        };
+        self.store.compare_and_swap(
+            Tree::ApiKeys,
+            key_id.as_bytes(),
+            None,
+            Some(caller.id.as_bytes()),
+        )?;
+        self.store.flush().await?;
+        Ok(CreatedKey {
+            caller,
+            key_id,
+            api_key,
+        })
+    }
+
+    fn insert_new(
+        &self,
+        email: &str,
+        input: &NewCaller,
+        scopes: Vec<String>,
+        key: ApiKeyEntry,
+        now: i64,
+    ) -> Result<CallerRecord, CallerError> {
+        let mut id = [0u8; 8];
+        random_bytes(&mut id)?;
+        let id = format!(
+            "c_{}",
+            id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let record = CallerRecord {
+            id: id.clone(),
+            email: email.to_owned(),
+            name: input.name.clone(),
+            created_at_ms: now,
+            roles: if input.roles.is_empty() {
+                BTreeSet::from([Role::Consumer])
+            } else {
+                input.roles.clone()
+            },
+            scopes,
+            groups: Vec::new(),
+            disabled: false,
+            secret_mac: Some(self.macs.mac(SECRET_LABEL, input.secret.expose())),
+            keys: vec![key],
+            tokens: Vec::new(),
+            credits: Some(CallerCredits {
+                total: self.settings.default_credits,
+                remaining: self.settings.default_credits,
+                valid_from_ms: None,
+                valid_until_ms: None,
+            }),
+            version: 1,
+        };
+        // Claim the email first: of two concurrent creates, one wins here.
+        if let Swap::Conflict { .. } = self.store.compare_and_swap(
+            Tree::CallerEmails,
+            email.as_bytes(),
+            None,
+            Some(id.as_bytes()),
+        )? {
+            return Err(CallerError::Contended(email.to_owned()));
+        }
+        let bytes = self.seal(&record)?;
+        self.store
+            .compare_and_swap(Tree::Callers, id.as_bytes(), None, Some(&bytes))?;
+        Ok(record)
+    }
+
+    /// Proves an API key and the caller's secret (`x-credvault-secret`).
+    pub fn authenticate_key(
+        &self,
+        api_key: &str,
+        secret: Option<&str>,
+    ) -> Result<Caller, AuthError> {
+        let key_id = keys::key_id(api_key).ok_or(AuthError::MissingOrInvalid)?;
+        let caller_id = self
+            .store
+            .get(Tree::ApiKeys, key_id.as_bytes())
+            .map_err(auth_store_error)?
+            .ok_or(AuthError::MissingOrInvalid)?;
+        let record = self.record_for_auth(&String::from_utf8_lossy(&caller_id))?;
+        let entry = record
+            .keys
+            .iter()
+            .find(|k| k.key_id == key_id)
+            .ok_or(AuthError::MissingOrInvalid)?;
+        let key_ok = self.macs.verify(KEY_LABEL, api_key, &entry.key_mac);
+        let secret_ok = match (secret, &record.secret_mac) {
+            (Some(secret), Some(mac)) => self.macs.verify(SECRET_LABEL, secret, mac),
+            _ => false,
+        };
+        if !(key_ok && secret_ok) {
+            return Err(AuthError::MissingOrInvalid);
+        }
+        let credential = Credential::ApiKey {
+            key_id: key_id.to_owned(),
+            activated: entry.activated_at_ms.is_some(),
+        };
+        caller(record, credential)
+    }
+
+    /// Proves `email:secret` from a Basic header (CreateSession only).
+    pub fn authenticate_basic(&self, email: &str, secret: &str) -> Result<Caller, AuthError> {
+        let id = self
+            .store
+            .get(Tree::CallerEmails, email.to_lowercase().as_bytes())
+            .map_err(auth_store_error)?
+            .ok_or(AuthError::MissingOrInvalid)?;
+        let record = self.record_for_auth(&String::from_utf8_lossy(&id))?;
+        let ok = record
+            .secret_mac
+            .as_deref()
+            .is_some_and(|mac| self.macs.verify(SECRET_LABEL, secret, mac));
+        if !ok {
+            return Err(AuthError::MissingOrInvalid);
+        }
+        if record.activated_keys() == 0 {
+            return Err(AuthError::NotActivated);
+        }
+        caller(record, Credential::Basic)
+    }
+
+    /// Proves a JWT: signature, claims and time, then that its `jti` is live.
+    pub fn authenticate_jwt(&self, token: &str) -> Result<Caller, AuthError> {
+        let claims = self
+            .tokens
+            .verify(token, self.now_ms())
+            .map_err(|e| match e {
+                TokenError::Invalid => AuthError::MissingOrInvalid,
+                TokenError::Expired => AuthError::Expired,
+            })?;
+        let record = self.record_for_auth(&claims.sub)?;
+        let entry = record
+            .tokens
+            .iter()
+            .find(|t| t.jti == claims.jti && t.kind == claims.kind)
+            .ok_or(AuthError::MissingOrInvalid)?;
+        if entry.revoked_at_ms.is_some() {
+            return Err(AuthError::Revoked);
+        }
+        let credential = Credential::Jwt {
+            jti: claims.jti,
+            kind: claims.kind,
+        };
+        caller(record, credential)
+    }
+
+    /// The bootstrap admin, for the configured bootstrap token.
+    pub fn bootstrap_admin(&self) -> Result<Caller, AuthError> {
+        caller(
+            self.record_for_auth(BOOTSTRAP_ADMIN_ID)?,
+            Credential::Bootstrap,
+        )
+    }
+
+    fn record_for_auth(&self, id: &str) -> Result<CallerRecord, AuthError> {
+        match self.load(id) {
+            Ok(Some((_, record))) => Ok(record),
+            Ok(None) => Err(AuthError::MissingOrInvalid),
+            Err(error) => {
+                tracing::error!(caller = id, %error, "caller record unreadable during authentication");
+                Err(AuthError::Internal)
+            }
+        }
+    }
+
+    /// ActivateCaller: the first call of a new key.
+    pub async fn activate(
+        &self,
+        caller_id: &str,
+        key_id: &str,
+    ) -> Result<CallerRecord, CallerError> {
+        let now = self.now_ms();
+        let record = self.modify(caller_id, None, |record| {
+            let entry = record
+                .keys
+                .iter_mut()
+                .find(|k| k.key_id == key_id)
+                .ok_or_else(|| CallerError::KeyNotFound(key_id.to_owned()))?;
+            entry.activated_at_ms.get_or_insert(now);
+            Ok(())
+        })?;
+        self.store.flush().await?;
+        Ok(record)
+    }
+
+    pub async fn issue_token(&self, caller_id: &str) -> Result<(String, Claims), CallerError> {
+        self.issue(caller_id, TokenKind::Access).await
+    }
+
+    pub async fn create_session(
+        &self,
+        caller_id: &str,
+    ) -> Result<(String, Claims, CallerRecord), CallerError> {
+        let (token, claims) = self.issue(caller_id, TokenKind::Session).await?;
+        Ok((token, claims, self.get(caller_id)?))
+    }
+
+    async fn issue(
+        &self,
+        caller_id: &str,
+        kind: TokenKind,
+    ) -> Result<(String, Claims), CallerError> {
+        let now = self.now_ms();
+        let (limit, lifetime, full) = match kind {
+            TokenKind::Access => (
+                MAX_TOKENS,
+                self.settings.token_lifetime_secs,
+                CallerError::TooManyTokens,
+            ),
+            TokenKind::Session => (
+                MAX_SESSIONS,
+                self.settings.session_lifetime_secs,
+                CallerError::TooManySessions,
+            ),
+        };
+        let mut full = Some(full);
+        let mut issued = None;
+        self.modify(caller_id, None, |record| {
+            record.prune_tokens(now);
+            if record.live_tokens(kind, now) >= limit {
+                return Err(full.take().unwrap_or(CallerError::TooManyTokens));
+            }
+            let (token, claims) = self.tokens.issue(&record.id, kind, now, lifetime)?;
+            record.tokens.push(TokenEntry {
+                jti: claims.jti.clone(),
+                kind,
+                issued_at_ms: now,
+                expires_at_ms: claims.exp * 1000,
+                revoked_at_ms: None,
+            });
+            issued = Some((token, claims));
+            Ok(())
+        })?;
+        self.store.flush().await?;
+        issued.ok_or(CallerError::TooManyTokens)
+    }
+
+    /// Revokes one of `caller_id`'s tokens. Revoking twice is not an error.
+    pub async fn revoke(&self, caller_id: &str, jti: &str) -> Result<(), CallerError> {
+        let now = self.now_ms();
+        self.modify(caller_id, None, |record| {
+            let entry = record
+                .tokens
+                .iter_mut()
+                .find(|t| t.jti == jti)
+                .ok_or_else(|| CallerError::TokenNotFound(jti.to_owned()))?;
+            entry.revoked_at_ms.get_or_insert(now);
+            Ok(())
+        })?;
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// Tokens that have not expired yet (revoked ones included, marked).
+    pub fn list_tokens(&self, caller_id: &str) -> Result<Vec<TokenEntry>, CallerError> {
+        let now = self.now_ms();
+        let mut record = self.get(caller_id)?;
+        record.prune_tokens(now);
+        Ok(record.tokens)
+    }
+
+    pub async fn update(
+        &self,
+        caller_id: &str,
+        update: CallerUpdate,
+    ) -> Result<CallerRecord, CallerError> {
+        let scopes = update.scopes.as_deref().map(parse_scopes).transpose()?;
+        if let Some(name) = &update.name {
+            validate::text("name", name, validate::MAX_NAME_LEN, false)?;
+        }
+        if let Some(groups) = &update.groups {
+            if groups.len() > MAX_GROUPS {
+                return Err(FieldError::TooMany("groups").into());
+            }
+            for group in groups {
+                validate::text("groups", group, validate::MAX_NAME_LEN, true)?;
+            }
+        }
+        let mut removed_keys = Vec::new();
+        let record = self.modify(caller_id, update.expected_version, |record| {
+            apply_update(record, &update, scopes.clone())?;
+            for key_id in &update.remove_keys {
+                let before = record.keys.len();
+                record.keys.retain(|k| &k.key_id != key_id);
+                if record.keys.len() == before {
+                    return Err(CallerError::KeyNotFound(key_id.clone()));
+                }
+            }
+            removed_keys.clone_from(&update.remove_keys);
+            Ok(())
+        })?;
+        for key_id in removed_keys {
+            self.store.compare_and_swap(
+                Tree::ApiKeys,
+                key_id.as_bytes(),
+                Some(record.id.as_bytes()),
+                None,
+            )?;
+        }
+        self.store.flush().await?;
+        Ok(record)
+    }
+
+    /// Takes `cost` credits, atomically; never below zero. Unmetered callers pay nothing.
+    pub async fn debit(
+        &self,
+        caller_id: &str,
+        cost: i64,
+    ) -> Result<Option<CallerCredits>, CallerError> {
+        let now = self.now_ms();
+        let record = self.modify(caller_id, None, |record| {
+            let Some(credits) = record.credits.as_mut() else {
+                return Ok(());
+            };
+            if let Some(from) = credits.valid_from_ms.filter(|from| now < *from) {
+                return Err(CreditError::NotYetValid(rfc3339_millis(from)).into());
+            }
+            if let Some(until) = credits.valid_until_ms.filter(|until| now >= *until) {
+                return Err(CreditError::Expired(rfc3339_millis(until)).into());
+            }
+            if credits.remaining < cost {
+                return Err(CreditError::Exhausted {
+                    remaining: credits.remaining,
+                    cost,
+                }
+                .into());
+            }
+            credits.remaining -= cost;
+            Ok(())
+        })?;
+        self.store.flush().await?;
+        Ok(record.credits)
+    }
+
+    fn load(&self, id: &str) -> Result<Option<(Vec<u8>, CallerRecord)>, CallerError> {
+        let Some(bytes) = self.store.get(Tree::Callers, id.as_bytes())? else {
+            return Ok(None);
+        };
+        let record =
+            sealed::open(&self.sealer, Tree::Callers, id.as_bytes(), &bytes).map_err(|source| {
+                if source.is_data_loss() {
+                    CallerError::DataLoss {
+                        id: id.to_owned(),
+                        source,
+                    }
+                } else {
+                    CallerError::Seal(source)
+                }
+            })?;
+        Ok(Some((bytes, record)))
+    }
+
+    fn seal(&self, record: &CallerRecord) -> Result<Vec<u8>, CallerError> {
+        sealed::seal(&self.sealer, Tree::Callers, record.id.as_bytes(), record)
+            .map_err(CallerError::Seal)
+    }
+
+    /// Read-modify-write of one caller under its stripe lock; the closure may run more
+    /// than once if another process wrote in between.
+    fn modify(
+        &self,
+        id: &str,
+        expected_version: Option<u64>,
+        mut change: impl FnMut(&mut CallerRecord) -> Result<(), CallerError>,
+    ) -> Result<CallerRecord, CallerError> {
+        let mut hasher = DefaultHasher::new();
+        id.hash(&mut hasher);
+        let stripe = &self.stripes[(hasher.finish() as usize) % STRIPES];
+        let _guard = stripe.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let (old, mut record) = self
+                .load(id)?
+                .ok_or_else(|| CallerError::NotFound(id.to_owned()))?;
+            if let Some(expected) = expected_version.filter(|v| *v != record.version) {
+                return Err(CallerError::VersionMismatch {
+                    id: id.to_owned(),
+                    expected,
+                    actual: record.version,
+                });
+            }
+            change(&mut record)?;
+            record.version += 1;
+            let new = self.seal(&record)?;
+            if self
+                .store
+                .compare_and_swap(Tree::Callers, id.as_bytes(), Some(&old), Some(&new))?
+                == Swap::Done
+            {
+                return Ok(record);
+            }
+        }
+    }
+}
+
+fn apply_update(
+    record: &mut CallerRecord,
+    update: &CallerUpdate,
+    scopes: Option<Vec<String>>,
+) -> Result<(), CallerError> {
+    if let Some(roles) = &update.roles {
+        record.roles.clone_from(roles);
+    }
+    if let Some(scopes) = scopes {
+        record.scopes = scopes;
+    }
+    if let Some(groups) = &update.groups {
+        record.groups.clone_from(groups);
+    }
+    if let Some(name) = &update.name {
+        record.name.clone_from(name);
+    }
+    if let Some(disabled) = update.disabled {
+        record.disabled = disabled;
+    }
+    match update.unmetered {
+        Some(true) => record.credits = None,
+        Some(false) if record.credits.is_none() => {
+            record.credits = Some(CallerCredits {
+                total: 0,
+                remaining: 0,
+                valid_from_ms: None,
+                valid_until_ms: None,
+            });
+        }
+        _ => {}
+    }
+    if let Some(credits) = record.credits.as_mut() {
+        credits.total = credits.total.saturating_add(update.add_credits).max(0);
+        credits.remaining = credits.remaining.saturating_add(update.add_credits).max(0);
+        if update.valid_from_ms.is_some() {
+            credits.valid_from_ms = update.valid_from_ms;
+        }
+        if update.valid_until_ms.is_some() {
+            credits.valid_until_ms = update.valid_until_ms;
+        }
+    }
+    Ok(())
+}
+
+fn check_secret(secret: &SecretString) -> Result<(), FieldError> {
+    validate::secret("secret", secret, MAX_SECRET_LEN)?;
+    if secret.expose().chars().count() < MIN_SECRET_LEN {
+        return Err(FieldError::SecretTooShort {
+            min: MIN_SECRET_LEN,
+        });
+    }
+    Ok(())
+}
+
+fn parse_scopes(scopes: &[String]) -> Result<Vec<String>, FieldError> {
+    if scopes.len() > scope::MAX_SCOPES {
+        return Err(FieldError::TooMany("scopes"));
+    }
+    scopes.iter().map(|s| scope::parse(s)).collect()
+}
+
+fn caller(record: CallerRecord, credential: Credential) -> Result<Caller, AuthError> {
+    if record.disabled {
+        return Err(AuthError::Disabled);
+    }
+    Ok(Caller {
+        id: record.id,
+        email: record.email,
+        roles: record.roles,
+        scopes: record.scopes,
+        credential,
+    })
+}
+
+fn auth_store_error(error: StoreError) -> AuthError {
+    tracing::error!(%error, "store unreadable during authentication");
+    AuthError::Internal
+}

@@ -1,0 +1,368 @@
+//! credvault's own JWTs. EdDSA (Ed25519) is the one algorithm accepted, so `alg: none`
+//! and algorithm confusion fail before any key is used. Signing keys are generated at
+//! init and sealed in the store; each token names its key in the `kid` header, so a
+//! key can be rotated while tokens signed by the previous one stay valid to their expiry.
+
+use std::{collections::HashMap, fmt, sync::RwLock};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::model::TokenKind;
+use crate::{
+    crypto::{RngError, Sealer, random_bytes},
+    sealed::{self, SealedError},
+    store::{Store, StoreError, Swap, Tree},
+};
+
+const KEYS_RECORD: &[u8] = b"signing-keys";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    /// The caller id.
+    pub sub: String,
+    pub jti: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    pub kind: TokenKind,
+}
+
+/// Why a presented JWT is refused; the texts are the reference API's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("JWT is missing or invalid, check Authorization header")]
+    Invalid,
+    #[error("JWT expired")]
+    Expired,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error("the signing keys record: {0}")]
+    Sealed(#[from] SealedError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Rng(#[from] RngError),
+    #[error("the signing keys record is inconsistent (no current key)")]
+    NoCurrentKey,
+    #[error("signing a token failed: {0}")]
+    Sign(jsonwebtoken::errors::Error),
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredKeys {
+    current: String,
+    keys: Vec<StoredKey>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredKey {
+    kid: String,
+    /// PKCS#8 document of the key pair, base64. Only ever stored sealed.
+    pkcs8: String,
+    public: String,
+    created_at_ms: i64,
+    /// When a newer key took over; the key then only verifies, until tokens it signed
+    /// have all expired.
+    retired_at_ms: Option<i64>,
+}
+
+impl Drop for StoredKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.pkcs8);
+    }
+}
+
+struct LoadedKey {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    public: Vec<u8>,
+}
+
+struct KeySet {
+    current: String,
+    keys: HashMap<String, LoadedKey>,
+}
+
+/// The signing keys, the issuer and audience every token must carry, and the
+/// longest lifetime a token may have (which bounds how long a retired key is kept).
+pub struct TokenKeys {
+    issuer: String,
+    audience: String,
+    max_lifetime_secs: i64,
+    set: RwLock<KeySet>,
+}
+
+impl fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenKeys")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenKeys {
+    /// Loads the sealed keys, or generates the first one in a new store.
+    pub fn load_or_init(
+        store: &dyn Store,
+        sealer: &Sealer,
+        now_ms: i64,
+        issuer: &str,
+        audience: &str,
+        max_lifetime_secs: i64,
+    ) -> Result<Self, KeysError> {
+        let stored = match store.get(Tree::Meta, KEYS_RECORD)? {
+            Some(bytes) => sealed::open::<StoredKeys>(sealer, Tree::Meta, KEYS_RECORD, &bytes)?,
+            None => {
+                let first = StoredKeys {
+                    current: String::new(),
+                    keys: Vec::new(),
+                };
+                let stored = with_new_key(first, now_ms)?;
+                let bytes = sealed::seal(sealer, Tree::Meta, KEYS_RECORD, &stored)?;
+                if let Swap::Conflict {
+                    current: Some(existing),
+                } = store.compare_and_swap(Tree::Meta, KEYS_RECORD, None, Some(&bytes))?
+                {
+                    sealed::open::<StoredKeys>(sealer, Tree::Meta, KEYS_RECORD, &existing)?
+                } else {
+                    stored
+                }
+            }
+        };
+        Ok(Self {
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            max_lifetime_secs,
+            set: RwLock::new(key_set(&stored)?),
+        })
+    }
+
+    pub fn issue(
+        &self,
+        sub: &str,
+        kind: TokenKind,
+        now_ms: i64,
+        lifetime_secs: i64,
+    ) -> Result<(String, Claims), KeysError> {
+        let mut jti = [0u8; 16];
+        random_bytes(&mut jti)?;
+        let iat = now_ms.div_euclid(1000);
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: sub.to_owned(),
+            jti: jti.iter().map(|b| format!("{b:02x}")).collect(),
+            iat,
+            nbf: iat,
+            exp: iat + lifetime_secs,
+            kind,
+        };
+        let set = self.set.read().unwrap_or_else(|e| e.into_inner());
+        let key = set.keys.get(&set.current).ok_or(KeysError::NoCurrentKey)?;
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(set.current.clone());
+        let token =
+            jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(KeysError::Sign)?;
+        Ok((token, claims))
+    }
+
+    /// Checks signature, algorithm, key id, issuer, audience and the time window.
+    /// Revocation is the caller record's business (see `CallerService`).
+    pub fn verify(&self, token: &str, now_ms: i64) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(TokenError::Invalid);
+        }
+        let kid = header.kid.ok_or(TokenError::Invalid)?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
+        // Time is checked below against the injected clock, with no leeway.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.leeway = 0;
+        let claims = {
+            let set = self.set.read().unwrap_or_else(|e| e.into_inner());
+            let key = set.keys.get(&kid).ok_or(TokenError::Invalid)?;
+            jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
+                .map_err(|_| TokenError::Invalid)?
+                .claims
+        };
+        let now = now_ms.div_euclid(1000);
+        if now >= claims.exp {
+            return Err(TokenError::Expired);
+        }
+        if now < claims.nbf {
+            return Err(TokenError::Invalid);
+        }
+        Ok(claims)
+    }
+
+    /// Makes a new key current. Tokens signed by the old key keep verifying until they
+    /// expire; keys retired longer ago than the longest token lifetime are dropped.
+    pub fn rotate(
+        &self,
+        store: &dyn Store,
+        sealer: &Sealer,
+        now_ms: i64,
+    ) -> Result<String, KeysError> {
+        loop {
+            let old = store.get(Tree::Meta, KEYS_RECORD)?;
+            let mut stored = match &old {
+                Some(bytes) => sealed::open::<StoredKeys>(sealer, Tree::Meta, KEYS_RECORD, bytes)?,
+                None => return Err(KeysError::NoCurrentKey),
+            };
+            let horizon = now_ms - self.max_lifetime_secs * 1000;
+            stored
+                .keys
+                .retain(|k| k.retired_at_ms.is_none_or(|retired| retired > horizon));
+            for key in &mut stored.keys {
+                key.retired_at_ms.get_or_insert(now_ms);
+            }
+            let stored = with_new_key(stored, now_ms)?;
+            let bytes = sealed::seal(sealer, Tree::Meta, KEYS_RECORD, &stored)?;
+            if store.compare_and_swap(Tree::Meta, KEYS_RECORD, old.as_deref(), Some(&bytes))?
+                == Swap::Done
+            {
+                let current = stored.current.clone();
+                *self.set.write().unwrap_or_else(|e| e.into_inner()) = key_set(&stored)?;
+                return Ok(current);
+            }
+        }
+    }
+
+    /// Public keys by key id (they are public; tests use them to forge confused tokens).
+    pub fn public_keys(&self) -> Vec<(String, Vec<u8>)> {
+        let set = self.set.read().unwrap_or_else(|e| e.into_inner());
+        set.keys
+            .iter()
+            .map(|(kid, k)| (kid.clone(), k.public.clone()))
+            .collect()
+    }
+}
+
+fn with_new_key(mut stored: StoredKeys, now_ms: i64) -> Result<StoredKeys, KeysError> {
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| RngError)?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| RngError)?;
+    let mut kid = [0u8; 8];
+    random_bytes(&mut kid)?;
+    let kid: String = kid.iter().map(|b| format!("{b:02x}")).collect();
+    stored.keys.push(StoredKey {
+        kid: kid.clone(),
+        pkcs8: STANDARD.encode(pkcs8.as_ref()),
+        public: STANDARD.encode(pair.public_key().as_ref()),
+        created_at_ms: now_ms,
+        retired_at_ms: None,
+    });
+    stored.current = kid;
+    Ok(stored)
+}
+
+fn key_set(stored: &StoredKeys) -> Result<KeySet, KeysError> {
+    let mut keys = HashMap::new();
+    for key in &stored.keys {
+        let pkcs8 = Zeroizing::new(
+            STANDARD
+                .decode(&key.pkcs8)
+                .map_err(|_| SealedError::Malformed)?,
+        );
+        let public = STANDARD
+            .decode(&key.public)
+            .map_err(|_| SealedError::Malformed)?;
+        keys.insert(
+            key.kid.clone(),
+            LoadedKey {
+                encoding: EncodingKey::from_ed_der(&pkcs8),
+                decoding: DecodingKey::from_ed_der(&public),
+                public,
+            },
+        );
+    }
+    if !keys.contains_key(&stored.current) {
+        return Err(KeysError::NoCurrentKey);
+    }
+    Ok(KeySet {
+        current: stored.current.clone(),
+        keys,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{crypto::MasterKey, store::SledStore};
+
+    const YEAR: i64 = 365 * 24 * 3600;
+
+    fn keys() -> (tempfile::TempDir, SledStore, Sealer, TokenKeys) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let sealer = Sealer::new(&MasterKey::generate().unwrap());
+        let keys =
+            TokenKeys::load_or_init(&store, &sealer, 0, "credvault", "credvault", YEAR).unwrap();
+        (dir, store, sealer, keys)
+    }
+
+    #[test]
+    fn issue_verify_and_the_time_window() {
+        let (_dir, _store, _sealer, keys) = keys();
+        let now = 1_700_000_000_000;
+        let (token, claims) = keys.issue("c1", TokenKind::Access, now, 3600).unwrap();
+        assert_eq!(keys.verify(&token, now).unwrap(), claims);
+        assert_eq!(claims.exp - claims.iat, 3600);
+        assert_eq!(
+            keys.verify(&token, now + 3_600_000),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(keys.verify(&token, now - 1000), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn rotation_keeps_old_tokens_valid_and_survives_reload() {
+        let (_dir, store, sealer, keys) = keys();
+        let (old, _) = keys.issue("c1", TokenKind::Access, 1000, YEAR).unwrap();
+        let new_kid = keys.rotate(&store, &sealer, 2000).unwrap();
+        let (new, _) = keys.issue("c1", TokenKind::Access, 2000, YEAR).unwrap();
+        assert_eq!(
+            jsonwebtoken::decode_header(&new).unwrap().kid.unwrap(),
+            new_kid
+        );
+        assert!(keys.verify(&old, 3000).is_ok());
+        assert!(keys.verify(&new, 3000).is_ok());
+
+        let reloaded =
+            TokenKeys::load_or_init(&store, &sealer, 4000, "credvault", "credvault", YEAR).unwrap();
+        assert!(reloaded.verify(&old, 4000).is_ok());
+        assert!(reloaded.verify(&new, 4000).is_ok());
+        assert_eq!(reloaded.public_keys().len(), 2);
+
+        // A rotation after the old key's tokens have all expired drops it.
+        let much_later = 2000 + (YEAR + 10) * 1000;
+        keys.rotate(&store, &sealer, much_later).unwrap();
+        assert_eq!(
+            keys.public_keys().len(),
+            2,
+            "the first key is gone, the second retired"
+        );
+    }
+
+    #[test]
+    fn another_issuer_or_audience_is_invalid() {
+        let (_dir, store, sealer, keys) = keys();
+        let other =
+            TokenKeys::load_or_init(&store, &sealer, 0, "someone-else", "credvault", YEAR).unwrap();
+        let (token, _) = other.issue("c1", TokenKind::Access, 1000, 60).unwrap();
+        assert_eq!(keys.verify(&token, 1000), Err(TokenError::Invalid));
+    }
+}
