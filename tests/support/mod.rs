@@ -74,8 +74,13 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config) -> Self {
+        Self::start_with_clock(config, Arc::new(credvault::clock::SystemClock)).await
+    }
+
+    /// A server whose notion of time is `clock` (token expiry, credit windows).
+    pub async fn start_with_clock(config: Config, clock: Arc<dyn credvault::clock::Clock>) -> Self {
         let settings = config.resolve().expect("test config resolves");
-        let vault = Vault::open(&settings).expect("vault opens");
+        let vault = Vault::open_with_clock(&settings, clock).expect("vault opens");
         let listeners = Listeners::bind(&settings).await.expect("listeners bind");
         let addr = listeners.tcp_addr();
         let socket = listeners.socket_path().map(Path::to_owned);
@@ -131,6 +136,70 @@ impl TestServer {
                 .expect("server task")
                 .expect("server stops cleanly");
         }
+    }
+}
+
+/// Adds the given metadata to every call.
+#[derive(Clone, Debug, Default)]
+pub struct Auth(pub Vec<(&'static str, String)>);
+
+impl Auth {
+    pub fn bearer(token: &str) -> Self {
+        Self(vec![("authorization", format!("Bearer {token}"))])
+    }
+
+    pub fn api_key(key: &str, secret: &str) -> Self {
+        Self(vec![
+            ("authorization", format!("Bearer {key}")),
+            ("x-credvault-secret", secret.to_owned()),
+        ])
+    }
+
+    pub fn basic(email: &str, secret: &str) -> Self {
+        use base64::{Engine, engine::general_purpose::STANDARD};
+        Self::raw(&format!(
+            "Basic {}",
+            STANDARD.encode(format!("{email}:{secret}"))
+        ))
+    }
+
+    /// An `authorization` value exactly as given.
+    pub fn raw(value: &str) -> Self {
+        Self(vec![("authorization", value.to_owned())])
+    }
+
+    pub fn admin() -> Self {
+        Self::bearer(ADMIN_TOKEN)
+    }
+}
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        for (name, value) in &self.0 {
+            let value = MetadataValue::try_from(value.as_str())
+                .map_err(|_| Status::internal("bad test metadata"))?;
+            request.metadata_mut().insert(*name, value);
+        }
+        Ok(request)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, Auth>;
+
+impl TestServer {
+    pub async fn callers(&self, auth: Auth) -> proto::callers_client::CallersClient<Authed> {
+        proto::callers_client::CallersClient::with_interceptor(self.channel().await, auth)
+    }
+
+    pub async fn credentials(
+        &self,
+        auth: Auth,
+    ) -> proto::credentials_client::CredentialsClient<Authed> {
+        proto::credentials_client::CredentialsClient::with_interceptor(self.channel().await, auth)
+    }
+
+    pub async fn accounts_with(&self, auth: Auth) -> AccountsClient<Authed> {
+        AccountsClient::with_interceptor(self.channel().await, auth)
     }
 }
 
