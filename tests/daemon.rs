@@ -147,6 +147,79 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
         .unwrap();
     drop((admin, intruder));
 
+    // Callers: every credential kind, and its failures.
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let callers = |auth: support::Auth| {
+        proto::callers_client::CallersClient::with_interceptor(channel.clone(), auth)
+    };
+    let created = callers(support::Auth::admin())
+        .create_caller(proto::CreateCallerRequest {
+            email: "svc@example.com".into(),
+            secret: CLIENT_SECRET.into(),
+            scopes: vec!["pixverse".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let with_key = support::Auth::api_key(&created.api_key, CLIENT_SECRET);
+    callers(with_key.clone())
+        .activate_caller(proto::ActivateCallerRequest {})
+        .await
+        .unwrap();
+    let jwt = callers(with_key.clone())
+        .issue_token(proto::IssueTokenRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .jwt;
+    let session = callers(support::Auth::basic("svc@example.com", CLIENT_SECRET))
+        .create_session(proto::CreateSessionRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jwt;
+    callers(support::Auth::bearer(&session))
+        .get_caller_info(proto::GetCallerInfoRequest {})
+        .await
+        .unwrap();
+    let revealed = proto::credentials_client::CredentialsClient::with_interceptor(
+        channel.clone(),
+        support::Auth::bearer(&jwt),
+    )
+    .reveal_account(proto::RevealAccountRequest {
+        provider: "pixverse".into(),
+        email: "sweep@example.com".into(),
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(revealed.password, NEW_PASSWORD);
+    callers(support::Auth::bearer(&jwt))
+        .revoke_token(proto::RevokeTokenRequest {
+            jwt: jwt.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for auth in [
+        support::Auth::bearer(&jwt),
+        support::Auth::api_key(&created.api_key, BAD_TOKEN),
+        support::Auth::basic("svc@example.com", BAD_TOKEN),
+    ] {
+        assert!(
+            callers(auth)
+                .get_caller_info(proto::GetCallerInfoRequest {})
+                .await
+                .is_err()
+        );
+    }
+    drop(channel);
+
     let status = daemon.terminate();
     assert!(status.success(), "SIGTERM is a clean stop: {status:?}");
     let output = daemon.output();
@@ -163,6 +236,9 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
         output.contains("\"level\":\"TRACE\""),
         "trace logging was on"
     );
+    assert!(output.contains("account revealed"), "reveals are logged");
+    let api_key = created.api_key.as_str();
+    let key_secret_part = api_key.rsplit('_').next().unwrap();
     for secret in [
         PASSWORD,
         NEW_PASSWORD,
@@ -172,6 +248,11 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
         ADMIN_TOKEN,
         token.as_str(),
         "LOGSWEEP-JWT-SIGNATURE",
+        api_key,
+        key_secret_part,
+        jwt.as_str(),
+        jwt.rsplit('.').next().unwrap(),
+        session.as_str(),
     ] {
         assert!(!output.contains(secret), "{secret} leaked into the log");
     }

@@ -179,3 +179,56 @@ fn grpcurl_works_over_the_unix_socket() {
     assert!(daemon.terminate().success());
     assert!(!socket.exists(), "the socket file is removed on shutdown");
 }
+
+#[test]
+fn the_readme_tokens_walkthrough_works_when_pasted() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("<!-- tokens-walkthrough -->")
+        .expect("start marker");
+    let end = readme
+        .find("<!-- /tokens-walkthrough -->")
+        .expect("end marker");
+    let block = &readme[start..end];
+    let script: String = block
+        .lines()
+        .skip_while(|line| !line.starts_with("```bash"))
+        .skip(1)
+        .take_while(|line| !line.starts_with("```"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert!(script.contains("RevokeToken"), "{script}");
+
+    let (_dir, mut daemon, token, addr) = start_dev(&[]);
+    let grpcurl_dir = support::grpcurl().parent().unwrap().to_owned();
+    let path = format!(
+        "{}:{}",
+        grpcurl_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .args([
+            "-euo",
+            "pipefail",
+            "-c",
+            &script.replace(README_ADDR, &addr.to_string()),
+        ])
+        .env("PATH", &path)
+        .env("TOKEN", &token)
+        .output()
+        .unwrap();
+    let output = text(&out);
+    assert!(out.status.success(), "{output}");
+    assert!(
+        output.contains(r#""activatedKeys": 1"#),
+        "activated: {output}"
+    );
+    assert!(
+        output.contains(r#""email": "render@example.com""#),
+        "whoami with the JWT: {output}"
+    );
+    assert!(output.contains("JWT revoked"), "{output}");
+    assert!(output.contains("refused, as it should be"), "{output}");
+    assert!(daemon.terminate().success());
+}

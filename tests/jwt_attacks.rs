@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use credvault::{callers::Claims, clock::ManualClock, vault::Vault};
+use credvault::{callers::Claims, clock::ManualClock};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use support::{Auth, TestServer, proto};
 use tonic::Code;
@@ -74,7 +74,7 @@ async fn forged_and_damaged_tokens_are_refused() {
     let kid = jsonwebtoken::decode_header(&live).unwrap().kid.unwrap();
     let (resigned, wrong_aud, wrong_iss, future_nbf, unknown_jti, unknown_sub, public) = {
         let settings = support::config(dir.path(), &key).resolve().unwrap();
-        let vault = Vault::open(&settings).unwrap();
+        let vault = support::open_vault(&settings, Arc::new(credvault::clock::SystemClock));
         let keys = vault.callers.token_keys();
         let sign = |change: &dyn Fn(&mut Claims)| {
             let mut forged = claims.clone();

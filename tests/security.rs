@@ -2,14 +2,15 @@
 
 mod support;
 
-use std::{os::unix::fs::PermissionsExt, path::Path};
+use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc};
 
 use credvault::{
     accounts::{AccountSecrets, NewAccount, SessionInput},
+    clock::SystemClock,
     config::Config,
     crypto::SecretString,
     store::{SledStore, Store, Swap, Tree},
-    vault::{OpenError, Vault},
+    vault::OpenError,
 };
 use support::{ADMIN_TOKEN, TestServer, pixverse, proto, upstream_jwt};
 use tonic::Code;
@@ -155,7 +156,7 @@ async fn accounts_survive_a_restart() {
 
     // And the secrets themselves decrypt to what was stored.
     let settings = support::config(dir.path(), &key).resolve().unwrap();
-    let vault = Vault::open(&settings).unwrap();
+    let vault = support::open_vault(&settings, Arc::new(SystemClock));
     let account = vault
         .accounts
         .get("pixverse", "persist@example.com")
@@ -172,7 +173,9 @@ async fn a_wrong_master_key_refuses_to_start() {
     let settings = support::config(dir.path(), &support::new_key())
         .resolve()
         .unwrap();
-    let error = Vault::open(&settings).err().expect("wrong key is refused");
+    let error = support::try_open_vault(&settings, Arc::new(SystemClock))
+        .err()
+        .expect("wrong key is refused");
     assert!(matches!(error, OpenError::WrongKey(_)));
     assert!(error.is_configuration());
     assert_eq!(
@@ -190,7 +193,7 @@ async fn an_unknown_store_format_refuses_to_start() {
     let key = support::new_key();
     TestServer::start(dir.path(), &key).await.stop().await;
     {
-        let store = SledStore::open(&dir.path().join("db")).unwrap();
+        let store = support::open_store(dir.path());
         let current = store.get(Tree::Meta, b"format").unwrap();
         assert_eq!(current.as_deref(), Some(&b"1"[..]));
         store
@@ -199,7 +202,9 @@ async fn an_unknown_store_format_refuses_to_start() {
         store.flush().await.unwrap();
     }
     let settings = support::config(dir.path(), &key).resolve().unwrap();
-    let error = Vault::open(&settings).err().expect("refused");
+    let error = support::try_open_vault(&settings, Arc::new(SystemClock))
+        .err()
+        .expect("refused");
     assert!(
         error
             .to_string()
@@ -222,7 +227,7 @@ async fn tampered(dir: &Path, key: &str, tamper: impl FnOnce(&SledStore)) -> Tes
     drop(client);
     server.stop().await;
     {
-        let store = SledStore::open(&dir.join("db")).unwrap();
+        let store = support::open_store(dir);
         tamper(&store);
         store.flush().await.unwrap();
     }

@@ -34,6 +34,14 @@ pub const SECRET_HEADER: &str = "x-credvault-secret";
 pub const CREATE_SESSION_PATH: &str = "/credvault.v1.Callers/CreateSession";
 pub const ACTIVATE_PATH: &str = "/credvault.v1.Callers/ActivateCaller";
 
+/// What a not-yet-activated key may call: ActivateCaller, and reflection, which only
+/// describes the API (grpcurl asks it before every call, ActivateCaller included).
+fn allowed_before_activation(path: &str) -> bool {
+    path == ACTIVATE_PATH
+        || path.starts_with("/grpc.reflection.v1.ServerReflection/")
+        || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
+}
+
 /// How the caller proved itself on this request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Credential {
@@ -227,7 +235,7 @@ impl Authenticator {
                     ..
                 }
             );
-            if !activated && path != ACTIVATE_PATH {
+            if !activated && !allowed_before_activation(path) {
                 return Err(AuthError::NotActivated);
             }
             return Ok(caller);

@@ -80,7 +80,7 @@ impl TestServer {
     /// A server whose notion of time is `clock` (token expiry, credit windows).
     pub async fn start_with_clock(config: Config, clock: Arc<dyn credvault::clock::Clock>) -> Self {
         let settings = config.resolve().expect("test config resolves");
-        let vault = Vault::open_with_clock(&settings, clock).expect("vault opens");
+        let vault = open_vault(&settings, clock);
         let listeners = Listeners::bind(&settings).await.expect("listeners bind");
         let addr = listeners.tcp_addr();
         let socket = listeners.socket_path().map(Path::to_owned);
@@ -135,6 +135,52 @@ impl TestServer {
             task.await
                 .expect("server task")
                 .expect("server stops cleanly");
+        }
+    }
+}
+
+/// Opens the vault of a data directory this process may just have closed. hyper runs
+/// each HTTP/2 stream as its own task, and one can finish a moment after its connection
+/// closed, keeping the previous vault (and sled's lock) alive that long; so while the
+/// store reports `Locked`, poll (bounded). Any other outcome is returned as it is.
+pub fn try_open_vault(
+    settings: &credvault::config::Settings,
+    clock: Arc<dyn credvault::clock::Clock>,
+) -> Result<Vault, credvault::vault::OpenError> {
+    use credvault::{store::StoreError, vault::OpenError};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Vault::open_with_clock(settings, clock.clone()) {
+            Err(OpenError::Store {
+                source: StoreError::Locked,
+                ..
+            }) if Instant::now() < deadline => {
+                std::thread::park_timeout(Duration::from_millis(20));
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+pub fn open_vault(
+    settings: &credvault::config::Settings,
+    clock: Arc<dyn credvault::clock::Clock>,
+) -> Vault {
+    try_open_vault(settings, clock).unwrap_or_else(|error| panic!("vault does not open: {error}"))
+}
+
+/// The raw store of a data directory, for tests that tamper with it (see `try_open_vault`).
+pub fn open_store(data_dir: &Path) -> credvault::store::SledStore {
+    use credvault::store::{SledStore, StoreError};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match SledStore::open(&data_dir.join("db")) {
+            Err(StoreError::Locked) if Instant::now() < deadline => {
+                std::thread::park_timeout(Duration::from_millis(20));
+            }
+            outcome => {
+                return outcome.unwrap_or_else(|error| panic!("store does not open: {error}"));
+            }
         }
     }
 }
