@@ -23,6 +23,7 @@ use crate::{
     callers::CallerSettings,
     crypto::{KeyError, MasterKey, RngError, SecretString, random_bytes},
     providers::{ProviderSpec, Providers},
+    refresh::RefreshSettings,
 };
 
 /// The address served when nothing else is configured.
@@ -82,6 +83,8 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderSpec>,
     /// Caller tokens, sessions and credits.
     pub callers: CallerSettings,
+    /// The refresh engine.
+    pub refresh: RefreshSettings,
 }
 
 impl Default for Config {
@@ -101,6 +104,7 @@ impl Default for Config {
             dev: false,
             providers: BTreeMap::new(),
             callers: CallerSettings::default(),
+            refresh: RefreshSettings::default(),
         }
     }
 }
@@ -156,6 +160,8 @@ pub enum ConfigError {
     WeakAdminToken,
     #[error("callers: {0}")]
     Callers(&'static str),
+    #[error("refresh: {0}")]
+    Refresh(&'static str),
     #[error("provider {name:?}: max_jobs range {min}..={max} is empty or starts below 1")]
     ProviderRange { name: String, min: u32, max: u32 },
     #[error("{action} {path}: {source}")]
@@ -188,6 +194,7 @@ pub struct Settings {
     pub dev_key_file: Option<PathBuf>,
     pub providers: Providers,
     pub callers: CallerSettings,
+    pub refresh: RefreshSettings,
 }
 
 impl Config {
@@ -206,6 +213,7 @@ impl Config {
                 ENV_KEYS.contains(&key.as_str())
                     || key.starts_with("providers__")
                     || key.starts_with("callers__")
+                    || key.starts_with("refresh__")
             })
             .split("__");
         figment
@@ -242,6 +250,7 @@ impl Config {
         }
 
         check_callers(&self.callers)?;
+        check_refresh(&self.refresh)?;
         create_private_dir(&self.data_dir)?;
         let (master_key, dev_key_file) = master_key(
             self.master_key,
@@ -267,6 +276,7 @@ impl Config {
             dev_key_file,
             providers: Providers::new(self.providers),
             callers: self.callers,
+            refresh: self.refresh,
         })
     }
 }
@@ -282,6 +292,24 @@ fn check_callers(callers: &CallerSettings) -> Result<(), ConfigError> {
         None
     };
     problem.map_or(Ok(()), |p| Err(ConfigError::Callers(p)))
+}
+
+fn check_refresh(refresh: &RefreshSettings) -> Result<(), ConfigError> {
+    let problem = if refresh.concurrency == 0 {
+        Some("concurrency must be at least 1")
+    } else if refresh.skew_secs < 0
+        || refresh.backoff_base_ms < 1
+        || refresh.backoff_cap_ms < refresh.backoff_base_ms
+    {
+        Some(
+            "skew_secs must not be negative, backoff_base_ms at least 1 and backoff_cap_ms at least backoff_base_ms",
+        )
+    } else if refresh.credits_interval_secs < 1 || refresh.unknown_expiry_secs < 1 {
+        Some("credits_interval_secs and unknown_expiry_secs must be at least 1")
+    } else {
+        None
+    };
+    problem.map_or(Ok(()), |p| Err(ConfigError::Refresh(p)))
 }
 
 fn master_key(

@@ -13,6 +13,8 @@
 //! - [`crypto`]: secret types, the master key and its HKDF sub-keys, record sealing.
 //! - [`vault`]: opening a data directory: format and key checks, wiring the services.
 //! - [`config`] and [`cli`]: layered configuration (defaults, TOML, env, flags).
+//! - [`refresh`]: the refresh engine (schedule, single flight, backoff) and the
+//!   provider adapters that log accounts in upstream.
 //! - [`providers`]: the configured upstream providers and their `maxJobs` ranges.
 //! - [`validate`]: field checks shared by every service, in the reference wording.
 //! - [`clock`], [`timefmt`], [`telemetry`]: time, timestamps, logging.
@@ -30,6 +32,7 @@ pub mod config;
 pub mod crypto;
 pub mod proto;
 pub mod providers;
+pub mod refresh;
 pub mod sealed;
 pub mod server;
 pub mod store;

@@ -95,6 +95,13 @@ async fn run(settings: Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let shutdown = match server::shutdown_signal() {
+        Ok(shutdown) => shutdown,
+        Err(error) => {
+            eprintln!("credvault: cannot install signal handlers: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     if settings.admin_token_generated {
         // Shown once, on stdout, on its own line; never logged.
         println!("admin token: {}", settings.admin_token.expose());
@@ -105,14 +112,7 @@ async fn run(settings: Settings) -> ExitCode {
         data_dir = %settings.data_dir.display(),
         "credvault serving"
     );
-    match server::run(
-        vault,
-        listeners,
-        settings.shutdown_grace,
-        server::shutdown_signal(),
-    )
-    .await
-    {
+    match server::run(vault, listeners, settings.shutdown_grace, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "credvault stopped with an error");

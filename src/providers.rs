@@ -23,9 +23,50 @@ pub struct ProviderSpec {
     pub min_jobs: u32,
     #[serde(default = "default_max_jobs")]
     pub max_jobs: u32,
-    /// Where the provider's API lives; used by the refresh engine.
+    /// Where the provider's API lives. Without it credvault stores the provider's
+    /// accounts but does not log them in.
     #[serde(default)]
     pub base_url: Option<String>,
+    /// Per HTTP call to the provider (connect and whole request).
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// basic-session: JSON pointer to the token in the session answer.
+    #[serde(default = "default_token_pointer")]
+    pub token_pointer: String,
+    /// basic-session: JSON pointer to the expiry (unix seconds) in the session answer.
+    #[serde(default = "default_expiry_pointer")]
+    pub expiry_pointer: String,
+    /// basic-session: lifetime to assume when the answer gives no expiry.
+    #[serde(default)]
+    pub session_lifetime_secs: Option<i64>,
+}
+
+fn default_timeout_secs() -> u64 {
+    10
+}
+
+fn default_token_pointer() -> String {
+    "/token".to_owned()
+}
+
+fn default_expiry_pointer() -> String {
+    "/expires_at".to_owned()
+}
+
+impl ProviderSpec {
+    /// A spec with every optional setting at its default.
+    pub fn new(kind: ProviderKind, min_jobs: u32, max_jobs: u32) -> Self {
+        Self {
+            kind,
+            min_jobs,
+            max_jobs,
+            base_url: None,
+            timeout_secs: default_timeout_secs(),
+            token_pointer: default_token_pointer(),
+            expiry_pointer: default_expiry_pointer(),
+            session_lifetime_secs: None,
+        }
+    }
 }
 
 fn default_min_jobs() -> u32 {
@@ -46,12 +87,7 @@ impl Providers {
     pub fn new(mut configured: BTreeMap<String, ProviderSpec>) -> Self {
         configured
             .entry("pixverse".to_owned())
-            .or_insert(ProviderSpec {
-                kind: ProviderKind::Pixverse,
-                min_jobs: 1,
-                max_jobs: 8,
-                base_url: None,
-            });
+            .or_insert(ProviderSpec::new(ProviderKind::Pixverse, 1, 8));
         Self(configured)
     }
 

@@ -8,6 +8,7 @@ use std::{
     net::SocketAddr,
     os::unix::fs::{FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -29,6 +30,7 @@ use crate::{
         FILE_DESCRIPTOR_SET, accounts_server::AccountsServer, callers_server::CallersServer,
         credentials_server::CredentialsServer,
     },
+    refresh::Refresher,
     store::Store,
     vault::Vault,
 };
@@ -49,6 +51,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("a listener task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("starting the refresh engine: {0}")]
+    Refresher(crate::accounts::AccountError),
     #[error("final flush of the store failed: {0}")]
     Flush(#[from] crate::store::StoreError),
 }
@@ -113,6 +117,7 @@ type Routes = Router<Stack<AuthLayer, Identity>>;
 
 fn router(
     vault: &Vault,
+    refresher: &Arc<Refresher>,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
@@ -120,7 +125,11 @@ fn router(
     // grpcurl 1.8 speaks only v1alpha; newer clients prefer v1.
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let accounts = AccountsApi::new(vault.accounts.clone(), vault.fingerprints.clone());
+    let accounts = AccountsApi::new(
+        vault.accounts.clone(),
+        refresher.clone(),
+        vault.fingerprints.clone(),
+    );
     let callers = CallersApi::new(vault.callers.clone());
     let credentials = CredentialsApi::new(
         vault.accounts.clone(),
@@ -157,9 +166,18 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    let refresher = Arc::new(
+        Refresher::start(
+            vault.accounts.clone(),
+            &vault.providers,
+            vault.clock.clone(),
+            vault.refresh.clone(),
+        )
+        .map_err(ServeError::Refresher)?,
+    );
     let mut servers = JoinSet::new();
     if let Some(tcp) = listeners.tcp {
-        let routes = router(&vault, health.clone())?;
+        let routes = router(&vault, &refresher, health.clone())?;
         servers.spawn(
             routes.serve_with_incoming_shutdown(
                 TcpListenerStream::new(tcp),
@@ -169,7 +187,7 @@ pub async fn run(
     }
     let socket_path = match listeners.unix {
         Some((unix, path)) => {
-            let routes = router(&vault, health.clone())?;
+            let routes = router(&vault, &refresher, health.clone())?;
             servers.spawn(routes.serve_with_incoming_shutdown(
                 UnixListenerStream::new(unix),
                 stopped(stop_rx.clone()),
@@ -223,24 +241,24 @@ pub async fn run(
     if let Some(path) = socket_path {
         let _ = std::fs::remove_file(path);
     }
+    refresher.shutdown().await;
     vault.store.flush().await?;
     tracing::info!("stopped; store flushed");
     outcome
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// Registers SIGTERM and SIGINT handlers now, and returns a future that resolves on
+/// either. Registering before the daemon says it is serving matters: a signal that
+/// arrives earlier would otherwise take its default action and kill the process
+/// without draining or flushing.
+pub fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT will stop credvault");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    })
 }

@@ -9,6 +9,8 @@ use crate::{
     clock::{Clock, SystemClock},
     config::Settings,
     crypto::{Fingerprinter, RngError, SealError, Sealer},
+    providers::Providers,
+    refresh::RefreshSettings,
     store::{SledStore, Store, StoreError, Swap, Tree},
 };
 
@@ -60,6 +62,9 @@ pub struct Vault {
     pub accounts: Arc<AccountService>,
     pub callers: Arc<CallerService>,
     pub authenticator: Arc<Authenticator>,
+    pub providers: Arc<Providers>,
+    pub refresh: RefreshSettings,
+    pub clock: Arc<dyn Clock>,
     pub fingerprints: Arc<Fingerprinter>,
 }
 
@@ -89,22 +94,26 @@ impl Vault {
         let accounts = Arc::new(AccountService::new(
             store.clone(),
             sealer.clone(),
-            providers,
+            providers.clone(),
             clock.clone(),
         ));
         let callers = Arc::new(CallerService::open(
             store.clone(),
             sealer,
             &settings.master_key,
-            clock,
+            clock.clone(),
             settings.callers.clone(),
         )?);
+        let authenticator = Arc::new(Authenticator::new(&settings.admin_token, callers.clone())?);
         Ok(Self {
             store,
             accounts,
-            authenticator: Arc::new(Authenticator::new(&settings.admin_token, callers.clone())?),
+            authenticator,
+            providers,
+            refresh: settings.refresh.clone(),
             callers,
             fingerprints: Arc::new(Fingerprinter::new(&settings.master_key)),
+            clock,
         })
     }
 }

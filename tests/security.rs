@@ -463,6 +463,7 @@ fn debug_output_never_holds_a_secret() {
         api_key: secret(API_KEY),
         secret: secret(API_KEY),
         token: secret(&token),
+        previous_token: secret(TOKEN_FILLER),
     };
     let config = Config {
         admin_token: secret(ADMIN_TOKEN),

@@ -4,7 +4,7 @@
 pub mod mask;
 mod model;
 pub mod record;
-mod upstream_token;
+pub mod upstream_token;
 
 use std::sync::Arc;
 
@@ -12,8 +12,8 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
 pub use crate::validate::FieldError;
 pub use model::{
-    Account, AccountKey, AccountMeta, AccountSecrets, AccountUpdate, Credits, NewAccount,
-    SessionInput, SessionMeta, Status,
+    Account, AccountKey, AccountMeta, AccountSecrets, AccountUpdate, Credits, FreshSession,
+    NewAccount, Refreshed, SessionInput, SessionMeta, Status,
 };
 pub use record::RecordError;
 
@@ -113,6 +113,7 @@ impl AccountService {
                 status_reason: String::new(),
                 session: None,
                 credits: None,
+                upstream_activated: false,
                 created_at_ms: now,
                 updated_at_ms: now,
                 version: 1,
@@ -122,6 +123,7 @@ impl AccountService {
                 api_key: input.api_key,
                 secret: input.secret,
                 token: None,
+                previous_token: None,
             },
         };
         if let Some(session) = input.session {
@@ -205,33 +207,127 @@ impl AccountService {
     ) -> Result<Account, AccountError> {
         let key = lookup_key(provider, email)?;
         let max_jobs = self.check_update(&key, &update)?;
+        let account = self.modify(&key, expected_version, |account| {
+            apply(account, update.clone(), max_jobs).map_err(AccountError::from)
+        })?;
+        self.store.flush().await?;
+        Ok(account)
+    }
+
+    /// The staged swap's last step: stores what a login produced in one atomic write.
+    /// The current token becomes the previous one (kept sealed until its own expiry),
+    /// the generation goes up by one, and the status returns to ACTIVE. The caller has
+    /// checked the new token; `expected_generation` makes sure nobody stored another in
+    /// between.
+    pub async fn store_refresh(
+        &self,
+        key: &AccountKey,
+        refreshed: Refreshed,
+        expected_generation: u64,
+    ) -> Result<Account, AccountError> {
+        let now = self.clock.now_ms();
+        let account = self.modify(key, None, |account| {
+            let generation = account.meta.session.as_ref().map_or(0, |s| s.generation);
+            if generation != expected_generation {
+                return Err(AccountError::Contended(key.clone()));
+            }
+            if let Some(fresh) = refreshed.session.clone() {
+                let old = account.meta.session.take().unwrap_or_default();
+                let keep_previous = old.expire_time > now / 1000 && account.secrets.token.is_some();
+                account.secrets.previous_token = if keep_previous {
+                    account.secrets.token.take()
+                } else {
+                    None
+                };
+                account.secrets.token = Some(fresh.token);
+                account.meta.session = Some(SessionMeta {
+                    account_id: fresh.account_id.unwrap_or(old.account_id),
+                    username: fresh.username.unwrap_or(old.username),
+                    expire_time: fresh.expire_time,
+                    generation: old.generation + 1,
+                    last_refresh_at_ms: now,
+                    previous_expire_time: if keep_previous { old.expire_time } else { 0 },
+                });
+            }
+            if refreshed.credits.is_some() {
+                account.meta.credits.clone_from(&refreshed.credits);
+            }
+            account.meta.upstream_activated |= refreshed.activated;
+            account.meta.status = Status::Active;
+            account.meta.status_reason.clear();
+            Ok(())
+        })?;
+        self.store.flush().await?;
+        Ok(account)
+    }
+
+    /// Records why a refresh did not happen (and, for a permanent failure,
+    /// NEEDS_ATTENTION).
+    pub async fn record_status(
+        &self,
+        key: &AccountKey,
+        status: Status,
+        reason: &str,
+    ) -> Result<Account, AccountError> {
+        let account = self.modify(key, None, |account| {
+            account.meta.status = status;
+            account.meta.status_reason = reason.to_owned();
+            Ok(())
+        })?;
+        self.store.flush().await?;
+        Ok(account)
+    }
+
+    /// Metadata of up to `limit` accounts after `after`, without opening their
+    /// secrets: enough to plan refreshes, and fast. The refresh itself reads the
+    /// record authenticated.
+    pub fn scan_meta(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, AccountMeta)>, AccountError> {
+        let entries = self.store.scan(Tree::Accounts, b"", after, limit)?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(key, value)| {
+                record::decode_meta_unauthenticated(&value)
+                    .ok()
+                    .map(|meta| (key, meta))
+            })
+            .collect())
+    }
+
+    /// Read-modify-write with compare-and-swap, retried while other writers win.
+    fn modify(
+        &self,
+        key: &AccountKey,
+        expected_version: Option<u64>,
+        mut change: impl FnMut(&mut Account) -> Result<(), AccountError>,
+    ) -> Result<Account, AccountError> {
         let storage_key = key.storage_key();
         for _ in 0..MAX_CAS_ATTEMPTS {
             let current = self
                 .store
                 .get(Tree::Accounts, &storage_key)?
                 .ok_or_else(|| AccountError::NotFound(key.clone()))?;
-            let mut account = self.decode(&key, &current)?;
-            check_version(&key, &account.meta, expected_version)?;
-            apply(&mut account, update.clone(), max_jobs)?;
+            let mut account = self.decode(key, &current)?;
+            check_version(key, &account.meta, expected_version)?;
+            change(&mut account)?;
             account.meta.version += 1;
             account.meta.updated_at_ms = self.clock.now_ms();
-            let bytes = self.encode(&key, &account)?;
+            let bytes = self.encode(key, &account)?;
             match self.store.compare_and_swap(
                 Tree::Accounts,
                 &storage_key,
                 Some(&current),
                 Some(&bytes),
             )? {
-                Swap::Done => {
-                    self.store.flush().await?;
-                    return Ok(account);
-                }
+                Swap::Done => return Ok(account),
                 // Someone else wrote first: read again (and re-check the version).
                 Swap::Conflict { .. } => continue,
             }
         }
-        Err(AccountError::Contended(key))
+        Err(AccountError::Contended(key.clone()))
     }
 
     /// Deletes an account. A record that no longer authenticates can still be deleted,
@@ -448,18 +544,18 @@ fn set_session(account: &mut Account, session: SessionInput) -> Result<(), Field
         0 => upstream_token::expiry(session.token.expose()).unwrap_or(0),
         given => given,
     };
-    let generation = account
-        .meta
-        .session
-        .as_ref()
-        .map_or(1, |s| s.generation + 1);
+    let old = account.meta.session.take().unwrap_or_default();
+    // An operator's token replaces the session outright: no previous token is kept.
     account.meta.session = Some(SessionMeta {
         account_id: session.account_id,
         username: session.username,
         expire_time,
-        generation,
+        generation: old.generation + 1,
+        last_refresh_at_ms: old.last_refresh_at_ms,
+        previous_expire_time: 0,
     });
     account.secrets.token = Some(session.token);
+    account.secrets.previous_token = None;
     Ok(())
 }
 

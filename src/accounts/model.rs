@@ -53,6 +53,12 @@ pub struct SessionMeta {
     /// Unix seconds; 0 when unknown.
     pub expire_time: i64,
     pub generation: u64,
+    /// When the refresh engine last stored a token (unix ms; 0: never).
+    #[serde(default)]
+    pub last_refresh_at_ms: i64,
+    /// Expiry of the previous token, kept (sealed) until then; 0 when none is kept.
+    #[serde(default)]
+    pub previous_expire_time: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +82,9 @@ pub struct AccountMeta {
     pub status_reason: String,
     pub session: Option<SessionMeta>,
     pub credits: Option<Credits>,
+    /// API-key style: the upstream has seen the key's activating first call.
+    #[serde(default)]
+    pub upstream_activated: bool,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub version: u64,
@@ -107,6 +116,8 @@ pub struct AccountSecrets {
     pub secret: Option<SecretString>,
     /// The upstream session token.
     pub token: Option<SecretString>,
+    /// The token before the last refresh, still valid upstream until its own expiry.
+    pub previous_token: Option<SecretString>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,6 +150,24 @@ pub struct NewAccount {
     pub session: Option<SessionInput>,
     pub labels: BTreeMap<String, String>,
     pub disabled: bool,
+}
+
+/// What a provider login produced, before it is checked and stored.
+#[derive(Clone, Debug, Default)]
+pub struct Refreshed {
+    pub session: Option<FreshSession>,
+    pub credits: Option<Credits>,
+    /// The upstream has activated the account's API key.
+    pub activated: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct FreshSession {
+    pub token: SecretString,
+    pub account_id: Option<String>,
+    pub username: Option<String>,
+    /// Unix seconds.
+    pub expire_time: i64,
 }
 
 /// UpdateAccount's input: `None` leaves a field as it is.

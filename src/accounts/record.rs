@@ -48,6 +48,7 @@ struct SealedFields<S> {
     api_key: Option<S>,
     secret: Option<S>,
     token: Option<S>,
+    previous_token: Option<S>,
 }
 
 pub fn encode(sealer: &Sealer, key: &[u8], account: &Account) -> Result<Vec<u8>, RecordError> {
@@ -58,6 +59,7 @@ pub fn encode(sealer: &Sealer, key: &[u8], account: &Account) -> Result<Vec<u8>,
         api_key: expose(&secrets.api_key),
         secret: expose(&secrets.secret),
         token: expose(&secrets.token),
+        previous_token: expose(&secrets.previous_token),
     };
     let plaintext =
         Zeroizing::new(serde_json::to_vec(&fields).map_err(|_| RecordError::Malformed)?);
@@ -89,6 +91,7 @@ pub fn decode(sealer: &Sealer, key: &[u8], bytes: &[u8]) -> Result<Account, Reco
             api_key: secret(fields.api_key),
             secret: secret(fields.secret),
             token: secret(fields.token),
+            previous_token: secret(fields.previous_token),
         },
     })
 }
@@ -148,6 +151,7 @@ mod tests {
                 status_reason: String::new(),
                 session: None,
                 credits: None,
+                upstream_activated: false,
                 created_at_ms: 1,
                 updated_at_ms: 1,
                 version: 1,

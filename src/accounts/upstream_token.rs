@@ -8,6 +8,11 @@ struct Claims {
     exp: Option<serde_json::Number>,
 }
 
+/// The claims of a JWT-shaped token, if they decode (without verification).
+pub fn claims_parse(token: &str) -> Option<serde_json::Value> {
+    jsonwebtoken::dangerous::insecure_decode_claims(token).ok()
+}
+
 /// The token's `exp` claim in unix seconds, if it is a JWT that has one.
 pub fn expiry(token: &str) -> Option<i64> {
     let claims: Claims = jsonwebtoken::dangerous::insecure_decode_claims(token).ok()?;

@@ -6,24 +6,31 @@ use tonic::{Request, Response, Status};
 
 use super::{
     caller, convert,
-    status::{account_error, denied},
+    status::{account_error, denied, refresh_error},
 };
 use crate::{
-    accounts::{AccountService, AccountUpdate, NewAccount},
+    accounts::{AccountKey, AccountService, AccountUpdate, NewAccount},
     auth::Permission,
     crypto::Fingerprinter,
     proto::{self, accounts_server::Accounts},
+    refresh::Refresher,
 };
 
 pub struct AccountsApi {
     accounts: Arc<AccountService>,
+    refresher: Arc<Refresher>,
     fingerprints: Arc<Fingerprinter>,
 }
 
 impl AccountsApi {
-    pub fn new(accounts: Arc<AccountService>, fingerprints: Arc<Fingerprinter>) -> Self {
+    pub fn new(
+        accounts: Arc<AccountService>,
+        refresher: Arc<Refresher>,
+        fingerprints: Arc<Fingerprinter>,
+    ) -> Self {
         Self {
             accounts,
+            refresher,
             fingerprints,
         }
     }
@@ -58,6 +65,21 @@ impl Accounts for AccountsApi {
         };
         let account = self.accounts.create(input).await.map_err(account_error)?;
         tracing::info!(caller = %caller.id, version = account.meta.version, "account created");
+        let key = account.meta.key();
+        // Without a token, log in now and answer with what came of it: the token, or
+        // the reason in statusReason.
+        let account = if account.secrets.token.is_none() && self.refresher.refreshes(&key.provider)
+        {
+            if let Err(error) = self.refresher.refresh_now(&key).await {
+                tracing::info!(reason = %error, "first login of a new account failed");
+            }
+            self.accounts
+                .get(&key.provider, &key.email)
+                .map_err(account_error)?
+        } else {
+            self.refresher.account_changed(&key, Some(&account.meta));
+            account
+        };
         Ok(Response::new(convert::masked_account(&account)))
     }
 
@@ -122,6 +144,8 @@ impl Accounts for AccountsApi {
             .await
             .map_err(account_error)?;
         tracing::info!(caller = %caller.id, version = account.meta.version, "account updated");
+        self.refresher
+            .account_changed(&account.meta.key(), Some(&account.meta));
         Ok(Response::new(convert::masked_account(&account)))
     }
 
@@ -140,6 +164,35 @@ impl Accounts for AccountsApi {
             .await
             .map_err(account_error)?;
         tracing::info!(caller = %caller.id, "account deleted");
+        let key = AccountKey {
+            provider: req.provider,
+            email: req.email.to_lowercase(),
+        };
+        self.refresher.account_changed(&key, None);
         Ok(Response::new(()))
+    }
+
+    #[tracing::instrument(skip_all, fields(provider = %request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
+    async fn refresh_account(
+        &self,
+        request: Request<proto::RefreshAccountRequest>,
+    ) -> Result<Response<proto::Account>, Status> {
+        let caller = caller(&request)?;
+        caller
+            .require(Permission::AccountsWrite, "RefreshAccount")
+            .map_err(denied)?;
+        let req = request.into_inner();
+        // Validates the names and gives NOT_FOUND with the hint for unknown accounts.
+        let account = self
+            .accounts
+            .get(&req.provider, &req.email)
+            .map_err(account_error)?;
+        let account = self
+            .refresher
+            .refresh_now(&account.meta.key())
+            .await
+            .map_err(refresh_error)?;
+        tracing::info!(caller = %caller.id, "account refreshed on request");
+        Ok(Response::new(convert::masked_account(&account)))
     }
 }

@@ -60,6 +60,11 @@ pub fn masked_account(account: &Account) -> proto::Account {
         created_at: Some(timestamp(meta.created_at_ms)),
         updated_at: Some(timestamp(meta.updated_at_ms)),
         version: meta.version,
+        last_refresh_at: meta
+            .session
+            .as_ref()
+            .filter(|s| s.last_refresh_at_ms > 0)
+            .map(|s| timestamp(s.last_refresh_at_ms)),
         disabled: meta.disabled,
         labels: meta.labels.clone().into_iter().collect(),
     }

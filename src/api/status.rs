@@ -11,6 +11,7 @@ use crate::{
     accounts::AccountError,
     auth::{AuthError, Denied},
     callers::{CallerError, CreditError, MAX_KEYS},
+    refresh::RefreshError,
     store::StoreError,
 };
 
@@ -39,7 +40,11 @@ pub fn denied(error: Denied) -> Status {
 }
 
 pub fn account_error(error: AccountError) -> Status {
-    match &error {
+    account_error_ref(&error)
+}
+
+fn account_error_ref(error: &AccountError) -> Status {
+    match error {
         AccountError::Invalid(_) => Status::invalid_argument(error.to_string()),
         AccountError::NotFound(_) => Status::not_found(error.to_string()),
         AccountError::AlreadyExists(_) => Status::already_exists(error.to_string()),
@@ -50,7 +55,7 @@ pub fn account_error(error: AccountError) -> Status {
             tracing::error!(account = %key, reason = %source, "record failed its integrity check");
             Status::data_loss(error.to_string())
         }
-        AccountError::Encode { .. } => internal(&error),
+        AccountError::Encode { .. } => internal(error),
         AccountError::Store(store) => store_error(store),
     }
 }
@@ -80,6 +85,20 @@ pub fn caller_error(error: CallerError) -> Status {
         }
         CallerError::Store(ref store) => store_error(store),
         CallerError::Seal(_) | CallerError::Keys(_) | CallerError::Rng(_) => internal(&error),
+    }
+}
+
+pub fn refresh_error(error: RefreshError) -> Status {
+    let message = error.to_string();
+    match error {
+        RefreshError::Login(login) if login.permanent => Status::failed_precondition(message),
+        RefreshError::Login(_) | RefreshError::Rejected(_) | RefreshError::ShuttingDown => {
+            Status::unavailable(message)
+        }
+        RefreshError::NotConfigured(_) | RefreshError::Disabled => {
+            Status::failed_precondition(message)
+        }
+        RefreshError::Account(account) => account_error_ref(&account),
     }
 }
 

@@ -47,3 +47,16 @@ impl std::fmt::Debug for Fingerprinter {
         f.write_str("Fingerprinter([redacted])")
     }
 }
+
+/// A uniformly random number in `0..bound` (0 when `bound` is 0), for jitter.
+pub fn random_below(bound: u64) -> u64 {
+    if bound == 0 {
+        return 0;
+    }
+    let mut bytes = [0u8; 8];
+    // Jitter that falls back to none when the RNG fails is still a correct schedule.
+    if random_bytes(&mut bytes).is_err() {
+        return 0;
+    }
+    u64::from_le_bytes(bytes) % bound
+}

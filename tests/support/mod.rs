@@ -50,12 +50,7 @@ pub fn config(data_dir: &Path, master_key: &str) -> Config {
     };
     config.providers.insert(
         "dataapi".into(),
-        ProviderSpec {
-            kind: ProviderKind::ApiKey,
-            min_jobs: 1,
-            max_jobs: 50,
-            base_url: None,
-        },
+        ProviderSpec::new(ProviderKind::ApiKey, 1, 50),
     );
     config
 }

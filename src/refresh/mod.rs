@@ -1,0 +1,361 @@
+//! The refresh engine (DESIGN.md §4): keeps every upstream account's session fresh.
+//!
+//! One scheduler task owns a time-ordered [`Schedule`]. Due accounts are logged in by
+//! their provider's adapter with bounded concurrency, one login per account at a time:
+//! a caller that needs a fresh token (RefreshAccount, CreateAccount) joins the login in
+//! flight instead of starting another. A result is checked (see [`stage`]) and stored
+//! in one atomic write; transient failures retry with capped, jittered exponential
+//! backoff; permanent ones set NEEDS_ATTENTION and wait for an operator.
+
+pub mod providers;
+pub mod schedule;
+mod stage;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use tokio::{
+    sync::{Semaphore, mpsc, watch},
+    task::JoinSet,
+};
+
+pub use providers::{LoginError, Provider};
+pub use schedule::{RefreshSettings, Schedule};
+
+use crate::{
+    accounts::{Account, AccountError, AccountKey, AccountMeta, AccountService, Status},
+    clock::Clock,
+    providers::{ProviderKind, Providers},
+    timefmt::rfc3339_millis,
+};
+
+/// Accounts read per batch when the schedule is rebuilt at start-up.
+const REBUILD_BATCH: usize = 1000;
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// The provider refused or failed; `permanent` says whether retrying can help.
+    #[error("login failed: {0}")]
+    Login(LoginError),
+    #[error("the new token was not stored: {0}")]
+    Rejected(&'static str),
+    #[error("provider {0} has no base_url configured, so credvault does not log its accounts in")]
+    NotConfigured(String),
+    #[error("the account is disabled")]
+    Disabled,
+    #[error("the account changed while logging in: {0}")]
+    Account(Arc<AccountError>),
+    #[error("credvault is shutting down")]
+    ShuttingDown,
+}
+
+impl From<AccountError> for RefreshError {
+    fn from(error: AccountError) -> Self {
+        RefreshError::Account(Arc::new(error))
+    }
+}
+
+type Outcome = Option<Result<Account, RefreshError>>;
+
+enum Command {
+    At(AccountKey, i64),
+    Remove(AccountKey),
+}
+
+struct Inner {
+    accounts: Arc<AccountService>,
+    adapters: HashMap<String, (ProviderKind, Arc<dyn Provider>)>,
+    settings: RefreshSettings,
+    clock: Arc<dyn Clock>,
+    limit: Semaphore,
+    inflight: Mutex<HashMap<AccountKey, watch::Receiver<Outcome>>>,
+    attempts: Mutex<HashMap<AccountKey, u32>>,
+    commands: mpsc::UnboundedSender<Command>,
+    stop: watch::Receiver<bool>,
+    logins: AtomicU64,
+}
+
+/// Handle to the running engine. Dropping it (or [`Refresher::shutdown`]) stops the
+/// scheduler and every login in flight.
+pub struct Refresher {
+    inner: Arc<Inner>,
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Refresher {
+    /// Rebuilds the schedule from the store and starts the scheduler task.
+    pub fn start(
+        accounts: Arc<AccountService>,
+        providers: &Providers,
+        clock: Arc<dyn Clock>,
+        settings: RefreshSettings,
+    ) -> Result<Self, AccountError> {
+        let adapters = providers
+            .iter()
+            .filter_map(|(name, spec)| {
+                providers::adapter(spec).map(|a| (name.clone(), (spec.kind, a)))
+            })
+            .collect();
+        let (commands, rx) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            accounts,
+            adapters,
+            limit: Semaphore::new(settings.concurrency.max(1)),
+            settings,
+            clock,
+            inflight: Mutex::new(HashMap::new()),
+            attempts: Mutex::new(HashMap::new()),
+            commands,
+            stop: stop_rx,
+            logins: AtomicU64::new(0),
+        });
+        let schedule = inner.rebuild()?;
+        tracing::info!(accounts = schedule.len(), "refresh schedule built");
+        let task = tokio::spawn(Inner::run(inner.clone(), rx, schedule));
+        Ok(Self {
+            inner,
+            stop,
+            task: Mutex::new(Some(task)),
+        })
+    }
+
+    /// Logs the account in now and waits for the result; joins a login in flight.
+    pub async fn refresh_now(&self, key: &AccountKey) -> Result<Account, RefreshError> {
+        self.inner.clone().refresh(key.clone()).await
+    }
+
+    /// Whether credvault logs this provider's accounts in at all.
+    pub fn refreshes(&self, provider: &str) -> bool {
+        self.inner.adapters.contains_key(provider)
+    }
+
+    /// Re-plans an account after an operator changed it (`None`: it was deleted).
+    pub fn account_changed(&self, key: &AccountKey, meta: Option<&AccountMeta>) {
+        self.inner.attempts_clear(key);
+        self.inner.plan(key, meta);
+    }
+
+    /// Logins attempted since start (all outcomes).
+    pub fn logins(&self) -> u64 {
+        self.inner.logins.load(Ordering::Relaxed)
+    }
+
+    /// Stops the scheduler and every login in flight, and waits for them.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Refresher {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Inner {
+    fn rebuild(&self) -> Result<Schedule, AccountError> {
+        let now = self.clock.now_ms();
+        let mut schedule = Schedule::default();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let batch = self.accounts.scan_meta(after.as_deref(), REBUILD_BATCH)?;
+            let Some((last, _)) = batch.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            for (_, meta) in &batch {
+                if let Some(due) = self.due(meta, now) {
+                    schedule.set(meta.key(), due);
+                }
+            }
+            if batch.len() < REBUILD_BATCH {
+                break;
+            }
+        }
+        Ok(schedule)
+    }
+
+    fn due(&self, meta: &AccountMeta, now: i64) -> Option<i64> {
+        let (kind, _) = self.adapters.get(&meta.provider)?;
+        self.settings.next_due(*kind, meta, now)
+    }
+
+    fn plan(&self, key: &AccountKey, meta: Option<&AccountMeta>) {
+        let command = match meta.and_then(|m| self.due(m, self.clock.now_ms())) {
+            Some(due) => Command::At(key.clone(), due),
+            None => Command::Remove(key.clone()),
+        };
+        let _ = self.commands.send(command);
+    }
+
+    fn attempts_clear(&self, key: &AccountKey) {
+        self.attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut schedule: Schedule,
+    ) {
+        let mut stop = self.stop.clone();
+        let mut logins = JoinSet::new();
+        loop {
+            while logins.try_join_next().is_some() {}
+            let wake = match schedule.next_due() {
+                Some(due) => self.clock.sleep_until(due),
+                None => Box::pin(std::future::pending()),
+            };
+            tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => break,
+                command = commands.recv() => match command {
+                    Some(Command::At(key, due)) => schedule.set(key, due),
+                    Some(Command::Remove(key)) => schedule.remove(&key),
+                    None => break,
+                },
+                () = wake => {
+                    for key in schedule.pop_due(self.clock.now_ms()) {
+                        let me = self.clone();
+                        logins.spawn(async move {
+                            let _ = me.refresh(key).await;
+                        });
+                    }
+                }
+            }
+        }
+        logins.shutdown().await;
+    }
+
+    /// Single flight: the first caller for an account starts the login, later ones
+    /// wait for the same result.
+    async fn refresh(self: Arc<Self>, key: AccountKey) -> Result<Account, RefreshError> {
+        let mut rx = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            match inflight.get(&key) {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    inflight.insert(key.clone(), rx.clone());
+                    let me = self.clone();
+                    let mut stop = self.stop.clone();
+                    tokio::spawn(async move {
+                        let outcome = tokio::select! {
+                            outcome = me.login(&key) => outcome,
+                            _ = stop.wait_for(|stop| *stop) => Err(RefreshError::ShuttingDown),
+                        };
+                        let _ = tx.send(Some(outcome));
+                        me.inflight
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&key);
+                    });
+                    rx
+                }
+            }
+        };
+        let outcome = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| RefreshError::ShuttingDown)?;
+        outcome.clone().unwrap_or(Err(RefreshError::ShuttingDown))
+    }
+
+    #[tracing::instrument(skip_all, fields(provider = %key.provider))]
+    async fn login(&self, key: &AccountKey) -> Result<Account, RefreshError> {
+        let _permit = self
+            .limit
+            .acquire()
+            .await
+            .map_err(|_| RefreshError::ShuttingDown)?;
+        let account = match self.accounts.get(&key.provider, &key.email) {
+            Ok(account) => account,
+            Err(error) => {
+                self.plan(key, None);
+                return Err(error.into());
+            }
+        };
+        if account.meta.disabled {
+            self.plan(key, None);
+            return Err(RefreshError::Disabled);
+        }
+        let (_, adapter) = self
+            .adapters
+            .get(&key.provider)
+            .ok_or_else(|| RefreshError::NotConfigured(key.provider.clone()))?;
+        let generation = account.meta.session.as_ref().map_or(0, |s| s.generation);
+        let now = self.clock.now_ms();
+        self.logins.fetch_add(1, Ordering::Relaxed);
+        let outcome = adapter.refresh(&account, now).await;
+        let refreshed = match outcome {
+            Ok(refreshed) => match stage::check(&refreshed, &account, now) {
+                Ok(()) => refreshed,
+                Err(reason) => {
+                    return self
+                        .failed(key, RefreshError::Rejected(reason), false)
+                        .await;
+                }
+            },
+            Err(error) => {
+                let permanent = error.permanent;
+                return self
+                    .failed(key, RefreshError::Login(error), permanent)
+                    .await;
+            }
+        };
+        let stored = self
+            .accounts
+            .store_refresh(key, refreshed, generation)
+            .await?;
+        self.attempts_clear(key);
+        self.plan(key, Some(&stored.meta));
+        tracing::info!(
+            generation = stored.meta.session.as_ref().map_or(0, |s| s.generation),
+            "upstream session refreshed"
+        );
+        Ok(stored)
+    }
+
+    async fn failed(
+        &self,
+        key: &AccountKey,
+        error: RefreshError,
+        permanent: bool,
+    ) -> Result<Account, RefreshError> {
+        if permanent {
+            tracing::warn!(reason = %error, "login refused; the account needs attention");
+            self.attempts_clear(key);
+            self.plan(key, None);
+            self.accounts
+                .record_status(key, Status::NeedsAttention, &error.to_string())
+                .await?;
+            return Err(error);
+        }
+        let attempt = {
+            let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+            let attempt = attempts.entry(key.clone()).or_insert(0);
+            *attempt += 1;
+            *attempt
+        };
+        let due = self.clock.now_ms() + self.settings.backoff_ms(attempt);
+        tracing::warn!(reason = %error, attempt, "login failed; retrying later");
+        let _ = self.commands.send(Command::At(key.clone(), due));
+        let reason = format!("{error}; retry {attempt} at {}", rfc3339_millis(due));
+        self.accounts
+            .record_status(key, Status::Active, &reason)
+            .await?;
+        Err(error)
+    }
+}

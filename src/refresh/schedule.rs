@@ -1,0 +1,241 @@
+//! When each account is due, in time order. Owned by the scheduler task alone.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    accounts::{AccountKey, AccountMeta, Status},
+    crypto::random_below,
+    providers::ProviderKind,
+};
+
+/// The `[refresh]` section of the configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RefreshSettings {
+    /// Refresh at least this long before expiry (or 10% of the token's lifetime, if more).
+    pub skew_secs: i64,
+    /// Logins running at once, across all accounts.
+    pub concurrency: usize,
+    /// First retry delay after a transient failure; doubles per attempt.
+    pub backoff_base_ms: i64,
+    /// Longest retry delay.
+    pub backoff_cap_ms: i64,
+    /// API-key accounts (no token): how often credits are read.
+    pub credits_interval_secs: i64,
+    /// Tokens whose expiry is unknown: how often they are renewed.
+    pub unknown_expiry_secs: i64,
+}
+
+impl Default for RefreshSettings {
+    fn default() -> Self {
+        Self {
+            skew_secs: 300,
+            concurrency: 4,
+            backoff_base_ms: 1_000,
+            backoff_cap_ms: 15 * 60 * 1000,
+            credits_interval_secs: 3600,
+            unknown_expiry_secs: 3600,
+        }
+    }
+}
+
+impl RefreshSettings {
+    /// Delay before retry `attempt` (1-based): exponential, capped, with "equal
+    /// jitter" (between half and all of the step) so retries of many accounts spread.
+    pub fn backoff_ms(&self, attempt: u32) -> i64 {
+        let step = self
+            .backoff_base_ms
+            .saturating_mul(1i64 << attempt.saturating_sub(1).min(30))
+            .min(self.backoff_cap_ms)
+            .max(1);
+        step / 2 + random_below((step - step / 2) as u64 + 1) as i64
+    }
+
+    /// When an account should next be refreshed, or `None` when it must wait for an
+    /// operator (disabled, or a permanent failure).
+    pub fn next_due(&self, kind: ProviderKind, meta: &AccountMeta, now_ms: i64) -> Option<i64> {
+        if meta.disabled || meta.status == Status::NeedsAttention {
+            return None;
+        }
+        if kind == ProviderKind::ApiKey {
+            return Some(if meta.upstream_activated {
+                meta.updated_at_ms + self.credits_interval_secs * 1000
+            } else {
+                now_ms
+            });
+        }
+        let Some(session) = &meta.session else {
+            return Some(now_ms);
+        };
+        let since = match session.last_refresh_at_ms {
+            0 => meta.updated_at_ms,
+            at => at,
+        };
+        if session.expire_time <= 0 {
+            return Some(since + self.unknown_expiry_secs * 1000);
+        }
+        let expiry = session.expire_time.saturating_mul(1000);
+        let lifetime = (expiry - since).max(0);
+        let lead = (self.skew_secs * 1000).max(lifetime / 10);
+        let jitter = random_below((lifetime / 20).clamp(0, 60_000) as u64) as i64;
+        Some(expiry - lead - jitter)
+    }
+}
+
+/// Accounts ordered by due time.
+#[derive(Debug, Default)]
+pub struct Schedule {
+    by_time: BTreeSet<(i64, AccountKey)>,
+    due: HashMap<AccountKey, i64>,
+}
+
+impl Schedule {
+    pub fn set(&mut self, key: AccountKey, at_ms: i64) {
+        if let Some(old) = self.due.insert(key.clone(), at_ms) {
+            self.by_time.remove(&(old, key.clone()));
+        }
+        self.by_time.insert((at_ms, key));
+    }
+
+    pub fn remove(&mut self, key: &AccountKey) {
+        if let Some(old) = self.due.remove(key) {
+            self.by_time.remove(&(old, key.clone()));
+        }
+    }
+
+    pub fn next_due(&self) -> Option<i64> {
+        self.by_time.first().map(|(at, _)| *at)
+    }
+
+    /// Takes every account due at `now_ms`, earliest first.
+    pub fn pop_due(&mut self, now_ms: i64) -> Vec<AccountKey> {
+        let mut out = Vec::new();
+        while let Some((at, _)) = self.by_time.first() {
+            if *at > now_ms {
+                break;
+            }
+            let (_, key) = self.by_time.pop_first().expect("checked above");
+            self.due.remove(&key);
+            out.push(key);
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.due.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.due.is_empty()
+    }
+
+    pub fn due_at(&self, key: &AccountKey) -> Option<i64> {
+        self.due.get(key).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::accounts::SessionMeta;
+
+    fn key(email: &str) -> AccountKey {
+        AccountKey {
+            provider: "p".into(),
+            email: email.into(),
+        }
+    }
+
+    fn meta(session: Option<SessionMeta>) -> AccountMeta {
+        AccountMeta {
+            provider: "p".into(),
+            email: "a@x.io".into(),
+            max_jobs: 1,
+            disabled: false,
+            labels: BTreeMap::new(),
+            status: Status::Active,
+            status_reason: String::new(),
+            session,
+            credits: None,
+            upstream_activated: false,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn order_update_and_pop() {
+        let mut schedule = Schedule::default();
+        schedule.set(key("b"), 20);
+        schedule.set(key("a"), 10);
+        schedule.set(key("c"), 30);
+        schedule.set(key("c"), 5);
+        assert_eq!(schedule.next_due(), Some(5));
+        assert_eq!(schedule.pop_due(20), vec![key("c"), key("a"), key("b")]);
+        assert!(schedule.is_empty());
+        schedule.set(key("a"), 10);
+        schedule.remove(&key("a"));
+        assert_eq!(schedule.next_due(), None);
+    }
+
+    #[test]
+    fn due_before_expiry_by_skew_or_a_tenth_of_the_lifetime() {
+        let settings = RefreshSettings::default();
+        let session = |lifetime_secs: i64| SessionMeta {
+            expire_time: lifetime_secs,
+            last_refresh_at_ms: 0,
+            ..Default::default()
+        };
+        // A 10-hour token: a tenth (1 h) beats the 5-minute skew; jitter at most 60 s.
+        let due = settings
+            .next_due(ProviderKind::Pixverse, &meta(Some(session(36_000))), 0)
+            .unwrap();
+        assert!(
+            (36_000_000 - 3_600_000 - 60_000..=36_000_000 - 3_600_000).contains(&due),
+            "{due}"
+        );
+        // A 20-minute token: the skew (5 min) beats a tenth (2 min).
+        let due = settings
+            .next_due(ProviderKind::Pixverse, &meta(Some(session(1_200))), 0)
+            .unwrap();
+        assert!(
+            (1_200_000 - 300_000 - 60_000..=1_200_000 - 300_000).contains(&due),
+            "{due}"
+        );
+        // No token yet: now. Needs attention: never.
+        assert_eq!(
+            settings.next_due(ProviderKind::Pixverse, &meta(None), 77),
+            Some(77)
+        );
+        let mut stuck = meta(None);
+        stuck.status = Status::NeedsAttention;
+        assert_eq!(settings.next_due(ProviderKind::Pixverse, &stuck, 77), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let settings = RefreshSettings {
+            backoff_base_ms: 1_000,
+            backoff_cap_ms: 60_000,
+            ..Default::default()
+        };
+        for (attempt, step) in [
+            (1, 1_000),
+            (2, 2_000),
+            (3, 4_000),
+            (7, 60_000),
+            (40, 60_000),
+        ] {
+            let delay = settings.backoff_ms(attempt);
+            assert!(
+                (step / 2..=step).contains(&delay),
+                "attempt {attempt}: {delay}"
+            );
+        }
+    }
+}
