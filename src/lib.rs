@@ -18,6 +18,7 @@
 //! - [`providers`]: the configured upstream providers and their `maxJobs` ranges.
 //! - [`validate`]: field checks shared by every service, in the reference wording.
 //! - [`clock`], [`timefmt`], [`telemetry`]: time, timestamps, logging.
+//! - [`fake_upstream`]: a scriptable HTTP upstream for tests and the README demo.
 //! - [`proto`]: generated code for `credvault.v1`.
 
 #![forbid(unsafe_code)]
@@ -30,6 +31,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod fake_upstream;
 pub mod proto;
 pub mod providers;
 pub mod refresh;

@@ -233,7 +233,9 @@ impl AccountService {
             }
             if let Some(fresh) = refreshed.session.clone() {
                 let old = account.meta.session.take().unwrap_or_default();
-                let keep_previous = old.expire_time > now / 1000 && account.secrets.token.is_some();
+                let keep_previous = !refreshed.revoked_previous
+                    && old.expire_time > now / 1000
+                    && account.secrets.token.is_some();
                 account.secrets.previous_token = if keep_previous {
                     account.secrets.token.take()
                 } else {

@@ -159,6 +159,8 @@ pub struct Refreshed {
     pub credits: Option<Credits>,
     /// The upstream has activated the account's API key.
     pub activated: bool,
+    /// The provider revoked the replaced token upstream, so it is not worth keeping.
+    pub revoked_previous: bool,
 }
 
 #[derive(Clone, Debug)]

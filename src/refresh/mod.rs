@@ -78,6 +78,10 @@ struct Inner {
     commands: mpsc::UnboundedSender<Command>,
     stop: watch::Receiver<bool>,
     logins: AtomicU64,
+    refreshed: AtomicU64,
+    /// A copy of each account's planned next attempt, for operators and tests (the
+    /// schedule itself belongs to the scheduler task).
+    planned: Mutex<HashMap<AccountKey, i64>>,
 }
 
 /// Handle to the running engine. Dropping it (or [`Refresher::shutdown`]) stops the
@@ -115,9 +119,12 @@ impl Refresher {
             commands,
             stop: stop_rx,
             logins: AtomicU64::new(0),
+            refreshed: AtomicU64::new(0),
+            planned: Mutex::new(HashMap::new()),
         });
         let schedule = inner.rebuild()?;
         tracing::info!(accounts = schedule.len(), "refresh schedule built");
+        *inner.planned.lock().unwrap_or_else(|e| e.into_inner()) = schedule.snapshot();
         let task = tokio::spawn(Inner::run(inner.clone(), rx, schedule));
         Ok(Self {
             inner,
@@ -145,6 +152,30 @@ impl Refresher {
     /// Logins attempted since start (all outcomes).
     pub fn logins(&self) -> u64 {
         self.inner.logins.load(Ordering::Relaxed)
+    }
+
+    /// Logins that stored a new session or credits since start.
+    pub fn refreshed(&self) -> u64 {
+        self.inner.refreshed.load(Ordering::Relaxed)
+    }
+
+    /// When the account's next login is planned (unix ms), if it is scheduled.
+    pub fn next_attempt(&self, key: &AccountKey) -> Option<i64> {
+        self.inner
+            .planned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    /// How many accounts are scheduled.
+    pub fn scheduled(&self) -> usize {
+        self.inner
+            .planned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// Stops the scheduler and every login in flight, and waits for them.
@@ -192,11 +223,24 @@ impl Inner {
     }
 
     fn plan(&self, key: &AccountKey, meta: Option<&AccountMeta>) {
-        let command = match meta.and_then(|m| self.due(m, self.clock.now_ms())) {
-            Some(due) => Command::At(key.clone(), due),
-            None => Command::Remove(key.clone()),
-        };
-        let _ = self.commands.send(command);
+        match meta.and_then(|m| self.due(m, self.clock.now_ms())) {
+            Some(due) => self.plan_at(key, due),
+            None => {
+                self.planned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(key);
+                let _ = self.commands.send(Command::Remove(key.clone()));
+            }
+        }
+    }
+
+    fn plan_at(&self, key: &AccountKey, due: i64) {
+        self.planned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), due);
+        let _ = self.commands.send(Command::At(key.clone(), due));
     }
 
     fn attempts_clear(&self, key: &AccountKey) {
@@ -319,6 +363,7 @@ impl Inner {
             .accounts
             .store_refresh(key, refreshed, generation)
             .await?;
+        self.refreshed.fetch_add(1, Ordering::Relaxed);
         self.attempts_clear(key);
         self.plan(key, Some(&stored.meta));
         tracing::info!(
@@ -351,7 +396,7 @@ impl Inner {
         };
         let due = self.clock.now_ms() + self.settings.backoff_ms(attempt);
         tracing::warn!(reason = %error, attempt, "login failed; retrying later");
-        let _ = self.commands.send(Command::At(key.clone(), due));
+        self.plan_at(key, due);
         let reason = format!("{error}; retry {attempt} at {}", rfc3339_millis(due));
         self.accounts
             .record_status(key, Status::Active, &reason)

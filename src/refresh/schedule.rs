@@ -134,6 +134,10 @@ impl Schedule {
     pub fn due_at(&self, key: &AccountKey) -> Option<i64> {
         self.due.get(key).copied()
     }
+
+    pub fn snapshot(&self) -> HashMap<AccountKey, i64> {
+        self.due.clone()
+    }
 }
 
 #[cfg(test)]

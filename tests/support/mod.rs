@@ -294,6 +294,20 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     condition()
 }
 
+/// Polls an async condition at a short interval until it holds or `timeout` passes
+/// (linkerd's `assert_eventually!`, for conditions that need a gRPC call to check).
+pub async fn eventually(timeout: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    while tokio::time::Instant::now() < deadline {
+        tick.tick().await;
+        if condition().await {
+            return true;
+        }
+    }
+    condition().await
+}
+
 /// The credvault binary as a child process, with everything it prints captured.
 pub struct Daemon {
     child: Child,

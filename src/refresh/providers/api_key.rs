@@ -79,6 +79,7 @@ impl Provider for ApiKey {
                     valid_until_ms: info.credits.valid_until.map(|s| s * 1000),
                 }),
                 activated: true,
+                revoked_previous: false,
             })
         })
     }

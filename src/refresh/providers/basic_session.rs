@@ -75,6 +75,7 @@ impl Provider for BasicSession {
                 }),
                 credits: None,
                 activated: false,
+                revoked_previous: false,
             })
         })
     }

@@ -127,9 +127,13 @@ impl Provider for JwtRotate {
             })?;
             // The old token is revoked with the new one; if that fails it still
             // expires on its own, so the rotation stands.
-            if let Err(error) = self.revoke(&new, current.expose()).await {
-                tracing::warn!(reason = %error, "revoking the replaced upstream JWT failed");
-            }
+            let revoked_previous = match self.revoke(&new, current.expose()).await {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(reason = %error, "revoking the replaced upstream JWT failed; keeping it as the previous token");
+                    false
+                }
+            };
             let credits = match self.balance(&new).await {
                 Ok(balance) => Some(Credits {
                     total: balance,
@@ -151,6 +155,7 @@ impl Provider for JwtRotate {
                 }),
                 credits,
                 activated: false,
+                revoked_previous,
             })
         })
     }

@@ -116,6 +116,7 @@ impl Provider for Pixverse {
                 }),
                 credits: None,
                 activated: false,
+                revoked_previous: false,
             })
         })
     }
