@@ -13,6 +13,7 @@ const NEW_PASSWORD: &str = "LOGSWEEP-NEWPASS-a9b8c7";
 const API_KEY: &str = "LOGSWEEP-APIKEY-445566";
 const CLIENT_SECRET: &str = "LOGSWEEP-CLIENTSECRET-7788aa-0123456789abcdef";
 const BAD_TOKEN: &str = "LOGSWEEP-WRONG-BEARER-TOKEN-00ff";
+const UPSTREAM_PASSWORD: &str = "LOGSWEEP-UPSTREAM-PASSWORD-31ab";
 
 type Client = proto::accounts_client::AccountsClient<
     tonic::service::interceptor::InterceptedService<Channel, Bearer>,
@@ -42,6 +43,14 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = write_key_file(dir.path());
     let data = dir.path().join("data");
+    // An upstream to log in to, so the refresh paths run too.
+    let fake = credvault::fake_upstream::FakeUpstream::start(std::sync::Arc::new(
+        credvault::clock::SystemClock,
+    ))
+    .await
+    .unwrap();
+    fake.add_user("upstream@example.com", UPSTREAM_PASSWORD);
+    let base_url = fake.base_url();
     let mut daemon = Daemon::spawn(
         &[
             "serve",
@@ -57,6 +66,9 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
         &[
             ("CREDVAULT_ADMIN_TOKEN", ADMIN_TOKEN),
             ("RUST_LOG", "trace"),
+            ("CREDVAULT_PROVIDERS__PIXVERSE__KIND", "pixverse"),
+            ("CREDVAULT_PROVIDERS__PIXVERSE__MAX_JOBS", "8"),
+            ("CREDVAULT_PROVIDERS__PIXVERSE__BASE_URL", &base_url),
         ],
     );
     let addr = daemon.wait_for_addr();
@@ -145,6 +157,43 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
         })
         .await
         .unwrap();
+    // Refresh: a login that works, one refused for its password, one for its user.
+    let logged_in = admin
+        .create_account(pixverse("upstream@example.com", UPSTREAM_PASSWORD))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(logged_in.jwt.map(|j| j.generation), Some(1));
+    admin
+        .refresh_account(proto::RefreshAccountRequest {
+            provider: "pixverse".into(),
+            email: "upstream@example.com".into(),
+        })
+        .await
+        .unwrap();
+    let upstream_token = fake
+        .live_session("upstream@example.com")
+        .expect("logged in upstream");
+    let _ = admin
+        .create_account(pixverse("upstream2@example.com", UPSTREAM_PASSWORD))
+        .await;
+    admin
+        .update_account(proto::UpdateAccountRequest {
+            provider: "pixverse".into(),
+            email: "upstream@example.com".into(),
+            password: Some("wrong-upstream-password".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let refused = admin
+        .refresh_account(proto::RefreshAccountRequest {
+            provider: "pixverse".into(),
+            email: "upstream@example.com".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
     drop((admin, intruder));
 
     // Callers: every credential kind, and its failures.
@@ -253,6 +302,10 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
         jwt.as_str(),
         jwt.rsplit('.').next().unwrap(),
         session.as_str(),
+        UPSTREAM_PASSWORD,
+        "wrong-upstream-password",
+        upstream_token.as_str(),
+        upstream_token.rsplit('.').next().unwrap(),
     ] {
         assert!(!output.contains(secret), "{secret} leaked into the log");
     }
