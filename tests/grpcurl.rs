@@ -24,21 +24,31 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// The commands of the README's walk-through block (the `export TOKEN=` line is the
-/// reader's to fill in; the test sets TOKEN itself).
-fn readme_walkthrough() -> Vec<String> {
+/// The lines of the bash block between `<!-- NAME -->` and `<!-- /NAME -->` in the README.
+fn readme_block(name: &str) -> Vec<String> {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let start = readme
-        .find("<!-- walkthrough -->")
-        .expect("walk-through start marker");
+        .find(&format!("<!-- {name} -->"))
+        .expect("start marker");
     let end = readme
-        .find("<!-- /walkthrough -->")
-        .expect("walk-through end marker");
+        .find(&format!("<!-- /{name} -->"))
+        .expect("end marker");
     readme[start..end]
         .lines()
-        .filter(|line| line.starts_with("grpcurl "))
+        .skip_while(|line| !line.starts_with("```bash"))
+        .skip(1)
+        .take_while(|line| !line.starts_with("```"))
         .map(str::to_owned)
+        .collect()
+}
+
+/// The grpcurl commands of the accounts walk-through (the `export TOKEN=` line is the
+/// reader's to fill in; the test sets TOKEN itself).
+fn readme_walkthrough() -> Vec<String> {
+    readme_block("walkthrough")
+        .into_iter()
+        .filter(|line| line.starts_with("grpcurl "))
         .collect()
 }
 
@@ -182,20 +192,8 @@ fn grpcurl_works_over_the_unix_socket() {
 
 #[test]
 fn the_readme_tokens_walkthrough_works_when_pasted() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme
-        .find("<!-- tokens-walkthrough -->")
-        .expect("start marker");
-    let end = readme
-        .find("<!-- /tokens-walkthrough -->")
-        .expect("end marker");
-    let block = &readme[start..end];
-    let script: String = block
-        .lines()
-        .skip_while(|line| !line.starts_with("```bash"))
-        .skip(1)
-        .take_while(|line| !line.starts_with("```"))
+    let script: String = readme_block("tokens-walkthrough")
+        .iter()
         .map(|line| format!("{line}\n"))
         .collect();
     assert!(script.contains("RevokeToken"), "{script}");

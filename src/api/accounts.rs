@@ -5,8 +5,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{
-    caller, convert,
-    status::{account_error, denied, refresh_error},
+    authorized, convert,
+    status::{account_error, refresh_error},
 };
 use crate::{
     accounts::{AccountKey, AccountService, AccountUpdate, NewAccount},
@@ -47,10 +47,7 @@ impl Accounts for AccountsApi {
         &self,
         request: Request<proto::CreateAccountRequest>,
     ) -> Result<Response<proto::Account>, Status> {
-        let caller = caller(&request)?;
-        caller
-            .require(Permission::AccountsWrite, "CreateAccount")
-            .map_err(denied)?;
+        let caller = authorized(&request, Permission::AccountsWrite, "CreateAccount")?;
         let req = request.into_inner();
         let input = NewAccount {
             provider: req.provider,
@@ -88,9 +85,7 @@ impl Accounts for AccountsApi {
         &self,
         request: Request<proto::GetAccountRequest>,
     ) -> Result<Response<proto::Account>, Status> {
-        caller(&request)?
-            .require(Permission::AccountsRead, "GetAccount")
-            .map_err(denied)?;
+        authorized(&request, Permission::AccountsRead, "GetAccount")?;
         let req = request.into_inner();
         let account = self
             .accounts
@@ -104,9 +99,7 @@ impl Accounts for AccountsApi {
         &self,
         request: Request<proto::ListAccountsRequest>,
     ) -> Result<Response<proto::ListAccountsResponse>, Status> {
-        caller(&request)?
-            .require(Permission::AccountsRead, "ListAccounts")
-            .map_err(denied)?;
+        authorized(&request, Permission::AccountsRead, "ListAccounts")?;
         let req = request.into_inner();
         let page = self
             .accounts
@@ -123,10 +116,7 @@ impl Accounts for AccountsApi {
         &self,
         request: Request<proto::UpdateAccountRequest>,
     ) -> Result<Response<proto::Account>, Status> {
-        let caller = caller(&request)?;
-        caller
-            .require(Permission::AccountsWrite, "UpdateAccount")
-            .map_err(denied)?;
+        let caller = authorized(&request, Permission::AccountsWrite, "UpdateAccount")?;
         let req = request.into_inner();
         let update = AccountUpdate {
             max_jobs: req.max_jobs.map(i64::from),
@@ -154,10 +144,7 @@ impl Accounts for AccountsApi {
         &self,
         request: Request<proto::DeleteAccountRequest>,
     ) -> Result<Response<()>, Status> {
-        let caller = caller(&request)?;
-        caller
-            .require(Permission::AccountsWrite, "DeleteAccount")
-            .map_err(denied)?;
+        let caller = authorized(&request, Permission::AccountsWrite, "DeleteAccount")?;
         let req = request.into_inner();
         self.accounts
             .delete(&req.provider, &req.email, req.expected_version)
@@ -177,10 +164,7 @@ impl Accounts for AccountsApi {
         &self,
         request: Request<proto::RefreshAccountRequest>,
     ) -> Result<Response<proto::Account>, Status> {
-        let caller = caller(&request)?;
-        caller
-            .require(Permission::AccountsWrite, "RefreshAccount")
-            .map_err(denied)?;
+        let caller = authorized(&request, Permission::AccountsWrite, "RefreshAccount")?;
         let req = request.into_inner();
         // Validates the names and gives NOT_FOUND with the hint for unknown accounts.
         let account = self

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{
-    caller, convert,
+    authorized, caller, convert,
     status::{caller_error, denied},
 };
 use crate::{
@@ -189,10 +189,7 @@ impl Callers for CallersApi {
         &self,
         request: Request<proto::UpdateCallerRequest>,
     ) -> Result<Response<proto::CallerInfo>, Status> {
-        let actor = caller(&request)?;
-        actor
-            .require(Permission::ManageCallers, "UpdateCaller")
-            .map_err(denied)?;
+        let actor = authorized(&request, Permission::ManageCallers, "UpdateCaller")?;
         let req = request.into_inner();
         let id = match (req.caller_id.as_str(), req.email.as_str()) {
             ("", "") => return Err(invalid(FieldError::OneOf("caller_id", "email"))),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{
-    caller, convert,
+    authorized, convert,
     status::{account_error, caller_error, denied},
 };
 use crate::{
@@ -43,10 +43,7 @@ impl Credentials for CredentialsApi {
         &self,
         request: Request<proto::RevealAccountRequest>,
     ) -> Result<Response<proto::Account>, Status> {
-        let actor = caller(&request)?;
-        actor
-            .require(Permission::Credentials, "RevealAccount")
-            .map_err(denied)?;
+        let actor = authorized(&request, Permission::Credentials, "RevealAccount")?;
         let req = request.into_inner();
         actor
             .require_reach(&req.provider, &req.email.to_lowercase())

@@ -10,7 +10,7 @@ pub mod status;
 
 use tonic::{Request, Status};
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Permission};
 
 /// The caller the auth layer proved; its absence is a wiring bug, not the client's.
 fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
@@ -22,4 +22,15 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
             tracing::error!("request reached a handler without an authenticated caller");
             Status::internal(status::INTERNAL_MESSAGE)
         })
+}
+
+/// The caller, provided it holds `permission`; the refusal names `rpc` and what it needs.
+fn authorized<T>(
+    request: &Request<T>,
+    permission: Permission,
+    rpc: &'static str,
+) -> Result<Caller, Status> {
+    let caller = caller(request)?;
+    caller.require(permission, rpc).map_err(status::denied)?;
+    Ok(caller)
 }
