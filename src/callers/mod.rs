@@ -518,24 +518,18 @@ impl CallerService {
         kind: TokenKind,
     ) -> Result<(String, Claims), CallerError> {
         let now = self.now_ms();
-        let (limit, lifetime, full) = match kind {
-            TokenKind::Access => (
-                MAX_TOKENS,
-                self.settings.token_lifetime_secs,
-                CallerError::TooManyTokens,
-            ),
-            TokenKind::Session => (
-                MAX_SESSIONS,
-                self.settings.session_lifetime_secs,
-                CallerError::TooManySessions,
-            ),
+        let (limit, lifetime) = match kind {
+            TokenKind::Access => (MAX_TOKENS, self.settings.token_lifetime_secs),
+            TokenKind::Session => (MAX_SESSIONS, self.settings.session_lifetime_secs),
         };
-        let mut full = Some(full);
         let mut issued = None;
         self.modify(caller_id, None, |record| {
             record.prune_tokens(now);
             if record.live_tokens(kind, now) >= limit {
-                return Err(full.take().unwrap_or(CallerError::TooManyTokens));
+                return Err(match kind {
+                    TokenKind::Access => CallerError::TooManyTokens,
+                    TokenKind::Session => CallerError::TooManySessions,
+                });
             }
             let (token, claims) = self.tokens.issue(&record.id, kind, now, lifetime)?;
             record.tokens.push(TokenEntry {
@@ -549,7 +543,7 @@ impl CallerService {
             Ok(())
         })?;
         self.store.flush().await?;
-        issued.ok_or(CallerError::TooManyTokens)
+        Ok(issued.expect("a successful modify ran the closure"))
     }
 
     /// Revokes one of `caller_id`'s tokens. Revoking twice is not an error.
@@ -593,7 +587,6 @@ impl CallerService {
                 validate::text("groups", group, validate::MAX_NAME_LEN, true)?;
             }
         }
-        let mut removed_keys = Vec::new();
         let record = self.modify(caller_id, update.expected_version, |record| {
             apply_update(record, &update, scopes.clone())?;
             for key_id in &update.remove_keys {
@@ -603,10 +596,10 @@ impl CallerService {
                     return Err(CallerError::KeyNotFound(key_id.clone()));
                 }
             }
-            removed_keys.clone_from(&update.remove_keys);
             Ok(())
         })?;
-        for key_id in removed_keys {
+        // The index entries go once the record no longer lists the keys.
+        for key_id in &update.remove_keys {
             self.store.compare_and_swap(
                 Tree::ApiKeys,
                 key_id.as_bytes(),
