@@ -14,6 +14,8 @@ const API_KEY: &str = "LOGSWEEP-APIKEY-445566";
 const CLIENT_SECRET: &str = "LOGSWEEP-CLIENTSECRET-7788aa-0123456789abcdef";
 const BAD_TOKEN: &str = "LOGSWEEP-WRONG-BEARER-TOKEN-00ff";
 const UPSTREAM_PASSWORD: &str = "LOGSWEEP-UPSTREAM-PASSWORD-31ab";
+const UPSTREAM_API_KEY: &str = "LOGSWEEP-UPSTREAM-APIKEY-9c0d";
+const UPSTREAM_KEY_SECRET: &str = "LOGSWEEP-UPSTREAM-KEYSECRET-7e1f";
 
 type Client = proto::accounts_client::AccountsClient<
     tonic::service::interceptor::InterceptedService<Channel, Bearer>,
@@ -50,6 +52,9 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
     .await
     .unwrap();
     fake.add_user("upstream@example.com", UPSTREAM_PASSWORD);
+    fake.add_user("media@example.com", UPSTREAM_PASSWORD);
+    let seeded_jwt = fake.add_jwt_account("eandb@example.com", 77);
+    fake.add_api_key(UPSTREAM_API_KEY, UPSTREAM_KEY_SECRET, 10, 10, (None, None));
     let base_url = fake.base_url();
     let mut daemon = Daemon::spawn(
         &[
@@ -69,6 +74,12 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
             ("CREDVAULT_PROVIDERS__PIXVERSE__KIND", "pixverse"),
             ("CREDVAULT_PROVIDERS__PIXVERSE__MAX_JOBS", "8"),
             ("CREDVAULT_PROVIDERS__PIXVERSE__BASE_URL", &base_url),
+            ("CREDVAULT_PROVIDERS__MEDIA__KIND", "basic-session"),
+            ("CREDVAULT_PROVIDERS__MEDIA__BASE_URL", &base_url),
+            ("CREDVAULT_PROVIDERS__EANDB__KIND", "jwt-rotate"),
+            ("CREDVAULT_PROVIDERS__EANDB__BASE_URL", &base_url),
+            ("CREDVAULT_PROVIDERS__CREDITS__KIND", "api-key"),
+            ("CREDVAULT_PROVIDERS__CREDITS__BASE_URL", &base_url),
         ],
     );
     let addr = daemon.wait_for_addr();
@@ -194,6 +205,51 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);
+    // The other three adapters: a Basic-auth session, a JWT rotation, an API key.
+    let media = admin
+        .create_account(proto::CreateAccountRequest {
+            provider: "media".into(),
+            ..pixverse("media@example.com", UPSTREAM_PASSWORD)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(media.jwt.map(|j| j.generation), Some(1));
+    admin
+        .create_account(proto::CreateAccountRequest {
+            provider: "eandb".into(),
+            jwt: Some(proto::JwtInput {
+                token: seeded_jwt.clone(),
+                ..Default::default()
+            }),
+            ..pixverse("eandb@example.com", UPSTREAM_PASSWORD)
+        })
+        .await
+        .unwrap();
+    let rotated = admin
+        .refresh_account(proto::RefreshAccountRequest {
+            provider: "eandb".into(),
+            email: "eandb@example.com".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rotated.jwt.map(|j| j.generation), Some(2));
+    let keyed = admin
+        .create_account(proto::CreateAccountRequest {
+            provider: "credits".into(),
+            email: "credits@example.com".into(),
+            api_key: UPSTREAM_API_KEY.into(),
+            secret: UPSTREAM_KEY_SECRET.into(),
+            max_jobs: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(keyed.credits.map(|c| c.remaining), Some(10));
+    let mut upstream_tokens = fake.live_jwts("eandb@example.com");
+    upstream_tokens.push(seeded_jwt);
     drop((admin, intruder));
 
     // Callers: every credential kind, and its failures.
@@ -306,9 +362,24 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
         "wrong-upstream-password",
         upstream_token.as_str(),
         upstream_token.rsplit('.').next().unwrap(),
+        UPSTREAM_API_KEY,
+        UPSTREAM_KEY_SECRET,
     ] {
         assert!(!output.contains(secret), "{secret} leaked into the log");
     }
+    for token in &upstream_tokens {
+        assert!(
+            !output.contains(token.rsplit('.').next().unwrap()),
+            "an upstream JWT leaked into the log"
+        );
+    }
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("media@example.com:{UPSTREAM_PASSWORD}"));
+    assert!(
+        !output.contains(&basic),
+        "a Basic credential leaked into the log"
+    );
     let key = std::fs::read_to_string(&key_file).unwrap();
     assert!(
         !output.contains(key.trim()),
