@@ -83,7 +83,7 @@ impl TestServer {
         let task = tokio::spawn(server::run(
             vault,
             listeners,
-            Duration::from_secs(5),
+            settings.shutdown_grace,
             async {
                 let _ = stopped.await;
             },
@@ -120,6 +120,23 @@ impl TestServer {
     /// Graceful stop; returns once the store is flushed and closed.
     pub async fn stop(mut self) {
         self.shutdown().await;
+    }
+
+    /// Signals shutdown (as SIGTERM would) without waiting for it.
+    pub fn request_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits for the server to finish shutting down and returns how it ended.
+    pub async fn stopped(mut self) -> Result<(), ServeError> {
+        self.request_stop();
+        self.task
+            .take()
+            .expect("running")
+            .await
+            .expect("server task")
     }
 
     async fn shutdown(&mut self) {
