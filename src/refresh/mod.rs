@@ -62,6 +62,18 @@ impl From<AccountError> for RefreshError {
 
 type Outcome = Option<Result<Account, RefreshError>>;
 
+/// What to do with an account's schedule once its login is over.
+enum Next {
+    /// Plan from the account as it now is.
+    Replan(Box<AccountMeta>),
+    At(i64),
+    Unschedule,
+    /// Nothing: someone else (an operator's change) has re-planned it.
+    Unchanged,
+}
+
+type LoginOutcome = (Result<Account, RefreshError>, Next);
+
 enum Command {
     At(AccountKey, i64),
     Remove(AccountKey),
@@ -296,15 +308,20 @@ impl Inner {
                     let me = self.clone();
                     let mut stop = self.stop.clone();
                     tokio::spawn(async move {
-                        let outcome = tokio::select! {
-                            outcome = me.login(&key) => outcome,
-                            _ = stop.wait_for(|stop| *stop) => Err(RefreshError::ShuttingDown),
+                        let (outcome, next) = tokio::select! {
+                            done = me.login(&key) => done,
+                            _ = stop.wait_for(|stop| *stop) => {
+                                (Err(RefreshError::ShuttingDown), Next::Unchanged)
+                            }
                         };
-                        let _ = tx.send(Some(outcome));
+                        // The flight ends before the next attempt is planned: an attempt
+                        // that comes due must start a new login, not join this one.
                         me.inflight
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .remove(&key);
+                        me.apply(&key, next);
+                        let _ = tx.send(Some(outcome));
                     });
                     rx
                 }
@@ -317,33 +334,35 @@ impl Inner {
         outcome.clone().unwrap_or(Err(RefreshError::ShuttingDown))
     }
 
+    fn apply(&self, key: &AccountKey, next: Next) {
+        match next {
+            Next::Replan(meta) => self.plan(key, Some(&meta)),
+            Next::At(due) => self.plan_at(key, due),
+            Next::Unschedule => self.plan(key, None),
+            Next::Unchanged => {}
+        }
+    }
+
     #[tracing::instrument(skip_all, fields(provider = %key.provider))]
-    async fn login(&self, key: &AccountKey) -> Result<Account, RefreshError> {
-        let _permit = self
-            .limit
-            .acquire()
-            .await
-            .map_err(|_| RefreshError::ShuttingDown)?;
+    async fn login(&self, key: &AccountKey) -> LoginOutcome {
+        let Ok(_permit) = self.limit.acquire().await else {
+            return (Err(RefreshError::ShuttingDown), Next::Unchanged);
+        };
         let account = match self.accounts.get(&key.provider, &key.email) {
             Ok(account) => account,
-            Err(error) => {
-                self.plan(key, None);
-                return Err(error.into());
-            }
+            Err(error) => return (Err(error.into()), Next::Unschedule),
         };
         if account.meta.disabled {
-            self.plan(key, None);
-            return Err(RefreshError::Disabled);
+            return (Err(RefreshError::Disabled), Next::Unschedule);
         }
-        let (_, adapter) = self
-            .adapters
-            .get(&key.provider)
-            .ok_or_else(|| RefreshError::NotConfigured(key.provider.clone()))?;
+        let Some((_, adapter)) = self.adapters.get(&key.provider) else {
+            let error = RefreshError::NotConfigured(key.provider.clone());
+            return (Err(error), Next::Unschedule);
+        };
         let generation = account.meta.session.as_ref().map_or(0, |s| s.generation);
         let now = self.clock.now_ms();
         self.logins.fetch_add(1, Ordering::Relaxed);
-        let outcome = adapter.refresh(&account, now).await;
-        let refreshed = match outcome {
+        let refreshed = match adapter.refresh(&account, now).await {
             Ok(refreshed) => match stage::check(&refreshed, &account, now) {
                 Ok(()) => refreshed,
                 Err(reason) => {
@@ -359,48 +378,50 @@ impl Inner {
                     .await;
             }
         };
-        let stored = self
+        let stored = match self
             .accounts
             .store_refresh(key, refreshed, generation)
-            .await?;
+            .await
+        {
+            Ok(stored) => stored,
+            // An operator stored another token meanwhile; their change re-planned it.
+            Err(error @ AccountError::Contended(_)) => return (Err(error.into()), Next::Unchanged),
+            // Anything else (the store failing) is retried like a failed login, so the
+            // account never drops out of the schedule.
+            Err(error) => return self.failed(key, error.into(), false).await,
+        };
         self.refreshed.fetch_add(1, Ordering::Relaxed);
         self.attempts_clear(key);
-        self.plan(key, Some(&stored.meta));
         tracing::info!(
             generation = stored.meta.session.as_ref().map_or(0, |s| s.generation),
             "upstream session refreshed"
         );
-        Ok(stored)
+        let next = Next::Replan(Box::new(stored.meta.clone()));
+        (Ok(stored), next)
     }
 
-    async fn failed(
-        &self,
-        key: &AccountKey,
-        error: RefreshError,
-        permanent: bool,
-    ) -> Result<Account, RefreshError> {
-        if permanent {
+    /// Records a failure on the account and says when to try again (never, for a
+    /// permanent one).
+    async fn failed(&self, key: &AccountKey, error: RefreshError, permanent: bool) -> LoginOutcome {
+        let (status, reason, next) = if permanent {
             tracing::warn!(reason = %error, "login refused; the account needs attention");
             self.attempts_clear(key);
-            self.plan(key, None);
-            self.accounts
-                .record_status(key, Status::NeedsAttention, &error.to_string())
-                .await?;
-            return Err(error);
-        }
-        let attempt = {
-            let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
-            let attempt = attempts.entry(key.clone()).or_insert(0);
-            *attempt += 1;
-            *attempt
+            (Status::NeedsAttention, error.to_string(), Next::Unschedule)
+        } else {
+            let attempt = {
+                let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+                let attempt = attempts.entry(key.clone()).or_insert(0);
+                *attempt += 1;
+                *attempt
+            };
+            let due = self.clock.now_ms() + self.settings.backoff_ms(attempt);
+            tracing::warn!(reason = %error, attempt, "login failed; retrying later");
+            let reason = format!("{error}; retry {attempt} at {}", rfc3339_millis(due));
+            (Status::Active, reason, Next::At(due))
         };
-        let due = self.clock.now_ms() + self.settings.backoff_ms(attempt);
-        tracing::warn!(reason = %error, attempt, "login failed; retrying later");
-        self.plan_at(key, due);
-        let reason = format!("{error}; retry {attempt} at {}", rfc3339_millis(due));
-        self.accounts
-            .record_status(key, Status::Active, &reason)
-            .await?;
-        Err(error)
+        if let Err(status_error) = self.accounts.record_status(key, status, &reason).await {
+            tracing::warn!(error = %status_error, "recording the login failure on the account failed");
+        }
+        (Err(error), next)
     }
 }
