@@ -18,7 +18,11 @@ use tokio::{
     task::JoinSet,
 };
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tonic::transport::{Server, server::Router};
+use tonic::{
+    server::NamedService,
+    transport::{Server, server::Router},
+};
+use tonic_health::ServingStatus;
 use tower::layer::util::{Identity, Stack};
 
 use crate::{
@@ -152,6 +156,19 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
+/// The whole server (`""`) and each service, as probes ask for them.
+async fn set_health(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    let services = [
+        "",
+        <AccountsServer<AccountsApi> as NamedService>::NAME,
+        <CallersServer<CallersApi> as NamedService>::NAME,
+        <CredentialsServer<CredentialsApi> as NamedService>::NAME,
+    ];
+    for service in services {
+        reporter.set_service_status(service, status).await;
+    }
+}
+
 /// Serves until `shutdown` resolves (or a listener fails), then drains for at most
 /// `grace` and flushes the store. The vault is dropped, and its store closed, on return.
 pub async fn run(
@@ -196,15 +213,7 @@ pub async fn run(
         }
         None => None,
     };
-    health_reporter
-        .set_serving::<AccountsServer<AccountsApi>>()
-        .await;
-    health_reporter
-        .set_serving::<CallersServer<CallersApi>>()
-        .await;
-    health_reporter
-        .set_serving::<CredentialsServer<CredentialsApi>>()
-        .await;
+    set_health(&health_reporter, ServingStatus::Serving).await;
 
     let mut outcome = Ok(());
     tokio::select! {
@@ -214,15 +223,8 @@ pub async fn run(
             tracing::error!("a listener stopped unexpectedly; shutting down");
         }
     }
-    health_reporter
-        .set_not_serving::<AccountsServer<AccountsApi>>()
-        .await;
-    health_reporter
-        .set_not_serving::<CallersServer<CallersApi>>()
-        .await;
-    health_reporter
-        .set_not_serving::<CredentialsServer<CredentialsApi>>()
-        .await;
+    // Probes see the drain before connections are closed.
+    set_health(&health_reporter, ServingStatus::NotServing).await;
     let _ = stop_tx.send(true);
     let drain = async {
         while let Some(ended) = servers.join_next().await {
