@@ -17,7 +17,7 @@ use credvault::{
     config::Config,
     crypto::{MasterKey, SecretString, random_below},
     fake_upstream::FakeUpstream,
-    providers::{ProviderKind, ProviderSpec},
+    providers::ProviderConfig,
     refresh::Refresher,
     vault::Vault,
 };
@@ -65,8 +65,10 @@ async fn run(n: usize) {
         )),
         ..Config::default()
     };
-    let mut spec = ProviderSpec::new(ProviderKind::Pixverse, 1, 8);
-    spec.base_url = Some(fake.base_url());
+    let spec = ProviderConfig {
+        base_url: Some(fake.base_url()),
+        ..ProviderConfig::default()
+    };
     config.providers.insert("pixverse".into(), spec);
     let settings = config.resolve().unwrap();
     let vault = Vault::open_with_clock(&settings, Arc::new(clock.clone())).unwrap();

@@ -22,7 +22,7 @@ use crate::{
     auth::MIN_ADMIN_TOKEN_LEN,
     callers::CallerSettings,
     crypto::{KeyError, MasterKey, RngError, SecretString, random_bytes},
-    providers::{ProviderSpec, Providers},
+    providers::{ProviderConfig, ProviderError, Providers},
     refresh::RefreshSettings,
 };
 
@@ -80,7 +80,7 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// Development mode: a key file beside the data and a fresh admin token each start.
     pub dev: bool,
-    pub providers: BTreeMap<String, ProviderSpec>,
+    pub providers: BTreeMap<String, ProviderConfig>,
     /// Caller tokens, sessions and credits.
     pub callers: CallerSettings,
     /// The refresh engine.
@@ -162,8 +162,8 @@ pub enum ConfigError {
     Callers(&'static str),
     #[error("refresh: {0}")]
     Refresh(&'static str),
-    #[error("provider {name:?}: max_jobs range {min}..={max} is empty or starts below 1")]
-    ProviderRange { name: String, min: u32, max: u32 },
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -239,16 +239,7 @@ impl Config {
             .ok()
             .filter(|mode| *mode <= 0o777)
             .ok_or_else(|| ConfigError::SocketMode(self.socket_mode.clone()))?;
-        for (name, spec) in &self.providers {
-            if spec.min_jobs < 1 || spec.min_jobs > spec.max_jobs {
-                return Err(ConfigError::ProviderRange {
-                    name: name.clone(),
-                    min: spec.min_jobs,
-                    max: spec.max_jobs,
-                });
-            }
-        }
-
+        let providers = Providers::new(self.providers)?;
         check_callers(&self.callers)?;
         check_refresh(&self.refresh)?;
         create_private_dir(&self.data_dir)?;
@@ -274,7 +265,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             dev: self.dev,
             dev_key_file,
-            providers: Providers::new(self.providers),
+            providers,
             callers: self.callers,
             refresh: self.refresh,
         })

@@ -15,42 +15,82 @@ pub enum ProviderKind {
     ApiKey,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A `[providers.NAME]` table as written. Unset fields take defaults: the kind from the
+/// name when the name is one of the four styles, the `maxJobs` range from the kind
+/// (PixVerse 1–8, others 1–50), the rest from [`ProviderSpec::new`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ProviderSpec {
-    pub kind: ProviderKind,
-    #[serde(default = "default_min_jobs")]
-    pub min_jobs: u32,
-    #[serde(default = "default_max_jobs")]
-    pub max_jobs: u32,
+pub struct ProviderConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ProviderKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_jobs: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_jobs: Option<u32>,
     /// Where the provider's API lives. Without it credvault stores the provider's
     /// accounts but does not log them in.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
     /// Per HTTP call to the provider (connect and whole request).
-    #[serde(default = "default_timeout_secs")]
-    pub timeout_secs: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
     /// basic-session: JSON pointer to the token in the session answer.
-    #[serde(default = "default_token_pointer")]
-    pub token_pointer: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_pointer: Option<String>,
     /// basic-session: JSON pointer to the expiry (unix seconds) in the session answer.
-    #[serde(default = "default_expiry_pointer")]
-    pub expiry_pointer: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiry_pointer: Option<String>,
     /// basic-session: lifetime to assume when the answer gives no expiry.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub session_lifetime_secs: Option<i64>,
 }
 
-fn default_timeout_secs() -> u64 {
-    10
+impl ProviderConfig {
+    pub fn of(kind: ProviderKind) -> Self {
+        Self {
+            kind: Some(kind),
+            ..Self::default()
+        }
+    }
 }
 
-fn default_token_pointer() -> String {
-    "/token".to_owned()
+/// Why a provider's configuration was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    #[error(
+        "provider {0:?}: no kind given, and the name is not one (pixverse, basic-session, jwt-rotate, api-key)"
+    )]
+    NoKind(String),
+    #[error("provider {name:?}: max_jobs range {min}..={max} is empty or starts below 1")]
+    Range { name: String, min: u32, max: u32 },
 }
 
-fn default_expiry_pointer() -> String {
-    "/expires_at".to_owned()
+/// A provider with every setting resolved.
+#[derive(Clone, Debug)]
+pub struct ProviderSpec {
+    pub kind: ProviderKind,
+    pub min_jobs: u32,
+    pub max_jobs: u32,
+    pub base_url: Option<String>,
+    pub timeout_secs: u64,
+    pub token_pointer: String,
+    pub expiry_pointer: String,
+    pub session_lifetime_secs: Option<i64>,
+}
+
+impl ProviderKind {
+    /// The kind a provider named like one of the styles has by default.
+    pub fn from_name(name: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+    }
+
+    /// The reference limits: PixVerse allows 1–8 jobs per account, others up to 50.
+    pub fn default_max_jobs(self) -> u32 {
+        match self {
+            ProviderKind::Pixverse => 8,
+            ProviderKind::BasicSession | ProviderKind::JwtRotate | ProviderKind::ApiKey => 50,
+        }
+    }
 }
 
 impl ProviderSpec {
@@ -61,20 +101,38 @@ impl ProviderSpec {
             min_jobs,
             max_jobs,
             base_url: None,
-            timeout_secs: default_timeout_secs(),
-            token_pointer: default_token_pointer(),
-            expiry_pointer: default_expiry_pointer(),
+            timeout_secs: 10,
+            token_pointer: "/token".to_owned(),
+            expiry_pointer: "/expires_at".to_owned(),
             session_lifetime_secs: None,
         }
     }
-}
 
-fn default_min_jobs() -> u32 {
-    1
-}
-
-fn default_max_jobs() -> u32 {
-    50
+    fn resolve(name: &str, config: ProviderConfig) -> Result<Self, ProviderError> {
+        let kind = config
+            .kind
+            .or_else(|| ProviderKind::from_name(name))
+            .ok_or_else(|| ProviderError::NoKind(name.to_owned()))?;
+        let defaults = Self::new(kind, 1, kind.default_max_jobs());
+        let spec = Self {
+            kind,
+            min_jobs: config.min_jobs.unwrap_or(defaults.min_jobs),
+            max_jobs: config.max_jobs.unwrap_or(defaults.max_jobs),
+            base_url: config.base_url,
+            timeout_secs: config.timeout_secs.unwrap_or(defaults.timeout_secs),
+            token_pointer: config.token_pointer.unwrap_or(defaults.token_pointer),
+            expiry_pointer: config.expiry_pointer.unwrap_or(defaults.expiry_pointer),
+            session_lifetime_secs: config.session_lifetime_secs,
+        };
+        if spec.min_jobs < 1 || spec.min_jobs > spec.max_jobs {
+            return Err(ProviderError::Range {
+                name: name.to_owned(),
+                min: spec.min_jobs,
+                max: spec.max_jobs,
+            });
+        }
+        Ok(spec)
+    }
 }
 
 /// The configured providers by name.
@@ -82,13 +140,18 @@ fn default_max_jobs() -> u32 {
 pub struct Providers(BTreeMap<String, ProviderSpec>);
 
 impl Providers {
-    /// The configured providers, with `pixverse` (maxJobs 1–8) added unless the
-    /// configuration names it itself.
-    pub fn new(mut configured: BTreeMap<String, ProviderSpec>) -> Self {
-        configured
+    /// The configured providers, resolved, with `pixverse` (maxJobs 1–8, no base URL)
+    /// added unless the configuration names it itself.
+    pub fn new(configured: BTreeMap<String, ProviderConfig>) -> Result<Self, ProviderError> {
+        let mut providers = BTreeMap::new();
+        for (name, config) in configured {
+            let spec = ProviderSpec::resolve(&name, config)?;
+            providers.insert(name, spec);
+        }
+        providers
             .entry("pixverse".to_owned())
-            .or_insert(ProviderSpec::new(ProviderKind::Pixverse, 1, 8));
-        Self(configured)
+            .or_insert_with(|| ProviderSpec::new(ProviderKind::Pixverse, 1, 8));
+        Ok(Self(providers))
     }
 
     pub fn get(&self, name: &str) -> Option<&ProviderSpec> {
@@ -101,5 +164,65 @@ impl Providers {
 
     pub fn iter(&self) -> impl Iterator<Item = (&String, &ProviderSpec)> {
         self.0.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_ranges_default_from_the_name() {
+        let mut configured = BTreeMap::new();
+        configured.insert(
+            "pixverse".to_owned(),
+            ProviderConfig {
+                base_url: Some("http://127.0.0.1:1".into()),
+                ..ProviderConfig::default()
+            },
+        );
+        configured.insert("api-key".to_owned(), ProviderConfig::default());
+        configured.insert(
+            "media".to_owned(),
+            ProviderConfig::of(ProviderKind::BasicSession),
+        );
+        let providers = Providers::new(configured).unwrap();
+        let pixverse = providers.get("pixverse").unwrap();
+        assert_eq!(
+            (pixverse.kind, pixverse.min_jobs, pixverse.max_jobs),
+            (ProviderKind::Pixverse, 1, 8)
+        );
+        assert_eq!(pixverse.base_url.as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!(providers.get("api-key").unwrap().kind, ProviderKind::ApiKey);
+        let media = providers.get("media").unwrap();
+        assert_eq!(
+            (
+                media.max_jobs,
+                media.timeout_secs,
+                media.token_pointer.as_str()
+            ),
+            (50, 10, "/token")
+        );
+    }
+
+    #[test]
+    fn a_name_that_is_no_kind_needs_one_and_ranges_must_hold() {
+        let one =
+            |name: &str, config: ProviderConfig| Providers::new([(name.to_owned(), config)].into());
+        assert_eq!(
+            one("dataapi", ProviderConfig::default())
+                .unwrap_err()
+                .to_string(),
+            "provider \"dataapi\": no kind given, and the name is not one (pixverse, basic-session, jwt-rotate, api-key)"
+        );
+        let inverted = ProviderConfig {
+            min_jobs: Some(5),
+            max_jobs: Some(2),
+            ..ProviderConfig::of(ProviderKind::ApiKey)
+        };
+        assert!(matches!(
+            one("x", inverted),
+            Err(ProviderError::Range { .. })
+        ));
     }
 }

@@ -71,8 +71,7 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
         &[
             ("CREDVAULT_ADMIN_TOKEN", ADMIN_TOKEN),
             ("RUST_LOG", "trace"),
-            ("CREDVAULT_PROVIDERS__PIXVERSE__KIND", "pixverse"),
-            ("CREDVAULT_PROVIDERS__PIXVERSE__MAX_JOBS", "8"),
+            // Named like its style: no kind needed, and maxJobs stays 1–8.
             ("CREDVAULT_PROVIDERS__PIXVERSE__BASE_URL", &base_url),
             ("CREDVAULT_PROVIDERS__MEDIA__KIND", "basic-session"),
             ("CREDVAULT_PROVIDERS__MEDIA__BASE_URL", &base_url),
@@ -642,7 +641,13 @@ fn the_example_config_in_deploy_is_valid() {
         credvault::config::Config::load(Some(std::path::Path::new(example)), Default::default())
             .expect("the example parses");
     assert_eq!(config.listen, "127.0.0.1:50051");
-    assert_eq!(config.providers["pixverse"].max_jobs, 8);
-    assert_eq!(config.providers["dataapi"].max_jobs, 50);
+    assert_eq!(config.providers["pixverse"].max_jobs, Some(8));
+    let providers = credvault::providers::Providers::new(config.providers.clone())
+        .expect("every provider in the example resolves");
+    assert_eq!(providers.get("dataapi").unwrap().max_jobs, 50);
+    assert_eq!(
+        providers.get("media").unwrap().session_lifetime_secs,
+        Some(3600)
+    );
     assert_eq!(config.log_format, credvault::config::LogFormat::Json);
 }

@@ -10,7 +10,7 @@ use credvault::{
     clock::{Clock, ManualClock},
     config::Config,
     fake_upstream::FakeUpstream,
-    providers::{ProviderKind, ProviderSpec},
+    providers::{ProviderConfig, ProviderKind},
 };
 use support::{TestServer, pixverse, proto, wait_until};
 use tonic::Code;
@@ -33,9 +33,12 @@ fn config(dir: &std::path::Path, key: &str, fake: &FakeUpstream) -> Config {
         ("eandb", ProviderKind::JwtRotate, 50),
         ("credits", ProviderKind::ApiKey, 50),
     ] {
-        let mut spec = ProviderSpec::new(kind, 1, max);
-        spec.base_url = Some(fake.base_url());
-        spec.timeout_secs = 5;
+        let spec = ProviderConfig {
+            max_jobs: Some(max),
+            base_url: Some(fake.base_url()),
+            timeout_secs: Some(5),
+            ..ProviderConfig::of(kind)
+        };
         config.providers.insert(name.into(), spec);
     }
     config.refresh.backoff_base_ms = 1_000;

@@ -5,11 +5,7 @@ mod support;
 
 use std::{sync::Arc, time::Duration};
 
-use credvault::{
-    clock::SystemClock,
-    fake_upstream::FakeUpstream,
-    providers::{ProviderKind, ProviderSpec},
-};
+use credvault::{clock::SystemClock, fake_upstream::FakeUpstream, providers::ProviderConfig};
 use support::{TestServer, pixverse, proto, wait_until};
 
 const PASSWORD: &str = "upstream-password-1";
@@ -22,9 +18,12 @@ async fn slow_server(
     let fake = FakeUpstream::start(Arc::new(SystemClock)).await.unwrap();
     fake.add_user("slow@example.com", PASSWORD);
     let mut config = support::config(dir, &support::new_key());
-    let mut spec = ProviderSpec::new(ProviderKind::Pixverse, 1, 8);
-    spec.base_url = Some(fake.base_url());
-    spec.timeout_secs = 30;
+    // Named like its style, pixverse needs no kind; its range stays 1–8.
+    let spec = ProviderConfig {
+        base_url: Some(fake.base_url()),
+        timeout_secs: Some(30),
+        ..ProviderConfig::default()
+    };
     config.providers.insert("pixverse".into(), spec);
     config.shutdown_grace_secs = grace_secs;
     let server = TestServer::start_with(config).await;

@@ -15,7 +15,7 @@ use std::{
 use credvault::{
     config::Config,
     crypto::{MasterKey, SecretString},
-    providers::{ProviderKind, ProviderSpec},
+    providers::{ProviderConfig, ProviderKind},
     server::{self, Listeners, ServeError},
     vault::Vault,
 };
@@ -48,10 +48,9 @@ pub fn config(data_dir: &Path, master_key: &str) -> Config {
         shutdown_grace_secs: 5,
         ..Config::default()
     };
-    config.providers.insert(
-        "dataapi".into(),
-        ProviderSpec::new(ProviderKind::ApiKey, 1, 50),
-    );
+    config
+        .providers
+        .insert("dataapi".into(), ProviderConfig::of(ProviderKind::ApiKey));
     config
 }
 
