@@ -46,6 +46,7 @@ struct State {
     token_lifetime_secs: i64,
     fail_next: u32,
     malformed_next: u32,
+    oversize_next: u32,
     errcode_next: Option<(i64, String, u32)>,
     latency_ms: u64,
     down: bool,
@@ -143,6 +144,11 @@ impl FakeUpstream {
     /// The next `n` PixVerse logins answer this ErrCode.
     pub fn errcode_next(&self, code: i64, message: &str, n: u32) {
         self.with(|s| s.errcode_next = Some((code, message.to_owned(), n)));
+    }
+
+    /// The next `n` requests answer HTTP 200 with a body of 2 MiB.
+    pub fn oversize_next(&self, n: u32) {
+        self.with(|s| s.oversize_next = n);
     }
 
     pub fn set_latency(&self, ms: u64) {
@@ -331,6 +337,12 @@ impl Server {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "upstream unavailable",
                 ))
+            } else if s.oversize_next > 0 {
+                s.oversize_next -= 1;
+                Some(Response::new(Full::new(Bytes::from(vec![
+                    b' ';
+                    2 * 1024 * 1024
+                ]))))
             } else if s.malformed_next > 0 {
                 s.malformed_next -= 1;
                 Some(Response::new(Full::new(Bytes::from_static(b"{not json"))))

@@ -742,3 +742,56 @@ async fn refresh_account_names_what_cannot_be_refreshed() {
     );
     env.server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_oversized_answers_are_transient_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(START_MS);
+    let fake = FakeUpstream::start(Arc::new(clock.clone())).await.unwrap();
+    fake.add_user("edge@example.com", PASSWORD);
+    let mut config = config(dir.path(), &support::new_key(), &fake);
+    config.providers.get_mut("pixverse").unwrap().timeout_secs = Some(1);
+    let server = TestServer::start_with_clock(config, Arc::new(clock.clone())).await;
+    let mut client = server.accounts().await;
+    client
+        .create_account(pixverse("edge@example.com", PASSWORD))
+        .await
+        .unwrap();
+
+    // An answer past the 1 MiB cap is not read to the end.
+    fake.oversize_next(1);
+    let error = client
+        .refresh_account(refresh("pixverse", "edge@example.com"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.code(), error.message()),
+        (
+            Code::Unavailable,
+            "login failed: PixVerse login: answer larger than 1048576 bytes"
+        )
+    );
+
+    // An upstream slower than timeout_secs is cut off.
+    fake.set_latency(3_000);
+    let error = client
+        .refresh_account(refresh("pixverse", "edge@example.com"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.code(), error.message()),
+        (
+            Code::Unavailable,
+            "login failed: PixVerse login: request timed out"
+        )
+    );
+    let account = client
+        .get_account(get("pixverse", "edge@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(account.status, proto::account::Status::Active as i32);
+    assert_eq!(generation(&account), 1, "the token from before is kept");
+    drop(client);
+    server.stop().await;
+}
