@@ -23,6 +23,37 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print a new random master key (base64) for a key file or CREDVAULT_MASTER_KEY.
     Keygen,
+    /// Make a new caller-token signing key current (run while the daemon is stopped,
+    /// with its configuration). Tokens signed by earlier keys stay valid until they
+    /// expire.
+    RotateSigningKey(OfflineArgs),
+}
+
+/// What an offline maintenance command needs to open the data directory: the same
+/// configuration the daemon runs with.
+#[derive(Debug, Args)]
+pub struct OfflineArgs {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// The data directory was made with --dev (its key file is beside the data).
+    #[arg(long)]
+    pub dev: bool,
+}
+
+impl OfflineArgs {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            data_dir: self.data_dir.clone(),
+            master_key_file: self.master_key_file.clone(),
+            dev: self.dev,
+            ..Overrides::default()
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use credvault::{
-    cli::{Cli, Command, ServeArgs},
+    cli::{Cli, Command, OfflineArgs, ServeArgs},
     config::{Config, Settings},
     crypto::MasterKey,
     server::{self, Listeners},
@@ -30,6 +30,47 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Keygen => keygen(),
         Command::Serve(args) => serve(&args),
+        Command::RotateSigningKey(args) => rotate_signing_key(&args),
+    }
+}
+
+fn rotate_signing_key(args: &OfflineArgs) -> ExitCode {
+    let settings =
+        match Config::load(args.config.as_deref(), args.overrides()).and_then(Config::resolve) {
+            Ok(settings) => settings,
+            Err(error) => {
+                eprintln!("credvault: configuration error: {error}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+    let vault = match Vault::open(&settings) {
+        Ok(vault) => vault,
+        Err(error) => {
+            eprintln!(
+                "credvault: cannot open the data directory (is the daemon stopped?): {error}"
+            );
+            return if error.is_configuration() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+    };
+    match vault
+        .callers
+        .rotate_signing_key()
+        .and_then(|kid| Ok(vault.store.flush_blocking().map(|()| kid)?))
+    {
+        Ok(kid) => {
+            println!(
+                "signing key {kid} is now current; tokens signed by earlier keys stay valid until they expire"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("credvault: rotating the signing key failed: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 

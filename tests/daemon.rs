@@ -651,3 +651,97 @@ fn the_example_config_in_deploy_is_valid() {
     );
     assert_eq!(config.log_format, credvault::config::LogFormat::Json);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_signing_key_runs_offline_and_keeps_old_tokens_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = write_key_file(dir.path());
+    let data = dir.path().join("data");
+    let offline = [
+        "rotate-signing-key",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--master-key-file",
+        key_file.to_str().unwrap(),
+    ];
+    let serve = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--master-key-file",
+        key_file.to_str().unwrap(),
+    ];
+    let env = [("CREDVAULT_ADMIN_TOKEN", ADMIN_TOKEN)];
+    let mut daemon = Daemon::spawn(&serve, &env);
+    let addr = daemon.wait_for_addr();
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut admin =
+        proto::callers_client::CallersClient::with_interceptor(channel, support::Auth::admin());
+    let old = admin
+        .issue_token(proto::IssueTokenRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .jwt;
+    drop(admin);
+
+    // Not while the daemon holds the data directory.
+    let (code, stderr) = run(&offline, &env);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot open the data directory (is the daemon stopped?)"),
+        "{stderr}"
+    );
+    assert!(daemon.terminate().success());
+
+    let out = Command::new(env!("CARGO_BIN_EXE_credvault"))
+        .args(offline)
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .contains("is now current; tokens signed by earlier keys stay valid until they expire"),
+        "{stdout}"
+    );
+
+    let mut daemon = Daemon::spawn(&serve, &env);
+    let addr = daemon.wait_for_addr();
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut with_old = proto::callers_client::CallersClient::with_interceptor(
+        channel.clone(),
+        support::Auth::bearer(&old),
+    );
+    with_old
+        .get_caller_info(proto::GetCallerInfoRequest {})
+        .await
+        .expect("the old token still works");
+    let mut admin =
+        proto::callers_client::CallersClient::with_interceptor(channel, support::Auth::admin());
+    let new = admin
+        .issue_token(proto::IssueTokenRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .jwt;
+    let kid = |jwt: &str| jsonwebtoken::decode_header(jwt).unwrap().kid.unwrap();
+    assert_ne!(kid(&old), kid(&new), "new tokens are signed by the new key");
+    drop((with_old, admin));
+    assert!(daemon.terminate().success());
+}

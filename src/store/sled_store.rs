@@ -36,6 +36,12 @@ impl SledStore {
         &self.trees[&tree]
     }
 
+    /// Makes every write durable now, for callers outside an async runtime (offline
+    /// maintenance commands).
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush().map(drop).map_err(engine)
+    }
+
     /// Bytes the database occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.db.size_on_disk().map_err(engine)
