@@ -39,6 +39,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".credvault.v1.Session",
             ".credvault.v1.IssueTokenResponse",
             ".credvault.v1.RevokeTokenRequest",
+            ".credvault.v1.Lease",
+            ".credvault.v1.CredentialEvent",
         ])
         .compile_fds(descriptors)?;
     Ok(())

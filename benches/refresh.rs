@@ -113,6 +113,7 @@ async fn run(n: usize) {
         &vault.providers,
         vault.clock.clone(),
         vault.refresh.clone(),
+        credvault::events::Events::default(),
     )
     .unwrap();
     let rebuild = start.elapsed();
@@ -148,6 +149,7 @@ async fn run(n: usize) {
             &vault.providers,
             vault.clock.clone(),
             refresh,
+            credvault::events::Events::default(),
         )
         .unwrap();
         let started = Instant::now();

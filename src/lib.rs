@@ -7,6 +7,8 @@
 //! - [`auth`]: who a caller is (bootstrap token, API key + secret, JWT, Basic) and
 //!   what its roles permit.
 //! - [`callers`]: credvault's own callers: keys, JWTs, sessions, scopes, credits.
+//! - [`leases`]: job leases within each account's `maxJobs`, durable, reaped at expiry.
+//! - [`events`]: credential events for WatchCredentials streams.
 //! - [`accounts`]: upstream accounts: validation, sealed records, masking, CRUD.
 //! - [`sealed`]: whole records under AEAD, bound to their tree and key.
 //! - [`store`]: the storage trait and its sled implementation (group-commit flushes).
@@ -31,7 +33,9 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod events;
 pub mod fake_upstream;
+pub mod leases;
 pub mod proto;
 pub mod providers;
 pub mod refresh;

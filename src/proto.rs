@@ -108,4 +108,27 @@ mod redacted_debug {
                 .finish_non_exhaustive()
         }
     }
+
+    impl fmt::Debug for Lease {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("Lease")
+                .field("lease_id", &self.lease_id)
+                .field("provider", &self.provider)
+                .field("email", &self.email)
+                .field("generation", &self.generation)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl fmt::Debug for CredentialEvent {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("CredentialEvent")
+                .field("kind", &self.kind)
+                .field("provider", &self.provider)
+                .field("email", &self.email)
+                .field("generation", &self.generation)
+                .field("lease_id", &self.lease_id)
+                .finish_non_exhaustive()
+        }
+    }
 }

@@ -30,6 +30,8 @@ use crate::{
         accounts::AccountsApi, auth::AuthLayer, callers::CallersApi, credentials::CredentialsApi,
     },
     config::Settings,
+    events::Events,
+    leases::LeaseService,
     proto::{
         FILE_DESCRIPTOR_SET, accounts_server::AccountsServer, callers_server::CallersServer,
         credentials_server::CredentialsServer,
@@ -55,6 +57,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("a listener task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("loading the leases: {0}")]
+    Leases(crate::leases::LeaseError),
     #[error("starting the refresh engine: {0}")]
     Refresher(crate::accounts::AccountError),
     #[error("final flush of the store failed: {0}")]
@@ -119,9 +123,16 @@ fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
 
 type Routes = Router<Stack<AuthLayer, Identity>>;
 
+/// What the services share beside the vault, built when serving starts.
+struct Services {
+    refresher: Arc<Refresher>,
+    leases: Arc<LeaseService>,
+    events: Events,
+}
+
 fn router(
     vault: &Vault,
-    refresher: &Arc<Refresher>,
+    services: &Services,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
@@ -131,13 +142,17 @@ fn router(
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let accounts = AccountsApi::new(
         vault.accounts.clone(),
-        refresher.clone(),
+        services.refresher.clone(),
+        services.leases.clone(),
+        services.events.clone(),
         vault.fingerprints.clone(),
     );
     let callers = CallersApi::new(vault.callers.clone());
     let credentials = CredentialsApi::new(
         vault.accounts.clone(),
         vault.callers.clone(),
+        services.leases.clone(),
+        services.events.clone(),
         vault.fingerprints.clone(),
     );
     Ok(Server::builder()
@@ -183,18 +198,36 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    let events = Events::default();
     let refresher = Arc::new(
         Refresher::start(
             vault.accounts.clone(),
             &vault.providers,
             vault.clock.clone(),
             vault.refresh.clone(),
+            events.clone(),
         )
         .map_err(ServeError::Refresher)?,
     );
+    let leases = LeaseService::start(
+        vault.store.clone(),
+        vault.sealer.clone(),
+        vault.accounts.clone(),
+        vault.callers.clone(),
+        refresher.clone(),
+        vault.providers.clone(),
+        events.clone(),
+        vault.clock.clone(),
+    )
+    .map_err(ServeError::Leases)?;
+    let services = Services {
+        refresher: refresher.clone(),
+        leases: leases.clone(),
+        events,
+    };
     let mut servers = JoinSet::new();
     if let Some(tcp) = listeners.tcp {
-        let routes = router(&vault, &refresher, health.clone())?;
+        let routes = router(&vault, &services, health.clone())?;
         servers.spawn(
             routes.serve_with_incoming_shutdown(
                 TcpListenerStream::new(tcp),
@@ -204,7 +237,7 @@ pub async fn run(
     }
     let socket_path = match listeners.unix {
         Some((unix, path)) => {
-            let routes = router(&vault, &refresher, health.clone())?;
+            let routes = router(&vault, &services, health.clone())?;
             servers.spawn(routes.serve_with_incoming_shutdown(
                 UnixListenerStream::new(unix),
                 stopped(stop_rx.clone()),
@@ -243,6 +276,7 @@ pub async fn run(
     if let Some(path) = socket_path {
         let _ = std::fs::remove_file(path);
     }
+    leases.shutdown();
     refresher.shutdown().await;
     vault.store.flush().await?;
     tracing::info!("stopped; store flushed");

@@ -67,6 +67,12 @@ pub enum FieldError {
     TooMany(&'static str),
     #[error("invalid parameter: give one of [{0}] and [{1}]")]
     OneOf(&'static str, &'static str),
+    #[error("invalid parameter: [{field}] must be between {min_ms} ms and {max_ms} ms")]
+    Duration {
+        field: &'static str,
+        min_ms: i64,
+        max_ms: i64,
+    },
     #[error("invalid parameter: [jwt] is not a JWT issued by this credvault")]
     ForeignJwt,
     #[error("invalid parameter: [{0}] is not a valid timestamp")]

@@ -59,6 +59,7 @@ impl OpenError {
 /// Everything a running credvault holds. Dropping it closes the store.
 pub struct Vault {
     pub store: Arc<SledStore>,
+    pub sealer: Arc<Sealer>,
     pub accounts: Arc<AccountService>,
     pub callers: Arc<CallerService>,
     pub authenticator: Arc<Authenticator>,
@@ -99,7 +100,7 @@ impl Vault {
         ));
         let callers = Arc::new(CallerService::open(
             store.clone(),
-            sealer,
+            sealer.clone(),
             &settings.master_key,
             clock.clone(),
             settings.callers.clone(),
@@ -107,6 +108,7 @@ impl Vault {
         let authenticator = Arc::new(Authenticator::new(&settings.admin_token, callers.clone())?);
         Ok(Self {
             store,
+            sealer,
             accounts,
             authenticator,
             providers,

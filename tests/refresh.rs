@@ -353,6 +353,7 @@ async fn backoff_doubles_with_jitter_up_to_its_cap() {
         &vault.providers,
         vault.clock.clone(),
         vault.refresh.clone(),
+        credvault::events::Events::default(),
     )
     .unwrap();
     vault

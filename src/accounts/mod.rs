@@ -299,6 +299,33 @@ impl AccountService {
             .collect())
     }
 
+    /// The readable part of one account, unauthenticated: for choosing among
+    /// accounts. Whatever is then handed out is read with [`AccountService::get`].
+    pub fn meta(&self, provider: &str, email: &str) -> Result<AccountMeta, AccountError> {
+        let key = lookup_key(provider, email)?;
+        let bytes = self
+            .store
+            .get(Tree::Accounts, &key.storage_key())?
+            .ok_or_else(|| AccountError::NotFound(key.clone()))?;
+        record::decode_meta_unauthenticated(&bytes)
+            .map_err(|source| AccountError::DataLoss { key, source })
+    }
+
+    /// The readable part of every account of one provider (see [`AccountService::meta`]).
+    pub fn provider_metas(&self, provider: &str) -> Result<Vec<AccountMeta>, AccountError> {
+        validate::text("provider", provider, validate::MAX_PROVIDER_LEN, true)?;
+        let entries = self.store.scan(
+            Tree::Accounts,
+            &model::provider_prefix(provider),
+            None,
+            usize::MAX,
+        )?;
+        Ok(entries
+            .iter()
+            .filter_map(|(_, value)| record::decode_meta_unauthenticated(value).ok())
+            .collect())
+    }
+
     /// Read-modify-write with compare-and-swap, retried while other writers win.
     fn modify(
         &self,

@@ -9,9 +9,11 @@ use super::{
     status::{account_error, refresh_error},
 };
 use crate::{
-    accounts::{AccountKey, AccountService, AccountUpdate, NewAccount},
+    accounts::{Account, AccountKey, AccountService, AccountUpdate, NewAccount},
     auth::Permission,
     crypto::Fingerprinter,
+    events::{Event, EventKind, Events},
+    leases::LeaseService,
     proto::{self, accounts_server::Accounts},
     refresh::Refresher,
 };
@@ -19,6 +21,8 @@ use crate::{
 pub struct AccountsApi {
     accounts: Arc<AccountService>,
     refresher: Arc<Refresher>,
+    leases: Arc<LeaseService>,
+    events: Events,
     fingerprints: Arc<Fingerprinter>,
 }
 
@@ -26,13 +30,31 @@ impl AccountsApi {
     pub fn new(
         accounts: Arc<AccountService>,
         refresher: Arc<Refresher>,
+        leases: Arc<LeaseService>,
+        events: Events,
         fingerprints: Arc<Fingerprinter>,
     ) -> Self {
         Self {
             accounts,
             refresher,
+            leases,
+            events,
             fingerprints,
         }
+    }
+
+    fn view(&self, account: &Account) -> proto::Account {
+        convert::masked_account(account, self.leases.active_jobs(&account.meta.key()))
+    }
+
+    /// Ends the leases of an account that can no longer be used, and tells watchers.
+    async fn retire(&self, key: &AccountKey, kind: EventKind) {
+        self.leases.end_account(key).await;
+        self.events.publish(Event {
+            key: key.clone(),
+            kind,
+            at_ms: self.leases.now_ms(),
+        });
     }
 
     fn email_tag(&self, email: &str) -> String {
@@ -77,7 +99,7 @@ impl Accounts for AccountsApi {
             self.refresher.account_changed(&key, Some(&account.meta));
             account
         };
-        Ok(Response::new(convert::masked_account(&account)))
+        Ok(Response::new(self.view(&account)))
     }
 
     #[tracing::instrument(skip_all, fields(provider = %request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
@@ -91,7 +113,7 @@ impl Accounts for AccountsApi {
             .accounts
             .get(&req.provider, &req.email)
             .map_err(account_error)?;
-        Ok(Response::new(convert::masked_account(&account)))
+        Ok(Response::new(self.view(&account)))
     }
 
     #[tracing::instrument(skip_all, fields(provider = %request.get_ref().provider))]
@@ -106,7 +128,7 @@ impl Accounts for AccountsApi {
             .list(&req.provider, i64::from(req.page_size), &req.page_token)
             .map_err(account_error)?;
         Ok(Response::new(proto::ListAccountsResponse {
-            accounts: page.accounts.iter().map(convert::masked_account).collect(),
+            accounts: page.accounts.iter().map(|a| self.view(a)).collect(),
             next_page_token: page.next_page_token,
         }))
     }
@@ -118,6 +140,8 @@ impl Accounts for AccountsApi {
     ) -> Result<Response<proto::Account>, Status> {
         let caller = authorized(&request, Permission::AccountsWrite, "UpdateAccount")?;
         let req = request.into_inner();
+        let disabling = req.disabled == Some(true);
+        let token_replaced = req.jwt.is_some();
         let update = AccountUpdate {
             max_jobs: req.max_jobs.map(i64::from),
             password: req.password.map(Into::into),
@@ -134,9 +158,25 @@ impl Accounts for AccountsApi {
             .await
             .map_err(account_error)?;
         tracing::info!(caller = %caller.id, version = account.meta.version, "account updated");
-        self.refresher
-            .account_changed(&account.meta.key(), Some(&account.meta));
-        Ok(Response::new(convert::masked_account(&account)))
+        let key = account.meta.key();
+        self.refresher.account_changed(&key, Some(&account.meta));
+        if disabling {
+            self.retire(&key, EventKind::AccountDisabled).await;
+        }
+        if token_replaced {
+            if let (Some(session), Some(token)) = (&account.meta.session, &account.secrets.token) {
+                self.events.publish(Event {
+                    key: key.clone(),
+                    kind: EventKind::TokenRotated {
+                        generation: session.generation,
+                        token: token.clone(),
+                        expire_time: session.expire_time,
+                    },
+                    at_ms: self.leases.now_ms(),
+                });
+            }
+        }
+        Ok(Response::new(self.view(&account)))
     }
 
     #[tracing::instrument(skip_all, fields(provider = %request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
@@ -156,6 +196,7 @@ impl Accounts for AccountsApi {
             email: req.email.to_lowercase(),
         };
         self.refresher.account_changed(&key, None);
+        self.retire(&key, EventKind::AccountDeleted).await;
         Ok(Response::new(()))
     }
 
@@ -177,6 +218,6 @@ impl Accounts for AccountsApi {
             .await
             .map_err(refresh_error)?;
         tracing::info!(caller = %caller.id, "account refreshed on request");
-        Ok(Response::new(convert::masked_account(&account)))
+        Ok(Response::new(self.view(&account)))
     }
 }

@@ -14,8 +14,8 @@ use crate::{
     validate::FieldError,
 };
 
-/// The operator's view: every secret masked.
-pub fn masked_account(account: &Account) -> proto::Account {
+/// The operator's view: every secret masked. `active_jobs`: leases holding its slots.
+pub fn masked_account(account: &Account, active_jobs: usize) -> proto::Account {
     let meta = &account.meta;
     let secrets = &account.secrets;
     let secured = |set: bool| {
@@ -55,8 +55,7 @@ pub fn masked_account(account: &Account) -> proto::Account {
             valid_from: credits.valid_from_ms.map(timestamp),
             valid_until: credits.valid_until_ms.map(timestamp),
         }),
-        // Leases do not exist yet; no job can be running.
-        active_jobs: 0,
+        active_jobs: i32::try_from(active_jobs).unwrap_or(i32::MAX),
         created_at: Some(timestamp(meta.created_at_ms)),
         updated_at: Some(timestamp(meta.updated_at_ms)),
         version: meta.version,
@@ -102,8 +101,8 @@ pub fn session(input: Option<proto::JwtInput>) -> Option<SessionInput> {
 }
 
 /// The unmasked view, for RevealAccount only.
-pub fn revealed_account(account: &Account) -> proto::Account {
-    let mut view = masked_account(account);
+pub fn revealed_account(account: &Account, active_jobs: usize) -> proto::Account {
+    let mut view = masked_account(account, active_jobs);
     let secrets = &account.secrets;
     let plain = |s: &Option<SecretString>| {
         s.as_ref()

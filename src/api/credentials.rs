@@ -1,24 +1,32 @@
-//! `credvault.v1.Credentials`: credentials for backend services.
+//! `credvault.v1.Credentials`: credentials for backend services — the unmasked reveal,
+//! job leases, and the watch stream of credential events.
 
-use std::sync::Arc;
+use std::{pin::Pin, sync::Arc};
 
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use super::{
     authorized, convert,
-    status::{account_error, caller_error, denied},
+    status::{account_error, caller_error, denied, lease_error},
 };
 use crate::{
     accounts::AccountService,
-    auth::Permission,
+    auth::{Caller, Permission},
     callers::CallerService,
     crypto::Fingerprinter,
+    events::{Event, EventKind, Events},
+    leases::{AcquireRequest, DEFAULT_TTL_MS, Granted, LeaseService, MAX_TTL_MS, MAX_WAIT_MS},
     proto::{self, credentials_server::Credentials},
+    validate::FieldError,
 };
 
 pub struct CredentialsApi {
     accounts: Arc<AccountService>,
     callers: Arc<CallerService>,
+    leases: Arc<LeaseService>,
+    events: Events,
     fingerprints: Arc<Fingerprinter>,
 }
 
@@ -26,14 +34,110 @@ impl CredentialsApi {
     pub fn new(
         accounts: Arc<AccountService>,
         callers: Arc<CallerService>,
+        leases: Arc<LeaseService>,
+        events: Events,
         fingerprints: Arc<Fingerprinter>,
     ) -> Self {
         Self {
             accounts,
             callers,
+            leases,
+            events,
             fingerprints,
         }
     }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::CredentialEvent, Status>> + Send>>;
+
+/// A duration field in milliseconds: `default` when absent, within `0..=max`.
+fn millis(
+    field: &'static str,
+    value: Option<prost_types::Duration>,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<i64, Status> {
+    let ms = match value {
+        None => default,
+        Some(d) => d
+            .seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(d.nanos / 1_000_000)),
+    };
+    if !(min..=max).contains(&ms) {
+        return Err(lease_error(
+            FieldError::Duration {
+                field,
+                min_ms: min,
+                max_ms: max,
+            }
+            .into(),
+        ));
+    }
+    Ok(ms)
+}
+
+fn lease(granted: &Granted) -> proto::Lease {
+    let session = granted.account.meta.session.clone().unwrap_or_default();
+    proto::Lease {
+        lease_id: granted.lease.id.clone(),
+        provider: granted.lease.provider.clone(),
+        email: granted.lease.email.clone(),
+        token: granted
+            .account
+            .secrets
+            .token
+            .as_ref()
+            .map(|t| t.expose().to_owned())
+            .unwrap_or_default(),
+        account_id: session.account_id,
+        username: session.username,
+        expire_time: session.expire_time,
+        generation: session.generation,
+        lease_expires_at: Some(convert::timestamp(granted.lease.expires_at_ms)),
+    }
+}
+
+/// The event as this watcher may see it, or `None` when it is not theirs to see.
+fn visible(
+    event: &Event,
+    caller: &Caller,
+    provider: &str,
+    email: &str,
+) -> Option<proto::CredentialEvent> {
+    let key = &event.key;
+    let wanted = (provider.is_empty() || provider == key.provider)
+        && (email.is_empty() || email == key.email);
+    if !wanted || caller.require_reach(&key.provider, &key.email).is_err() {
+        return None;
+    }
+    let mut out = proto::CredentialEvent {
+        provider: key.provider.clone(),
+        email: key.email.clone(),
+        at: Some(convert::timestamp(event.at_ms)),
+        ..Default::default()
+    };
+    let kind = match &event.kind {
+        EventKind::TokenRotated {
+            generation,
+            token,
+            expire_time,
+        } => {
+            out.generation = *generation;
+            out.token = token.expose().to_owned();
+            out.expire_time = *expire_time;
+            proto::credential_event::Kind::TokenRotated
+        }
+        EventKind::AccountDisabled => proto::credential_event::Kind::AccountDisabled,
+        EventKind::AccountDeleted => proto::credential_event::Kind::AccountDeleted,
+        EventKind::LeaseRevoked { lease_id } => {
+            out.lease_id.clone_from(lease_id);
+            proto::credential_event::Kind::LeaseRevoked
+        }
+    };
+    out.kind = kind as i32;
+    Some(out)
 }
 
 #[tonic::async_trait]
@@ -65,6 +169,93 @@ impl Credentials for CredentialsApi {
             remaining = credits.map(|c| c.remaining),
             "account revealed"
         );
-        Ok(Response::new(convert::revealed_account(&account)))
+        let active = self.leases.active_jobs(&account.meta.key());
+        Ok(Response::new(convert::revealed_account(&account, active)))
+    }
+
+    #[tracing::instrument(skip_all, fields(provider = %request.get_ref().provider))]
+    async fn acquire_lease(
+        &self,
+        request: Request<proto::AcquireLeaseRequest>,
+    ) -> Result<Response<proto::Lease>, Status> {
+        let actor = authorized(&request, Permission::Credentials, "AcquireLease")?;
+        let req = request.into_inner();
+        let acquire = AcquireRequest {
+            provider: req.provider,
+            email: Some(req.email).filter(|e| !e.is_empty()),
+            ttl_ms: millis("ttl", req.ttl, DEFAULT_TTL_MS, 1_000, MAX_TTL_MS)?,
+            wait_ms: millis("wait_timeout", req.wait_timeout, 0, 0, MAX_WAIT_MS)?,
+            labels: req.labels.into_iter().collect(),
+        };
+        let granted = self
+            .leases
+            .acquire(&actor, acquire)
+            .await
+            .map_err(lease_error)?;
+        tracing::info!(caller = %actor.id, lease = %granted.lease.id, email = %self.fingerprints.tag(&granted.lease.email), "lease acquired");
+        Ok(Response::new(lease(&granted)))
+    }
+
+    #[tracing::instrument(skip_all, fields(lease = %request.get_ref().lease_id))]
+    async fn renew_lease(
+        &self,
+        request: Request<proto::RenewLeaseRequest>,
+    ) -> Result<Response<proto::Lease>, Status> {
+        let actor = authorized(&request, Permission::Credentials, "RenewLease")?;
+        let req = request.into_inner();
+        let ttl = millis("ttl", req.ttl, DEFAULT_TTL_MS, 1_000, MAX_TTL_MS)?;
+        let granted = self
+            .leases
+            .renew(&actor, &req.lease_id, ttl)
+            .await
+            .map_err(lease_error)?;
+        Ok(Response::new(lease(&granted)))
+    }
+
+    #[tracing::instrument(skip_all, fields(lease = %request.get_ref().lease_id))]
+    async fn release_lease(
+        &self,
+        request: Request<proto::ReleaseLeaseRequest>,
+    ) -> Result<Response<()>, Status> {
+        let actor = authorized(&request, Permission::Credentials, "ReleaseLease")?;
+        let req = request.into_inner();
+        self.leases
+            .release(&actor, &req.lease_id)
+            .await
+            .map_err(lease_error)?;
+        tracing::info!(caller = %actor.id, "lease released");
+        Ok(Response::new(()))
+    }
+
+    type WatchCredentialsStream = EventStream;
+
+    async fn watch_credentials(
+        &self,
+        request: Request<proto::WatchCredentialsRequest>,
+    ) -> Result<Response<Self::WatchCredentialsStream>, Status> {
+        let actor = authorized(&request, Permission::Credentials, "WatchCredentials")?;
+        let req = request.into_inner();
+        let email = req.email.to_lowercase();
+        let mut events = self.events.subscribe();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let item = match events.recv().await {
+                    Ok(event) => match visible(&event, &actor, &req.provider, &email) {
+                        Some(event) => Ok(event),
+                        None => continue,
+                    },
+                    Err(RecvError::Lagged(missed)) => Err(Status::aborted(format!(
+                        "the watch fell {missed} events behind; read the accounts again and watch anew"
+                    ))),
+                    Err(RecvError::Closed) => break,
+                };
+                let last = item.is_err();
+                if tx.send(item).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

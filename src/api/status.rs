@@ -11,6 +11,7 @@ use crate::{
     accounts::AccountError,
     auth::{AuthError, Denied},
     callers::{CallerError, CreditError, MAX_KEYS},
+    leases::LeaseError,
     refresh::RefreshError,
     store::StoreError,
 };
@@ -99,6 +100,39 @@ pub fn refresh_error(error: RefreshError) -> Status {
             Status::failed_precondition(message)
         }
         RefreshError::Account(account) => account_error_ref(&account),
+    }
+}
+
+pub fn lease_error(error: LeaseError) -> Status {
+    let message = error.to_string();
+    match error {
+        LeaseError::Invalid(_) => Status::invalid_argument(message),
+        LeaseError::Account(account) => account_error(account),
+        LeaseError::Caller(caller) => caller_error(caller),
+        LeaseError::Denied(denial) => denied(denial),
+        LeaseError::NoAccounts(_) | LeaseError::NotFound(_) => Status::not_found(message),
+        LeaseError::NotOwner(_) => Status::permission_denied(message),
+        LeaseError::Busy {
+            executing,
+            retry_after_secs,
+            ..
+        } => {
+            let mut status = with_info(
+                Code::ResourceExhausted,
+                message,
+                "ALL_SLOTS_BUSY",
+                [
+                    ("executing_jobs", executing.to_string()),
+                    ("retry_after_secs", retry_after_secs.to_string()),
+                ],
+            );
+            if let Ok(value) = retry_after_secs.to_string().parse() {
+                status.metadata_mut().insert("retry-after", value);
+            }
+            status
+        }
+        LeaseError::Sealed(_) | LeaseError::Rng(_) => internal(&message),
+        LeaseError::Store(ref store) => store_error(store),
     }
 }
 

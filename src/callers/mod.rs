@@ -54,6 +54,8 @@ pub struct CallerSettings {
     pub default_credits: i64,
     /// Credits one RevealAccount costs.
     pub reveal_cost: i64,
+    /// Credits one AcquireLease costs.
+    pub lease_cost: i64,
 }
 
 impl Default for CallerSettings {
@@ -65,6 +67,7 @@ impl Default for CallerSettings {
             session_lifetime_secs: 3600,
             default_credits: 100,
             reveal_cost: 1,
+            lease_cost: 1,
         }
     }
 }

@@ -30,6 +30,7 @@ pub use schedule::{RefreshSettings, Schedule};
 use crate::{
     accounts::{Account, AccountError, AccountKey, AccountMeta, AccountService, Status},
     clock::Clock,
+    events::{Event, EventKind, Events},
     providers::{ProviderKind, Providers},
     timefmt::rfc3339_millis,
 };
@@ -94,6 +95,7 @@ struct Inner {
     /// A copy of each account's planned next attempt, for operators and tests (the
     /// schedule itself belongs to the scheduler task).
     planned: Mutex<HashMap<AccountKey, i64>>,
+    events: Events,
 }
 
 /// Handle to the running engine. Dropping it (or [`Refresher::shutdown`]) stops the
@@ -111,6 +113,7 @@ impl Refresher {
         providers: &Providers,
         clock: Arc<dyn Clock>,
         settings: RefreshSettings,
+        events: Events,
     ) -> Result<Self, AccountError> {
         let adapters = providers
             .iter()
@@ -133,6 +136,7 @@ impl Refresher {
             logins: AtomicU64::new(0),
             refreshed: AtomicU64::new(0),
             planned: Mutex::new(HashMap::new()),
+            events,
         });
         let schedule = inner.rebuild()?;
         tracing::info!(accounts = schedule.len(), "refresh schedule built");
@@ -392,6 +396,17 @@ impl Inner {
         };
         self.refreshed.fetch_add(1, Ordering::Relaxed);
         self.attempts_clear(key);
+        if let (Some(session), Some(token)) = (&stored.meta.session, &stored.secrets.token) {
+            self.events.publish(Event {
+                key: key.clone(),
+                kind: EventKind::TokenRotated {
+                    generation: session.generation,
+                    token: token.clone(),
+                    expire_time: session.expire_time,
+                },
+                at_ms: self.clock.now_ms(),
+            });
+        }
         tracing::info!(
             generation = stored.meta.session.as_ref().map_or(0, |s| s.generation),
             "upstream session refreshed"

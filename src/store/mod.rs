@@ -21,15 +21,18 @@ pub enum Tree {
     CallerEmails,
     /// Index: API key id (the public part of a key) -> caller id.
     ApiKeys,
+    /// Job leases (sealed records), keyed by lease id.
+    Leases,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 5] = [
+    pub const ALL: [Tree; 6] = [
         Tree::Meta,
         Tree::Accounts,
         Tree::Callers,
         Tree::CallerEmails,
         Tree::ApiKeys,
+        Tree::Leases,
     ];
 
     pub fn name(self) -> &'static str {
@@ -39,6 +42,7 @@ impl Tree {
             Tree::Callers => "callers",
             Tree::CallerEmails => "caller_emails",
             Tree::ApiKeys => "api_keys",
+            Tree::Leases => "leases",
         }
     }
 }

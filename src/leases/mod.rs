@@ -1,0 +1,531 @@
+//! Job leases: each holds one of an account's `maxJobs` slots while a job runs.
+//!
+//! The invariant — never more leases than `maxJobs` on one account — is kept by the
+//! [`table::Table`]: a slot is reserved under its lock, before any I/O, and released if
+//! anything after fails. Leases are sealed in the store so held slots survive a
+//! restart; a reaper frees them at their expiry. Waiters queue first come, first served
+//! per provider (or per account, when they named one).
+
+mod table;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::{Notify, watch};
+
+pub use table::LeaseRecord;
+use table::{QueueKey, Table, Ticket};
+
+use crate::{
+    accounts::{Account, AccountError, AccountKey, AccountMeta, AccountService, Status},
+    auth::{Caller, Denied},
+    callers::{CallerError, CallerService},
+    clock::Clock,
+    crypto::{RngError, Sealer, random_below, random_bytes},
+    events::{Event, EventKind, Events},
+    providers::{ProviderKind, Providers},
+    refresh::Refresher,
+    sealed::{self, SealedError},
+    store::{Store, StoreError, Tree},
+    validate::{self, FieldError},
+};
+
+pub const DEFAULT_TTL_MS: i64 = 5 * 60 * 1000;
+pub const MAX_TTL_MS: i64 = 24 * 3600 * 1000;
+pub const MAX_WAIT_MS: i64 = 60 * 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    #[error(transparent)]
+    Caller(#[from] CallerError),
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    #[error("no account of provider {0} is available to this caller")]
+    NoAccounts(String),
+    #[error("lease {0} not found or expired")]
+    NotFound(String),
+    #[error("permission denied: lease {0} belongs to another caller")]
+    NotOwner(String),
+    #[error(
+        "all slots are busy: {executing} jobs are running on {provider} accounts; retry after {retry_after_secs} s"
+    )]
+    Busy {
+        provider: String,
+        executing: usize,
+        retry_after_secs: i64,
+    },
+    #[error("lease record: {0}")]
+    Sealed(#[from] SealedError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Rng(#[from] RngError),
+}
+
+/// AcquireLease's input.
+#[derive(Clone, Debug, Default)]
+pub struct AcquireRequest {
+    pub provider: String,
+    pub email: Option<String>,
+    pub ttl_ms: i64,
+    pub wait_ms: i64,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A lease and the account it is on (with its current token).
+#[derive(Debug)]
+pub struct Granted {
+    pub lease: LeaseRecord,
+    pub account: Account,
+}
+
+struct Candidate {
+    key: AccountKey,
+    max_jobs: u32,
+    /// The token stays valid for the whole lease (or there is none to expire).
+    fresh: bool,
+}
+
+pub struct LeaseService {
+    store: Arc<dyn Store>,
+    sealer: Arc<Sealer>,
+    accounts: Arc<AccountService>,
+    callers: Arc<CallerService>,
+    refresher: Arc<Refresher>,
+    providers: Arc<Providers>,
+    events: Events,
+    clock: Arc<dyn Clock>,
+    table: Mutex<Table>,
+    tickets: AtomicU64,
+    reaper: Notify,
+    stop: watch::Sender<bool>,
+}
+
+impl LeaseService {
+    /// Loads the leases held before a restart (dropping expired ones) and starts the
+    /// reaper.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        store: Arc<dyn Store>,
+        sealer: Arc<Sealer>,
+        accounts: Arc<AccountService>,
+        callers: Arc<CallerService>,
+        refresher: Arc<Refresher>,
+        providers: Arc<Providers>,
+        events: Events,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, LeaseError> {
+        let now = clock.now_ms();
+        let mut table = Table::default();
+        for (key, value) in store.scan(Tree::Leases, b"", None, usize::MAX)? {
+            match sealed::open::<LeaseRecord>(&sealer, Tree::Leases, &key, &value) {
+                Ok(record) if record.expires_at_ms > now => table.insert(record),
+                Ok(_) => {
+                    store.compare_and_swap(Tree::Leases, &key, Some(&value), None)?;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "a stored lease does not open; it is dropped");
+                    store.compare_and_swap(Tree::Leases, &key, Some(&value), None)?;
+                }
+            }
+        }
+        let (stop, _) = watch::channel(false);
+        let service = Arc::new(Self {
+            store,
+            sealer,
+            accounts,
+            callers,
+            refresher,
+            providers,
+            events,
+            clock,
+            table: Mutex::new(table),
+            tickets: AtomicU64::new(0),
+            reaper: Notify::new(),
+            stop,
+        });
+        tokio::spawn(service.clone().reap());
+        Ok(service)
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Callers queued for a slot of this provider's accounts.
+    pub fn waiting(&self, provider: &str) -> usize {
+        self.table().waiting(provider)
+    }
+
+    /// Leases holding a slot of this account now.
+    pub fn active_jobs(&self, key: &AccountKey) -> usize {
+        self.table().count(key)
+    }
+
+    pub async fn acquire(
+        &self,
+        caller: &Caller,
+        request: AcquireRequest,
+    ) -> Result<Granted, LeaseError> {
+        validate::text(
+            "provider",
+            &request.provider,
+            validate::MAX_PROVIDER_LEN,
+            true,
+        )?;
+        let email = request.email.as_deref().map(str::to_lowercase);
+        let queue: QueueKey = (request.provider.clone(), email.clone());
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(request.wait_ms.max(0) as u64);
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        let wake = Arc::new(Notify::new());
+        let mut queued = false;
+        let mut refreshed = false;
+        let outcome = loop {
+            let now = self.clock.now_ms();
+            let candidates = match self.candidates(caller, &request, email.as_deref(), now) {
+                Ok(candidates) => candidates,
+                Err(error) => break Err(error),
+            };
+            let waiting = tokio::time::Instant::now() < deadline;
+            let reserved = {
+                let mut table = self.table();
+                let my_turn =
+                    !table.queue_busy(&queue) || (queued && table.is_head(&queue, ticket));
+                let choice = if my_turn {
+                    choose(&table, &candidates)
+                } else {
+                    None
+                };
+                match choice {
+                    Some(key) => {
+                        let record = LeaseRecord {
+                            id: lease_id()?,
+                            caller_id: caller.id.clone(),
+                            provider: key.provider.clone(),
+                            email: key.email.clone(),
+                            acquired_at_ms: now,
+                            expires_at_ms: now + request.ttl_ms,
+                        };
+                        table.insert(record.clone());
+                        if queued {
+                            table.leave(&queue, ticket);
+                            queued = false;
+                            // Another slot may be free for the next in line.
+                            table.wake_queue(&queue);
+                        }
+                        Some(record)
+                    }
+                    None => {
+                        // Queue while still holding the lock, so a slot freed from now
+                        // on wakes us.
+                        if waiting && !queued {
+                            table.enqueue(
+                                queue.clone(),
+                                Ticket {
+                                    id: ticket,
+                                    wake: wake.clone(),
+                                },
+                            );
+                            queued = true;
+                        }
+                        None
+                    }
+                }
+            };
+            self.reaper.notify_one();
+            if let Some(record) = reserved {
+                break self.complete(record).await;
+            }
+            // Accounts held back only by a token too short for the lease: log one in
+            // (joining a login in flight) and look again.
+            if !refreshed {
+                let stale = {
+                    let table = self.table();
+                    candidates
+                        .iter()
+                        .find(|c| !c.fresh && table.count(&c.key) < c.max_jobs as usize)
+                        .map(|c| c.key.clone())
+                };
+                if let Some(key) = stale {
+                    refreshed = true;
+                    if let Err(error) = self.refresher.refresh_now(&key).await {
+                        tracing::info!(reason = %error, "refreshing a token for a lease failed");
+                    }
+                    continue;
+                }
+            }
+            if !waiting {
+                let (executing, first_end) = self.table().provider_load(&request.provider);
+                let retry_after_secs = first_end.map_or(1, |end| ((end - now) / 1000).max(1));
+                break Err(LeaseError::Busy {
+                    provider: request.provider.clone(),
+                    executing,
+                    retry_after_secs,
+                });
+            }
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        };
+        if queued {
+            let mut table = self.table();
+            let was_head = table.is_head(&queue, ticket);
+            table.leave(&queue, ticket);
+            if was_head {
+                table.wake_queue(&queue);
+            }
+        }
+        outcome
+    }
+
+    /// Accounts this request may be given, with whether each has room and a token
+    /// that outlives the lease.
+    fn candidates(
+        &self,
+        caller: &Caller,
+        request: &AcquireRequest,
+        email: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<Candidate>, LeaseError> {
+        let kind = self.providers.get(&request.provider).map(|p| p.kind);
+        let metas = match email {
+            Some(email) => {
+                caller.require_reach(&request.provider, email)?;
+                vec![self.accounts.meta(&request.provider, email)?]
+            }
+            None => self
+                .accounts
+                .provider_metas(&request.provider)?
+                .into_iter()
+                .filter(|m| caller.require_reach(&m.provider, &m.email).is_ok())
+                .collect(),
+        };
+        let candidates: Vec<Candidate> = metas
+            .iter()
+            .filter(|m| m.effective_status() == Status::Active)
+            .filter(|m| {
+                request
+                    .labels
+                    .iter()
+                    .all(|(k, v)| m.labels.get(k) == Some(v))
+            })
+            .map(|m| Candidate {
+                key: m.key(),
+                max_jobs: m.max_jobs,
+                fresh: kind == Some(ProviderKind::ApiKey)
+                    || token_outlives(m, now + request.ttl_ms),
+            })
+            .collect();
+        if candidates.is_empty() && email.is_none() {
+            return Err(LeaseError::NoAccounts(request.provider.clone()));
+        }
+        Ok(candidates)
+    }
+
+    /// Makes a reserved lease durable and reads the token to hand out. Any failure
+    /// gives the slot back.
+    async fn complete(&self, record: LeaseRecord) -> Result<Granted, LeaseError> {
+        let result = async {
+            let account = self.accounts.get(&record.provider, &record.email)?;
+            let bytes = sealed::seal(&self.sealer, Tree::Leases, record.id.as_bytes(), &record)?;
+            self.store
+                .compare_and_swap(Tree::Leases, record.id.as_bytes(), None, Some(&bytes))?;
+            self.callers
+                .debit(&record.caller_id, self.callers.settings().lease_cost)
+                .await?;
+            self.store.flush().await?;
+            Ok(account)
+        }
+        .await;
+        match result {
+            Ok(account) => Ok(Granted {
+                lease: record,
+                account,
+            }),
+            Err(error) => {
+                self.end(&record.id).await;
+                Err(error)
+            }
+        }
+    }
+
+    pub async fn renew(
+        &self,
+        caller: &Caller,
+        id: &str,
+        ttl_ms: i64,
+    ) -> Result<Granted, LeaseError> {
+        let now = self.clock.now_ms();
+        let record = {
+            let mut table = self.table();
+            let record = table
+                .get(id)
+                .filter(|r| r.expires_at_ms > now)
+                .ok_or_else(|| LeaseError::NotFound(id.to_owned()))?;
+            if record.caller_id != caller.id && !caller.is_admin() {
+                return Err(LeaseError::NotOwner(id.to_owned()));
+            }
+            table
+                .extend(id, now + ttl_ms)
+                .ok_or_else(|| LeaseError::NotFound(id.to_owned()))?
+        };
+        let bytes = sealed::seal(&self.sealer, Tree::Leases, id.as_bytes(), &record)?;
+        let old = self.store.get(Tree::Leases, id.as_bytes())?;
+        self.store
+            .compare_and_swap(Tree::Leases, id.as_bytes(), old.as_deref(), Some(&bytes))?;
+        self.store.flush().await?;
+        self.reaper.notify_one();
+        let account = self.accounts.get(&record.provider, &record.email)?;
+        Ok(Granted {
+            lease: record,
+            account,
+        })
+    }
+
+    /// Frees the slot; an unknown (released or expired) lease is not an error.
+    pub async fn release(&self, caller: &Caller, id: &str) -> Result<(), LeaseError> {
+        {
+            let table = self.table();
+            match table.get(id) {
+                None => return Ok(()),
+                Some(record) if record.caller_id != caller.id && !caller.is_admin() => {
+                    return Err(LeaseError::NotOwner(id.to_owned()));
+                }
+                Some(_) => {}
+            }
+        }
+        self.end(id).await;
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// Ends every lease on an account (deleted or disabled) and tells their holders.
+    pub async fn end_account(&self, key: &AccountKey) {
+        let ids = self.table().of_account(key);
+        for id in ids {
+            self.end(&id).await;
+            self.events.publish(Event {
+                key: key.clone(),
+                kind: EventKind::LeaseRevoked { lease_id: id },
+                at_ms: self.clock.now_ms(),
+            });
+        }
+        if let Err(error) = self.store.flush().await {
+            tracing::error!(%error, "flushing ended leases failed");
+        }
+    }
+
+    /// Removes a lease from the table and the store, and wakes a waiter.
+    async fn end(&self, id: &str) {
+        let record = {
+            let mut table = self.table();
+            let record = table.remove(id);
+            if let Some(record) = &record {
+                table.wake(&record.key());
+            }
+            record
+        };
+        if record.is_some() {
+            self.forget(id);
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        let deleted = self
+            .store
+            .get(Tree::Leases, id.as_bytes())
+            .and_then(|old| match old {
+                Some(old) => self
+                    .store
+                    .compare_and_swap(Tree::Leases, id.as_bytes(), Some(&old), None)
+                    .map(drop),
+                None => Ok(()),
+            });
+        if let Err(error) = deleted {
+            // The record expires on its own; on restart it is dropped as expired.
+            tracing::error!(%error, lease = id, "deleting a lease record failed");
+        }
+    }
+
+    /// Frees leases at their expiry.
+    async fn reap(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            let next = self.table().next_expiry();
+            let sleep = match next {
+                Some(at) => self.clock.sleep_until(at),
+                None => Box::pin(std::future::pending()),
+            };
+            tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => break,
+                () = self.reaper.notified() => {}
+                () = sleep => {
+                    let expired = {
+                        let mut table = self.table();
+                        let expired = table.take_expired(self.clock.now_ms());
+                        for record in &expired {
+                            table.wake(&record.key());
+                        }
+                        expired
+                    };
+                    for record in &expired {
+                        tracing::info!(lease = %record.id, "lease expired; slot freed");
+                        self.forget(&record.id);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The least loaded account with a free slot and a fresh token; random among ties.
+fn choose(table: &Table, candidates: &[Candidate]) -> Option<AccountKey> {
+    let open: Vec<(usize, &Candidate)> = candidates
+        .iter()
+        .filter(|c| c.fresh)
+        .map(|c| (table.count(&c.key), c))
+        .filter(|(load, c)| *load < c.max_jobs as usize)
+        .collect();
+    let least = open.iter().map(|(load, _)| *load).min()?;
+    let tied: Vec<&Candidate> = open
+        .iter()
+        .filter(|(l, _)| *l == least)
+        .map(|(_, c)| *c)
+        .collect();
+    Some(tied[random_below(tied.len() as u64) as usize].key.clone())
+}
+
+fn token_outlives(meta: &AccountMeta, until_ms: i64) -> bool {
+    meta.session
+        .as_ref()
+        .is_some_and(|s| s.expire_time > 0 && s.expire_time.saturating_mul(1000) >= until_ms)
+}
+
+fn lease_id() -> Result<String, RngError> {
+    let mut bytes = [0u8; 12];
+    random_bytes(&mut bytes)?;
+    Ok(format!(
+        "l_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
+}
