@@ -163,18 +163,20 @@ impl Accounts for AccountsApi {
         if disabling {
             self.retire(&key, EventKind::AccountDisabled).await;
         }
-        if token_replaced {
-            if let (Some(session), Some(token)) = (&account.meta.session, &account.secrets.token) {
-                self.events.publish(Event {
-                    key: key.clone(),
-                    kind: EventKind::TokenRotated {
-                        generation: session.generation,
-                        token: token.clone(),
-                        expire_time: session.expire_time,
-                    },
-                    at_ms: self.leases.now_ms(),
-                });
-            }
+        if let (true, Some(session), Some(token)) = (
+            token_replaced,
+            &account.meta.session,
+            &account.secrets.token,
+        ) {
+            self.events.publish(Event {
+                key: key.clone(),
+                kind: EventKind::TokenRotated {
+                    generation: session.generation,
+                    token: token.clone(),
+                    expire_time: session.expire_time,
+                },
+                at_ms: self.leases.now_ms(),
+            });
         }
         Ok(Response::new(self.view(&account)))
     }
