@@ -620,6 +620,10 @@ impl CallerService {
         caller_id: &str,
         cost: i64,
     ) -> Result<Option<CallerCredits>, CallerError> {
+        // Unmetered callers (and free calls) cost nothing, not even a write.
+        if cost == 0 || self.get(caller_id)?.credits.is_none() {
+            return Ok(None);
+        }
         let now = self.now_ms();
         let record = self.modify(caller_id, None, |record| {
             let Some(credits) = record.credits.as_mut() else {

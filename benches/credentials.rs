@@ -1,0 +1,386 @@
+//! The Credentials service under load, against a baseline measured in the same run: a
+//! minimal tonic server answering a trivial unary RPC (health Check). A load generator
+//! on the generated tonic client holds N connections × M calls in flight for a fixed
+//! time and counts answers by gRPC status (h2load cannot). Also: p99 of AcquireLease at
+//! half its peak rate, and RSS with 100,000 accounts loaded.
+//!
+//! `cargo bench --bench credentials`; figures are printed, not asserted.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use credvault::{
+    accounts::{NewAccount, SessionInput},
+    config::Config,
+    crypto::{MasterKey, SecretString},
+    proto::{self, credentials_client::CredentialsClient},
+    providers::{ProviderConfig, ProviderKind},
+    server::{self, Listeners},
+    vault::Vault,
+};
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{
+    Request, Status,
+    metadata::MetadataValue,
+    service::Interceptor,
+    transport::{Channel, Server},
+};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+const CONNECTIONS: usize = 4;
+const IN_FLIGHT: usize = 16;
+const WINDOW: Duration = Duration::from_secs(5);
+const BOOTSTRAP: &str = "bench-bootstrap-token-0123456789abcdef";
+const SECRET: &str = "bench-client-secret-0123456789abcdef-0123456789";
+
+#[derive(Default)]
+struct Stats {
+    codes: BTreeMap<String, u64>,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Stats {
+    fn merge(&mut self, other: Stats) {
+        for (code, n) in other.codes {
+            *self.codes.entry(code).or_default() += n;
+        }
+        self.latencies.extend(other.latencies);
+    }
+
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn print(&mut self, name: &str, baseline: Option<f64>) {
+        self.latencies.sort();
+        let pct = |p: usize| {
+            self.latencies
+                .get(self.latencies.len() * p / 100)
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        let ratio = baseline.map_or(String::from("1.00"), |b| format!("{:.2}", self.rate() / b));
+        println!(
+            "  {name:<44} {:>9.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ×baseline {ratio:>5}  {:?}",
+            self.rate(),
+            pct(50),
+            pct(99),
+            self.codes
+        );
+    }
+}
+
+#[derive(Clone)]
+struct Auth(Vec<(&'static str, String)>);
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        for (name, value) in &self.0 {
+            request
+                .metadata_mut()
+                .insert(*name, MetadataValue::try_from(value.as_str()).unwrap());
+        }
+        Ok(request)
+    }
+}
+
+async fn channels(addr: std::net::SocketAddr) -> Vec<Channel> {
+    let mut out = Vec::new();
+    for _ in 0..CONNECTIONS {
+        out.push(
+            Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
+/// Runs `call` from CONNECTIONS × IN_FLIGHT tasks until the window closes; with
+/// `per_task_rate`, each task paces itself (open loop) instead of going flat out.
+async fn drive<F, Fut>(channels: &[Channel], per_task_rate: Option<f64>, call: F) -> Stats
+where
+    F: Fn(Channel, u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), Status>> + Send,
+{
+    let started = Instant::now();
+    let deadline = started + WINDOW;
+    let mut tasks = JoinSet::new();
+    for (c, channel) in channels.iter().enumerate() {
+        for t in 0..IN_FLIGHT {
+            let (call, channel) = (call.clone(), channel.clone());
+            tasks.spawn(async move {
+                let mut stats = Stats::default();
+                let mut pace = per_task_rate.map(|rate| {
+                    let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+                    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    interval
+                });
+                let mut i = (c * IN_FLIGHT + t) as u64 * 1_000_003;
+                while Instant::now() < deadline {
+                    if let Some(pace) = pace.as_mut() {
+                        pace.tick().await;
+                    }
+                    let at = Instant::now();
+                    let code = match call(channel.clone(), i).await {
+                        Ok(()) => "Ok".to_owned(),
+                        Err(status) => format!("{:?}", status.code()),
+                    };
+                    stats.latencies.push(at.elapsed());
+                    *stats.codes.entry(code).or_default() += 1;
+                    i += 1;
+                }
+                stats
+            });
+        }
+    }
+    let mut total = Stats::default();
+    while let Some(stats) = tasks.join_next().await {
+        total.merge(stats.unwrap());
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn config(dir: &std::path::Path) -> Config {
+    let mut config = Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.to_owned(),
+        master_key: Some(SecretString::from(
+            MasterKey::generate().unwrap().to_base64().to_string(),
+        )),
+        admin_token: Some(SecretString::from(BOOTSTRAP.to_owned())),
+        ..Config::default()
+    };
+    config.providers.insert(
+        "pool".into(),
+        ProviderConfig {
+            max_jobs: Some(8),
+            ..ProviderConfig::of(ProviderKind::Pixverse)
+        },
+    );
+    config
+}
+
+async fn create_accounts(vault: &Vault, provider: &'static str, n: usize) {
+    let mut tasks = JoinSet::new();
+    let per = n.div_ceil(128);
+    for t in 0..128 {
+        let accounts = vault.accounts.clone();
+        tasks.spawn(async move {
+            for i in t * per..((t + 1) * per).min(n) {
+                accounts
+                    .create(NewAccount {
+                        provider: provider.into(),
+                        email: format!("user{i}@example.com"),
+                        password: Some(SecretString::from("bench-password".to_owned())),
+                        max_jobs: 8,
+                        session: Some(SessionInput {
+                            token: SecretString::from(format!("eyJ.session-token-{i}.sig")),
+                            expire_time: 2_000_000_000,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    println!(
+        "credentials under load: {CONNECTIONS} connections × {IN_FLIGHT} in flight, {} s each, one 2-core machine",
+        WINDOW.as_secs()
+    );
+
+    // RSS with 100,000 accounts loaded into a serving credvault.
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = config(dir.path()).resolve().unwrap();
+        let vault = Vault::open(&settings).unwrap();
+        let before = rss_mib();
+        create_accounts(&vault, "pixverse", 100_000).await;
+        let listeners = Listeners::bind(&settings).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server::run(
+            vault,
+            listeners,
+            Duration::from_secs(5),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        tokio::task::yield_now().await;
+        println!(
+            "  RSS with 100,000 accounts loaded and serving: {:.0} MiB (was {before:.0} MiB before loading; target < 300)",
+            rss_mib()
+        );
+        let _ = stop.send(());
+        serving.await.unwrap().unwrap();
+    }
+
+    // Baseline: a minimal tonic server with a trivial unary RPC.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(
+        Server::builder()
+            .add_service(health)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let mut baseline = drive(&channels(addr).await, None, |channel, _| async move {
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(drop)
+    })
+    .await;
+    let base = baseline.rate();
+    baseline.print("baseline: minimal tonic server, unary Check", None);
+
+    // credvault: 1,000 pixverse accounts for reveals, 100 pool accounts (maxJobs 8) for leases.
+    let dir = tempfile::tempdir().unwrap();
+    let settings = config(dir.path()).resolve().unwrap();
+    let vault = Vault::open(&settings).unwrap();
+    create_accounts(&vault, "pixverse", 1_000).await;
+    create_accounts(&vault, "pool", 100).await;
+    let admin = vault.callers.bootstrap_admin().unwrap();
+    let created = vault
+        .callers
+        .create(
+            &admin,
+            credvault::callers::NewCaller {
+                email: "bench@example.com".into(),
+                secret: SecretString::from(SECRET.to_owned()),
+                scopes: vec!["pixverse".into(), "pool".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    vault
+        .callers
+        .activate(&created.caller.id, &created.key_id)
+        .await
+        .unwrap();
+    vault
+        .callers
+        .update(
+            &created.caller.id,
+            credvault::callers::CallerUpdate {
+                add_credits: 1_000_000_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let auth = Auth(vec![
+        (
+            "authorization",
+            format!("Bearer {}", created.api_key.expose()),
+        ),
+        ("x-credvault-secret", SECRET.to_owned()),
+    ]);
+    let listeners = Listeners::bind(&settings).await.unwrap();
+    let addr = listeners.tcp_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server::run(
+        vault,
+        listeners,
+        Duration::from_secs(5),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let channels = channels(addr).await;
+
+    let reveal_auth = auth.clone();
+    let mut reveal = drive(&channels, None, move |channel, i| {
+        let auth = reveal_auth.clone();
+        async move {
+            let mut client = CredentialsClient::with_interceptor(channel, auth);
+            let request = proto::RevealAccountRequest {
+                provider: "pixverse".into(),
+                email: format!("user{}@example.com", i % 1000),
+            };
+            client.reveal_account(request).await.map(drop)
+        }
+    })
+    .await;
+    reveal.print("RevealAccount, 1,000 accounts (metered caller)", Some(base));
+
+    let lease = move |auth: Auth| {
+        move |channel: Channel, _| {
+            let auth = auth.clone();
+            async move {
+                let mut client = CredentialsClient::with_interceptor(channel, auth);
+                let request = proto::AcquireLeaseRequest {
+                    provider: "pool".into(),
+                    ttl: Some(prost_types::Duration {
+                        seconds: 60,
+                        nanos: 0,
+                    }),
+                    wait_timeout: Some(prost_types::Duration {
+                        seconds: 1,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                };
+                let lease = client.acquire_lease(request).await?.into_inner();
+                client
+                    .release_lease(proto::ReleaseLeaseRequest {
+                        lease_id: lease.lease_id,
+                    })
+                    .await
+                    .map(drop)
+            }
+        }
+    };
+    let mut pairs = drive(&channels, None, lease(auth.clone())).await;
+    let peak = pairs.rate();
+    pairs.print(
+        "AcquireLease+ReleaseLease, 100 × maxJobs 8, 64 callers",
+        Some(base),
+    );
+    let per_task = peak / 2.0 / (CONNECTIONS * IN_FLIGHT) as f64;
+    let mut half = drive(&channels, Some(per_task), lease(auth)).await;
+    half.print("  … the same at half its peak rate", Some(base));
+
+    let _ = stop.send(());
+    serving.await.unwrap().unwrap();
+    let _ = Arc::new(());
+}
