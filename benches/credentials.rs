@@ -119,7 +119,13 @@ where
             tasks.spawn(async move {
                 let mut stats = Stats::default();
                 let mut pace = per_task_rate.map(|rate| {
-                    let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+                    // Staggered start phases: paced tasks that tick in lockstep would
+                    // arrive as bursts of every task at once.
+                    let period = Duration::from_secs_f64(1.0 / rate);
+                    let phase = period
+                        .mul_f64((c * IN_FLIGHT + t) as f64 / (CONNECTIONS * IN_FLIGHT) as f64);
+                    let mut interval =
+                        tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
                     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     interval
                 });

@@ -171,6 +171,21 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
+/// Accepted TCP streams with Nagle's algorithm off: tonic sets TCP_NODELAY only on
+/// sockets it binds itself, and small gRPC frames must not wait for delayed ACKs.
+fn no_delay(
+    incoming: TcpListenerStream,
+) -> impl tokio_stream::Stream<Item = io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    incoming.map(|stream| {
+        stream.inspect(|s| {
+            if let Err(error) = s.set_nodelay(true) {
+                tracing::debug!(%error, "setting TCP_NODELAY failed");
+            }
+        })
+    })
+}
+
 /// The whole server (`""`) and each service, as probes ask for them.
 async fn set_health(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {
     let services = [
@@ -228,12 +243,10 @@ pub async fn run(
     let mut servers = JoinSet::new();
     if let Some(tcp) = listeners.tcp {
         let routes = router(&vault, &services, health.clone())?;
-        servers.spawn(
-            routes.serve_with_incoming_shutdown(
-                TcpListenerStream::new(tcp),
-                stopped(stop_rx.clone()),
-            ),
-        );
+        servers.spawn(routes.serve_with_incoming_shutdown(
+            no_delay(TcpListenerStream::new(tcp)),
+            stopped(stop_rx.clone()),
+        ));
     }
     let socket_path = match listeners.unix {
         Some((unix, path)) => {
