@@ -206,6 +206,11 @@ impl LeaseService {
                 Err(error) => break Err(error),
             };
             let waiting = tokio::time::Instant::now() < deadline;
+            // Made before the lock: an error here must not skip leaving the queue.
+            let id = match lease_id() {
+                Ok(id) => id,
+                Err(error) => break Err(error.into()),
+            };
             let reserved = {
                 let mut table = self.table();
                 let my_turn =
@@ -218,7 +223,7 @@ impl LeaseService {
                 match choice {
                     Some(key) => {
                         let record = LeaseRecord {
-                            id: lease_id()?,
+                            id,
                             caller_id: caller.id.clone(),
                             provider: key.provider.clone(),
                             email: key.email.clone(),
