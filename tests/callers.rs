@@ -27,25 +27,17 @@ async fn server() -> (tempfile::TempDir, TestServer, ManualClock) {
 
 /// Creates a consumer of `pixverse` and activates its key; returns (id, api key).
 async fn consumer(server: &TestServer, email: &str) -> (String, String) {
-    let mut admin = server.callers(Auth::admin()).await;
-    let created = admin
-        .create_caller(proto::CreateCallerRequest {
+    support::activated_caller(
+        server,
+        proto::CreateCallerRequest {
             email: email.into(),
             secret: SECRET.into(),
             name: "render worker".into(),
             roles: vec![proto::Role::Consumer as i32],
             scopes: vec!["pixverse".into()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut own = server
-        .callers(Auth::api_key(&created.api_key, SECRET))
-        .await;
-    own.activate_caller(proto::ActivateCallerRequest {})
-        .await
-        .unwrap();
-    (created.caller_id, created.api_key)
+        },
+    )
+    .await
 }
 
 fn unauthenticated(status: &tonic::Status, message: &str) {

@@ -50,34 +50,28 @@ async fn account(server: &TestServer, email: &str, max_jobs: i32) {
 
 /// A consumer of pixverse with `credits`; returns its auth.
 async fn consumer(server: &TestServer, email: &str, scopes: &[&str], credits: i64) -> Auth {
-    let mut admin = server.callers(Auth::admin()).await;
-    let created = admin
-        .create_caller(proto::CreateCallerRequest {
+    let (id, key) = support::activated_caller(
+        server,
+        proto::CreateCallerRequest {
             email: email.into(),
             secret: SECRET.into(),
             roles: vec![proto::Role::Consumer as i32],
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
-        })
+        },
+    )
+    .await;
+    server
+        .callers(Auth::admin())
         .await
-        .unwrap()
-        .into_inner();
-    admin
         .update_caller(proto::UpdateCallerRequest {
-            caller_id: created.caller_id,
+            caller_id: id,
             add_credits: credits - 100,
             ..Default::default()
         })
         .await
         .unwrap();
-    let auth = Auth::api_key(&created.api_key, SECRET);
-    server
-        .callers(auth.clone())
-        .await
-        .activate_caller(proto::ActivateCallerRequest {})
-        .await
-        .unwrap();
-    auth
+    Auth::api_key(&key, SECRET)
 }
 
 async fn active_jobs(server: &TestServer, email: &str) -> i32 {

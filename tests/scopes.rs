@@ -201,27 +201,16 @@ async fn every_role_on_every_rpc() {
             .unwrap();
     }
 
-    let mut admin = server.callers(Auth::admin()).await;
-    let mut make = async |email: &str, role: proto::Role, scopes: &[&str]| {
-        let created = admin
-            .create_caller(proto::CreateCallerRequest {
-                email: email.into(),
-                secret: SECRET.into(),
-                roles: vec![role as i32],
-                scopes: scopes.iter().map(|s| s.to_string()).collect(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let auth = Auth::api_key(&created.api_key, SECRET);
-        server
-            .callers(auth.clone())
-            .await
-            .activate_caller(proto::ActivateCallerRequest {})
-            .await
-            .unwrap();
-        (created.caller_id, auth)
+    let make = async |email: &str, role: proto::Role, scopes: &[&str]| {
+        let request = proto::CreateCallerRequest {
+            email: email.into(),
+            secret: SECRET.into(),
+            roles: vec![role as i32],
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let (id, key) = support::activated_caller(&server, request).await;
+        (id, Auth::api_key(&key, SECRET))
     };
     let (_, operator) = make("operator@example.com", proto::Role::Operator, &[]).await;
     let (_, consumer) = make(

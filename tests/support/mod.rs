@@ -260,6 +260,29 @@ impl TestServer {
     }
 }
 
+/// A caller created by the admin and activated with its first key; returns its id and
+/// the key.
+pub async fn activated_caller(
+    server: &TestServer,
+    request: proto::CreateCallerRequest,
+) -> (String, String) {
+    let secret = request.secret.clone();
+    let created = server
+        .callers(Auth::admin())
+        .await
+        .create_caller(request)
+        .await
+        .expect("admin creates the caller")
+        .into_inner();
+    server
+        .callers(Auth::api_key(&created.api_key, &secret))
+        .await
+        .activate_caller(proto::ActivateCallerRequest {})
+        .await
+        .expect("the new key activates");
+    (created.caller_id, created.api_key)
+}
+
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
 pub struct Bearer(pub Option<String>);
