@@ -310,7 +310,7 @@ impl CallerService {
                         return Err(CallerError::TooManyKeys);
                     }
                     record.keys.push(key_entry.clone());
-                    Ok(())
+                    Ok(true)
                 })?
             }
             None => {
@@ -497,7 +497,7 @@ impl CallerService {
                 .find(|k| k.key_id == key_id)
                 .ok_or_else(|| CallerError::KeyNotFound(key_id.to_owned()))?;
             entry.activated_at_ms.get_or_insert(now);
-            Ok(())
+            Ok(true)
         })?;
         self.store.flush().await?;
         Ok(record)
@@ -543,7 +543,7 @@ impl CallerService {
                 revoked_at_ms: None,
             });
             issued = Some((token, claims));
-            Ok(())
+            Ok(true)
         })?;
         self.store.flush().await?;
         Ok(issued.expect("a successful modify ran the closure"))
@@ -559,7 +559,7 @@ impl CallerService {
                 .find(|t| t.jti == jti)
                 .ok_or_else(|| CallerError::TokenNotFound(jti.to_owned()))?;
             entry.revoked_at_ms.get_or_insert(now);
-            Ok(())
+            Ok(true)
         })?;
         self.store.flush().await?;
         Ok(())
@@ -599,7 +599,7 @@ impl CallerService {
                     return Err(CallerError::KeyNotFound(key_id.clone()));
                 }
             }
-            Ok(())
+            Ok(true)
         })?;
         // The index entries go once the record no longer lists the keys.
         for key_id in &update.remove_keys {
@@ -620,14 +620,15 @@ impl CallerService {
         caller_id: &str,
         cost: i64,
     ) -> Result<Option<CallerCredits>, CallerError> {
-        // Unmetered callers (and free calls) cost nothing, not even a write.
-        if cost == 0 || self.get(caller_id)?.credits.is_none() {
+        // Free calls cost nothing, not even a read.
+        if cost == 0 {
             return Ok(None);
         }
         let now = self.now_ms();
         let record = self.modify(caller_id, None, |record| {
+            // Unmetered: nothing to take, nothing to write.
             let Some(credits) = record.credits.as_mut() else {
-                return Ok(());
+                return Ok(false);
             };
             if let Some(from) = credits.valid_from_ms.filter(|from| now < *from) {
                 return Err(CreditError::NotYetValid(rfc3339_millis(from)).into());
@@ -643,7 +644,7 @@ impl CallerService {
                 .into());
             }
             credits.remaining -= cost;
-            Ok(())
+            Ok(true)
         })?;
         self.store.flush().await?;
         Ok(record.credits)
@@ -673,12 +674,13 @@ impl CallerService {
     }
 
     /// Read-modify-write of one caller under its stripe lock; the closure may run more
-    /// than once if another process wrote in between.
+    /// than once if another process wrote in between. It answers whether it changed the
+    /// record: when it did not, nothing is written.
     fn modify(
         &self,
         id: &str,
         expected_version: Option<u64>,
-        mut change: impl FnMut(&mut CallerRecord) -> Result<(), CallerError>,
+        mut change: impl FnMut(&mut CallerRecord) -> Result<bool, CallerError>,
     ) -> Result<CallerRecord, CallerError> {
         let mut hasher = DefaultHasher::new();
         id.hash(&mut hasher);
@@ -695,7 +697,9 @@ impl CallerService {
                     actual: record.version,
                 });
             }
-            change(&mut record)?;
+            if !change(&mut record)? {
+                return Ok(record);
+            }
             record.version += 1;
             let new = self.seal(&record)?;
             if self

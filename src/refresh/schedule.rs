@@ -131,10 +131,6 @@ impl Schedule {
         self.due.is_empty()
     }
 
-    pub fn due_at(&self, key: &AccountKey) -> Option<i64> {
-        self.due.get(key).copied()
-    }
-
     pub fn snapshot(&self) -> HashMap<AccountKey, i64> {
         self.due.clone()
     }

@@ -41,11 +41,6 @@ impl SledStore {
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         self.db.flush().map(drop).map_err(engine)
     }
-
-    /// Bytes the database occupies on disk.
-    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.db.size_on_disk().map_err(engine)
-    }
 }
 
 impl Store for SledStore {
