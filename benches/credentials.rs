@@ -9,7 +9,6 @@
 use std::{
     collections::BTreeMap,
     future::Future,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -34,7 +33,11 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const CONNECTIONS: usize = 4;
 const IN_FLIGHT: usize = 16;
-const WINDOW: Duration = Duration::from_secs(5);
+const WINDOW: Duration = Duration::from_secs(3);
+/// Every measurement runs this many times, interleaved with the baseline: this machine
+/// is shared and its speed drifts by a third within a minute, so each ratio is taken
+/// against the baseline of its own round and the median round is reported.
+const ROUNDS: usize = 5;
 const BOOTSTRAP: &str = "bench-bootstrap-token-0123456789abcdef";
 const SECRET: &str = "bench-client-secret-0123456789abcdef-0123456789";
 
@@ -57,22 +60,49 @@ impl Stats {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn print(&mut self, name: &str, baseline: Option<f64>) {
+    fn percentile_ms(&mut self, p: usize) -> f64 {
         self.latencies.sort();
-        let pct = |p: usize| {
-            self.latencies
-                .get(self.latencies.len() * p / 100)
-                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-        };
-        let ratio = baseline.map_or(String::from("1.00"), |b| format!("{:.2}", self.rate() / b));
+        self.latencies
+            .get(self.latencies.len() * p / 100)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    }
+}
+
+/// One line of the report: a measurement's rounds.
+#[derive(Default)]
+struct Row {
+    rates: Vec<f64>,
+    ratios: Vec<f64>,
+    all: Stats,
+}
+
+impl Row {
+    fn add(&mut self, stats: Stats, baseline: f64) {
+        self.rates.push(stats.rate());
+        self.ratios.push(stats.rate() / baseline);
+        self.all.merge(stats);
+    }
+
+    fn print(&mut self, name: &str) {
+        let (p50, p99) = (self.all.percentile_ms(50), self.all.percentile_ms(99));
         println!(
-            "  {name:<44} {:>9.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ×baseline {ratio:>5}  {:?}",
-            self.rate(),
-            pct(50),
-            pct(99),
-            self.codes
+            "  {name:<46} {:>7.0}/s  p50 {p50:>5.2} ms  p99 {p99:>6.2} ms  ×baseline {:>4.2} (rounds {})  {:?}",
+            median(&self.rates),
+            median(&self.ratios),
+            self.ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            self.all.codes
         );
     }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
 }
 
 #[derive(Clone)]
@@ -104,11 +134,12 @@ async fn channels(addr: std::net::SocketAddr) -> Vec<Channel> {
 }
 
 /// Runs `call` from CONNECTIONS × IN_FLIGHT tasks until the window closes; with
-/// `per_task_rate`, each task paces itself (open loop) instead of going flat out.
+/// `per_task_rate`, each task paces itself (open loop) instead of going flat out. A
+/// call answers the latency to record: its own, or that of the one RPC it measures.
 async fn drive<F, Fut>(channels: &[Channel], per_task_rate: Option<f64>, call: F) -> Stats
 where
     F: Fn(Channel, u64) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Result<(), Status>> + Send,
+    Fut: Future<Output = Result<Duration, Status>> + Send,
 {
     let started = Instant::now();
     let deadline = started + WINDOW;
@@ -135,11 +166,11 @@ where
                         pace.tick().await;
                     }
                     let at = Instant::now();
-                    let code = match call(channel.clone(), i).await {
-                        Ok(()) => "Ok".to_owned(),
-                        Err(status) => format!("{:?}", status.code()),
+                    let (code, latency) = match call(channel.clone(), i).await {
+                        Ok(latency) => ("Ok".to_owned(), latency),
+                        Err(status) => (format!("{:?}", status.code()), at.elapsed()),
                     };
-                    stats.latencies.push(at.elapsed());
+                    stats.latencies.push(latency);
                     *stats.codes.entry(code).or_default() += 1;
                     i += 1;
                 }
@@ -222,61 +253,79 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run());
+    if std::env::var_os(RSS_CHILD).is_some() {
+        runtime.block_on(rss_with_100k_accounts());
+    } else {
+        runtime.block_on(run());
+    }
 }
 
-async fn run() {
+/// Set in the child process that measures RSS, so that neither run disturbs the other
+/// (100,000 creations leave the allocator fragmented for whatever runs next).
+const RSS_CHILD: &str = "CREDVAULT_BENCH_RSS_CHILD";
+
+/// RSS of a serving credvault with 100,000 accounts loaded (in its own process).
+async fn rss_with_100k_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = config(dir.path()).resolve().unwrap();
+    let vault = Vault::open(&settings).unwrap();
+    let before = rss_mib();
+    create_accounts(&vault, "pixverse", 100_000).await;
+    let listeners = Listeners::bind(&settings).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server::run(
+        vault,
+        listeners,
+        Duration::from_secs(5),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    tokio::task::yield_now().await;
     println!(
-        "credentials under load: {CONNECTIONS} connections × {IN_FLIGHT} in flight, {} s each, one 2-core machine",
-        WINDOW.as_secs()
+        "  RSS with 100,000 accounts loaded and serving: {:.0} MiB (was {before:.0} MiB before loading; target < 300)",
+        rss_mib()
     );
+    let _ = stop.send(());
+    serving.await.unwrap().unwrap();
+}
 
-    // RSS with 100,000 accounts loaded into a serving credvault.
-    {
-        let dir = tempfile::tempdir().unwrap();
-        let settings = config(dir.path()).resolve().unwrap();
-        let vault = Vault::open(&settings).unwrap();
-        let before = rss_mib();
-        create_accounts(&vault, "pixverse", 100_000).await;
-        let listeners = Listeners::bind(&settings).await.unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(server::run(
-            vault,
-            listeners,
-            Duration::from_secs(5),
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        tokio::task::yield_now().await;
-        println!(
-            "  RSS with 100,000 accounts loaded and serving: {:.0} MiB (was {before:.0} MiB before loading; target < 300)",
-            rss_mib()
-        );
-        let _ = stop.send(());
-        serving.await.unwrap().unwrap();
-    }
-
-    // Baseline: a minimal tonic server with a trivial unary RPC.
+/// A minimal tonic server answering health Check; `no_delay` as credvault sets it on
+/// the streams it accepts.
+async fn minimal_server(no_delay: bool) -> std::net::SocketAddr {
+    use tokio_stream::StreamExt;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let incoming = TcpListenerStream::new(listener)
+        .map(move |stream| stream.inspect(|s| s.set_nodelay(no_delay).unwrap()));
     let (_reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(
         Server::builder()
             .add_service(health)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(incoming),
     );
-    let mut baseline = drive(&channels(addr).await, None, |channel, _| async move {
+    addr
+}
+
+/// Health Check, flat out, against the server at `addr`.
+async fn health_load(addr: std::net::SocketAddr) -> Stats {
+    drive(&channels(addr).await, None, |channel, _| async move {
+        let at = Instant::now();
         HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: String::new(),
             })
-            .await
-            .map(drop)
+            .await?;
+        Ok(at.elapsed())
     })
-    .await;
-    let base = baseline.rate();
-    baseline.print("baseline: minimal tonic server, unary Check", None);
+    .await
+}
+
+async fn run() {
+    println!(
+        "credentials under load: {CONNECTIONS} connections × {IN_FLIGHT} in flight, {ROUNDS} interleaved rounds of {} s, one 2-core machine; median round shown",
+        WINDOW.as_secs()
+    );
 
     // credvault: 1,000 pixverse accounts for reveals, 100 pool accounts (maxJobs 8) for leases.
     let dir = tempfile::tempdir().unwrap();
@@ -334,21 +383,24 @@ async fn run() {
     ));
     let channels = channels(addr).await;
 
-    let reveal_auth = auth.clone();
-    let mut reveal = drive(&channels, None, move |channel, i| {
-        let auth = reveal_auth.clone();
-        async move {
-            let mut client = CredentialsClient::with_interceptor(channel, auth);
-            let request = proto::RevealAccountRequest {
-                provider: "pixverse".into(),
-                email: format!("user{}@example.com", i % 1000),
-            };
-            client.reveal_account(request).await.map(drop)
+    let plain = minimal_server(true).await;
+    let nagle = minimal_server(false).await;
+    let reveal = move |auth: Auth| {
+        move |channel: Channel, i: u64| {
+            let auth = auth.clone();
+            async move {
+                let mut client = CredentialsClient::with_interceptor(channel, auth);
+                let request = proto::RevealAccountRequest {
+                    provider: "pixverse".into(),
+                    email: format!("user{}@example.com", i % 1000),
+                };
+                let at = Instant::now();
+                client.reveal_account(request).await?;
+                Ok(at.elapsed())
+            }
         }
-    })
-    .await;
-    reveal.print("RevealAccount, 1,000 accounts (metered caller)", Some(base));
-
+    };
+    // Each task acquires then releases; the latency recorded is the AcquireLease's.
     let lease = move |auth: Auth| {
         move |channel: Channel, _| {
             let auth = auth.clone();
@@ -366,27 +418,59 @@ async fn run() {
                     }),
                     ..Default::default()
                 };
+                let at = Instant::now();
                 let lease = client.acquire_lease(request).await?.into_inner();
+                let latency = at.elapsed();
                 client
                     .release_lease(proto::ReleaseLeaseRequest {
                         lease_id: lease.lease_id,
                     })
-                    .await
-                    .map(drop)
+                    .await?;
+                Ok(latency)
             }
         }
     };
-    let mut pairs = drive(&channels, None, lease(auth.clone())).await;
-    let peak = pairs.rate();
-    pairs.print(
-        "AcquireLease+ReleaseLease, 100 × maxJobs 8, 64 callers",
-        Some(base),
+
+    let mut rows: [Row; 6] = Default::default();
+    for _ in 0..ROUNDS {
+        // Baseline: the same transport settings as credvault (TCP_NODELAY on accepted
+        // streams); the same without TCP_NODELAY is shown for comparison.
+        let baseline = health_load(plain).await;
+        let base = baseline.rate();
+        rows[0].add(baseline, base);
+        rows[1].add(health_load(nagle).await, base);
+        // credvault's own stack (auth layer, router) on its public health RPC.
+        rows[2].add(health_load(addr).await, base);
+        rows[3].add(drive(&channels, None, reveal(auth.clone())).await, base);
+        let pairs = drive(&channels, None, lease(auth.clone())).await;
+        // At half of this round's peak, each of the tasks paced (open loop).
+        let per_task = pairs.rate() / 2.0 / (CONNECTIONS * IN_FLIGHT) as f64;
+        rows[4].add(pairs, base);
+        rows[5].add(
+            drive(&channels, Some(per_task), lease(auth.clone())).await,
+            base,
+        );
+    }
+    rows[0].print("baseline: minimal tonic server, unary Check");
+    rows[1].print("  (the same without TCP_NODELAY)");
+    rows[2].print("credvault: unary Check (auth layer, no store)");
+    rows[3].print("RevealAccount, 1,000 accounts (metered caller)");
+    rows[4].print("AcquireLease (each then released), 100 × 8");
+    println!(
+        "  … counting the releases too: {:.0} calls/s, ×baseline {:.2}",
+        2.0 * median(&rows[4].rates),
+        2.0 * median(&rows[4].ratios)
     );
-    let per_task = peak / 2.0 / (CONNECTIONS * IN_FLIGHT) as f64;
-    let mut half = drive(&channels, Some(per_task), lease(auth)).await;
-    half.print("  … the same at half its peak rate", Some(base));
+    rows[5].print("AcquireLease at half its peak rate");
 
     let _ = stop.send(());
     serving.await.unwrap().unwrap();
-    let _ = Arc::new(());
+
+    let rss = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(std::env::args().skip(1))
+        .env(RSS_CHILD, "1")
+        .output()
+        .unwrap();
+    print!("{}", String::from_utf8_lossy(&rss.stdout));
+    assert!(rss.status.success(), "the RSS run failed");
 }

@@ -92,12 +92,15 @@ impl Vault {
         })?;
 
         let providers = Arc::new(settings.providers.clone());
-        let accounts = Arc::new(AccountService::new(
-            store.clone(),
-            sealer.clone(),
-            providers.clone(),
-            clock.clone(),
-        ));
+        let accounts = Arc::new(
+            AccountService::open(
+                store.clone(),
+                sealer.clone(),
+                providers.clone(),
+                clock.clone(),
+            )
+            .map_err(store_error)?,
+        );
         let callers = Arc::new(CallerService::open(
             store.clone(),
             sealer.clone(),

@@ -1,16 +1,19 @@
 //! Upstream accounts: validation, the sealed record format, masking, and the service
 //! that creates, reads, lists, updates and deletes them with compare-and-set.
 
+mod directory;
 pub mod mask;
 mod model;
 pub mod record;
 pub mod upstream_token;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use directory::Directory;
 
 pub use crate::validate::FieldError;
+pub use directory::Entry;
 pub use model::{
     Account, AccountKey, AccountMeta, AccountSecrets, AccountUpdate, Credits, FreshSession,
     NewAccount, Refreshed, SessionInput, SessionMeta, Status,
@@ -78,21 +81,44 @@ pub struct AccountService {
     sealer: Arc<Sealer>,
     providers: Arc<Providers>,
     clock: Arc<dyn Clock>,
+    directory: RwLock<Directory>,
 }
 
 impl AccountService {
-    pub fn new(
+    /// Reads the metadata of every stored account into the in-memory directory.
+    pub fn open(
         store: Arc<dyn Store>,
         sealer: Arc<Sealer>,
         providers: Arc<Providers>,
         clock: Arc<dyn Clock>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, StoreError> {
+        let mut directory = Directory::default();
+        for (key, value) in store.scan(Tree::Accounts, b"", None, usize::MAX)? {
+            match record::decode_meta_unauthenticated(&value) {
+                Ok(meta) => directory.put(meta),
+                // Not offered for leases; reading it answers DATA_LOSS as before.
+                Err(_) => tracing::error!(
+                    key = %String::from_utf8_lossy(&key).replace('\0', "/"),
+                    "a stored account's metadata does not parse; it is left out of the directory"
+                ),
+            }
+        }
+        Ok(Self {
             store,
             sealer,
             providers,
             clock,
-        }
+            directory: RwLock::new(directory),
+        })
+    }
+
+    fn directory(&self) -> RwLockReadGuard<'_, Directory> {
+        self.directory.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Held across a write's compare-and-swap and its directory update.
+    fn directory_mut(&self) -> RwLockWriteGuard<'_, Directory> {
+        self.directory.write().unwrap_or_else(|e| e.into_inner())
     }
 
     pub async fn create(&self, input: NewAccount) -> Result<Account, AccountError> {
@@ -132,12 +158,17 @@ impl AccountService {
 
         let key = account.meta.key();
         let bytes = self.encode(&key, &account)?;
-        match self
-            .store
-            .compare_and_swap(Tree::Accounts, &key.storage_key(), None, Some(&bytes))?
         {
-            Swap::Done => {}
-            Swap::Conflict { .. } => return Err(AccountError::AlreadyExists(key)),
+            let mut directory = self.directory_mut();
+            match self.store.compare_and_swap(
+                Tree::Accounts,
+                &key.storage_key(),
+                None,
+                Some(&bytes),
+            )? {
+                Swap::Done => directory.put(account.meta.clone()),
+                Swap::Conflict { .. } => return Err(AccountError::AlreadyExists(key)),
+            }
         }
         self.store.flush().await?;
         Ok(account)
@@ -299,31 +330,33 @@ impl AccountService {
             .collect())
     }
 
-    /// The readable part of one account, unauthenticated: for choosing among
-    /// accounts. Whatever is then handed out is read with [`AccountService::get`].
-    pub fn meta(&self, provider: &str, email: &str) -> Result<AccountMeta, AccountError> {
+    /// One account's metadata from the in-memory directory: for choosing among
+    /// accounts. Whatever is then handed out is read with [`AccountService::get`], which
+    /// authenticates the record.
+    pub fn entry(&self, provider: &str, email: &str) -> Result<Arc<Entry>, AccountError> {
         let key = lookup_key(provider, email)?;
-        let bytes = self
-            .store
-            .get(Tree::Accounts, &key.storage_key())?
-            .ok_or_else(|| AccountError::NotFound(key.clone()))?;
-        record::decode_meta_unauthenticated(&bytes)
-            .map_err(|source| AccountError::DataLoss { key, source })
+        if let Some(entry) = self.directory().get(&key.provider, &key.email) {
+            return Ok(entry);
+        }
+        // Left out of the directory because its metadata does not parse?
+        match self.store.get(Tree::Accounts, &key.storage_key())? {
+            Some(bytes) => match record::decode_meta_unauthenticated(&bytes) {
+                Err(source) => Err(AccountError::DataLoss { key, source }),
+                Ok(_) => Err(AccountError::Contended(key)),
+            },
+            None => Err(AccountError::NotFound(key)),
+        }
     }
 
-    /// The readable part of every account of one provider (see [`AccountService::meta`]).
-    pub fn provider_metas(&self, provider: &str) -> Result<Vec<AccountMeta>, AccountError> {
+    /// Every account of one provider, from the directory (see [`AccountService::entry`]).
+    pub fn provider_entries(&self, provider: &str) -> Result<Vec<Arc<Entry>>, AccountError> {
         validate::text("provider", provider, validate::MAX_PROVIDER_LEN, true)?;
-        let entries = self.store.scan(
-            Tree::Accounts,
-            &model::provider_prefix(provider),
-            None,
-            usize::MAX,
-        )?;
-        Ok(entries
-            .iter()
-            .filter_map(|(_, value)| record::decode_meta_unauthenticated(value).ok())
-            .collect())
+        Ok(self.directory().provider(provider).cloned().collect())
+    }
+
+    /// How many accounts the directory holds.
+    pub fn count(&self) -> usize {
+        self.directory().len()
     }
 
     /// Read-modify-write with compare-and-swap, retried while other writers win.
@@ -345,13 +378,17 @@ impl AccountService {
             account.meta.version += 1;
             account.meta.updated_at_ms = self.clock.now_ms();
             let bytes = self.encode(key, &account)?;
+            let mut directory = self.directory_mut();
             match self.store.compare_and_swap(
                 Tree::Accounts,
                 &storage_key,
                 Some(&current),
                 Some(&bytes),
             )? {
-                Swap::Done => return Ok(account),
+                Swap::Done => {
+                    directory.put(account.meta.clone());
+                    return Ok(account);
+                }
                 // Someone else wrote first: read again (and re-check the version).
                 Swap::Conflict { .. } => continue,
             }
@@ -383,10 +420,20 @@ impl AccountService {
                 })?;
                 check_version(&key, &meta, expected_version)?;
             }
-            match self
-                .store
-                .compare_and_swap(Tree::Accounts, &storage_key, Some(&current), None)?
-            {
+            let swapped = {
+                let mut directory = self.directory_mut();
+                let swapped = self.store.compare_and_swap(
+                    Tree::Accounts,
+                    &storage_key,
+                    Some(&current),
+                    None,
+                )?;
+                if swapped == Swap::Done {
+                    directory.remove(&key);
+                }
+                swapped
+            };
+            match swapped {
                 Swap::Done => {
                     self.store.flush().await?;
                     return Ok(());

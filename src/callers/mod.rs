@@ -614,12 +614,21 @@ impl CallerService {
         Ok(record)
     }
 
-    /// Takes `cost` credits, atomically; never below zero. Unmetered callers pay nothing.
+    /// Takes `cost` credits, atomically and durably; never below zero. Unmetered callers
+    /// pay nothing.
     pub async fn debit(
         &self,
         caller_id: &str,
         cost: i64,
     ) -> Result<Option<CallerCredits>, CallerError> {
+        let credits = self.charge(caller_id, cost)?;
+        self.store.flush().await?;
+        Ok(credits)
+    }
+
+    /// [`CallerService::debit`] without the flush, for a caller that writes more and
+    /// flushes once for all of it before answering.
+    pub fn charge(&self, caller_id: &str, cost: i64) -> Result<Option<CallerCredits>, CallerError> {
         // Free calls cost nothing, not even a read.
         if cost == 0 {
             return Ok(None);
@@ -646,7 +655,6 @@ impl CallerService {
             credits.remaining -= cost;
             Ok(true)
         })?;
-        self.store.flush().await?;
         Ok(record.credits)
     }
 

@@ -23,7 +23,7 @@ pub use table::LeaseRecord;
 use table::{QueueKey, Table, Ticket};
 
 use crate::{
-    accounts::{Account, AccountError, AccountKey, AccountMeta, AccountService, Status},
+    accounts::{Account, AccountError, AccountKey, AccountMeta, AccountService, Entry, Status},
     auth::{Caller, Denied},
     callers::{CallerError, CallerService},
     clock::Clock,
@@ -90,10 +90,15 @@ pub struct Granted {
 }
 
 struct Candidate {
-    key: AccountKey,
-    max_jobs: u32,
+    entry: Arc<Entry>,
     /// The token stays valid for the whole lease (or there is none to expire).
     fresh: bool,
+}
+
+impl Candidate {
+    fn max_jobs(&self) -> usize {
+        self.entry.meta.max_jobs as usize
+    }
 }
 
 pub struct LeaseService {
@@ -267,8 +272,8 @@ impl LeaseService {
                     let table = self.table();
                     candidates
                         .iter()
-                        .find(|c| !c.fresh && table.count(&c.key) < c.max_jobs as usize)
-                        .map(|c| c.key.clone())
+                        .find(|c| !c.fresh && table.count(&c.entry.key) < c.max_jobs())
+                        .map(|c| c.entry.key.clone())
                 };
                 if let Some(key) = stale {
                     refreshed = true;
@@ -313,32 +318,28 @@ impl LeaseService {
         now: i64,
     ) -> Result<Vec<Candidate>, LeaseError> {
         let kind = self.providers.get(&request.provider).map(|p| p.kind);
-        let metas = match email {
+        let entries = match email {
             Some(email) => {
                 caller.require_reach(&request.provider, email)?;
-                vec![self.accounts.meta(&request.provider, email)?]
+                vec![self.accounts.entry(&request.provider, email)?]
             }
-            None => self
-                .accounts
-                .provider_metas(&request.provider)?
-                .into_iter()
-                .filter(|m| caller.require_reach(&m.provider, &m.email).is_ok())
-                .collect(),
+            None => self.accounts.provider_entries(&request.provider)?,
         };
-        let candidates: Vec<Candidate> = metas
-            .iter()
-            .filter(|m| m.effective_status() == Status::Active)
-            .filter(|m| {
-                request
-                    .labels
-                    .iter()
-                    .all(|(k, v)| m.labels.get(k) == Some(v))
+        let candidates: Vec<Candidate> = entries
+            .into_iter()
+            .filter(|e| {
+                let m = &e.meta;
+                m.effective_status() == Status::Active
+                    && request
+                        .labels
+                        .iter()
+                        .all(|(k, v)| m.labels.get(k) == Some(v))
+                    && caller.require_reach(&m.provider, &m.email).is_ok()
             })
-            .map(|m| Candidate {
-                key: m.key(),
-                max_jobs: m.max_jobs,
+            .map(|entry| Candidate {
                 fresh: kind == Some(ProviderKind::ApiKey)
-                    || token_outlives(m, now + request.ttl_ms),
+                    || token_outlives(&entry.meta, now + request.ttl_ms),
+                entry,
             })
             .collect();
         if candidates.is_empty() && email.is_none() {
@@ -356,8 +357,8 @@ impl LeaseService {
             self.store
                 .compare_and_swap(Tree::Leases, record.id.as_bytes(), None, Some(&bytes))?;
             self.callers
-                .debit(&record.caller_id, self.callers.settings().lease_cost)
-                .await?;
+                .charge(&record.caller_id, self.callers.settings().lease_cost)?;
+            // One flush makes the lease and the debit durable together.
             self.store.flush().await?;
             Ok(account)
         }
@@ -408,6 +409,11 @@ impl LeaseService {
     }
 
     /// Frees the slot; an unknown (released or expired) lease is not an error.
+    ///
+    /// The deletion is not flushed before answering: a release lost in a crash leaves
+    /// the lease held until its expiry, which errs on the safe side of `maxJobs`. The
+    /// store's own background flush (every 500 ms) or the next acknowledged write makes
+    /// it durable.
     pub async fn release(&self, caller: &Caller, id: &str) -> Result<(), LeaseError> {
         {
             let table = self.table();
@@ -420,7 +426,6 @@ impl LeaseService {
             }
         }
         self.end(id).await;
-        self.store.flush().await?;
         Ok(())
     }
 
@@ -508,8 +513,8 @@ fn choose(table: &Table, candidates: &[Candidate]) -> Option<AccountKey> {
     let open: Vec<(usize, &Candidate)> = candidates
         .iter()
         .filter(|c| c.fresh)
-        .map(|c| (table.count(&c.key), c))
-        .filter(|(load, c)| *load < c.max_jobs as usize)
+        .map(|c| (table.count(&c.entry.key), c))
+        .filter(|(load, c)| *load < c.max_jobs())
         .collect();
     let least = open.iter().map(|(load, _)| *load).min()?;
     let tied: Vec<&Candidate> = open
@@ -517,7 +522,12 @@ fn choose(table: &Table, candidates: &[Candidate]) -> Option<AccountKey> {
         .filter(|(l, _)| *l == least)
         .map(|(_, c)| *c)
         .collect();
-    Some(tied[random_below(tied.len() as u64) as usize].key.clone())
+    Some(
+        tied[random_below(tied.len() as u64) as usize]
+            .entry
+            .key
+            .clone(),
+    )
 }
 
 fn token_outlives(meta: &AccountMeta, until_ms: i64) -> bool {

@@ -1,0 +1,117 @@
+//! The readable part of every account, kept in memory so that choosing an account for
+//! a lease reads no record. The store stays the truth: this process is its only
+//! writer, and every write updates the directory under the same lock as its
+//! compare-and-swap, so the two never disagree in an order a reader could see.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use super::{AccountKey, AccountMeta};
+
+/// One account as the directory holds it: its key (made once, not per look-up) and its
+/// metadata. Nothing secret is in here.
+#[derive(Debug)]
+pub struct Entry {
+    pub key: AccountKey,
+    pub meta: AccountMeta,
+}
+
+#[derive(Default)]
+pub struct Directory {
+    by_provider: HashMap<String, BTreeMap<String, Arc<Entry>>>,
+}
+
+impl Directory {
+    pub fn put(&mut self, meta: AccountMeta) {
+        let entry = Arc::new(Entry {
+            key: meta.key(),
+            meta,
+        });
+        self.by_provider
+            .entry(entry.key.provider.clone())
+            .or_default()
+            .insert(entry.key.email.clone(), entry);
+    }
+
+    pub fn remove(&mut self, key: &AccountKey) {
+        if let Some(accounts) = self.by_provider.get_mut(&key.provider) {
+            accounts.remove(&key.email);
+            if accounts.is_empty() {
+                self.by_provider.remove(&key.provider);
+            }
+        }
+    }
+
+    pub fn get(&self, provider: &str, email: &str) -> Option<Arc<Entry>> {
+        self.by_provider.get(provider)?.get(email).cloned()
+    }
+
+    /// Every account of one provider, in email order.
+    pub fn provider(&self, provider: &str) -> impl Iterator<Item = &Arc<Entry>> {
+        self.by_provider
+            .get(provider)
+            .into_iter()
+            .flat_map(BTreeMap::values)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_provider.values().map(BTreeMap::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(provider: &str, email: &str, max_jobs: u32) -> AccountMeta {
+        AccountMeta {
+            provider: provider.into(),
+            email: email.into(),
+            max_jobs,
+            disabled: false,
+            labels: Default::default(),
+            status: crate::accounts::Status::Active,
+            status_reason: String::new(),
+            session: None,
+            credits: None,
+            upstream_activated: false,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn put_replaces_and_remove_forgets() {
+        let mut directory = Directory::default();
+        directory.put(meta("pool", "b@example.com", 1));
+        directory.put(meta("pool", "a@example.com", 2));
+        directory.put(meta("other", "a@example.com", 3));
+        directory.put(meta("pool", "b@example.com", 4));
+        assert_eq!(directory.len(), 3);
+        let emails: Vec<(String, u32)> = directory
+            .provider("pool")
+            .map(|e| (e.key.email.clone(), e.meta.max_jobs))
+            .collect();
+        assert_eq!(
+            emails,
+            [("a@example.com".into(), 2), ("b@example.com".into(), 4)]
+        );
+        directory.remove(&AccountKey {
+            provider: "pool".into(),
+            email: "a@example.com".into(),
+        });
+        assert!(directory.get("pool", "a@example.com").is_none());
+        assert_eq!(
+            directory
+                .get("other", "a@example.com")
+                .unwrap()
+                .meta
+                .max_jobs,
+            3
+        );
+        assert_eq!(directory.provider("nobody").count(), 0);
+    }
+}
