@@ -41,6 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".credvault.v1.RevokeTokenRequest",
             ".credvault.v1.Lease",
             ".credvault.v1.CredentialEvent",
+            ".credvault.v1.AuditHashRequest",
         ])
         .compile_fds(descriptors)?;
     Ok(())

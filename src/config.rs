@@ -32,7 +32,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEV_KEY_FILE: &str = "dev-master.key";
 
 /// Environment variables read, beyond nested provider settings (`CREDVAULT_PROVIDERS__…`).
-const ENV_KEYS: [&str; 12] = [
+const ENV_KEYS: [&str; 14] = [
     "listen",
     "socket",
     "socket_mode",
@@ -45,6 +45,8 @@ const ENV_KEYS: [&str; 12] = [
     "log_filter",
     "shutdown_grace_secs",
     "dev",
+    "metrics_listen",
+    "audit_retention_days",
 ];
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -80,6 +82,11 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// Development mode: a key file beside the data and a fresh admin token each start.
     pub dev: bool,
+    /// Address of the Prometheus `/metrics` listener (plain HTTP); "none" (the
+    /// default) serves none.
+    pub metrics_listen: String,
+    /// Audit events older than this many days are pruned; 0 keeps them forever.
+    pub audit_retention_days: u64,
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Caller tokens, sessions and credits.
     pub callers: CallerSettings,
@@ -102,6 +109,8 @@ impl Default for Config {
             log_filter: "info".to_owned(),
             shutdown_grace_secs: 10,
             dev: false,
+            metrics_listen: "none".to_owned(),
+            audit_retention_days: 90,
             providers: BTreeMap::new(),
             callers: CallerSettings::default(),
             refresh: RefreshSettings::default(),
@@ -134,6 +143,8 @@ pub enum ConfigError {
     MissingFile(PathBuf),
     #[error("listen: {0:?} is not an address like 127.0.0.1:50051 (or \"none\")")]
     Listen(String),
+    #[error("metrics_listen: {0:?} is not an address like 127.0.0.1:9464 (or \"none\")")]
+    MetricsListen(String),
     #[error("nothing to serve on: set listen or socket")]
     NoListener,
     #[error("socket_mode: {0:?} is not an octal mode like 0660")]
@@ -190,6 +201,9 @@ pub struct Settings {
     pub log_filter: String,
     pub shutdown_grace: Duration,
     pub dev: bool,
+    pub metrics_listen: Option<SocketAddr>,
+    /// `None`: audit events are kept forever.
+    pub audit_retention: Option<Duration>,
     /// Set when `--dev` created or used the key file beside the data.
     pub dev_key_file: Option<PathBuf>,
     pub providers: Providers,
@@ -235,6 +249,13 @@ impl Config {
         if listen.is_none() && self.socket.is_none() {
             return Err(ConfigError::NoListener);
         }
+        let metrics_listen = match self.metrics_listen.trim() {
+            "" | "none" => None,
+            text => Some(
+                text.parse::<SocketAddr>()
+                    .map_err(|_| ConfigError::MetricsListen(text.to_owned()))?,
+            ),
+        };
         let socket_mode = u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
             .ok()
             .filter(|mode| *mode <= 0o777)
@@ -264,6 +285,9 @@ impl Config {
             log_filter: self.log_filter,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             dev: self.dev,
+            metrics_listen,
+            audit_retention: (self.audit_retention_days > 0)
+                .then(|| Duration::from_secs(self.audit_retention_days.saturating_mul(86_400))),
             dev_key_file,
             providers,
             callers: self.callers,

@@ -27,6 +27,7 @@
 
 pub mod accounts;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod callers;
 pub mod cli;
@@ -34,6 +35,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod events;
+pub mod exporter;
 pub mod fake_upstream;
 pub mod leases;
 pub mod proto;

@@ -59,7 +59,7 @@ fn rotate_signing_key(args: &OfflineArgs) -> ExitCode {
     match vault
         .callers
         .rotate_signing_key()
-        .and_then(|kid| Ok(vault.store.flush_blocking().map(|()| kid)?))
+        .and_then(|kid| Ok(vault.sled.flush_blocking().map(|()| kid)?))
     {
         Ok(kid) => {
             println!(

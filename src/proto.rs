@@ -109,6 +109,12 @@ mod redacted_debug {
         }
     }
 
+    impl fmt::Debug for AuditHashRequest {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("AuditHashRequest").finish_non_exhaustive()
+        }
+    }
+
     impl fmt::Debug for Lease {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.debug_struct("Lease")

@@ -27,17 +27,18 @@ use tower::layer::util::{Identity, Stack};
 
 use crate::{
     api::{
-        accounts::AccountsApi, auth::AuthLayer, callers::CallersApi, credentials::CredentialsApi,
+        accounts::AccountsApi, audit::AuditApi, callers::CallersApi, credentials::CredentialsApi,
+        layer::CallLayer,
     },
     config::Settings,
     events::Events,
+    exporter,
     leases::LeaseService,
     proto::{
-        FILE_DESCRIPTOR_SET, accounts_server::AccountsServer, callers_server::CallersServer,
-        credentials_server::CredentialsServer,
+        FILE_DESCRIPTOR_SET, accounts_server::AccountsServer, audit_server::AuditServer,
+        callers_server::CallersServer, credentials_server::CredentialsServer,
     },
     refresh::Refresher,
-    store::Store,
     vault::Vault,
 };
 
@@ -70,6 +71,7 @@ pub enum ServeError {
 pub struct Listeners {
     tcp: Option<TcpListener>,
     unix: Option<(UnixListener, PathBuf)>,
+    metrics: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -91,7 +93,22 @@ impl Listeners {
             Some(path) => Some((bind_unix(path, settings.socket_mode)?, path.clone())),
             None => None,
         };
-        Ok(Self { tcp, unix })
+        let metrics = match settings.metrics_listen {
+            Some(addr) => Some(
+                exporter::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::Bind {
+                        what: format!("metrics listener {addr}"),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        Ok(Self { tcp, unix, metrics })
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
@@ -121,7 +138,7 @@ fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
-type Routes = Router<Stack<AuthLayer, Identity>>;
+type Routes = Router<Stack<CallLayer, Identity>>;
 
 /// What the services share beside the vault, built when serving starts.
 struct Services {
@@ -156,8 +173,12 @@ fn router(
         vault.fingerprints.clone(),
     );
     Ok(Server::builder()
-        .layer(AuthLayer::new(vault.authenticator.clone()))
+        .layer(CallLayer::new(
+            vault.authenticator.clone(),
+            vault.audit.clone(),
+        ))
         .add_service(health)
+        .add_service(AuditServer::new(AuditApi::new(vault.audit.clone())))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(AccountsServer::new(accounts))
@@ -192,6 +213,7 @@ async fn set_health(reporter: &tonic_health::server::HealthReporter, status: Ser
         "",
         <AccountsServer<AccountsApi> as NamedService>::NAME,
         <CallersServer<CallersApi> as NamedService>::NAME,
+        <AuditServer<AuditApi> as NamedService>::NAME,
         <CredentialsServer<CredentialsApi> as NamedService>::NAME,
     ];
     for service in services {
@@ -240,7 +262,21 @@ pub async fn run(
         leases: leases.clone(),
         events,
     };
+    if listeners.metrics.is_some() {
+        // Before the first call is counted.
+        exporter::recorder();
+    }
+    tokio::spawn(vault.audit.clone().keep_pruned(stop_rx.clone()));
     let mut servers = JoinSet::new();
+    if let Some(metrics) = listeners.metrics {
+        let sources = Arc::new(exporter::Sources {
+            accounts: vault.accounts.clone(),
+            leases: leases.clone(),
+            sled: vault.sled.clone(),
+            clock: vault.clock.clone(),
+        });
+        tokio::spawn(exporter::serve(metrics, sources, stop_rx.clone()));
+    }
     if let Some(tcp) = listeners.tcp {
         let routes = router(&vault, &services, health.clone())?;
         servers.spawn(routes.serve_with_incoming_shutdown(

@@ -4,6 +4,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use crate::{
     accounts::AccountService,
+    audit::AuditLog,
     auth::Authenticator,
     callers::{CallerError, CallerService},
     clock::{Clock, SystemClock},
@@ -11,7 +12,7 @@ use crate::{
     crypto::{Fingerprinter, RngError, SealError, Sealer},
     providers::Providers,
     refresh::RefreshSettings,
-    store::{SledStore, Store, StoreError, Swap, Tree},
+    store::{FaultPlan, FaultyStore, SledStore, Store, StoreError, Swap, Tree},
 };
 
 /// The layout of the data this build writes. Bumped when it changes incompatibly.
@@ -58,7 +59,12 @@ impl OpenError {
 
 /// Everything a running credvault holds. Dropping it closes the store.
 pub struct Vault {
-    pub store: Arc<SledStore>,
+    /// What the services read and write through (the sled store, or a fault-injecting
+    /// wrapper over it in tests).
+    pub store: Arc<dyn Store>,
+    /// The sled store itself: for size on disk, snapshots and offline flushes.
+    pub sled: Arc<SledStore>,
+    pub audit: Arc<AuditLog>,
     pub sealer: Arc<Sealer>,
     pub accounts: Arc<AccountService>,
     pub callers: Arc<CallerService>,
@@ -75,12 +81,33 @@ impl Vault {
     }
 
     pub fn open_with_clock(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Self, OpenError> {
+        Self::open_with(settings, clock, None)
+    }
+
+    /// For tests: every store operation goes through a [`FaultyStore`] following `plan`.
+    pub fn open_with_faults(
+        settings: &Settings,
+        clock: Arc<dyn Clock>,
+        plan: Arc<FaultPlan>,
+    ) -> Result<Self, OpenError> {
+        Self::open_with(settings, clock, Some(plan))
+    }
+
+    fn open_with(
+        settings: &Settings,
+        clock: Arc<dyn Clock>,
+        faults: Option<Arc<FaultPlan>>,
+    ) -> Result<Self, OpenError> {
         let db_path = settings.data_dir.join("db");
         let store_error = |source| OpenError::Store {
             path: db_path.clone(),
             source,
         };
-        let store = Arc::new(SledStore::open(&db_path).map_err(store_error)?);
+        let sled = Arc::new(SledStore::open(&db_path).map_err(store_error)?);
+        let store: Arc<dyn Store> = match faults {
+            Some(plan) => Arc::new(FaultyStore::new(sled.clone(), plan)),
+            None => sled.clone(),
+        };
         let sealer = Arc::new(Sealer::new(&settings.master_key));
         check_format(store.as_ref(), &settings.data_dir).map_err(|e| match e {
             CheckError::Store(source) => store_error(source),
@@ -109,15 +136,28 @@ impl Vault {
             settings.callers.clone(),
         )?);
         let authenticator = Arc::new(Authenticator::new(&settings.admin_token, callers.clone())?);
+        let fingerprints = Arc::new(Fingerprinter::new(&settings.master_key));
+        let audit = Arc::new(
+            AuditLog::open(
+                store.clone(),
+                sealer.clone(),
+                fingerprints.clone(),
+                clock.clone(),
+                settings.audit_retention,
+            )
+            .map_err(store_error)?,
+        );
         Ok(Self {
             store,
+            sled,
+            audit,
             sealer,
             accounts,
             authenticator,
             providers,
             refresh: settings.refresh.clone(),
             callers,
-            fingerprints: Arc::new(Fingerprinter::new(&settings.master_key)),
+            fingerprints,
             clock,
         })
     }

@@ -6,7 +6,7 @@ mod support;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use credvault::clock::ManualClock;
+use credvault::{audit::CallAudit, clock::ManualClock};
 use support::{Auth, TestServer, eventually, pixverse, proto, upstream_jwt, wait_until};
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -638,14 +638,20 @@ async fn waiters_are_served_in_arrival_order() {
         wait_ms,
         ..Default::default()
     };
-    let holder = leases.acquire(&admin, request(0)).await.unwrap();
+    let holder = leases
+        .acquire(&admin, request(0), &CallAudit::none())
+        .await
+        .unwrap();
 
     let served = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut waiters = Vec::new();
     for i in 0..5 {
         let (service, admin, served) = (leases.clone(), admin.clone(), served.clone());
         waiters.push(tokio::spawn(async move {
-            let granted = service.acquire(&admin, request(30_000)).await.unwrap();
+            let granted = service
+                .acquire(&admin, request(30_000), &CallAudit::none())
+                .await
+                .unwrap();
             served.lock().unwrap().push(i);
             service.release(&admin, &granted.lease.id).await.unwrap();
         }));

@@ -8,7 +8,7 @@ use std::{
     sync::Arc,
 };
 
-use super::{AccountKey, AccountMeta};
+use super::{AccountKey, AccountMeta, Status};
 
 /// One account as the directory holds it: its key (made once, not per look-up) and its
 /// metadata. Nothing secret is in here.
@@ -16,6 +16,14 @@ use super::{AccountKey, AccountMeta};
 pub struct Entry {
     pub key: AccountKey,
     pub meta: AccountMeta,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ProviderSummary {
+    pub provider: String,
+    pub by_status: BTreeMap<&'static str, u64>,
+    pub capacity: u64,
+    pub soonest_expiry: Option<i64>,
 }
 
 #[derive(Default)]
@@ -54,6 +62,41 @@ impl Directory {
             .get(provider)
             .into_iter()
             .flat_map(BTreeMap::values)
+    }
+
+    /// Per provider: accounts by effective status, the slots of its usable accounts,
+    /// and the soonest token expiry (unix seconds).
+    pub fn summary(&self) -> Vec<ProviderSummary> {
+        self.by_provider
+            .iter()
+            .map(|(provider, accounts)| {
+                let mut summary = ProviderSummary {
+                    provider: provider.clone(),
+                    ..ProviderSummary::default()
+                };
+                for entry in accounts.values() {
+                    let meta = &entry.meta;
+                    let status = meta.effective_status();
+                    *summary.by_status.entry(status.name()).or_default() += 1;
+                    if status == Status::Active {
+                        summary.capacity += u64::from(meta.max_jobs);
+                    }
+                    if let Some(expiry) = meta
+                        .session
+                        .as_ref()
+                        .map(|s| s.expire_time)
+                        .filter(|e| *e > 0)
+                    {
+                        summary.soonest_expiry = Some(
+                            summary
+                                .soonest_expiry
+                                .map_or(expiry, |s: i64| s.min(expiry)),
+                        );
+                    }
+                }
+                summary
+            })
+            .collect()
     }
 
     pub fn len(&self) -> usize {

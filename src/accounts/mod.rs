@@ -13,7 +13,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use directory::Directory;
 
 pub use crate::validate::FieldError;
-pub use directory::Entry;
+pub use directory::{Entry, ProviderSummary};
 pub use model::{
     Account, AccountKey, AccountMeta, AccountSecrets, AccountUpdate, Credits, FreshSession,
     NewAccount, Refreshed, SessionInput, SessionMeta, Status,
@@ -352,6 +352,11 @@ impl AccountService {
     pub fn provider_entries(&self, provider: &str) -> Result<Vec<Arc<Entry>>, AccountError> {
         validate::text("provider", provider, validate::MAX_PROVIDER_LEN, true)?;
         Ok(self.directory().provider(provider).cloned().collect())
+    }
+
+    /// Per-provider counts for the metrics.
+    pub fn summary(&self) -> Vec<ProviderSummary> {
+        self.directory().summary()
     }
 
     /// How many accounts the directory holds.

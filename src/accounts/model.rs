@@ -45,6 +45,25 @@ pub enum Status {
     Disabled,
 }
 
+impl Status {
+    pub const ALL: [Status; 4] = [
+        Status::Active,
+        Status::Refreshing,
+        Status::NeedsAttention,
+        Status::Disabled,
+    ];
+
+    /// As the API and the metrics spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Active => "ACTIVE",
+            Status::Refreshing => "REFRESHING",
+            Status::NeedsAttention => "NEEDS_ATTENTION",
+            Status::Disabled => "DISABLED",
+        }
+    }
+}
+
 /// What is known about the upstream session apart from the token itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionMeta {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{
-    authorized, convert,
+    authorized, call_audit, convert,
     status::{account_error, refresh_error},
 };
 use crate::{
@@ -70,6 +70,7 @@ impl Accounts for AccountsApi {
         request: Request<proto::CreateAccountRequest>,
     ) -> Result<Response<proto::Account>, Status> {
         let caller = authorized(&request, Permission::AccountsWrite, "CreateAccount")?;
+        call_audit(&request).account(&request.get_ref().provider, &request.get_ref().email);
         let req = request.into_inner();
         let input = NewAccount {
             provider: req.provider,
@@ -139,6 +140,7 @@ impl Accounts for AccountsApi {
         request: Request<proto::UpdateAccountRequest>,
     ) -> Result<Response<proto::Account>, Status> {
         let caller = authorized(&request, Permission::AccountsWrite, "UpdateAccount")?;
+        call_audit(&request).account(&request.get_ref().provider, &request.get_ref().email);
         let req = request.into_inner();
         let disabling = req.disabled == Some(true);
         let token_replaced = req.jwt.is_some();
@@ -187,6 +189,7 @@ impl Accounts for AccountsApi {
         request: Request<proto::DeleteAccountRequest>,
     ) -> Result<Response<()>, Status> {
         let caller = authorized(&request, Permission::AccountsWrite, "DeleteAccount")?;
+        call_audit(&request).account(&request.get_ref().provider, &request.get_ref().email);
         let req = request.into_inner();
         self.accounts
             .delete(&req.provider, &req.email, req.expected_version)
@@ -208,6 +211,7 @@ impl Accounts for AccountsApi {
         request: Request<proto::RefreshAccountRequest>,
     ) -> Result<Response<proto::Account>, Status> {
         let caller = authorized(&request, Permission::AccountsWrite, "RefreshAccount")?;
+        call_audit(&request).account(&request.get_ref().provider, &request.get_ref().email);
         let req = request.into_inner();
         // Validates the names and gives NOT_FOUND with the hint for unknown accounts.
         let account = self

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{
-    authorized, caller, convert,
+    authorized, call_audit, caller, convert,
     status::{caller_error, denied},
 };
 use crate::{
@@ -43,6 +43,7 @@ impl Callers for CallersApi {
         request: Request<proto::CreateCallerRequest>,
     ) -> Result<Response<proto::CreateCallerResponse>, Status> {
         let actor = caller(&request)?;
+        let audit = call_audit(&request);
         let req = request.into_inner();
         let input = NewCaller {
             email: req.email,
@@ -57,6 +58,8 @@ impl Callers for CallersApi {
             .await
             .map_err(caller_error)?;
         tracing::info!(actor = %actor.id, caller = %created.caller.id, key_id = %created.key_id, "API key created");
+        audit.target(&created.caller.id);
+        audit.handed_out(created.api_key.expose());
         Ok(Response::new(proto::CreateCallerResponse {
             caller_id: created.caller.id.clone(),
             api_key: created.api_key.expose().to_owned(),
@@ -76,6 +79,7 @@ impl Callers for CallersApi {
                 "ActivateCaller is called with the new API key: authorization: Bearer <api key> and x-credvault-secret: <secret>",
             ));
         };
+        call_audit(&request).target(key_id);
         let record = self
             .callers
             .activate(&actor.id, key_id)
@@ -114,6 +118,9 @@ impl Callers for CallersApi {
             .await
             .map_err(caller_error)?;
         tracing::info!(caller = %actor.id, jti = %claims.jti, "session created");
+        let audit = call_audit(&request);
+        audit.target(&claims.jti);
+        audit.handed_out(&jwt);
         Ok(Response::new(proto::Session {
             jwt,
             expires_at: Some(convert::timestamp(claims.exp * 1000)),
@@ -127,6 +134,7 @@ impl Callers for CallersApi {
         request: Request<proto::IssueTokenRequest>,
     ) -> Result<Response<proto::IssueTokenResponse>, Status> {
         let actor = caller(&request)?;
+        let audit = call_audit(&request);
         let req = request.into_inner();
         let target = actor.target(&req.caller_id).map_err(denied)?;
         let (jwt, claims) = self
@@ -135,6 +143,8 @@ impl Callers for CallersApi {
             .await
             .map_err(caller_error)?;
         tracing::info!(actor = %actor.id, caller = %target, jti = %claims.jti, "token issued");
+        audit.target(&claims.jti);
+        audit.handed_out(&jwt);
         Ok(Response::new(proto::IssueTokenResponse {
             jwt,
             jti: claims.jti,
@@ -148,6 +158,7 @@ impl Callers for CallersApi {
         request: Request<proto::RevokeTokenRequest>,
     ) -> Result<Response<()>, Status> {
         let actor = caller(&request)?;
+        let audit = call_audit(&request);
         let req = request.into_inner();
         let (owner, jti) = match (req.jwt.as_str(), req.jti.as_str()) {
             ("", "") | (_, "") if req.jwt.is_empty() => {
@@ -162,6 +173,7 @@ impl Callers for CallersApi {
             ("", jti) => (req.caller_id.clone(), jti.to_owned()),
             _ => return Err(invalid(FieldError::OneOf("jwt", "jti"))),
         };
+        audit.target(&jti);
         let owner = actor.target(&owner).map_err(denied)?;
         self.callers
             .revoke(owner, &jti)
@@ -190,12 +202,14 @@ impl Callers for CallersApi {
         request: Request<proto::UpdateCallerRequest>,
     ) -> Result<Response<proto::CallerInfo>, Status> {
         let actor = authorized(&request, Permission::ManageCallers, "UpdateCaller")?;
+        let audit = call_audit(&request);
         let req = request.into_inner();
         let id = match (req.caller_id.as_str(), req.email.as_str()) {
             ("", "") => return Err(invalid(FieldError::OneOf("caller_id", "email"))),
             ("", email) => self.callers.find_by_email(email).map_err(caller_error)?.id,
             (id, _) => id.to_owned(),
         };
+        audit.target(&id);
         let update = CallerUpdate {
             roles: req
                 .set_roles

@@ -8,8 +8,8 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use super::{
-    authorized, convert,
-    status::{account_error, caller_error, denied, lease_error},
+    authorized, call_audit, convert,
+    status::{account_error, audit_error, caller_error, denied, lease_error},
 };
 use crate::{
     accounts::AccountService,
@@ -148,7 +148,9 @@ impl Credentials for CredentialsApi {
         request: Request<proto::RevealAccountRequest>,
     ) -> Result<Response<proto::Account>, Status> {
         let actor = authorized(&request, Permission::Credentials, "RevealAccount")?;
+        let audit = call_audit(&request);
         let req = request.into_inner();
+        audit.account(&req.provider, &req.email);
         actor
             .require_reach(&req.provider, &req.email.to_lowercase())
             .map_err(denied)?;
@@ -158,11 +160,28 @@ impl Credentials for CredentialsApi {
             .get(&req.provider, &req.email)
             .map_err(account_error)?;
         let cost = self.callers.settings().reveal_cost;
-        let credits = self
-            .callers
-            .debit(&actor.id, cost)
-            .await
-            .map_err(caller_error)?;
+        let credits = self.callers.charge(&actor.id, cost).map_err(caller_error)?;
+        let secrets = &account.secrets;
+        for secret in [
+            &secrets.password,
+            &secrets.api_key,
+            &secrets.secret,
+            &secrets.token,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            audit.handed_out(secret.expose());
+        }
+        // No unaudited hand-out: without its event, the reveal is refused (and paid back).
+        if let Err(error) = audit.commit() {
+            if let Err(refund) = self.callers.refund(&actor.id, cost) {
+                tracing::error!(error = %refund, "refunding an unaudited reveal failed");
+            }
+            return Err(audit_error(error));
+        }
+        // The debit and the audit event become durable together.
+        self.callers.flush().await.map_err(caller_error)?;
         tracing::info!(
             caller = %actor.id,
             cost,
@@ -179,6 +198,7 @@ impl Credentials for CredentialsApi {
         request: Request<proto::AcquireLeaseRequest>,
     ) -> Result<Response<proto::Lease>, Status> {
         let actor = authorized(&request, Permission::Credentials, "AcquireLease")?;
+        let audit = call_audit(&request);
         let req = request.into_inner();
         let acquire = AcquireRequest {
             provider: req.provider,
@@ -189,7 +209,7 @@ impl Credentials for CredentialsApi {
         };
         let granted = self
             .leases
-            .acquire(&actor, acquire)
+            .acquire(&actor, acquire, &audit)
             .await
             .map_err(lease_error)?;
         tracing::info!(caller = %actor.id, lease = %granted.lease.id, email = %self.fingerprints.tag(&granted.lease.email), "lease acquired");
@@ -202,11 +222,12 @@ impl Credentials for CredentialsApi {
         request: Request<proto::RenewLeaseRequest>,
     ) -> Result<Response<proto::Lease>, Status> {
         let actor = authorized(&request, Permission::Credentials, "RenewLease")?;
+        let audit = call_audit(&request);
         let req = request.into_inner();
         let ttl = millis("ttl", req.ttl, DEFAULT_TTL_MS, 1_000, MAX_TTL_MS)?;
         let granted = self
             .leases
-            .renew(&actor, &req.lease_id, ttl)
+            .renew(&actor, &req.lease_id, ttl, &audit)
             .await
             .map_err(lease_error)?;
         Ok(Response::new(lease(&granted)))
@@ -218,6 +239,7 @@ impl Credentials for CredentialsApi {
         request: Request<proto::ReleaseLeaseRequest>,
     ) -> Result<Response<()>, Status> {
         let actor = authorized(&request, Permission::Credentials, "ReleaseLease")?;
+        call_audit(&request).target(&request.get_ref().lease_id);
         let req = request.into_inner();
         self.leases
             .release(&actor, &req.lease_id)

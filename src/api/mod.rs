@@ -1,16 +1,21 @@
-//! The gRPC surface: one module per service, the auth layer that runs before all of
-//! them, and the single place where domain errors become `tonic::Status`.
+//! The gRPC surface: one module per service, the call layer that runs before all of
+//! them (request id, authentication, audit, metrics), and the single place where
+//! domain errors become `tonic::Status`.
 
 pub mod accounts;
-pub mod auth;
+pub mod audit;
 pub mod callers;
 mod convert;
 pub mod credentials;
+pub mod layer;
 pub mod status;
 
 use tonic::{Request, Status};
 
-use crate::auth::{Caller, Permission};
+use crate::{
+    audit::CallAudit,
+    auth::{Caller, Permission},
+};
 
 /// The caller the auth layer proved; its absence is a wiring bug, not the client's.
 fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
@@ -22,6 +27,16 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
             tracing::error!("request reached a handler without an authenticated caller");
             Status::internal(status::INTERNAL_MESSAGE)
         })
+}
+
+/// The call's audit record, for the handler to name its target and what it handed
+/// out; a no-op record for calls that are not audited.
+fn call_audit<T>(request: &Request<T>) -> CallAudit {
+    request
+        .extensions()
+        .get::<CallAudit>()
+        .cloned()
+        .unwrap_or_else(CallAudit::none)
 }
 
 /// The caller, provided it holds `permission`; the refusal names `rpc` and what it needs.

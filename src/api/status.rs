@@ -9,11 +9,13 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
     accounts::AccountError,
+    audit::AuditError,
     auth::{AuthError, Denied},
     callers::{CallerError, CreditError, MAX_KEYS},
     leases::LeaseError,
     refresh::RefreshError,
     store::StoreError,
+    validate::FieldError,
 };
 
 pub const INTERNAL_MESSAGE: &str = "internal error; the credvault log has the details";
@@ -106,6 +108,7 @@ pub fn refresh_error(error: RefreshError) -> Status {
 pub fn lease_error(error: LeaseError) -> Status {
     let message = error.to_string();
     match error {
+        LeaseError::Audit(error) => audit_error(error),
         LeaseError::Invalid(_) => Status::invalid_argument(message),
         LeaseError::Account(account) => account_error(account),
         LeaseError::Caller(caller) => caller_error(caller),
@@ -171,4 +174,24 @@ fn store_error(error: &StoreError) -> Status {
 fn internal(detail: &dyn std::fmt::Display) -> Status {
     tracing::error!(error = %detail, "internal error");
     Status::internal(INTERNAL_MESSAGE)
+}
+
+pub fn audit_error(error: AuditError) -> Status {
+    match error {
+        AuditError::PageToken(_) => Status::invalid_argument(error.to_string()),
+        // The trail could not be read or written: the store's trouble, not the caller's.
+        AuditError::Store(_) => {
+            tracing::error!(%error, "audit trail unavailable");
+            Status::unavailable("the audit trail is unavailable; retry later")
+        }
+        AuditError::Sealed(ref sealed) if sealed.is_data_loss() => {
+            tracing::error!(%error, "an audit event failed its integrity check");
+            Status::data_loss("an audit event failed its integrity check")
+        }
+        AuditError::Sealed(_) => internal(&error),
+    }
+}
+
+pub fn field_error(error: FieldError) -> Status {
+    Status::invalid_argument(error.to_string())
 }

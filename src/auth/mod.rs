@@ -72,14 +72,17 @@ pub enum Permission {
     Credentials,
     /// Create and change other callers.
     ManageCallers,
+    /// Read the audit trail.
+    Audit,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 4] = [
+    pub const ALL: [Permission; 5] = [
         Permission::AccountsRead,
         Permission::AccountsWrite,
         Permission::Credentials,
         Permission::ManageCallers,
+        Permission::Audit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -88,6 +91,7 @@ impl Permission {
             Permission::AccountsWrite => "accounts:write",
             Permission::Credentials => "credentials",
             Permission::ManageCallers => "callers:admin",
+            Permission::Audit => "audit:read",
         }
     }
 
@@ -96,7 +100,7 @@ impl Permission {
         match self {
             Permission::AccountsRead | Permission::AccountsWrite => &[Role::Operator, Role::Admin],
             Permission::Credentials => &[Role::Consumer, Role::Admin],
-            Permission::ManageCallers => &[Role::Admin],
+            Permission::ManageCallers | Permission::Audit => &[Role::Admin],
         }
     }
 }

@@ -658,6 +658,28 @@ impl CallerService {
         Ok(record.credits)
     }
 
+    /// Makes every write so far durable (for callers that [`CallerService::charge`]d).
+    pub async fn flush(&self) -> Result<(), CallerError> {
+        Ok(self.store.flush().await?)
+    }
+
+    /// Gives back credits taken by [`CallerService::charge`] for something that was then
+    /// not handed out (its audit event could not be written). Not flushed: the caller
+    /// flushes, or the store's background flush does.
+    pub fn refund(&self, caller_id: &str, cost: i64) -> Result<(), CallerError> {
+        if cost == 0 {
+            return Ok(());
+        }
+        self.modify(caller_id, None, |record| {
+            let Some(credits) = record.credits.as_mut() else {
+                return Ok(false);
+            };
+            credits.remaining = credits.remaining.saturating_add(cost);
+            Ok(true)
+        })?;
+        Ok(())
+    }
+
     fn load(&self, id: &str) -> Result<Option<(Vec<u8>, CallerRecord)>, CallerError> {
         let Some(bytes) = self.store.get(Tree::Callers, id.as_bytes())? else {
             return Ok(None);

@@ -32,6 +32,15 @@ impl Fingerprinter {
         Self(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.expose()))
     }
 
+    /// The whole HMAC-SHA256, in hex: how the audit trail records a secret value.
+    pub fn hash(&self, value: &str) -> String {
+        ring::hmac::sign(&self.0, value.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// The first 8 bytes of HMAC-SHA256, in hex.
     pub fn tag(&self, value: &str) -> String {
         let tag = ring::hmac::sign(&self.0, value.as_bytes());

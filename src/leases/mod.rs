@@ -24,6 +24,7 @@ use table::{QueueKey, Table, Ticket};
 
 use crate::{
     accounts::{Account, AccountError, AccountKey, AccountMeta, AccountService, Entry, Status},
+    audit::{AuditError, CallAudit},
     auth::{Caller, Denied},
     callers::{CallerError, CallerService},
     clock::Clock,
@@ -70,6 +71,8 @@ pub enum LeaseError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Rng(#[from] RngError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
 }
 
 /// AcquireLease's input.
@@ -180,15 +183,29 @@ impl LeaseService {
         self.table().waiting(provider)
     }
 
+    /// Leases held and callers waiting, per provider.
+    pub fn load_by_provider(
+        &self,
+    ) -> (
+        std::collections::HashMap<String, usize>,
+        std::collections::HashMap<String, usize>,
+    ) {
+        let table = self.table();
+        (table.held_by_provider(), table.waiting_by_provider())
+    }
+
     /// Leases holding a slot of this account now.
     pub fn active_jobs(&self, key: &AccountKey) -> usize {
         self.table().count(key)
     }
 
+    /// A lease for `caller`. Its audit event (with the token's hash) is written before
+    /// the lease is made durable; when it cannot be, nothing is handed out.
     pub async fn acquire(
         &self,
         caller: &Caller,
         request: AcquireRequest,
+        audit: &CallAudit,
     ) -> Result<Granted, LeaseError> {
         validate::text(
             "provider",
@@ -263,7 +280,7 @@ impl LeaseService {
             };
             self.reaper.notify_one();
             if let Some(record) = reserved {
-                break self.complete(record).await;
+                break self.complete(record, audit).await;
             }
             // Accounts held back only by a token too short for the lease: log one in
             // (joining a login in flight) and look again.
@@ -350,15 +367,30 @@ impl LeaseService {
 
     /// Makes a reserved lease durable and reads the token to hand out. Any failure
     /// gives the slot back.
-    async fn complete(&self, record: LeaseRecord) -> Result<Granted, LeaseError> {
+    async fn complete(
+        &self,
+        record: LeaseRecord,
+        audit: &CallAudit,
+    ) -> Result<Granted, LeaseError> {
+        let cost = self.callers.settings().lease_cost;
         let result = async {
             let account = self.accounts.get(&record.provider, &record.email)?;
             let bytes = sealed::seal(&self.sealer, Tree::Leases, record.id.as_bytes(), &record)?;
             self.store
                 .compare_and_swap(Tree::Leases, record.id.as_bytes(), None, Some(&bytes))?;
-            self.callers
-                .charge(&record.caller_id, self.callers.settings().lease_cost)?;
-            // One flush makes the lease and the debit durable together.
+            self.callers.charge(&record.caller_id, cost)?;
+            audit.account(&record.provider, &record.email);
+            audit.target(&record.id);
+            if let Some(token) = &account.secrets.token {
+                audit.handed_out(token.expose());
+            }
+            if let Err(error) = audit.commit() {
+                if let Err(refund) = self.callers.refund(&record.caller_id, cost) {
+                    tracing::error!(error = %refund, "refunding an unaudited lease failed");
+                }
+                return Err(error.into());
+            }
+            // One flush makes the lease, the debit and the audit event durable together.
             self.store.flush().await?;
             Ok(account)
         }
@@ -380,7 +412,9 @@ impl LeaseService {
         caller: &Caller,
         id: &str,
         ttl_ms: i64,
+        audit: &CallAudit,
     ) -> Result<Granted, LeaseError> {
+        audit.target(id);
         let now = self.clock.now_ms();
         let record = {
             let mut table = self.table();
@@ -399,9 +433,14 @@ impl LeaseService {
         let old = self.store.get(Tree::Leases, id.as_bytes())?;
         self.store
             .compare_and_swap(Tree::Leases, id.as_bytes(), old.as_deref(), Some(&bytes))?;
-        self.store.flush().await?;
         self.reaper.notify_one();
         let account = self.accounts.get(&record.provider, &record.email)?;
+        audit.account(&record.provider, &record.email);
+        if let Some(token) = &account.secrets.token {
+            audit.handed_out(token.expose());
+        }
+        audit.commit()?;
+        self.store.flush().await?;
         Ok(Granted {
             lease: record,
             account,

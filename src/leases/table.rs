@@ -124,6 +124,24 @@ impl Table {
         (running, first_end)
     }
 
+    /// Leases held per provider.
+    pub fn held_by_provider(&self) -> HashMap<String, usize> {
+        let mut held = HashMap::new();
+        for lease in self.leases.values() {
+            *held.entry(lease.provider.clone()).or_default() += 1;
+        }
+        held
+    }
+
+    /// Waiters per provider.
+    pub fn waiting_by_provider(&self) -> HashMap<String, usize> {
+        let mut waiting = HashMap::new();
+        for ((provider, _), queue) in &self.queues {
+            *waiting.entry(provider.clone()).or_default() += queue.len();
+        }
+        waiting
+    }
+
     pub fn waiting(&self, provider: &str) -> usize {
         self.queues
             .iter()

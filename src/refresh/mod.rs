@@ -395,6 +395,8 @@ impl Inner {
             Err(error) => return self.failed(key, error.into(), false).await,
         };
         self.refreshed.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("credvault_logins_total", "provider" => key.provider.clone(), "outcome" => "ok")
+            .increment(1);
         self.attempts_clear(key);
         if let (Some(session), Some(token)) = (&stored.meta.session, &stored.secrets.token) {
             self.events.publish(Event {
@@ -418,6 +420,13 @@ impl Inner {
     /// Records a failure on the account and says when to try again (never, for a
     /// permanent one).
     async fn failed(&self, key: &AccountKey, error: RefreshError, permanent: bool) -> LoginOutcome {
+        let outcome = if permanent {
+            "permanent_failure"
+        } else {
+            "transient_failure"
+        };
+        metrics::counter!("credvault_logins_total", "provider" => key.provider.clone(), "outcome" => outcome)
+            .increment(1);
         let (status, reason, next) = if permanent {
             tracing::warn!(reason = %error, "login refused; the account needs attention");
             self.attempts_clear(key);

@@ -2,10 +2,12 @@
 //! implementation. Values are opaque bytes here; encryption happens above this layer,
 //! so nothing in `store/` ever sees a plaintext secret or a protobuf type.
 
+mod faults;
 mod sled_store;
 
 use std::{future::Future, pin::Pin};
 
+pub use faults::{FaultPlan, FaultyStore};
 pub use sled_store::SledStore;
 
 /// The named key spaces. Each maps to one sled tree.
@@ -23,16 +25,19 @@ pub enum Tree {
     ApiKeys,
     /// Job leases (sealed records), keyed by lease id.
     Leases,
+    /// The audit trail (sealed events), keyed by big-endian sequence number.
+    Audit,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 6] = [
+    pub const ALL: [Tree; 7] = [
         Tree::Meta,
         Tree::Accounts,
         Tree::Callers,
         Tree::CallerEmails,
         Tree::ApiKeys,
         Tree::Leases,
+        Tree::Audit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,6 +48,7 @@ impl Tree {
             Tree::CallerEmails => "caller_emails",
             Tree::ApiKeys => "api_keys",
             Tree::Leases => "leases",
+            Tree::Audit => "audit",
         }
     }
 }
@@ -93,6 +99,9 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError>;
+
+    /// The greatest key in the tree, if any.
+    fn last_key(&self, tree: Tree) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Makes every write that completed before this call durable. Concurrent callers
     /// share one flush.

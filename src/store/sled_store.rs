@@ -36,6 +36,11 @@ impl SledStore {
         &self.trees[&tree]
     }
 
+    /// Bytes the store takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db.size_on_disk().map_err(engine)
+    }
+
     /// Makes every write durable now, for callers outside an async runtime (offline
     /// maintenance commands).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
@@ -99,6 +104,14 @@ impl Store for SledStore {
             }
         }
         Ok(out)
+    }
+
+    fn last_key(&self, tree: Tree) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tree(tree)
+            .last()
+            .map_err(engine)?
+            .map(|(key, _)| key.to_vec()))
     }
 
     fn flush(&self) -> FlushFuture<'_> {

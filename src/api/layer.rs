@@ -1,0 +1,280 @@
+//! The call layer: one tower layer in front of every gRPC service. For each call it
+//! takes (or makes) the request id and opens a span carrying it, proves the caller from
+//! the `authorization` metadata and puts the typed [`Caller`] into the request
+//! extensions (answering the refusal itself when that fails), opens the call's audit
+//! record, and counts the call and its latency by method and status. Handlers never
+//! parse metadata. Only the health service is public (kubelet probes carry no token).
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use http::{HeaderValue, Request, Response};
+use tonic::{Code, Status, body::Body};
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use crate::{
+    audit::{AuditEvent, AuditLog, CallAudit},
+    auth::Authenticator,
+    crypto::random_bytes,
+};
+
+const PUBLIC_PREFIX: &str = "/grpc.health.v1.Health/";
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The request id of the call, in the request extensions.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// How a method is audited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Audited {
+    No,
+    Yes,
+    /// Hands out or issues a secret: never answered OK without its audit event.
+    HandOut,
+}
+
+fn audited(path: &str) -> Audited {
+    match path.strip_prefix("/credvault.v1.") {
+        Some(
+            "Accounts/CreateAccount"
+            | "Accounts/UpdateAccount"
+            | "Accounts/DeleteAccount"
+            | "Accounts/RefreshAccount"
+            | "Callers/ActivateCaller"
+            | "Callers/RevokeToken"
+            | "Callers/UpdateCaller"
+            | "Credentials/ReleaseLease"
+            | "Audit/AuditHash",
+        ) => Audited::Yes,
+        Some(
+            "Callers/CreateCaller"
+            | "Callers/CreateSession"
+            | "Callers/IssueToken"
+            | "Credentials/RevealAccount"
+            | "Credentials/AcquireLease"
+            | "Credentials/RenewLease",
+        ) => Audited::HandOut,
+        _ => Audited::No,
+    }
+}
+
+#[derive(Clone)]
+pub struct CallLayer {
+    authenticator: Arc<Authenticator>,
+    audit: Arc<AuditLog>,
+}
+
+impl CallLayer {
+    pub fn new(authenticator: Arc<Authenticator>, audit: Arc<AuditLog>) -> Self {
+        Self {
+            authenticator,
+            audit,
+        }
+    }
+}
+
+impl<S> Layer<S> for CallLayer {
+    type Service = CallService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CallService {
+            inner,
+            authenticator: self.authenticator.clone(),
+            audit: self.audit.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct CallService<S> {
+    inner: S,
+    authenticator: Arc<Authenticator>,
+    audit: Arc<AuditLog>,
+}
+
+type BoxFuture<T, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> Service<Request<B>> for CallService<S>
+where
+    S: Service<Request<B>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send,
+    B: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // The clone is not ready; keep the ready one for this call (tower's rule).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let started = Instant::now();
+        let path = request.uri().path().to_owned();
+        let request_id = request_id(request.headers().get(REQUEST_ID_HEADER));
+        let span = tracing::info_span!("rpc", request_id = %request_id, rpc = %path);
+        request
+            .extensions_mut()
+            .insert(RequestId(request_id.clone()));
+
+        let proven = if path.starts_with(PUBLIC_PREFIX) {
+            None
+        } else {
+            Some(span.in_scope(|| {
+                self.authenticator
+                    .authenticate(&path, request.headers())
+                    .inspect_err(|error| {
+                        tracing::warn!(reason = %error, "authentication failed");
+                    })
+            }))
+        };
+        let audit = self.audit.clone();
+        let rpc = path.trim_start_matches('/').to_owned();
+        let future = async move {
+            let policy = audited(&path);
+            let mut response = match proven {
+                None => inner.call(request).await?,
+                Some(Ok(caller)) => {
+                    let call_audit = match policy {
+                        Audited::No => CallAudit::none(),
+                        _ => CallAudit::new(audit, &request_id, &rpc, &caller.id),
+                    };
+                    request.extensions_mut().insert(caller);
+                    request.extensions_mut().insert(call_audit.clone());
+                    let mut response = inner.call(request).await?;
+                    let code = grpc_code(&response);
+                    if call_audit.finish(code_name(code)).is_err()
+                        && policy == Audited::HandOut
+                        && code == Code::Ok
+                    {
+                        response = Status::unavailable(
+                            "the audit trail could not be written, so nothing was handed out; retry later",
+                        )
+                        .into_http();
+                    }
+                    response
+                }
+                Some(Err(error)) => {
+                    let status = super::status::auth_error(error);
+                    // Best effort: a failing audit trail must not turn a refusal into
+                    // something else (the failure is logged and counted).
+                    let _ = audit.append(AuditEvent {
+                        request_id: request_id.clone(),
+                        rpc: rpc.clone(),
+                        outcome: code_name(status.code()).to_owned(),
+                        ..AuditEvent::default()
+                    });
+                    status.into_http()
+                }
+            };
+            if let Ok(value) = HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert(REQUEST_ID_HEADER, value);
+            }
+            let code = code_name(grpc_code(&response));
+            metrics::counter!("credvault_rpc_requests_total", "method" => rpc.clone(), "code" => code)
+                .increment(1);
+            metrics::histogram!("credvault_rpc_duration_seconds", "method" => rpc, "code" => code)
+                .record(started.elapsed().as_secs_f64());
+            Ok(response)
+        };
+        Box::pin(future.instrument(span))
+    }
+}
+
+/// The caller's `x-request-id` when it is a sane one, else a new random id.
+fn request_id(given: Option<&HeaderValue>) -> String {
+    let given = given
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= MAX_REQUEST_ID_LEN
+                && v.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(str::to_owned);
+    given.unwrap_or_else(|| {
+        let mut bytes = [0u8; 12];
+        // Without randomness the id is only less unique, not less safe.
+        let _ = random_bytes(&mut bytes);
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    })
+}
+
+/// The status of an answer: from its `grpc-status` header (errors are answered
+/// trailers-only), else OK (a unary answer that made it to the body).
+fn grpc_code(response: &Response<Body>) -> Code {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(Code::Ok, Code::from_i32)
+}
+
+/// The canonical name of a status code, as gRPC spells it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_taken_only_when_sane() {
+        let given = HeaderValue::from_static("job-42.attempt-1");
+        assert_eq!(request_id(Some(&given)), "job-42.attempt-1");
+        let spaced = HeaderValue::from_static("two words");
+        let made = request_id(Some(&spaced));
+        assert_eq!(made.len(), 24);
+        assert!(made.bytes().all(|b| b.is_ascii_hexdigit()));
+        let long = HeaderValue::from_str(&"x".repeat(129)).unwrap();
+        assert_ne!(request_id(Some(&long)), "x".repeat(129));
+        assert_ne!(request_id(None), request_id(None));
+    }
+
+    #[test]
+    fn hand_outs_are_the_calls_that_return_secrets() {
+        assert_eq!(
+            audited("/credvault.v1.Credentials/RevealAccount"),
+            Audited::HandOut
+        );
+        assert_eq!(
+            audited("/credvault.v1.Callers/IssueToken"),
+            Audited::HandOut
+        );
+        assert_eq!(
+            audited("/credvault.v1.Accounts/UpdateAccount"),
+            Audited::Yes
+        );
+        assert_eq!(audited("/credvault.v1.Accounts/GetAccount"), Audited::No);
+        assert_eq!(audited("/grpc.health.v1.Health/Check"), Audited::No);
+    }
+}

@@ -1,0 +1,150 @@
+//! Prometheus metrics on their own plain-HTTP listener (`GET /metrics`).
+//!
+//! Counters and histograms are recorded where things happen (the call layer, the
+//! refresh engine, the audit trail) through the `metrics` facade. Gauges that describe
+//! state — accounts by status, leases against capacity, waiters, the soonest token
+//! expiry, the store's size — are computed from the live services at each scrape, so
+//! they are never stale.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, sync::OnceLock};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{
+    accounts::{AccountService, Status},
+    clock::Clock,
+    leases::LeaseService,
+    store::SledStore,
+};
+
+/// Latency buckets (seconds) for the RPC histogram.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// The process-wide recorder: the `metrics` facade has one per process, so every
+/// server in it (tests start several) shares it.
+pub fn recorder() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = || {
+            PrometheusBuilder::new()
+                .set_buckets(&BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new())
+        };
+        builder().install_recorder().unwrap_or_else(|error| {
+            // Another recorder was installed first; serve an empty page rather than
+            // fail to start.
+            tracing::warn!(%error, "a metrics recorder was already installed; /metrics will be empty");
+            builder().build_recorder().handle()
+        })
+    })
+}
+
+/// What the scrape-time gauges are read from.
+pub struct Sources {
+    pub accounts: Arc<AccountService>,
+    pub leases: Arc<LeaseService>,
+    pub sled: Arc<SledStore>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Sources {
+    fn refresh_gauges(&self) {
+        let now_secs = self.clock.now_ms() / 1000;
+        let (held, waiting) = self.leases.load_by_provider();
+        for summary in self.accounts.summary() {
+            let provider = summary.provider.clone();
+            for status in Status::ALL {
+                let count = summary.by_status.get(status.name()).copied().unwrap_or(0);
+                metrics::gauge!("credvault_accounts", "provider" => provider.clone(), "status" => status.name())
+                    .set(count as f64);
+            }
+            metrics::gauge!("credvault_lease_capacity", "provider" => provider.clone())
+                .set(summary.capacity as f64);
+            metrics::gauge!("credvault_leases_held", "provider" => provider.clone())
+                .set(held.get(&provider).copied().unwrap_or(0) as f64);
+            metrics::gauge!("credvault_lease_waiters", "provider" => provider.clone())
+                .set(waiting.get(&provider).copied().unwrap_or(0) as f64);
+            if let Some(expiry) = summary.soonest_expiry {
+                metrics::gauge!("credvault_token_soonest_expiry_seconds", "provider" => provider)
+                    .set((expiry - now_secs) as f64);
+            }
+        }
+        match self.sled.size_on_disk() {
+            Ok(bytes) => metrics::gauge!("credvault_store_size_bytes").set(bytes as f64),
+            Err(error) => tracing::warn!(%error, "reading the store's size failed"),
+        }
+    }
+
+    fn render(&self) -> String {
+        self.refresh_gauges();
+        let handle = recorder();
+        handle.run_upkeep();
+        handle.render()
+    }
+}
+
+/// Serves `/metrics` on `listener` until `stop` turns true.
+pub async fn serve(listener: TcpListener, sources: Arc<Sources>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a metrics connection failed");
+                    continue;
+                }
+            },
+        };
+        let sources = sources.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let sources = sources.clone();
+                async move { Ok::<_, Infallible>(answer(&sources, &request)) }
+            });
+            if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%error, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+fn answer(sources: &Sources, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, content_type, body) =
+        if request.method() == hyper::Method::GET && request.uri().path() == "/metrics" {
+            (
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                sources.render(),
+            )
+        } else {
+            (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "only GET /metrics is served here\n".to_owned(),
+            )
+        };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// Binds the metrics listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
