@@ -58,6 +58,7 @@ pub fn config(data_dir: &Path, master_key: &str) -> Config {
 pub struct TestServer {
     pub addr: Option<SocketAddr>,
     pub socket: Option<PathBuf>,
+    pub metrics: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -75,7 +76,21 @@ impl TestServer {
     pub async fn start_with_clock(config: Config, clock: Arc<dyn credvault::clock::Clock>) -> Self {
         let settings = config.resolve().expect("test config resolves");
         let vault = open_vault(&settings, clock);
-        let listeners = Listeners::bind(&settings).await.expect("listeners bind");
+        Self::serve(vault, &settings).await
+    }
+
+    /// A server whose every store operation goes through a fault injector run by `plan`.
+    pub async fn start_with_faults(config: Config, plan: Arc<credvault::store::FaultPlan>) -> Self {
+        let settings = config.resolve().expect("test config resolves");
+        let vault =
+            Vault::open_with_faults(&settings, Arc::new(credvault::clock::SystemClock), plan)
+                .expect("vault opens");
+        Self::serve(vault, &settings).await
+    }
+
+    async fn serve(vault: Vault, settings: &credvault::config::Settings) -> Self {
+        let listeners = Listeners::bind(settings).await.expect("listeners bind");
+        let metrics = listeners.metrics_addr();
         let addr = listeners.tcp_addr();
         let socket = listeners.socket_path().map(Path::to_owned);
         let (stop, stopped) = oneshot::channel();
@@ -90,6 +105,7 @@ impl TestServer {
         Self {
             addr,
             socket,
+            metrics,
             stop: Some(stop),
             task: Some(task),
         }
@@ -257,6 +273,10 @@ impl TestServer {
 
     pub async fn accounts_with(&self, auth: Auth) -> AccountsClient<Authed> {
         AccountsClient::with_interceptor(self.channel().await, auth)
+    }
+
+    pub async fn audit(&self, auth: Auth) -> proto::audit_client::AuditClient<Authed> {
+        proto::audit_client::AuditClient::with_interceptor(self.channel().await, auth)
     }
 }
 
