@@ -27,6 +27,30 @@ pub enum Command {
     /// with its configuration). Tokens signed by earlier keys stay valid until they
     /// expire.
     RotateSigningKey(OfflineArgs),
+    /// Write an encrypted snapshot of the data directory to a new file (run while the
+    /// daemon is stopped, with its configuration).
+    Backup(BackupArgs),
+    /// Restore a snapshot into an empty data directory, with the master key the
+    /// snapshot was made with.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub offline: OfflineArgs,
+    /// The file to create (it must not exist).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub offline: OfflineArgs,
+    /// The backup file to restore.
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
 }
 
 /// What an offline maintenance command needs to open the data directory: the same

@@ -1,0 +1,288 @@
+//! Backup and restore of a whole data directory, offline (sled admits one process, so
+//! the daemon is stopped first; a stopped store is consistent by construction).
+//!
+//! The file stays encrypted: every tree's entries are serialized and sealed as one
+//! payload with the vault's sealing key, so without the master key the file reveals
+//! nothing, not even which accounts exist.
+//!
+//! Layout: `b"CVBACKUP" | version (1 byte) | key id (4 bytes) | SHA-256 of the sealed
+//! payload (32 bytes) | sealed payload`. The checksum tells a damaged file from one made
+//! with another key before anything is decrypted. The payload is, per tree:
+//! `name length (1) | name | entry count (8) | entries`, each entry
+//! `key length (4) | key | value length (4) | value`.
+
+use std::{
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use ring::digest;
+use zeroize::Zeroizing;
+
+use crate::{
+    crypto::{KeyId, SealError, Sealer},
+    progress::Progress,
+    store::{SledStore, Store, StoreError, Swap, Tree},
+};
+
+const MAGIC: &[u8; 8] = b"CVBACKUP";
+pub const VERSION: u8 = 1;
+const CONTEXT: &[u8] = b"credvault backup v1";
+const HEADER_LEN: usize = MAGIC.len() + 1 + 4 + 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("sealing the backup failed: {0}")]
+    Seal(SealError),
+    #[error("{0} is not a credvault backup")]
+    NotABackup(PathBuf),
+    #[error(
+        "{path} is backup format {found}; this build reads format {VERSION}: restore it with the credvault release that made it"
+    )]
+    Version { path: PathBuf, found: u8 },
+    #[error(
+        "{path} is damaged: its checksum does not match (truncated or altered); nothing was restored"
+    )]
+    Corrupted { path: PathBuf },
+    #[error(
+        "{path} was made with another master key (key id {found}; this configuration's is {ours}); restore with the key the backup was made with"
+    )]
+    WrongKey {
+        path: PathBuf,
+        found: KeyId,
+        ours: KeyId,
+    },
+    #[error(
+        "{path} failed authentication under this master key (altered after it was written); nothing was restored"
+    )]
+    Unauthentic { path: PathBuf },
+    #[error("the data directory {0} already holds a store; restore only into an empty one")]
+    NotEmpty(PathBuf),
+    #[error("{path} already exists; choose another output file")]
+    Exists { path: PathBuf },
+}
+
+impl BackupError {
+    /// Errors the operator fixes by giving other input (exit 64) rather than a machine
+    /// failure.
+    pub fn is_usage(&self) -> bool {
+        !matches!(
+            self,
+            BackupError::Io { .. } | BackupError::Store(_) | BackupError::Seal(_)
+        )
+    }
+}
+
+/// What a backup or restore went through.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// Writes every tree of `store` to a new file `out` (0600), sealed with `sealer`.
+pub fn backup(store: &dyn Store, sealer: &Sealer, out: &Path) -> Result<Summary, BackupError> {
+    let mut trees = Vec::new();
+    let mut total = 0u64;
+    for tree in Tree::ALL {
+        let entries = store.scan(tree, b"", None, usize::MAX)?;
+        total += entries.len() as u64;
+        trees.push((tree, entries));
+    }
+    let mut progress = Progress::new("backup", total);
+    let mut payload = Zeroizing::new(Vec::new());
+    for (tree, entries) in &trees {
+        let name = tree.name().as_bytes();
+        payload.push(name.len() as u8);
+        payload.extend_from_slice(name);
+        payload.extend_from_slice(&(entries.len() as u64).to_be_bytes());
+        for (key, value) in entries {
+            for part in [key, value] {
+                payload.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                payload.extend_from_slice(part);
+            }
+            progress.advance(1);
+        }
+    }
+    progress.finish();
+    let sealed = sealer.seal(CONTEXT, &payload).map_err(BackupError::Seal)?;
+    let mut file = Vec::with_capacity(HEADER_LEN + sealed.len());
+    file.extend_from_slice(MAGIC);
+    file.push(VERSION);
+    file.extend_from_slice(&sealer.key_id().0.to_be_bytes());
+    file.extend_from_slice(digest::digest(&digest::SHA256, &sealed).as_ref());
+    file.extend_from_slice(&sealed);
+    write_new(out, &file)?;
+    Ok(Summary {
+        entries: total,
+        bytes: file.len() as u64,
+    })
+}
+
+/// Checks `from` and writes its entries into the empty store at `db_dir`.
+pub fn restore(from: &Path, sealer: &Sealer, db_dir: &Path) -> Result<Summary, BackupError> {
+    let bytes = std::fs::read(from).map_err(|source| BackupError::Io {
+        action: "reading",
+        path: from.to_owned(),
+        source,
+    })?;
+    let payload = open(from, &bytes, sealer)?;
+    let trees = parse(&payload).ok_or_else(|| BackupError::Corrupted {
+        path: from.to_owned(),
+    })?;
+
+    let store = SledStore::open(db_dir)?;
+    for tree in Tree::ALL {
+        if !store.scan(tree, b"", None, 1)?.is_empty() {
+            return Err(BackupError::NotEmpty(db_dir.to_owned()));
+        }
+    }
+    let total = trees.iter().map(|(_, entries)| entries.len() as u64).sum();
+    let mut progress = Progress::new("restore", total);
+    for (tree, entries) in trees {
+        for (key, value) in entries {
+            if store.compare_and_swap(tree, key, None, Some(value))? != Swap::Done {
+                return Err(BackupError::Corrupted {
+                    path: from.to_owned(),
+                });
+            }
+            progress.advance(1);
+        }
+    }
+    progress.finish();
+    store.flush_blocking()?;
+    Ok(Summary {
+        entries: total,
+        bytes: bytes.len() as u64,
+    })
+}
+
+fn open(path: &Path, bytes: &[u8], sealer: &Sealer) -> Result<Zeroizing<Vec<u8>>, BackupError> {
+    if bytes.len() < HEADER_LEN || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(BackupError::NotABackup(path.to_owned()));
+    }
+    let version = bytes[MAGIC.len()];
+    if version != VERSION {
+        return Err(BackupError::Version {
+            path: path.to_owned(),
+            found: version,
+        });
+    }
+    let key_at = MAGIC.len() + 1;
+    let found = KeyId(u32::from_be_bytes(
+        bytes[key_at..key_at + 4].try_into().unwrap_or_default(),
+    ));
+    let checksum = &bytes[key_at + 4..HEADER_LEN];
+    let sealed = &bytes[HEADER_LEN..];
+    if digest::digest(&digest::SHA256, sealed).as_ref() != checksum {
+        return Err(BackupError::Corrupted {
+            path: path.to_owned(),
+        });
+    }
+    if found != sealer.key_id() {
+        return Err(BackupError::WrongKey {
+            path: path.to_owned(),
+            found,
+            ours: sealer.key_id(),
+        });
+    }
+    sealer
+        .open(CONTEXT, sealed)
+        .map_err(|_| BackupError::Unauthentic {
+            path: path.to_owned(),
+        })
+}
+
+type Parsed<'a> = Vec<(Tree, Vec<(&'a [u8], &'a [u8])>)>;
+
+fn parse(payload: &[u8]) -> Option<Parsed<'_>> {
+    let mut rest = payload;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (head, tail) = rest.split_at_checked(n)?;
+        rest = tail;
+        Some(head)
+    };
+    let mut trees = Vec::new();
+    for _ in 0..Tree::ALL.len() {
+        let name_len = *take(1)?.first()? as usize;
+        let name = std::str::from_utf8(take(name_len)?).ok()?;
+        let tree = Tree::ALL.into_iter().find(|t| t.name() == name)?;
+        let count = u64::from_be_bytes(take(8)?.try_into().ok()?);
+        let mut entries = Vec::new();
+        for _ in 0..count {
+            let key_len = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
+            let key = take(key_len)?;
+            let value_len = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
+            let value = take(value_len)?;
+            entries.push((key, value));
+        }
+        trees.push((tree, entries));
+    }
+    rest.is_empty().then_some(trees)
+}
+
+/// Writes a new file (never over an existing one), 0600, synced before it is renamed
+/// into place.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), BackupError> {
+    if path.exists() {
+        return Err(BackupError::Exists {
+            path: path.to_owned(),
+        });
+    }
+    let io = |action| {
+        move |source| BackupError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let partial = path.with_extension("partial");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(io("creating"))?;
+    file.write_all(bytes).map_err(io("writing"))?;
+    file.sync_all().map_err(io("syncing"))?;
+    std::fs::rename(&partial, path).map_err(io("renaming"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_refuses_truncation_and_trailing_bytes() {
+        let mut payload = Vec::new();
+        for tree in Tree::ALL {
+            payload.push(tree.name().len() as u8);
+            payload.extend_from_slice(tree.name().as_bytes());
+            let n: u64 = if tree == Tree::Meta { 1 } else { 0 };
+            payload.extend_from_slice(&n.to_be_bytes());
+            if n == 1 {
+                for part in [&b"k"[..], &b"value"[..]] {
+                    payload.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                    payload.extend_from_slice(part);
+                }
+            }
+        }
+        let trees = parse(&payload).unwrap();
+        assert_eq!(trees[0].1, [(&b"k"[..], &b"value"[..])]);
+        assert!(parse(&payload[..payload.len() - 1]).is_none());
+        let mut longer = payload.clone();
+        longer.push(0);
+        assert!(parse(&longer).is_none());
+    }
+}
