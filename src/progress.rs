@@ -26,7 +26,7 @@ impl Progress {
         self.done = (self.done + n).min(self.total);
         let tenths = (self.done * 10).checked_div(self.total).unwrap_or(10);
         if self.terminal {
-            if self.done == self.total || self.done % 256 == 0 {
+            if self.done == self.total || self.done.is_multiple_of(256) {
                 let filled = (self.done * 30).checked_div(self.total).unwrap_or(30) as usize;
                 let mut err = std::io::stderr();
                 let _ = write!(
