@@ -227,6 +227,7 @@ async fn run(settings: Settings) -> ExitCode {
         tcp = %listeners.tcp_addr().map(|a| a.to_string()).unwrap_or_default(),
         socket = %listeners.socket_path().map(|p| p.display().to_string()).unwrap_or_default(),
         data_dir = %settings.data_dir.display(),
+        metrics = %listeners.metrics_addr().map(|a| a.to_string()).unwrap_or_default(),
         "credvault serving"
     );
     match server::run(vault, listeners, settings.shutdown_grace, shutdown).await {

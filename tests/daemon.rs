@@ -70,6 +70,7 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
         ],
         &[
             ("CREDVAULT_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("CREDVAULT_METRICS_LISTEN", "127.0.0.1:0"),
             ("RUST_LOG", "trace"),
             // Named like its style: no kind needed, and maxJobs stays 1–8.
             ("CREDVAULT_PROVIDERS__PIXVERSE__BASE_URL", &base_url),
@@ -322,11 +323,56 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
                 .is_err()
         );
     }
+    // The audit RPCs, one of them carrying a secret; then the trail and the metrics.
+    let mut audit =
+        proto::audit_client::AuditClient::with_interceptor(channel.clone(), support::Auth::admin());
+    let looked_up = audit
+        .audit_hash(proto::AuditHashRequest {
+            value: NEW_PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        looked_up.events >= 1,
+        "the reveal of NEW_PASSWORD is in the trail"
+    );
+    let trail = audit
+        .list_events(proto::ListEventsRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(trail.events.len() > 20, "the run left its trail");
+    let serving = daemon.wait_for_line("credvault serving");
+    let metrics_addr: String = serving
+        .split("\"metrics\":\"")
+        .nth(1)
+        .expect("the serving line names the metrics listener")
+        .chars()
+        .take_while(|c| *c != '"')
+        .collect();
+    credvault::refresh::providers::install_crypto_provider();
+    let metrics_page = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics_page.contains("credvault_rpc_requests_total"));
     drop(channel);
 
     let status = daemon.terminate();
     assert!(status.success(), "SIGTERM is a clean stop: {status:?}");
-    let output = daemon.output();
+    let log = daemon.output();
+    // Everything an operator can see: the log, the audit trail, the metrics, the store.
+    let mut on_disk = String::new();
+    for entry in walk(&data) {
+        on_disk.push_str(&String::from_utf8_lossy(&std::fs::read(entry).unwrap()));
+    }
+    let output = format!("{log}\n{:?}\n{metrics_page}\n{on_disk}", trail.events);
     assert!(output.contains("stopped; store flushed"), "{output}");
     assert!(
         !output.contains("grace period over"),
@@ -343,7 +389,7 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
     assert!(output.contains("account revealed"), "reveals are logged");
     let api_key = created.api_key.as_str();
     let key_secret_part = api_key.rsplit('_').next().unwrap();
-    for secret in [
+    let secrets = [
         PASSWORD,
         NEW_PASSWORD,
         API_KEY,
@@ -363,8 +409,18 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
         upstream_token.rsplit('.').next().unwrap(),
         UPSTREAM_API_KEY,
         UPSTREAM_KEY_SECRET,
-    ] {
-        assert!(!output.contains(secret), "{secret} leaked into the log");
+    ];
+    use base64::Engine;
+    for secret in secrets {
+        let forms = [
+            secret.to_owned(),
+            base64::engine::general_purpose::STANDARD.encode(secret),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
+            secret.bytes().map(|b| format!("{b:02x}")).collect(),
+        ];
+        for form in forms {
+            assert!(!output.contains(&form), "{secret} leaked (as {form})");
+        }
     }
     for token in &upstream_tokens {
         assert!(
@@ -372,7 +428,6 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
             "an upstream JWT leaked into the log"
         );
     }
-    use base64::Engine;
     let basic = base64::engine::general_purpose::STANDARD
         .encode(format!("media@example.com:{UPSTREAM_PASSWORD}"));
     assert!(
@@ -384,6 +439,20 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
         !output.contains(key.trim()),
         "the master key leaked into the log"
     );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

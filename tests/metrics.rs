@@ -126,6 +126,7 @@ async fn metrics_show_what_a_scripted_run_did() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
 
+    credvault::refresh::providers::install_crypto_provider();
     let response = reqwest::get(format!("http://{metrics}/metrics"))
         .await
         .unwrap();
