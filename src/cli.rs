@@ -33,6 +33,19 @@ pub enum Command {
     /// Restore a snapshot into an empty data directory, with the master key the
     /// snapshot was made with.
     Restore(RestoreArgs),
+    /// Re-seal every record under a new master key (run while the daemon is stopped,
+    /// with its configuration; to rotate while serving, start the daemon with the new
+    /// key and previous_master_key_file instead). Rotates the signing key too.
+    RotateKey(RotateKeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RotateKeyArgs {
+    #[command(flatten)]
+    pub offline: OfflineArgs,
+    /// The new master key (base64, as `credvault keygen` prints it).
+    #[arg(long, value_name = "FILE")]
+    pub new_key_file: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -32,7 +32,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEV_KEY_FILE: &str = "dev-master.key";
 
 /// Environment variables read, beyond nested provider settings (`CREDVAULT_PROVIDERS__…`).
-const ENV_KEYS: [&str; 14] = [
+const ENV_KEYS: [&str; 16] = [
     "listen",
     "socket",
     "socket_mode",
@@ -46,6 +46,8 @@ const ENV_KEYS: [&str; 14] = [
     "shutdown_grace_secs",
     "dev",
     "metrics_listen",
+    "previous_master_key",
+    "previous_master_key_file",
     "audit_retention_days",
 ];
 
@@ -73,6 +75,11 @@ pub struct Config {
     #[serde(skip_serializing)]
     pub master_key: Option<SecretString>,
     pub master_key_file: Option<PathBuf>,
+    /// During a master-key rotation: the key being replaced, still read (never used to
+    /// seal) until every record is re-sealed under `master_key`.
+    #[serde(skip_serializing)]
+    pub previous_master_key: Option<SecretString>,
+    pub previous_master_key_file: Option<PathBuf>,
     #[serde(skip_serializing)]
     pub admin_token: Option<SecretString>,
     pub admin_token_file: Option<PathBuf>,
@@ -103,6 +110,8 @@ impl Default for Config {
             data_dir: PathBuf::from("credvault-data"),
             master_key: None,
             master_key_file: None,
+            previous_master_key: None,
+            previous_master_key_file: None,
             admin_token: None,
             admin_token_file: None,
             log_format: LogFormat::Text,
@@ -194,6 +203,8 @@ pub struct Settings {
     pub socket_mode: u32,
     pub data_dir: PathBuf,
     pub master_key: MasterKey,
+    /// Set during a master-key rotation (see `Config::previous_master_key`).
+    pub previous_master_key: Option<MasterKey>,
     pub admin_token: SecretString,
     /// True when the admin token was generated here and must be shown once.
     pub admin_token_generated: bool,
@@ -264,6 +275,10 @@ impl Config {
         check_callers(&self.callers)?;
         check_refresh(&self.refresh)?;
         create_private_dir(&self.data_dir)?;
+        let previous_master_key = match (self.previous_master_key, self.previous_master_key_file) {
+            (None, None) => None,
+            (inline, file) => Some(master_key(inline, file, &self.data_dir, false)?.0),
+        };
         let (master_key, dev_key_file) = master_key(
             self.master_key,
             self.master_key_file,
@@ -279,6 +294,7 @@ impl Config {
             socket_mode,
             data_dir: self.data_dir,
             master_key,
+            previous_master_key,
             admin_token,
             admin_token_generated,
             log_format: self.log_format,

@@ -43,6 +43,7 @@ pub mod progress;
 pub mod proto;
 pub mod providers;
 pub mod refresh;
+pub mod rekey;
 pub mod sealed;
 pub mod server;
 pub mod store;

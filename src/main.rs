@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use credvault::{
     backup,
-    cli::{BackupArgs, Cli, Command, OfflineArgs, RestoreArgs, ServeArgs},
+    cli::{BackupArgs, Cli, Command, OfflineArgs, RestoreArgs, RotateKeyArgs, ServeArgs},
     config::{Config, LogFormat, Settings},
     crypto::{MasterKey, Sealer, SecretString},
     server::{self, Listeners},
@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Command::RotateSigningKey(args) => rotate_signing_key(&args),
         Command::Backup(args) => backup(&args),
         Command::Restore(args) => restore(&args),
+        Command::RotateKey(args) => rotate_key(&args),
     }
 }
 
@@ -145,6 +146,67 @@ fn rotate_signing_key(args: &OfflineArgs) -> ExitCode {
         }
         Err(error) => {
             eprintln!("credvault: rotating the signing key failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn rotate_key(args: &RotateKeyArgs) -> ExitCode {
+    let mut settings = match offline_settings(&args.offline) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    telemetry::init(LogFormat::Text, &settings.log_filter);
+    let new_key = match std::fs::read_to_string(&args.new_key_file)
+        .map_err(|e| e.to_string())
+        .and_then(|text| MasterKey::from_base64(text.trim()).map_err(|e| e.to_string()))
+    {
+        Ok(key) => key,
+        Err(error) => {
+            eprintln!(
+                "credvault: the new key in {}: {error}",
+                args.new_key_file.display()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // The configured key becomes the previous one (still read), the new one current.
+    let old = std::mem::replace(&mut settings.master_key, new_key);
+    if settings.previous_master_key.is_none() {
+        settings.previous_master_key = Some(old);
+    }
+    let vault = match open_offline(&settings) {
+        Ok(vault) => vault,
+        Err(code) => return code,
+    };
+    let resealed = match vault.rekey.run() {
+        Ok(resealed) => resealed,
+        Err(error) => {
+            let _ = vault.sled.flush_blocking();
+            eprintln!(
+                "credvault: key rotation stopped: {error}; run the same command again to resume"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let signing = if resealed > 0 {
+        vault.callers.rotate_signing_key().map(Some)
+    } else {
+        Ok(None)
+    };
+    match signing.and_then(|kid| Ok(vault.sled.flush_blocking().map(|()| kid)?)) {
+        Ok(kid) => {
+            println!(
+                "{resealed} records re-sealed under master key {}{}; start credvault with --master-key-file {} from now on; the old key is no longer needed",
+                vault.sealer.key_id(),
+                kid.map(|kid| format!(", signing key {kid} current"))
+                    .unwrap_or_default(),
+                args.new_key_file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("credvault: finishing the key rotation failed: {error}");
             ExitCode::FAILURE
         }
     }

@@ -65,6 +65,31 @@ pub fn open<T: DeserializeOwned>(
     serde_json::from_slice(&plaintext).map_err(|_| SealedError::Malformed)
 }
 
+/// The record sealed again under the sealer's current key, or `None` when it already is
+/// (key rotation).
+pub fn reseal(
+    sealer: &Sealer,
+    tree: Tree,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<Option<Vec<u8>>, SealedError> {
+    if bytes.len() < MAGIC.len() + 1 || &bytes[..3] != MAGIC || bytes[3] != FORMAT {
+        return Err(SealedError::Malformed);
+    }
+    let resealed =
+        sealer
+            .reseal(&context(tree, key), &bytes[4..])
+            .map_err(|error| match error {
+                crate::crypto::SealError::Rng(_) => SealedError::Seal(error),
+                _ => SealedError::Unauthentic,
+            })?;
+    Ok(resealed.map(|sealed| {
+        let mut out = bytes[..4].to_vec();
+        out.extend_from_slice(&sealed);
+        out
+    }))
+}
+
 fn context(tree: Tree, key: &[u8]) -> Vec<u8> {
     let name = tree.name().as_bytes();
     let mut ctx = Vec::with_capacity(24 + name.len() + key.len());

@@ -28,7 +28,7 @@ use tower::layer::util::{Identity, Stack};
 use crate::{
     api::{
         accounts::AccountsApi, audit::AuditApi, callers::CallersApi, credentials::CredentialsApi,
-        layer::CallLayer,
+        keys::KeysApi, layer::CallLayer,
     },
     config::Settings,
     events::Events,
@@ -37,6 +37,7 @@ use crate::{
     proto::{
         FILE_DESCRIPTOR_SET, accounts_server::AccountsServer, audit_server::AuditServer,
         callers_server::CallersServer, credentials_server::CredentialsServer,
+        keys_server::KeysServer,
     },
     refresh::Refresher,
     vault::Vault,
@@ -179,6 +180,10 @@ fn router(
         ))
         .add_service(health)
         .add_service(AuditServer::new(AuditApi::new(vault.audit.clone())))
+        .add_service(KeysServer::new(KeysApi::new(
+            vault.rekey.clone(),
+            vault.sealer.clone(),
+        )))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(AccountsServer::new(accounts))
@@ -207,6 +212,48 @@ fn no_delay(
     })
 }
 
+/// Re-seals every record under the new master key while serving, then rotates the
+/// caller-token signing key too (tokens signed before stay valid until they expire).
+async fn rotate_master_key(
+    rekey: Arc<crate::rekey::Rekey>,
+    callers: Arc<crate::callers::CallerService>,
+    store: Arc<dyn crate::store::Store>,
+    key_id: crate::crypto::KeyId,
+) {
+    tracing::info!(%key_id, "master key rotation: re-sealing every record under the new key");
+    let worker = rekey.clone();
+    let outcome = tokio::task::spawn_blocking(move || worker.run()).await;
+    match outcome {
+        Ok(Ok(0)) => tracing::info!(
+            %key_id,
+            "every record is already sealed under the current master key; remove previous_master_key_file from the configuration"
+        ),
+        Ok(Ok(resealed)) => {
+            let signing = callers.rotate_signing_key();
+            let flushed = store.flush().await;
+            match (signing, flushed) {
+                (Ok(kid), Ok(())) => tracing::info!(
+                    resealed,
+                    %key_id,
+                    signing_key = %kid,
+                    "master key rotation complete: the previous key is no longer needed; remove previous_master_key_file from the configuration"
+                ),
+                (Err(error), _) => {
+                    tracing::error!(%error, "rotating the signing key after the master key failed")
+                }
+                (_, Err(error)) => {
+                    tracing::error!(%error, "flushing the re-sealed records failed; the rotation resumes at the next start")
+                }
+            }
+        }
+        Ok(Err(error)) => tracing::error!(
+            %error,
+            "master key rotation stopped; it resumes at the next start (keep both keys configured)"
+        ),
+        Err(error) => tracing::error!(%error, "master key rotation task failed"),
+    }
+}
+
 /// The whole server (`""`) and each service, as probes ask for them.
 async fn set_health(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {
     let services = [
@@ -214,6 +261,7 @@ async fn set_health(reporter: &tonic_health::server::HealthReporter, status: Ser
         <AccountsServer<AccountsApi> as NamedService>::NAME,
         <CallersServer<CallersApi> as NamedService>::NAME,
         <AuditServer<AuditApi> as NamedService>::NAME,
+        <KeysServer<KeysApi> as NamedService>::NAME,
         <CredentialsServer<CredentialsApi> as NamedService>::NAME,
     ];
     for service in services {
@@ -267,6 +315,14 @@ pub async fn run(
         exporter::recorder();
     }
     tokio::spawn(vault.audit.clone().keep_pruned(stop_rx.clone()));
+    if vault.rekey.needed() {
+        tokio::spawn(rotate_master_key(
+            vault.rekey.clone(),
+            vault.callers.clone(),
+            vault.store.clone(),
+            vault.sealer.key_id(),
+        ));
+    }
     let mut servers = JoinSet::new();
     if let Some(metrics) = listeners.metrics {
         let sources = Arc::new(exporter::Sources {

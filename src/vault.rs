@@ -6,22 +6,75 @@ use crate::{
     accounts::AccountService,
     audit::AuditLog,
     auth::Authenticator,
+    callers::keys::CallerMacs,
     callers::{CallerError, CallerService},
     clock::{Clock, SystemClock},
     config::Settings,
-    crypto::{Fingerprinter, RngError, SealError, Sealer},
+    crypto::{Fingerprinter, MasterKey, Purpose, RngError, SealError, Sealer, SubKey},
     providers::Providers,
     refresh::RefreshSettings,
+    rekey::Rekey,
+    sealed,
     store::{FaultPlan, FaultyStore, SledStore, Store, StoreError, Swap, Tree},
 };
 
 /// The layout of the data this build writes. Bumped when it changes incompatibly.
 pub const STORE_FORMAT: u32 = 1;
 
-const FORMAT_KEY: &[u8] = b"format";
-const KEY_CHECK_KEY: &[u8] = b"key-check";
-const KEY_CHECK_CONTEXT: &[u8] = b"credvault/meta/key-check/v1";
+pub const FORMAT_KEY: &[u8] = b"format";
+pub const KEY_CHECK_KEY: &[u8] = b"key-check";
+pub const KEY_CHECK_CONTEXT: &[u8] = b"credvault/meta/key-check/v1";
 const KEY_CHECK_PLAINTEXT: &[u8] = b"credvault master key check";
+pub const HMAC_KEYS_KEY: &[u8] = b"hmac-keys";
+
+/// The HMAC keys for callers' secrets and the audit trail. Stored (sealed) rather than
+/// derived at each start, so that they survive a master-key rotation: the MACs made
+/// with them cannot be recomputed without the secrets.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredHmacKeys {
+    caller: String,
+    audit: String,
+}
+
+/// The stored HMAC keys; on first use (a new vault, or one from before they were
+/// stored) the ones derived from the master key, stored for good.
+fn hmac_keys(
+    store: &dyn Store,
+    sealer: &Sealer,
+    master: &MasterKey,
+) -> Result<(SubKey, SubKey), CheckError> {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    let decode = |text: &str| -> Option<SubKey> {
+        let bytes = zeroize::Zeroizing::new(STANDARD.decode(text).ok()?);
+        Some(SubKey::from_bytes(bytes.as_slice().try_into().ok()?))
+    };
+    let open = |bytes: &[u8]| -> Result<(SubKey, SubKey), CheckError> {
+        let stored: StoredHmacKeys = sealed::open(sealer, Tree::Meta, HMAC_KEYS_KEY, bytes)
+            .map_err(|e| CheckError::Open(OpenError::HmacKeys(e.to_string())))?;
+        let keys = decode(&stored.caller).zip(decode(&stored.audit));
+        keys.ok_or_else(|| CheckError::Open(OpenError::HmacKeys("malformed".into())))
+    };
+    if let Some(bytes) = store.get(Tree::Meta, HMAC_KEYS_KEY)? {
+        return open(&bytes);
+    }
+    let caller = master.derive(Purpose::CallerHmac);
+    let audit = master.derive(Purpose::AuditHmac);
+    let stored = StoredHmacKeys {
+        caller: STANDARD.encode(caller.expose()),
+        audit: STANDARD.encode(audit.expose()),
+    };
+    let bytes = sealed::seal(sealer, Tree::Meta, HMAC_KEYS_KEY, &stored)
+        .map_err(|e| CheckError::Open(OpenError::HmacKeys(e.to_string())))?;
+    match store.compare_and_swap(Tree::Meta, HMAC_KEYS_KEY, None, Some(&bytes))? {
+        Swap::Done => Ok((caller, audit)),
+        Swap::Conflict {
+            current: Some(current),
+        } => open(&current),
+        Swap::Conflict { current: None } => Err(CheckError::Open(OpenError::HmacKeys(
+            "vanished while being stored".into(),
+        ))),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -39,6 +92,8 @@ pub enum OpenError {
         "the data in {path} has store format {found}, this build reads format {STORE_FORMAT}; run a credvault release that supports format {found}, or restore a backup made for this one"
     )]
     UnsupportedFormat { path: PathBuf, found: String },
+    #[error("the stored HMAC keys do not open: {0}")]
+    HmacKeys(String),
     #[error("opening the callers: {0}")]
     Callers(#[from] CallerError),
     #[error("initialising the key check: {0}")]
@@ -65,6 +120,8 @@ pub struct Vault {
     /// The sled store itself: for size on disk, snapshots and offline flushes.
     pub sled: Arc<SledStore>,
     pub audit: Arc<AuditLog>,
+    /// Re-seals records under the current master key during a rotation.
+    pub rekey: Arc<Rekey>,
     pub sealer: Arc<Sealer>,
     pub accounts: Arc<AccountService>,
     pub callers: Arc<CallerService>,
@@ -108,7 +165,11 @@ impl Vault {
             Some(plan) => Arc::new(FaultyStore::new(sled.clone(), plan)),
             None => sled.clone(),
         };
-        let sealer = Arc::new(Sealer::new(&settings.master_key));
+        let mut sealer = Sealer::new(&settings.master_key);
+        if let Some(previous) = &settings.previous_master_key {
+            sealer = sealer.with_previous(previous);
+        }
+        let sealer = Arc::new(sealer);
         check_format(store.as_ref(), &settings.data_dir).map_err(|e| match e {
             CheckError::Store(source) => store_error(source),
             CheckError::Open(error) => error,
@@ -117,6 +178,12 @@ impl Vault {
             CheckError::Store(source) => store_error(source),
             CheckError::Open(error) => error,
         })?;
+
+        let (caller_hmac, audit_hmac) = hmac_keys(store.as_ref(), &sealer, &settings.master_key)
+            .map_err(|e| match e {
+                CheckError::Store(source) => store_error(source),
+                CheckError::Open(error) => error,
+            })?;
 
         let providers = Arc::new(settings.providers.clone());
         let accounts = Arc::new(
@@ -131,12 +198,12 @@ impl Vault {
         let callers = Arc::new(CallerService::open(
             store.clone(),
             sealer.clone(),
-            &settings.master_key,
+            CallerMacs::from_key(&caller_hmac),
             clock.clone(),
             settings.callers.clone(),
         )?);
         let authenticator = Arc::new(Authenticator::new(&settings.admin_token, callers.clone())?);
-        let fingerprints = Arc::new(Fingerprinter::new(&settings.master_key));
+        let fingerprints = Arc::new(Fingerprinter::from_key(&audit_hmac));
         let audit = Arc::new(
             AuditLog::open(
                 store.clone(),
@@ -147,10 +214,12 @@ impl Vault {
             )
             .map_err(store_error)?,
         );
+        let rekey = Arc::new(Rekey::new(store.clone(), sealer.clone()));
         Ok(Self {
             store,
             sled,
             audit,
+            rekey,
             sealer,
             accounts,
             authenticator,

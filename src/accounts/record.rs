@@ -96,6 +96,18 @@ pub fn decode(sealer: &Sealer, key: &[u8], bytes: &[u8]) -> Result<Account, Reco
     })
 }
 
+/// The record with its secrets sealed again under the sealer's current key (the
+/// readable part unchanged), or `None` when it already is (key rotation).
+pub fn reseal(sealer: &Sealer, key: &[u8], bytes: &[u8]) -> Result<Option<Vec<u8>>, RecordError> {
+    let (meta_bytes, sealed) = split(bytes)?;
+    let Some(resealed) = sealer.reseal(&context(key, meta_bytes), sealed)? else {
+        return Ok(None);
+    };
+    let mut out = bytes[..bytes.len() - sealed.len()].to_vec();
+    out.extend_from_slice(&resealed);
+    Ok(Some(out))
+}
+
 /// Reads the metadata without authenticating it. Only for decisions that hand out
 /// nothing, such as deleting a record that no longer opens.
 pub fn decode_meta_unauthenticated(bytes: &[u8]) -> Result<AccountMeta, RecordError> {

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod callers;
 mod convert;
 pub mod credentials;
+pub mod keys;
 pub mod layer;
 pub mod status;
 

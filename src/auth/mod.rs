@@ -74,15 +74,18 @@ pub enum Permission {
     ManageCallers,
     /// Read the audit trail.
     Audit,
+    /// See and drive master-key rotation.
+    Keys,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 5] = [
+    pub const ALL: [Permission; 6] = [
         Permission::AccountsRead,
         Permission::AccountsWrite,
         Permission::Credentials,
         Permission::ManageCallers,
         Permission::Audit,
+        Permission::Keys,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,6 +95,7 @@ impl Permission {
             Permission::Credentials => "credentials",
             Permission::ManageCallers => "callers:admin",
             Permission::Audit => "audit:read",
+            Permission::Keys => "keys:admin",
         }
     }
 
@@ -100,7 +104,7 @@ impl Permission {
         match self {
             Permission::AccountsRead | Permission::AccountsWrite => &[Role::Operator, Role::Admin],
             Permission::Credentials => &[Role::Consumer, Role::Admin],
-            Permission::ManageCallers | Permission::Audit => &[Role::Admin],
+            Permission::ManageCallers | Permission::Audit | Permission::Keys => &[Role::Admin],
         }
     }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use ring::hmac;
 
-use crate::crypto::{MasterKey, Purpose, RngError, SecretString, random_bytes};
+use crate::crypto::{MasterKey, Purpose, RngError, SecretString, SubKey, random_bytes};
 
 const KEY_PREFIX: &str = "cvk_";
 const KEY_ID_BYTES: usize = 6;
@@ -16,7 +16,10 @@ pub struct CallerMacs(hmac::Key);
 
 impl CallerMacs {
     pub fn new(master: &MasterKey) -> Self {
-        let key = master.derive(Purpose::CallerHmac);
+        Self::from_key(&master.derive(Purpose::CallerHmac))
+    }
+
+    pub fn from_key(key: &SubKey) -> Self {
         Self(hmac::Key::new(hmac::HMAC_SHA256, key.expose()))
     }
 

@@ -20,7 +20,7 @@ pub use tokens::{Claims, KeysError, TokenError, TokenKeys};
 use crate::{
     auth::{AuthError, Caller, Credential, Permission},
     clock::Clock,
-    crypto::{MasterKey, RngError, Sealer, SecretString, random_bytes},
+    crypto::{RngError, Sealer, SecretString, random_bytes},
     sealed::{self, SealedError},
     store::{Store, StoreError, Swap, Tree},
     timefmt::rfc3339_millis,
@@ -183,7 +183,7 @@ impl CallerService {
     pub fn open(
         store: Arc<dyn Store>,
         sealer: Arc<Sealer>,
-        master: &MasterKey,
+        macs: CallerMacs,
         clock: Arc<dyn Clock>,
         settings: CallerSettings,
     ) -> Result<Self, CallerError> {
@@ -201,7 +201,7 @@ impl CallerService {
             store,
             sealer,
             clock,
-            macs: CallerMacs::new(master),
+            macs,
             tokens,
             settings,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),

@@ -139,6 +139,12 @@ impl SubKey {
     pub fn expose(&self) -> &[u8; KEY_LEN] {
         &self.0
     }
+
+    /// A sub-key kept in the store (sealed) rather than derived each start: the HMAC
+    /// keys, which must outlive a master-key rotation.
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        SubKey(Zeroizing::new(bytes))
+    }
 }
 
 impl fmt::Debug for SubKey {

@@ -28,7 +28,10 @@ pub struct Fingerprinter(ring::hmac::Key);
 
 impl Fingerprinter {
     pub fn new(master: &MasterKey) -> Self {
-        let key = master.derive(Purpose::AuditHmac);
+        Self::from_key(&master.derive(Purpose::AuditHmac))
+    }
+
+    pub fn from_key(key: &SubKey) -> Self {
         Self(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.expose()))
     }
 

@@ -33,25 +33,57 @@ pub enum SealError {
     Rng(#[from] RngError),
 }
 
-/// Seals and opens secret fields with the sealing sub-key of one master key.
+/// Seals with the sealing sub-key of the current master key; opens with it or, during
+/// a key rotation, with the previous key's (each ciphertext names its key id).
 pub struct Sealer {
     key_id: KeyId,
     cipher: XChaCha20Poly1305,
+    previous: Option<(KeyId, XChaCha20Poly1305)>,
+}
+
+fn cipher(master: &MasterKey) -> XChaCha20Poly1305 {
+    let key = master.derive(Purpose::Sealing);
+    XChaCha20Poly1305::new_from_slice(key.expose()).expect("the sealing key is 32 bytes")
 }
 
 impl Sealer {
     pub fn new(master: &MasterKey) -> Self {
-        let key = master.derive(Purpose::Sealing);
-        let cipher =
-            XChaCha20Poly1305::new_from_slice(key.expose()).expect("the sealing key is 32 bytes");
         Self {
             key_id: master.key_id(),
-            cipher,
+            cipher: cipher(master),
+            previous: None,
         }
+    }
+
+    /// Also opens what `previous` sealed (while a rotation re-seals it).
+    pub fn with_previous(mut self, previous: &MasterKey) -> Self {
+        if previous.key_id() != self.key_id {
+            self.previous = Some((previous.key_id(), cipher(previous)));
+        }
+        self
     }
 
     pub fn key_id(&self) -> KeyId {
         self.key_id
+    }
+
+    pub fn previous_key_id(&self) -> Option<KeyId> {
+        self.previous.as_ref().map(|(id, _)| *id)
+    }
+
+    /// The key id a sealed value names, if it is long enough to name one.
+    pub fn key_id_of(sealed: &[u8]) -> Option<KeyId> {
+        let bytes: [u8; KEY_ID_LEN] = sealed.get(..KEY_ID_LEN)?.try_into().ok()?;
+        Some(KeyId(u32::from_be_bytes(bytes)))
+    }
+
+    /// The value sealed again under the current key, or `None` when it already is.
+    pub fn reseal(&self, context: &[u8], sealed: &[u8]) -> Result<Option<Vec<u8>>, SealError> {
+        if Self::key_id_of(sealed) == Some(self.key_id) {
+            return Ok(None);
+        }
+        let plaintext = self.open(context, sealed)?;
+        self.seal(context, &plaintext).map(Some)
     }
 
     pub fn seal(&self, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
@@ -83,13 +115,18 @@ impl Sealer {
         let key_id = KeyId(u32::from_be_bytes(
             key_id.try_into().expect("split at KEY_ID_LEN"),
         ));
-        if key_id != self.key_id {
-            return Err(SealError::UnknownKey(key_id));
-        }
+        let cipher = if key_id == self.key_id {
+            &self.cipher
+        } else {
+            match &self.previous {
+                Some((previous, cipher)) if *previous == key_id => cipher,
+                _ => return Err(SealError::UnknownKey(key_id)),
+            }
+        };
         let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("split at NONCE_LEN");
         let aad = associated_data(key_id, context);
-        self.cipher
+        cipher
             .decrypt(
                 &XNonce::from(nonce),
                 Payload {
@@ -106,6 +143,7 @@ impl fmt::Debug for Sealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sealer")
             .field("key_id", &self.key_id)
+            .field("previous_key_id", &self.previous_key_id())
             .finish_non_exhaustive()
     }
 }

@@ -1,0 +1,194 @@
+//! Master-key rotation: re-seal every record still sealed under the previous key with
+//! the current one, while the vault serves.
+//!
+//! It is safe to run beside live traffic and to interrupt: writers always seal with the
+//! current key, each record is swapped in with compare-and-swap from the exact bytes
+//! that were re-sealed (a record changed meanwhile is read again), and a record already
+//! under the current key is left alone, so a second run continues where one stopped.
+//! The key-check record goes last: until it is re-sealed, the vault does not start
+//! without the previous key, so an unfinished rotation can never look finished.
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
+};
+
+use crate::{
+    accounts::record,
+    crypto::Sealer,
+    progress::Progress,
+    sealed,
+    store::{Store, StoreError, Swap, Tree},
+    vault::{FORMAT_KEY, KEY_CHECK_CONTEXT, KEY_CHECK_KEY},
+};
+
+const BATCH: usize = 512;
+/// Trees of sealed records (accounts have their own format; the indexes hold nothing
+/// sealed). The meta tree goes last, its key check at the very end.
+const SEALED_TREES: [Tree; 3] = [Tree::Callers, Tree::Leases, Tree::Audit];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RekeyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("record {key} of tree {tree} does not open under either key: {reason}")]
+    Unreadable {
+        tree: &'static str,
+        key: String,
+        reason: String,
+    },
+}
+
+/// Where a rotation is, for the admin RPC and the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// No previous key configured: nothing to rotate.
+    #[default]
+    Idle,
+    Running,
+    Done,
+    Failed(String),
+}
+
+pub struct Rekey {
+    store: Arc<dyn Store>,
+    sealer: Arc<Sealer>,
+    examined: AtomicU64,
+    resealed: AtomicU64,
+    phase: Mutex<Phase>,
+}
+
+impl Rekey {
+    pub fn new(store: Arc<dyn Store>, sealer: Arc<Sealer>) -> Self {
+        Self {
+            store,
+            sealer,
+            examined: AtomicU64::new(0),
+            resealed: AtomicU64::new(0),
+            phase: Mutex::new(Phase::Idle),
+        }
+    }
+
+    pub fn needed(&self) -> bool {
+        self.sealer.previous_key_id().is_some()
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records looked at and re-sealed so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.examined.load(Ordering::Relaxed),
+            self.resealed.load(Ordering::Relaxed),
+        )
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+    }
+
+    /// Re-seals everything; answers how many records were re-sealed. Blocking: run it
+    /// on a blocking thread when serving.
+    pub fn run(&self) -> Result<u64, RekeyError> {
+        self.set_phase(Phase::Running);
+        let outcome = self.walk();
+        self.set_phase(match &outcome {
+            Ok(_) => Phase::Done,
+            Err(error) => Phase::Failed(error.to_string()),
+        });
+        outcome
+    }
+
+    fn walk(&self) -> Result<u64, RekeyError> {
+        let total = Tree::ALL
+            .into_iter()
+            .map(|tree| {
+                self.store
+                    .scan(tree, b"", None, usize::MAX)
+                    .map(|e| e.len() as u64)
+            })
+            .sum::<Result<u64, _>>()?;
+        let mut progress = Progress::new("key rotation", total);
+        self.tree(Tree::Accounts, &mut progress, |sealer, key, bytes| {
+            record::reseal(sealer, key, bytes).map_err(|e| e.to_string())
+        })?;
+        for tree in SEALED_TREES {
+            self.tree(tree, &mut progress, |sealer, key, bytes| {
+                sealed::reseal(sealer, tree, key, bytes).map_err(|e| e.to_string())
+            })?;
+        }
+        // Meta: sealed records (signing keys, HMAC keys); the format marker is plain;
+        // the key check is raw sealer output and comes last.
+        self.tree(Tree::Meta, &mut progress, |sealer, key, bytes| {
+            if key == FORMAT_KEY || key == KEY_CHECK_KEY {
+                return Ok(None);
+            }
+            sealed::reseal(sealer, Tree::Meta, key, bytes).map_err(|e| e.to_string())
+        })?;
+        self.one(Tree::Meta, KEY_CHECK_KEY, |sealer, _, bytes| {
+            sealer
+                .reseal(KEY_CHECK_CONTEXT, bytes)
+                .map_err(|e| e.to_string())
+        })?;
+        progress.finish();
+        Ok(self.resealed.load(Ordering::Relaxed))
+    }
+
+    fn tree(
+        &self,
+        tree: Tree,
+        progress: &mut Progress,
+        reseal: impl Fn(&Sealer, &[u8], &[u8]) -> Result<Option<Vec<u8>>, String>,
+    ) -> Result<(), RekeyError> {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let batch = self.store.scan(tree, b"", after.as_deref(), BATCH)?;
+            let done = batch.len() < BATCH;
+            for (key, _) in &batch {
+                self.one(tree, key, &reseal)?;
+                progress.advance(1);
+            }
+            after = batch.last().map(|(key, _)| key.clone());
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Re-seals one record, reading it again whenever a writer got there first.
+    fn one(
+        &self,
+        tree: Tree,
+        key: &[u8],
+        reseal: impl Fn(&Sealer, &[u8], &[u8]) -> Result<Option<Vec<u8>>, String>,
+    ) -> Result<(), RekeyError> {
+        self.examined.fetch_add(1, Ordering::Relaxed);
+        loop {
+            // Deleted meanwhile: nothing left to re-seal.
+            let Some(current) = self.store.get(tree, key)? else {
+                return Ok(());
+            };
+            let resealed =
+                reseal(&self.sealer, key, &current).map_err(|reason| RekeyError::Unreadable {
+                    tree: tree.name(),
+                    key: String::from_utf8_lossy(key).replace('\0', "/"),
+                    reason,
+                })?;
+            let Some(resealed) = resealed else {
+                return Ok(());
+            };
+            match self
+                .store
+                .compare_and_swap(tree, key, Some(&current), Some(&resealed))?
+            {
+                Swap::Done => {
+                    self.resealed.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Swap::Conflict { .. } => continue,
+            }
+        }
+    }
+}
