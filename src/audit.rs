@@ -162,44 +162,33 @@ impl AuditLog {
         page_size: usize,
         page_token: &str,
     ) -> Result<(Vec<AuditEvent>, String), AuditError> {
-        let mut after = match page_token {
+        let after = match page_token {
             "" => None,
             token => Some(
                 token
                     .parse::<u64>()
-                    .map_err(|_| AuditError::PageToken(token.to_owned()))?
-                    .to_be_bytes()
-                    .to_vec(),
+                    .map_err(|_| AuditError::PageToken(token.to_owned()))?,
             ),
         };
         let mut events = Vec::new();
-        loop {
-            let batch = self
-                .store
-                .scan(Tree::Audit, b"", after.as_deref(), SCAN_BATCH)?;
-            let done = batch.len() < SCAN_BATCH;
-            for (key, value) in batch {
-                let event = self.open_event(&key, &value)?;
-                after = Some(key);
-                if filter.matches(&event) {
-                    events.push(event);
-                    if events.len() == page_size {
-                        let next = events.last().map_or(0, |e| e.seq).to_string();
-                        return Ok((events, next));
-                    }
-                }
+        let full = self.each(after, |event| {
+            if filter.matches(&event) {
+                events.push(event);
             }
-            if done {
-                return Ok((events, String::new()));
-            }
-        }
+            events.len() < page_size
+        })?;
+        let next = match (full, events.last()) {
+            (true, Some(last)) => last.seq.to_string(),
+            _ => String::new(),
+        };
+        Ok((events, next))
     }
 
     /// How many events carry `hash`, and the first of them.
     pub fn find_hash(&self, hash: &str) -> Result<(usize, Vec<AuditEvent>), AuditError> {
         let mut count = 0;
         let mut matches = Vec::new();
-        self.each(|event| {
+        self.each(None, |event| {
             if event.secret_hashes.iter().any(|h| h == hash) {
                 count += 1;
                 if matches.len() < MAX_HASH_MATCHES {
@@ -219,7 +208,7 @@ impl AuditLog {
         let cutoff = self.clock.now_ms() - retention.as_millis() as i64;
         let mut old = Vec::new();
         // Events are appended in time order, so the old ones come first.
-        self.each(|event| {
+        self.each(None, |event| {
             if event.at_ms < cutoff {
                 old.push(event.seq);
                 true
@@ -260,9 +249,14 @@ impl AuditLog {
         }
     }
 
-    /// Visits events oldest first while `visit` answers true.
-    fn each(&self, mut visit: impl FnMut(AuditEvent) -> bool) -> Result<(), AuditError> {
-        let mut after: Option<Vec<u8>> = None;
+    /// Visits the events after sequence number `after`, oldest first, while `visit`
+    /// answers true; answers whether it stopped early.
+    fn each(
+        &self,
+        after: Option<u64>,
+        mut visit: impl FnMut(AuditEvent) -> bool,
+    ) -> Result<bool, AuditError> {
+        let mut after: Option<Vec<u8>> = after.map(|seq| seq.to_be_bytes().to_vec());
         loop {
             let batch = self
                 .store
@@ -272,11 +266,11 @@ impl AuditLog {
                 let event = self.open_event(&key, &value)?;
                 after = Some(key);
                 if !visit(event) {
-                    return Ok(());
+                    return Ok(true);
                 }
             }
             if done {
-                return Ok(());
+                return Ok(false);
             }
         }
     }

@@ -55,14 +55,16 @@ fn offline_settings(args: &OfflineArgs) -> Result<Settings, ExitCode> {
 }
 
 fn open_offline(settings: &Settings) -> Result<Vault, ExitCode> {
-    Vault::open(settings).map_err(|error| {
-        eprintln!("credvault: cannot open the data directory (is the daemon stopped?): {error}");
-        if error.is_configuration() {
-            ExitCode::from(EXIT_CONFIG)
-        } else {
-            ExitCode::FAILURE
-        }
-    })
+    Vault::open(settings).map_err(|error| open_failed(&error))
+}
+
+fn open_failed(error: &credvault::vault::OpenError) -> ExitCode {
+    eprintln!("credvault: cannot open the data directory (is the daemon stopped?): {error}");
+    if error.is_configuration() {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn backup_failed(what: &str, error: &backup::BackupError) -> ExitCode {
@@ -175,9 +177,19 @@ fn rotate_key(args: &RotateKeyArgs) -> ExitCode {
     if settings.previous_master_key.is_none() {
         settings.previous_master_key = Some(old);
     }
-    let vault = match open_offline(&settings) {
+    let vault = match Vault::open(&settings) {
         Ok(vault) => vault,
-        Err(code) => return code,
+        Err(credvault::vault::OpenError::Store {
+            source: credvault::store::StoreError::Locked,
+            ..
+        }) => {
+            eprintln!(
+                "credvault: the daemon is running on this data directory. To rotate while it serves, restart it with master_key_file = {} and previous_master_key_file = the current key; it re-seals everything in the background (see Keys/RotationStatus).",
+                args.new_key_file.display()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(error) => return open_failed(&error),
     };
     let resealed = match vault.rekey.run() {
         Ok(resealed) => resealed,

@@ -318,21 +318,29 @@ async fn rotate_key_runs_offline() {
         })
         .await
         .unwrap();
+    let rotate_key = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_credvault"))
+            .args([
+                "rotate-key",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--master-key-file",
+                &old,
+                "--new-key-file",
+                &new,
+            ])
+            .env_remove("CREDVAULT_ADMIN_TOKEN")
+            .output()
+            .unwrap()
+    };
+    // While the daemon holds the store, the command says how to rotate online instead.
+    let busy = rotate_key();
+    let said = String::from_utf8_lossy(&busy.stderr).to_string();
+    assert_eq!(busy.status.code(), Some(64), "{said}");
+    assert!(said.contains("previous_master_key_file"), "{said}");
     assert!(daemon.terminate().success());
 
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_credvault"))
-        .args([
-            "rotate-key",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--master-key-file",
-            &old,
-            "--new-key-file",
-            &new,
-        ])
-        .env_remove("CREDVAULT_ADMIN_TOKEN")
-        .output()
-        .unwrap();
+    let output = rotate_key();
     let text = String::from_utf8_lossy(&output.stdout).to_string()
         + &String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{text}");
