@@ -15,6 +15,7 @@ use std::sync::{
 
 use crate::{
     accounts::record,
+    callers::CallerService,
     crypto::Sealer,
     progress::Progress,
     sealed,
@@ -87,6 +88,45 @@ impl Rekey {
 
     fn set_phase(&self, phase: Phase) {
         *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+    }
+
+    /// Re-seals every record under the new master key while serving, retires the
+    /// previous key, then rotates the caller-token signing key too (tokens signed
+    /// before stay valid until they expire).
+    pub async fn in_background(self: Arc<Self>, callers: Arc<CallerService>) {
+        let key_id = self.sealer.key_id();
+        tracing::info!(%key_id, "master key rotation: re-sealing every record under the new key");
+        let worker = self.clone();
+        match tokio::task::spawn_blocking(move || worker.run()).await {
+            Ok(Ok(resealed)) => {
+                self.sealer.retire_previous();
+                let signing = if resealed > 0 {
+                    callers.rotate_signing_key().map(Some)
+                } else {
+                    Ok(None)
+                };
+                match (signing, self.store.flush().await) {
+                    (Ok(signing_key), Ok(())) => tracing::info!(
+                        resealed,
+                        %key_id,
+                        signing_key = signing_key.unwrap_or_default(),
+                        "master key rotation complete: the previous key is no longer needed; configure only master_key_file (the new key)"
+                    ),
+                    (Err(error), _) => {
+                        tracing::error!(%error, "rotating the signing key after the master key failed");
+                    }
+                    (_, Err(error)) => tracing::error!(
+                        %error,
+                        "flushing the re-sealed records failed; the rotation resumes at the next start"
+                    ),
+                }
+            }
+            Ok(Err(error)) => tracing::error!(
+                %error,
+                "master key rotation stopped; it resumes at the next start (configure both keys)"
+            ),
+            Err(error) => tracing::error!(%error, "master key rotation task failed"),
+        }
     }
 
     /// Re-seals everything; answers how many records were re-sealed. Blocking: run it

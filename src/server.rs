@@ -183,6 +183,7 @@ fn router(
         .add_service(KeysServer::new(KeysApi::new(
             vault.rekey.clone(),
             vault.sealer.clone(),
+            vault.callers.clone(),
         )))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -210,48 +211,6 @@ fn no_delay(
             }
         })
     })
-}
-
-/// Re-seals every record under the new master key while serving, then rotates the
-/// caller-token signing key too (tokens signed before stay valid until they expire).
-async fn rotate_master_key(
-    rekey: Arc<crate::rekey::Rekey>,
-    callers: Arc<crate::callers::CallerService>,
-    store: Arc<dyn crate::store::Store>,
-    key_id: crate::crypto::KeyId,
-) {
-    tracing::info!(%key_id, "master key rotation: re-sealing every record under the new key");
-    let worker = rekey.clone();
-    let outcome = tokio::task::spawn_blocking(move || worker.run()).await;
-    match outcome {
-        Ok(Ok(0)) => tracing::info!(
-            %key_id,
-            "every record is already sealed under the current master key; remove previous_master_key_file from the configuration"
-        ),
-        Ok(Ok(resealed)) => {
-            let signing = callers.rotate_signing_key();
-            let flushed = store.flush().await;
-            match (signing, flushed) {
-                (Ok(kid), Ok(())) => tracing::info!(
-                    resealed,
-                    %key_id,
-                    signing_key = %kid,
-                    "master key rotation complete: the previous key is no longer needed; remove previous_master_key_file from the configuration"
-                ),
-                (Err(error), _) => {
-                    tracing::error!(%error, "rotating the signing key after the master key failed")
-                }
-                (_, Err(error)) => {
-                    tracing::error!(%error, "flushing the re-sealed records failed; the rotation resumes at the next start")
-                }
-            }
-        }
-        Ok(Err(error)) => tracing::error!(
-            %error,
-            "master key rotation stopped; it resumes at the next start (keep both keys configured)"
-        ),
-        Err(error) => tracing::error!(%error, "master key rotation task failed"),
-    }
 }
 
 /// The whole server (`""`) and each service, as probes ask for them.
@@ -316,12 +275,7 @@ pub async fn run(
     }
     tokio::spawn(vault.audit.clone().keep_pruned(stop_rx.clone()));
     if vault.rekey.needed() {
-        tokio::spawn(rotate_master_key(
-            vault.rekey.clone(),
-            vault.callers.clone(),
-            vault.store.clone(),
-            vault.sealer.key_id(),
-        ));
+        tokio::spawn(vault.rekey.clone().in_background(vault.callers.clone()));
     }
     let mut servers = JoinSet::new();
     if let Some(metrics) = listeners.metrics {

@@ -370,3 +370,82 @@ async fn rotate_key_runs_offline() {
     assert_eq!(status.code(), Some(64), "{}", refused.output());
     assert!(refused.output().contains("does not match"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_rotates_the_master_key_over_grpc_while_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (support::new_key(), support::new_key());
+    let new_file = dir.path().join("new.key");
+    std::fs::write(&new_file, &new).unwrap();
+    let server = TestServer::start(dir.path(), &old).await;
+    let (auth, jwt) = fill(&server).await;
+    let rotate = |auth: Auth, path: String| {
+        let server = &server;
+        async move {
+            proto::keys_client::KeysClient::with_interceptor(server.channel().await, auth)
+                .rotate_master_key(proto::RotateMasterKeyRequest { new_key_file: path })
+                .await
+        }
+    };
+    let path = new_file.to_str().unwrap().to_owned();
+    let refused = rotate(auth.clone(), path.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(
+        refused.message().contains("keys:admin"),
+        "{}",
+        refused.message()
+    );
+    let missing = rotate(Auth::admin(), "/nonexistent/new.key".into())
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::InvalidArgument);
+
+    let mut credentials = server.credentials(auth.clone()).await;
+    let started = rotate(Auth::admin(), path.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(started.current_key_id, started.previous_key_id);
+    // Reveals go on while it runs, and none fails.
+    let mut last = status(&server).await;
+    let mut reveals = 0;
+    let done = support::eventually(Duration::from_secs(60), async || {
+        credentials
+            .reveal_account(proto::RevealAccountRequest {
+                provider: "pixverse".into(),
+                email: format!("r{}@example.com", reveals % ACCOUNTS),
+            })
+            .await
+            .expect("no reveal fails during the rotation");
+        reveals += 1;
+        last = status(&server).await;
+        phase(&last) == proto::rotation_status::Phase::Done
+    })
+    .await;
+    assert!(done, "{last:?}");
+    assert_eq!(last.current_key_id, started.current_key_id);
+    assert!(
+        last.previous_key_id.is_empty(),
+        "the old key is retired: {last:?}"
+    );
+    let again = rotate(Auth::admin(), path).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+    // The call is in the audit trail, by path, never by key.
+    let trail = server
+        .audit(Auth::admin())
+        .await
+        .list_events(proto::ListEventsRequest {
+            rpc: "RotateMasterKey".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(trail.events.iter().any(|e| e.outcome == "OK"));
+    assert!(!format!("{trail:?}").contains(new.as_str()));
+    server.stop().await;
+
+    let server = TestServer::start(dir.path(), &new).await;
+    everything_reads(&server, &auth, &jwt).await;
+    server.stop().await;
+}

@@ -4,32 +4,32 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::authorized;
+use super::{authorized, call_audit, status::field_error};
 use crate::{
     auth::Permission,
-    crypto::Sealer,
+    callers::CallerService,
+    crypto::{MasterKey, Sealer},
     proto::{self, keys_server::Keys, rotation_status::Phase as ProtoPhase},
     rekey::{Phase, Rekey},
+    validate::FieldError,
 };
 
 pub struct KeysApi {
     rekey: Arc<Rekey>,
     sealer: Arc<Sealer>,
+    callers: Arc<CallerService>,
 }
 
 impl KeysApi {
-    pub fn new(rekey: Arc<Rekey>, sealer: Arc<Sealer>) -> Self {
-        Self { rekey, sealer }
+    pub fn new(rekey: Arc<Rekey>, sealer: Arc<Sealer>, callers: Arc<CallerService>) -> Self {
+        Self {
+            rekey,
+            sealer,
+            callers,
+        }
     }
-}
 
-#[tonic::async_trait]
-impl Keys for KeysApi {
-    async fn rotation_status(
-        &self,
-        request: Request<proto::RotationStatusRequest>,
-    ) -> Result<Response<proto::RotationStatus>, Status> {
-        authorized(&request, Permission::Keys, "RotationStatus")?;
+    fn status(&self) -> proto::RotationStatus {
         let (examined, resealed) = self.rekey.counts();
         let (phase, error) = match self.rekey.phase() {
             Phase::Idle => (ProtoPhase::Idle, String::new()),
@@ -37,7 +37,7 @@ impl Keys for KeysApi {
             Phase::Done => (ProtoPhase::Done, String::new()),
             Phase::Failed(error) => (ProtoPhase::Failed, error),
         };
-        Ok(Response::new(proto::RotationStatus {
+        proto::RotationStatus {
             phase: phase as i32,
             current_key_id: self.sealer.key_id().to_string(),
             previous_key_id: self
@@ -48,6 +48,52 @@ impl Keys for KeysApi {
             records_examined: examined,
             records_resealed: resealed,
             error,
-        }))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Keys for KeysApi {
+    async fn rotation_status(
+        &self,
+        request: Request<proto::RotationStatusRequest>,
+    ) -> Result<Response<proto::RotationStatus>, Status> {
+        authorized(&request, Permission::Keys, "RotationStatus")?;
+        Ok(Response::new(self.status()))
+    }
+
+    async fn rotate_master_key(
+        &self,
+        request: Request<proto::RotateMasterKeyRequest>,
+    ) -> Result<Response<proto::RotationStatus>, Status> {
+        authorized(&request, Permission::Keys, "RotateMasterKey")?;
+        let audit = call_audit(&request);
+        let path = request.into_inner().new_key_file;
+        if path.is_empty() {
+            return Err(field_error(FieldError::Missing("new_key_file")));
+        }
+        audit.target(&path);
+        let key = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {path}: {e}"))
+            .and_then(|text| {
+                MasterKey::from_base64(text.trim()).map_err(|e| format!("the key in {path}: {e}"))
+            })
+            .map_err(Status::invalid_argument)?;
+        if self.rekey.phase() == Phase::Running {
+            return Err(Status::failed_precondition(
+                "a master key rotation is already running; see RotationStatus",
+            ));
+        }
+        if !self.sealer.rotate_to(&key) {
+            return Err(Status::failed_precondition(
+                "that key is already current, or a previous key is still held (an earlier rotation has not finished; see RotationStatus)",
+            ));
+        }
+        tracing::warn!(
+            key_id = %self.sealer.key_id(),
+            "master key rotation requested: set master_key_file to the new key (and previous_master_key_file to the old one until it completes) before the next start"
+        );
+        tokio::spawn(self.rekey.clone().in_background(self.callers.clone()));
+        Ok(Response::new(self.status()))
     }
 }

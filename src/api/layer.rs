@@ -50,7 +50,8 @@ fn audited(path: &str) -> Audited {
             | "Callers/RevokeToken"
             | "Callers/UpdateCaller"
             | "Credentials/ReleaseLease"
-            | "Audit/AuditHash",
+            | "Audit/AuditHash"
+            | "Keys/RotateMasterKey",
         ) => Audited::Yes,
         Some(
             "Callers/CreateCaller"

@@ -5,7 +5,7 @@
 //! record), so a ciphertext copied to another record, or relabelled with another key
 //! id, fails to open.
 
-use std::fmt;
+use std::{fmt, sync::RwLock};
 
 use chacha20poly1305::{
     KeyInit, XChaCha20Poly1305, XNonce,
@@ -34,10 +34,14 @@ pub enum SealError {
 }
 
 /// Seals with the sealing sub-key of the current master key; opens with it or, during
-/// a key rotation, with the previous key's (each ciphertext names its key id).
+/// a key rotation, with the previous key's (each ciphertext names its key id). The
+/// keys can change while the vault serves (an online rotation).
 pub struct Sealer {
-    key_id: KeyId,
-    cipher: XChaCha20Poly1305,
+    ring: RwLock<Ring>,
+}
+
+struct Ring {
+    current: (KeyId, XChaCha20Poly1305),
     previous: Option<(KeyId, XChaCha20Poly1305)>,
 }
 
@@ -49,26 +53,56 @@ fn cipher(master: &MasterKey) -> XChaCha20Poly1305 {
 impl Sealer {
     pub fn new(master: &MasterKey) -> Self {
         Self {
-            key_id: master.key_id(),
-            cipher: cipher(master),
-            previous: None,
+            ring: RwLock::new(Ring {
+                current: (master.key_id(), cipher(master)),
+                previous: None,
+            }),
         }
     }
 
+    fn ring(&self) -> std::sync::RwLockReadGuard<'_, Ring> {
+        self.ring.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ring_mut(&self) -> std::sync::RwLockWriteGuard<'_, Ring> {
+        self.ring.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Also opens what `previous` sealed (while a rotation re-seals it).
-    pub fn with_previous(mut self, previous: &MasterKey) -> Self {
-        if previous.key_id() != self.key_id {
-            self.previous = Some((previous.key_id(), cipher(previous)));
+    pub fn with_previous(self, previous: &MasterKey) -> Self {
+        {
+            let mut ring = self.ring_mut();
+            if previous.key_id() != ring.current.0 {
+                ring.previous = Some((previous.key_id(), cipher(previous)));
+            }
         }
         self
     }
 
+    /// Makes `next` the key that seals; the current one is kept for opening until
+    /// [`Sealer::retire_previous`]. Refused (false) while another previous key is
+    /// still held, or when `next` is already current.
+    pub fn rotate_to(&self, next: &MasterKey) -> bool {
+        let mut ring = self.ring_mut();
+        if ring.previous.is_some() || next.key_id() == ring.current.0 {
+            return false;
+        }
+        let old = std::mem::replace(&mut ring.current, (next.key_id(), cipher(next)));
+        ring.previous = Some(old);
+        true
+    }
+
+    /// Forgets the previous key once nothing is sealed under it any more.
+    pub fn retire_previous(&self) {
+        self.ring_mut().previous = None;
+    }
+
     pub fn key_id(&self) -> KeyId {
-        self.key_id
+        self.ring().current.0
     }
 
     pub fn previous_key_id(&self) -> Option<KeyId> {
-        self.previous.as_ref().map(|(id, _)| *id)
+        self.ring().previous.as_ref().map(|(id, _)| *id)
     }
 
     /// The key id a sealed value names, if it is long enough to name one.
@@ -79,7 +113,7 @@ impl Sealer {
 
     /// The value sealed again under the current key, or `None` when it already is.
     pub fn reseal(&self, context: &[u8], sealed: &[u8]) -> Result<Option<Vec<u8>>, SealError> {
-        if Self::key_id_of(sealed) == Some(self.key_id) {
+        if Self::key_id_of(sealed) == Some(self.key_id()) {
             return Ok(None);
         }
         let plaintext = self.open(context, sealed)?;
@@ -89,9 +123,10 @@ impl Sealer {
     pub fn seal(&self, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         random_bytes(&mut nonce)?;
-        let aad = associated_data(self.key_id, context);
-        let ciphertext = self
-            .cipher
+        let ring = self.ring();
+        let (key_id, cipher) = &ring.current;
+        let aad = associated_data(*key_id, context);
+        let ciphertext = cipher
             .encrypt(
                 &XNonce::from(nonce),
                 Payload {
@@ -101,7 +136,7 @@ impl Sealer {
             )
             .map_err(|_| SealError::Unauthentic)?;
         let mut sealed = Vec::with_capacity(KEY_ID_LEN + NONCE_LEN + ciphertext.len());
-        sealed.extend_from_slice(&self.key_id.0.to_be_bytes());
+        sealed.extend_from_slice(&key_id.0.to_be_bytes());
         sealed.extend_from_slice(&nonce);
         sealed.extend_from_slice(&ciphertext);
         Ok(sealed)
@@ -115,10 +150,11 @@ impl Sealer {
         let key_id = KeyId(u32::from_be_bytes(
             key_id.try_into().expect("split at KEY_ID_LEN"),
         ));
-        let cipher = if key_id == self.key_id {
-            &self.cipher
+        let ring = self.ring();
+        let cipher = if key_id == ring.current.0 {
+            &ring.current.1
         } else {
-            match &self.previous {
+            match &ring.previous {
                 Some((previous, cipher)) if *previous == key_id => cipher,
                 _ => return Err(SealError::UnknownKey(key_id)),
             }
@@ -142,7 +178,7 @@ impl Sealer {
 impl fmt::Debug for Sealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sealer")
-            .field("key_id", &self.key_id)
+            .field("key_id", &self.key_id())
             .field("previous_key_id", &self.previous_key_id())
             .finish_non_exhaustive()
     }
