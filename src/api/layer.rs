@@ -6,7 +6,10 @@
 //! parse metadata. Only the health service is public (kubelet probes carry no token).
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Instant,
 };
@@ -203,10 +206,17 @@ fn request_id(given: Option<&HeaderValue>) -> String {
         })
         .map(str::to_owned);
     given.unwrap_or_else(|| {
-        let mut bytes = [0u8; 12];
-        // Without randomness the id is only less unique, not less safe.
-        let _ = random_bytes(&mut bytes);
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
+        // A random prefix per process and a counter: unique without a system call per
+        // request (ids need not be secret, only distinct).
+        static PREFIX: OnceLock<String> = OnceLock::new();
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let prefix = PREFIX.get_or_init(|| {
+            let mut bytes = [0u8; 4];
+            // Without randomness the ids are only less distinct across restarts.
+            let _ = random_bytes(&mut bytes);
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        });
+        format!("{prefix}{:016x}", NEXT.fetch_add(1, Ordering::Relaxed))
     })
 }
 

@@ -9,9 +9,9 @@ pub mod scope;
 pub mod tokens;
 
 use std::{
-    collections::{BTreeSet, hash_map::DefaultHasher},
+    collections::{BTreeSet, HashMap, hash_map::DefaultHasher},
     hash::{Hash, Hasher},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
 };
 
 pub use model::{ApiKeyEntry, CallerCredits, CallerRecord, Role, TokenEntry, TokenKind};
@@ -176,6 +176,16 @@ pub struct CallerService {
     /// Serialises read-modify-write per caller in this process, so that concurrent
     /// debits queue instead of racing on compare-and-swap.
     stripes: Vec<Mutex<()>>,
+    /// Opened caller records with their stored bytes, so that authenticating and
+    /// debiting do not decrypt and parse the same record on every call. The store stays
+    /// the truth: an entry is replaced only by a higher version, and dropped when a
+    /// compare-and-swap finds the store holding something else.
+    opened: RwLock<HashMap<String, Arc<Opened>>>,
+}
+
+struct Opened {
+    bytes: Vec<u8>,
+    record: CallerRecord,
 }
 
 impl CallerService {
@@ -205,6 +215,7 @@ impl CallerService {
             tokens,
             settings,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            opened: RwLock::new(HashMap::new()),
         };
         service.ensure_bootstrap_admin()?;
         Ok(service)
@@ -681,6 +692,9 @@ impl CallerService {
     }
 
     fn load(&self, id: &str) -> Result<Option<(Vec<u8>, CallerRecord)>, CallerError> {
+        if let Some(opened) = self.opened_cache().get(id) {
+            return Ok(Some((opened.bytes.clone(), opened.record.clone())));
+        }
         let Some(bytes) = self.store.get(Tree::Callers, id.as_bytes())? else {
             return Ok(None);
         };
@@ -695,7 +709,37 @@ impl CallerService {
                     CallerError::Seal(source)
                 }
             })?;
+        self.remember(id, &bytes, &record);
         Ok(Some((bytes, record)))
+    }
+
+    fn opened_cache(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Opened>>> {
+        self.opened.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps an opened record unless a newer version is kept already.
+    fn remember(&self, id: &str, bytes: &[u8], record: &CallerRecord) {
+        let mut opened = self.opened.write().unwrap_or_else(|e| e.into_inner());
+        if opened
+            .get(id)
+            .is_none_or(|kept| kept.record.version < record.version)
+        {
+            opened.insert(
+                id.to_owned(),
+                Arc::new(Opened {
+                    bytes: bytes.to_vec(),
+                    record: record.clone(),
+                }),
+            );
+        }
+    }
+
+    /// The store holds something other than what is kept (a re-seal, another writer).
+    fn forget(&self, id: &str) {
+        self.opened
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     fn seal(&self, record: &CallerRecord) -> Result<Vec<u8>, CallerError> {
@@ -737,8 +781,10 @@ impl CallerService {
                 .compare_and_swap(Tree::Callers, id.as_bytes(), Some(&old), Some(&new))?
                 == Swap::Done
             {
+                self.remember(id, &new, &record);
                 return Ok(record);
             }
+            self.forget(id);
         }
     }
 }
