@@ -27,10 +27,17 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Whether metrics are recorded at all (a metrics listener was configured): callers on
+/// hot paths skip building labels otherwise.
+pub fn enabled() -> bool {
+    HANDLE.get().is_some()
+}
+
 /// The process-wide recorder: the `metrics` facade has one per process, so every
 /// server in it (tests start several) shares it.
 pub fn recorder() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let builder = || {
             PrometheusBuilder::new()

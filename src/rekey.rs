@@ -144,11 +144,7 @@ impl Rekey {
     fn walk(&self) -> Result<u64, RekeyError> {
         let total = Tree::ALL
             .into_iter()
-            .map(|tree| {
-                self.store
-                    .scan(tree, b"", None, usize::MAX)
-                    .map(|e| e.len() as u64)
-            })
+            .map(|tree| self.store.count(tree))
             .sum::<Result<u64, _>>()?;
         let mut progress = Progress::new("key rotation", total);
         self.tree(Tree::Accounts, &mut progress, |sealer, key, bytes| {

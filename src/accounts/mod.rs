@@ -338,11 +338,12 @@ impl AccountService {
         if let Some(entry) = self.directory().get(&key.provider, &key.email) {
             return Ok(entry);
         }
-        // Left out of the directory because its metadata does not parse?
+        // Only a record whose metadata does not parse is stored but left out of the
+        // directory: tell that apart from an account that does not exist.
         match self.store.get(Tree::Accounts, &key.storage_key())? {
             Some(bytes) => match record::decode_meta_unauthenticated(&bytes) {
                 Err(source) => Err(AccountError::DataLoss { key, source }),
-                Ok(_) => Err(AccountError::Contended(key)),
+                Ok(meta) => Ok(Arc::new(Entry { key, meta })),
             },
             None => Err(AccountError::NotFound(key)),
         }

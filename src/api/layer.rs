@@ -23,6 +23,7 @@ use crate::{
     audit::{AuditEvent, AuditLog, CallAudit},
     auth::Authenticator,
     crypto::random_bytes,
+    exporter,
 };
 
 const PUBLIC_PREFIX: &str = "/grpc.health.v1.Health/";
@@ -184,11 +185,13 @@ where
             if let Ok(value) = HeaderValue::from_str(&request_id) {
                 response.headers_mut().insert(REQUEST_ID_HEADER, value);
             }
-            let code = code_name(grpc_code(&response));
-            metrics::counter!("credvault_rpc_requests_total", "method" => rpc.clone(), "code" => code)
-                .increment(1);
-            metrics::histogram!("credvault_rpc_duration_seconds", "method" => rpc, "code" => code)
-                .record(started.elapsed().as_secs_f64());
+            if exporter::enabled() {
+                let code = code_name(grpc_code(&response));
+                metrics::counter!("credvault_rpc_requests_total", "method" => rpc.clone(), "code" => code)
+                    .increment(1);
+                metrics::histogram!("credvault_rpc_duration_seconds", "method" => rpc, "code" => code)
+                    .record(started.elapsed().as_secs_f64());
+            }
             Ok(response)
         };
         Box::pin(future.instrument(span))

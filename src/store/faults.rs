@@ -114,6 +114,11 @@ impl Store for FaultyStore {
         self.inner.scan(tree, prefix, after, limit)
     }
 
+    fn count(&self, tree: Tree) -> Result<u64, StoreError> {
+        self.plan.check(None)?;
+        self.inner.count(tree)
+    }
+
     fn last_key(&self, tree: Tree) -> Result<Option<Vec<u8>>, StoreError> {
         self.plan.check(None)?;
         self.inner.last_key(tree)

@@ -100,6 +100,9 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError>;
 
+    /// How many entries the tree holds (walks it; for progress reports, not hot paths).
+    fn count(&self, tree: Tree) -> Result<u64, StoreError>;
+
     /// The greatest key in the tree, if any.
     fn last_key(&self, tree: Tree) -> Result<Option<Vec<u8>>, StoreError>;
 

@@ -106,6 +106,10 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn count(&self, tree: Tree) -> Result<u64, StoreError> {
+        Ok(self.tree(tree).len() as u64)
+    }
+
     fn last_key(&self, tree: Tree) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .tree(tree)
