@@ -90,8 +90,8 @@ impl Rekey {
         *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
     }
 
-    /// Re-seals every record under the new master key while serving, retires the
-    /// previous key, then rotates the caller-token signing key too (tokens signed
+    /// Re-seals every record under the new master key while serving (which retires the
+    /// previous key), then rotates the caller-token signing key too (tokens signed
     /// before stay valid until they expire).
     pub async fn in_background(self: Arc<Self>, callers: Arc<CallerService>) {
         let key_id = self.sealer.key_id();
@@ -99,7 +99,6 @@ impl Rekey {
         let worker = self.clone();
         match tokio::task::spawn_blocking(move || worker.run()).await {
             Ok(Ok(resealed)) => {
-                self.sealer.retire_previous();
                 let signing = if resealed > 0 {
                     callers.rotate_signing_key().map(Some)
                 } else {
@@ -134,6 +133,10 @@ impl Rekey {
     pub fn run(&self) -> Result<u64, RekeyError> {
         self.set_phase(Phase::Running);
         let outcome = self.walk();
+        if outcome.is_ok() {
+            // Nothing is sealed under it any more.
+            self.sealer.retire_previous();
+        }
         self.set_phase(match &outcome {
             Ok(_) => Phase::Done,
             Err(error) => Phase::Failed(error.to_string()),
