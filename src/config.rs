@@ -32,7 +32,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEV_KEY_FILE: &str = "dev-master.key";
 
 /// Environment variables read, beyond nested provider settings (`CREDVAULT_PROVIDERS__…`).
-const ENV_KEYS: [&str; 16] = [
+const ENV_KEYS: [&str; 17] = [
     "listen",
     "socket",
     "socket_mode",
@@ -46,6 +46,7 @@ const ENV_KEYS: [&str; 16] = [
     "shutdown_grace_secs",
     "dev",
     "metrics_listen",
+    "health_listen",
     "previous_master_key",
     "previous_master_key_file",
     "audit_retention_days",
@@ -92,6 +93,9 @@ pub struct Config {
     /// Address of the Prometheus `/metrics` listener (plain HTTP); "none" (the
     /// default) serves none.
     pub metrics_listen: String,
+    /// Address of the probe port: `grpc.health.v1.Health` only, plaintext, for kubelet
+    /// gRPC probes (which cannot reach a Unix socket); "none" (the default) serves none.
+    pub health_listen: String,
     /// Audit events older than this many days are pruned; 0 keeps them forever.
     pub audit_retention_days: u64,
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -119,6 +123,7 @@ impl Default for Config {
             shutdown_grace_secs: 10,
             dev: false,
             metrics_listen: "none".to_owned(),
+            health_listen: "none".to_owned(),
             audit_retention_days: 90,
             providers: BTreeMap::new(),
             callers: CallerSettings::default(),
@@ -152,6 +157,8 @@ pub enum ConfigError {
     MissingFile(PathBuf),
     #[error("listen: {0:?} is not an address like 127.0.0.1:50051 (or \"none\")")]
     Listen(String),
+    #[error("health_listen: {0:?} is not an address like 0.0.0.0:8081 (or \"none\")")]
+    HealthListen(String),
     #[error("metrics_listen: {0:?} is not an address like 127.0.0.1:9464 (or \"none\")")]
     MetricsListen(String),
     #[error("nothing to serve on: set listen or socket")]
@@ -213,6 +220,7 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub dev: bool,
     pub metrics_listen: Option<SocketAddr>,
+    pub health_listen: Option<SocketAddr>,
     /// `None`: audit events are kept forever.
     pub audit_retention: Option<Duration>,
     /// Set when `--dev` created or used the key file beside the data.
@@ -260,6 +268,13 @@ impl Config {
         if listen.is_none() && self.socket.is_none() {
             return Err(ConfigError::NoListener);
         }
+        let health_listen = match self.health_listen.trim() {
+            "" | "none" => None,
+            text => Some(
+                text.parse::<SocketAddr>()
+                    .map_err(|_| ConfigError::HealthListen(text.to_owned()))?,
+            ),
+        };
         let metrics_listen = match self.metrics_listen.trim() {
             "" | "none" => None,
             text => Some(
@@ -302,6 +317,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             dev: self.dev,
             metrics_listen,
+            health_listen,
             audit_retention: (self.audit_retention_days > 0)
                 .then(|| Duration::from_secs(self.audit_retention_days.saturating_mul(86_400))),
             dev_key_file,

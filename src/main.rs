@@ -267,6 +267,14 @@ async fn run(settings: Settings) -> ExitCode {
             "DEVELOPMENT MODE: the master key is stored beside the data; anyone who can read the data directory can read every secret. Never use --dev in production."
         );
     }
+    // Bound first: the probe port answers NOT_SERVING while the vault opens.
+    let listeners = match Listeners::bind(&settings).await {
+        Ok(listeners) => listeners,
+        Err(error) => {
+            eprintln!("credvault: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let vault = match Vault::open(&settings) {
         Ok(vault) => vault,
         Err(error) => {
@@ -277,13 +285,6 @@ async fn run(settings: Settings) -> ExitCode {
             } else {
                 ExitCode::FAILURE
             };
-        }
-    };
-    let listeners = match Listeners::bind(&settings).await {
-        Ok(listeners) => listeners,
-        Err(error) => {
-            eprintln!("credvault: {error}");
-            return ExitCode::FAILURE;
         }
     };
     let shutdown = match server::shutdown_signal() {
@@ -302,6 +303,7 @@ async fn run(settings: Settings) -> ExitCode {
         socket = %listeners.socket_path().map(|p| p.display().to_string()).unwrap_or_default(),
         data_dir = %settings.data_dir.display(),
         metrics = %listeners.metrics_addr().map(|a| a.to_string()).unwrap_or_default(),
+        health = %listeners.health_addr().map(|a| a.to_string()).unwrap_or_default(),
         "credvault serving"
     );
     match server::run(vault, listeners, settings.shutdown_grace, shutdown).await {

@@ -22,7 +22,11 @@ use tonic::{
     server::NamedService,
     transport::{Server, server::Router},
 };
-use tonic_health::ServingStatus;
+use tonic_health::{
+    ServingStatus,
+    pb::health_server::HealthServer,
+    server::{HealthReporter, HealthService},
+};
 use tower::layer::util::{Identity, Stack};
 
 use crate::{
@@ -73,6 +77,21 @@ pub struct Listeners {
     tcp: Option<TcpListener>,
     unix: Option<(UnixListener, PathBuf)>,
     metrics: Option<TcpListener>,
+    probes: Probes,
+}
+
+/// The health statuses, and the probe port that serves them from the moment the
+/// listeners are bound: NOT_SERVING until `run` has the vault ready, NOT_SERVING again
+/// from the start of shutdown, and answering until the very end.
+struct Probes {
+    reporter: HealthReporter,
+    addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+fn health_server(reporter: &HealthReporter) -> HealthServer<HealthService> {
+    HealthServer::new(HealthService::from_health_reporter(reporter.clone()))
 }
 
 impl Listeners {
@@ -94,6 +113,40 @@ impl Listeners {
             Some(path) => Some((bind_unix(path, settings.socket_mode)?, path.clone())),
             None => None,
         };
+        let reporter = HealthReporter::new();
+        set_health(&reporter, ServingStatus::NotServing).await;
+        let (stop, stop_rx) = watch::channel(false);
+        let (addr, task) = match settings.health_listen {
+            Some(addr) => {
+                let listener =
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServeError::Bind {
+                            what: format!("health listener {addr}"),
+                            source,
+                        })?;
+                let bound = listener.local_addr().ok();
+                let mut stop_rx = stop_rx;
+                let task = tokio::spawn(
+                    Server::builder()
+                        .add_service(health_server(&reporter))
+                        .serve_with_incoming_shutdown(
+                            TcpListenerStream::new(listener),
+                            async move {
+                                let _ = stop_rx.wait_for(|stop| *stop).await;
+                            },
+                        ),
+                );
+                (bound, Some(task))
+            }
+            None => (None, None),
+        };
+        let probes = Probes {
+            reporter,
+            addr,
+            stop,
+            task,
+        };
         let metrics = match settings.metrics_listen {
             Some(addr) => Some(
                 exporter::bind(addr)
@@ -105,7 +158,17 @@ impl Listeners {
             ),
             None => None,
         };
-        Ok(Self { tcp, unix, metrics })
+        Ok(Self {
+            tcp,
+            unix,
+            metrics,
+            probes,
+        })
+    }
+
+    /// The probe port (gRPC health only, plaintext).
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.probes.addr
     }
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
@@ -151,9 +214,7 @@ struct Services {
 fn router(
     vault: &Vault,
     services: &Services,
-    health: tonic_health::pb::health_server::HealthServer<
-        impl tonic_health::pb::health_server::Health,
-    >,
+    health: HealthServer<HealthService>,
 ) -> Result<Routes, ServeError> {
     // grpcurl 1.8 speaks only v1alpha; newer clients prefer v1.
     let reflection_v1 = reflection().build_v1()?;
@@ -236,7 +297,14 @@ pub async fn run(
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let Listeners {
+        tcp,
+        unix,
+        metrics,
+        probes,
+    } = listeners;
+    let health_reporter = probes.reporter.clone();
+    let health = health_server(&health_reporter);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -269,7 +337,7 @@ pub async fn run(
         leases: leases.clone(),
         events,
     };
-    if listeners.metrics.is_some() {
+    if metrics.is_some() {
         // Before the first call is counted.
         exporter::recorder();
     }
@@ -278,7 +346,7 @@ pub async fn run(
         tokio::spawn(vault.rekey.clone().in_background(vault.callers.clone()));
     }
     let mut servers = JoinSet::new();
-    if let Some(metrics) = listeners.metrics {
+    if let Some(metrics) = metrics {
         let sources = Arc::new(exporter::Sources {
             accounts: vault.accounts.clone(),
             leases: leases.clone(),
@@ -287,14 +355,14 @@ pub async fn run(
         });
         tokio::spawn(exporter::serve(metrics, sources, stop_rx.clone()));
     }
-    if let Some(tcp) = listeners.tcp {
+    if let Some(tcp) = tcp {
         let routes = router(&vault, &services, health.clone())?;
         servers.spawn(routes.serve_with_incoming_shutdown(
             no_delay(TcpListenerStream::new(tcp)),
             stopped(stop_rx.clone()),
         ));
     }
-    let socket_path = match listeners.unix {
+    let socket_path = match unix {
         Some((unix, path)) => {
             let routes = router(&vault, &services, health.clone())?;
             servers.spawn(routes.serve_with_incoming_shutdown(
@@ -337,7 +405,13 @@ pub async fn run(
     }
     leases.shutdown();
     refresher.shutdown().await;
-    vault.store.flush().await?;
+    let flushed = vault.store.flush().await;
+    // The probe port answers (NOT_SERVING) until the very end.
+    let _ = probes.stop.send(true);
+    if let Some(task) = probes.task {
+        let _ = task.await;
+    }
+    flushed?;
     tracing::info!("stopped; store flushed");
     outcome
 }
