@@ -149,9 +149,9 @@ fn main() {
     row("baseline: Ed25519 JWT verify only", &baseline);
     for (name, map) in &cases {
         let figures = measure(|| {
-            black_box(auth.authenticate(PATH, black_box(map)).ok());
+            black_box(auth.authenticate(PATH, black_box(map), None).ok());
         });
-        assert!(auth.authenticate(PATH, map).is_ok() || name.starts_with("refused"));
+        assert!(auth.authenticate(PATH, map, None).is_ok() || name.starts_with("refused"));
         row(name, &figures);
     }
 }

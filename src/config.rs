@@ -3,7 +3,7 @@
 //! was written; [`Settings`] is what was checked and resolved, keys loaded.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fs,
     io::Write,
     net::SocketAddr,
@@ -98,6 +98,9 @@ pub struct Config {
     pub health_listen: String,
     /// Audit events older than this many days are pruned; 0 keeps them forever.
     pub audit_retention_days: u64,
+    /// Peer-credential callers: a connection on the Unix socket from one of these uids,
+    /// carrying no `authorization`, is the mapped caller (id). Empty: off.
+    pub socket_peers: BTreeMap<String, String>,
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Caller tokens, sessions and credits.
     pub callers: CallerSettings,
@@ -125,6 +128,7 @@ impl Default for Config {
             metrics_listen: "none".to_owned(),
             health_listen: "none".to_owned(),
             audit_retention_days: 90,
+            socket_peers: BTreeMap::new(),
             providers: BTreeMap::new(),
             callers: CallerSettings::default(),
             refresh: RefreshSettings::default(),
@@ -161,6 +165,8 @@ pub enum ConfigError {
     HealthListen(String),
     #[error("metrics_listen: {0:?} is not an address like 127.0.0.1:9464 (or \"none\")")]
     MetricsListen(String),
+    #[error("socket_peers: {0:?} is not a uid (a number) mapped to a caller id")]
+    SocketPeer(String),
     #[error("nothing to serve on: set listen or socket")]
     NoListener,
     #[error("socket_mode: {0:?} is not an octal mode like 0660")]
@@ -223,6 +229,8 @@ pub struct Settings {
     pub health_listen: Option<SocketAddr>,
     /// `None`: audit events are kept forever.
     pub audit_retention: Option<Duration>,
+    /// Unix-socket peer uid → caller id.
+    pub socket_peers: HashMap<u32, String>,
     /// Set when `--dev` created or used the key file beside the data.
     pub dev_key_file: Option<PathBuf>,
     pub providers: Providers,
@@ -247,6 +255,7 @@ impl Config {
                     || key.starts_with("providers__")
                     || key.starts_with("callers__")
                     || key.starts_with("refresh__")
+                    || key.starts_with("socket_peers__")
             })
             .split("__");
         figment
@@ -275,6 +284,14 @@ impl Config {
                     .map_err(|_| ConfigError::HealthListen(text.to_owned()))?,
             ),
         };
+        let socket_peers = self
+            .socket_peers
+            .iter()
+            .map(|(uid, caller)| match uid.trim().parse::<u32>() {
+                Ok(uid) if !caller.trim().is_empty() => Ok((uid, caller.trim().to_owned())),
+                _ => Err(ConfigError::SocketPeer(uid.clone())),
+            })
+            .collect::<Result<HashMap<_, _>, _>>()?;
         let metrics_listen = match self.metrics_listen.trim() {
             "" | "none" => None,
             text => Some(
@@ -318,6 +335,7 @@ impl Config {
             dev: self.dev,
             metrics_listen,
             health_listen,
+            socket_peers,
             audit_retention: (self.audit_retention_days > 0)
                 .then(|| Duration::from_secs(self.audit_retention_days.saturating_mul(86_400))),
             dev_key_file,

@@ -202,7 +202,11 @@ impl Vault {
             clock.clone(),
             settings.callers.clone(),
         )?);
-        let authenticator = Arc::new(Authenticator::new(&settings.admin_token, callers.clone())?);
+        let authenticator = Arc::new(Authenticator::new(
+            &settings.admin_token,
+            callers.clone(),
+            settings.socket_peers.clone(),
+        )?);
         let fingerprints = Arc::new(Fingerprinter::from_key(&audit_hmac));
         let audit = Arc::new(
             AuditLog::open(

@@ -15,7 +15,7 @@ use std::{
 };
 
 use http::{HeaderValue, Request, Response};
-use tonic::{Code, Status, body::Body};
+use tonic::{Code, Status, body::Body, transport::server::UdsConnectInfo};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
@@ -135,9 +135,14 @@ where
         let proven = if path.starts_with(PUBLIC_PREFIX) {
             None
         } else {
+            let peer_uid = request
+                .extensions()
+                .get::<UdsConnectInfo>()
+                .and_then(|info| info.peer_cred)
+                .map(|cred| cred.uid());
             Some(span.in_scope(|| {
                 self.authenticator
-                    .authenticate(&path, request.headers())
+                    .authenticate(&path, request.headers(), peer_uid)
                     .inspect_err(|error| {
                         tracing::warn!(reason = %error, "authentication failed");
                     })

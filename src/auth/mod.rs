@@ -11,7 +11,11 @@
 //!
 //! Handlers then ask [`Caller::require`] for a [`Permission`].
 
-use std::{collections::BTreeSet, fmt, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt,
+    sync::Arc,
+};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use http::{HeaderMap, HeaderValue, header::AUTHORIZATION};
@@ -46,9 +50,19 @@ fn allowed_before_activation(path: &str) -> bool {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Credential {
     Bootstrap,
-    ApiKey { key_id: String, activated: bool },
-    Jwt { jti: String, kind: TokenKind },
+    ApiKey {
+        key_id: String,
+        activated: bool,
+    },
+    Jwt {
+        jti: String,
+        kind: TokenKind,
+    },
     Basic,
+    /// A Unix-socket peer whose uid the configuration maps to this caller.
+    Peer {
+        uid: u32,
+    },
 }
 
 /// An authenticated caller, put into each request's extensions by the auth layer.
@@ -199,12 +213,15 @@ pub struct Authenticator {
     key: hmac::Key,
     bootstrap_tag: hmac::Tag,
     callers: Arc<CallerService>,
+    /// Unix-socket peer uid → caller id (`socket_peers`).
+    peers: HashMap<u32, String>,
 }
 
 impl Authenticator {
     pub fn new(
         bootstrap_token: &SecretString,
         callers: Arc<CallerService>,
+        peers: HashMap<u32, String>,
     ) -> Result<Self, RngError> {
         let mut key = [0u8; 32];
         random_bytes(&mut key)?;
@@ -214,10 +231,24 @@ impl Authenticator {
             key,
             bootstrap_tag,
             callers,
+            peers,
         })
     }
 
-    pub fn authenticate(&self, path: &str, headers: &HeaderMap) -> Result<Caller, AuthError> {
+    /// Proves the caller of one request. `peer_uid` is the uid of a Unix-socket peer;
+    /// a mapped uid stands in for a credential only when the request carries none.
+    pub fn authenticate(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        peer_uid: Option<u32>,
+    ) -> Result<Caller, AuthError> {
+        if headers.get(AUTHORIZATION).is_none()
+            && let Some((uid, caller_id)) =
+                peer_uid.and_then(|uid| self.peers.get(&uid).map(|id| (uid, id)))
+        {
+            return self.callers.authenticate_peer(caller_id, uid);
+        }
         let (scheme, value) =
             credentials(headers.get(AUTHORIZATION)).ok_or(AuthError::MissingOrInvalid)?;
         if scheme.eq_ignore_ascii_case("basic") {

@@ -475,6 +475,11 @@ impl CallerService {
         caller(record, credential)
     }
 
+    /// The caller the configuration maps a Unix-socket peer's uid to.
+    pub fn authenticate_peer(&self, caller_id: &str, uid: u32) -> Result<Caller, AuthError> {
+        caller(self.record_for_auth(caller_id)?, Credential::Peer { uid })
+    }
+
     /// The bootstrap admin, for the configured bootstrap token.
     pub fn bootstrap_admin(&self) -> Result<Caller, AuthError> {
         caller(
