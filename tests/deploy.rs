@@ -1,0 +1,202 @@
+//! The deploy/ files, checked offline: every Kubernetes manifest passes
+//! `kubernetes-validate --strict` (from PyPI) against 1.29 and the newest schema it
+//! carries; every container is hardened; the sidecar is a native sidecar probed over
+//! gRPC; the config files in the ConfigMaps are ones credvault reads; the Dockerfile
+//! runs as 65532 with `credvault serve`. (No container engine or cluster runs here.)
+
+mod support;
+
+use std::{path::PathBuf, process::Command};
+
+use credvault::config::{Config, Overrides};
+use serde_json::Value;
+
+fn manifests() -> Vec<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let mut files = Vec::new();
+    for dir in ["sidecar", "standalone"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    assert!(files.len() >= 8, "{files:?}");
+    files
+}
+
+fn validate(bin: &std::path::Path, files: &[PathBuf], version: Option<&str>) -> (bool, String) {
+    let mut command = Command::new(bin.join("kubernetes-validate"));
+    command.arg("--strict");
+    if let Some(version) = version {
+        command.args(["-k", version]);
+    }
+    let out = command.args(files).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// Every document of every manifest, as JSON (PyYAML comes with kubernetes-validate).
+fn documents(bin: &std::path::Path, files: &[PathBuf]) -> Vec<Value> {
+    let script = "import json, sys, yaml\n\
+                  docs = [d for f in sys.argv[1:] for d in yaml.safe_load_all(open(f)) if d]\n\
+                  print(json.dumps(docs))";
+    let out = Command::new(bin.join("python"))
+        .args(["-c", script])
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn manifests_validate_strictly_and_every_container_is_hardened() {
+    let bin = support::pypi_tool("kubernetes-validate", "kubernetes-validate==1.37.0");
+    let files = manifests();
+    for version in [Some("1.29.0"), None] {
+        let (ok, text) = validate(&bin, &files, version);
+        assert!(ok, "kubernetes-validate {version:?}:\n{text}");
+    }
+    // The check is real: an unknown field fails it.
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.yaml");
+    let text = std::fs::read_to_string(
+        &files
+            .iter()
+            .find(|f| f.ends_with("standalone/deployment.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        &broken,
+        text.replace("readOnlyRootFilesystem", "readOnlyRootFileSystem"),
+    )
+    .unwrap();
+    let (ok, _) = validate(&bin, &[broken], Some("1.29.0"));
+    assert!(!ok, "a misspelt field is refused");
+
+    let docs = documents(&bin, &files);
+    let deployments: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Deployment").collect();
+    assert_eq!(deployments.len(), 2);
+    let mut credvaults = 0;
+    for deployment in deployments {
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(pod["automountServiceAccountToken"], false, "{deployment}");
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        assert_eq!(deployment["spec"]["replicas"], 1);
+        assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+        let containers = pod["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(pod["initContainers"].as_array().into_iter().flatten());
+        for container in containers {
+            let security = &container["securityContext"];
+            let name = &container["name"];
+            assert_eq!(security["runAsNonRoot"], true, "{name}");
+            assert!(
+                security["runAsUser"].as_u64().is_some_and(|u| u > 0),
+                "{name}"
+            );
+            assert_eq!(security["readOnlyRootFilesystem"], true, "{name}");
+            assert_eq!(security["allowPrivilegeEscalation"], false, "{name}");
+            assert_eq!(
+                security["capabilities"]["drop"],
+                serde_json::json!(["ALL"]),
+                "{name}"
+            );
+            assert_eq!(
+                security["seccompProfile"]["type"], "RuntimeDefault",
+                "{name}"
+            );
+            if name == "credvault" {
+                credvaults += 1;
+                assert_eq!(security["runAsUser"], 65532);
+                for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+                    assert_eq!(container[probe]["grpc"]["port"], 8081, "{probe}");
+                }
+                let keys = container["volumeMounts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|m| m["name"] == "keys")
+                    .expect("keys mounted");
+                assert_eq!(keys["readOnly"], true);
+            }
+        }
+    }
+    assert_eq!(credvaults, 2);
+
+    // The sidecar is native: an init container that keeps running, sharing its socket
+    // through a memory-backed emptyDir.
+    let sidecar = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "jobs-app")
+        .unwrap();
+    let pod = &sidecar["spec"]["template"]["spec"];
+    assert_eq!(pod["initContainers"][0]["name"], "credvault");
+    assert_eq!(pod["initContainers"][0]["restartPolicy"], "Always");
+    let socket = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "socket")
+        .unwrap();
+    assert_eq!(socket["emptyDir"]["medium"], "Memory");
+    let standalone_kinds: Vec<&str> = docs
+        .iter()
+        .filter(|d| d["metadata"]["labels"]["app.kubernetes.io/name"] == "credvault")
+        .filter_map(|d| d["kind"].as_str())
+        .collect();
+    for kind in [
+        "Deployment",
+        "Service",
+        "PersistentVolumeClaim",
+        "PodDisruptionBudget",
+    ] {
+        assert!(
+            standalone_kinds.contains(&kind),
+            "{kind} in {standalone_kinds:?}"
+        );
+    }
+
+    // The config files in the ConfigMaps are ones credvault reads (unknown keys fail).
+    for config in docs.iter().filter(|d| d["kind"] == "ConfigMap") {
+        let toml = config["data"]["credvault.toml"].as_str().unwrap();
+        let file = dir.path().join("credvault.toml");
+        std::fs::write(&file, toml).unwrap();
+        let loaded = Config::load(Some(&file), Overrides::default());
+        assert!(
+            loaded.is_ok(),
+            "{}: {:?}",
+            config["metadata"]["name"],
+            loaded.err()
+        );
+    }
+}
+
+#[test]
+fn the_image_runs_credvault_serve_as_65532() {
+    let dockerfile =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/Dockerfile")).unwrap();
+    assert!(dockerfile.contains("AS build"), "multi-stage");
+    assert!(dockerfile.contains("cargo build --release --locked"));
+    assert!(
+        dockerfile.contains("FROM gcr.io/distroless/cc-debian12:nonroot"),
+        "no shell at run time"
+    );
+    assert!(dockerfile.contains("USER 65532:65532"));
+    assert!(dockerfile.contains(r#"ENTRYPOINT ["credvault", "serve"]"#));
+}
