@@ -69,7 +69,7 @@ fn manifests_validate_strictly_and_every_container_is_hardened() {
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken.yaml");
     let text = std::fs::read_to_string(
-        &files
+        files
             .iter()
             .find(|f| f.ends_with("standalone/deployment.yaml"))
             .unwrap(),
