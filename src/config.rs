@@ -219,6 +219,10 @@ pub struct Settings {
     /// Set during a master-key rotation (see `Config::previous_master_key`).
     pub previous_master_key: Option<MasterKey>,
     pub admin_token: SecretString,
+    /// The files the admin token and the master key were read from (none when given
+    /// inline or made by --dev): read again on SIGHUP and when they change.
+    pub admin_token_file: Option<PathBuf>,
+    pub master_key_file: Option<PathBuf>,
     /// True when the admin token was generated here and must be shown once.
     pub admin_token_generated: bool,
     pub log_format: LogFormat,
@@ -311,6 +315,8 @@ impl Config {
             (None, None) => None,
             (inline, file) => Some(master_key(inline, file, &self.data_dir, false)?.0),
         };
+        let master_key_file = self.master_key_file.clone();
+        let admin_token_file = self.admin_token_file.clone();
         let (master_key, dev_key_file) = master_key(
             self.master_key,
             self.master_key_file,
@@ -328,6 +334,8 @@ impl Config {
             master_key,
             previous_master_key,
             admin_token,
+            admin_token_file,
+            master_key_file,
             admin_token_generated,
             log_format: self.log_format,
             log_filter: self.log_filter,
@@ -441,6 +449,16 @@ fn admin_token(
         return Err(ConfigError::WeakAdminToken);
     }
     Ok((token, false))
+}
+
+/// The admin token in `path`, checked as at start-up (for reloads).
+pub fn read_admin_token_file(path: &Path) -> Result<SecretString, ConfigError> {
+    admin_token(None, Some(path.to_owned()), false).map(|(token, _)| token)
+}
+
+/// The master key in `path`, checked as at start-up (for reloads).
+pub fn read_master_key_file(path: &Path) -> Result<MasterKey, ConfigError> {
+    master_key(None, Some(path.to_owned()), Path::new(""), false).map(|(key, _)| key)
 }
 
 /// 32 random bytes as URL-safe base64 (43 characters).

@@ -44,6 +44,7 @@ pub mod proto;
 pub mod providers;
 pub mod refresh;
 pub mod rekey;
+pub mod reload;
 pub mod sealed;
 pub mod server;
 pub mod store;

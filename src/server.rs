@@ -78,6 +78,9 @@ pub struct Listeners {
     unix: Option<(UnixListener, PathBuf)>,
     metrics: Option<TcpListener>,
     probes: Probes,
+    /// Registered before serving, so that a SIGHUP never finds the default action
+    /// (which would end the process).
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 /// The health statuses, and the probe port that serves them from the moment the
@@ -158,11 +161,17 @@ impl Listeners {
             ),
             None => None,
         };
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .inspect_err(
+                |error| tracing::warn!(%error, "no SIGHUP handler; secret files are still polled"),
+            )
+            .ok();
         Ok(Self {
             tcp,
             unix,
             metrics,
             probes,
+            hangup,
         })
     }
 
@@ -302,6 +311,7 @@ pub async fn run(
         unix,
         metrics,
         probes,
+        hangup,
     } = listeners;
     let health_reporter = probes.reporter.clone();
     let health = health_server(&health_reporter);
@@ -342,6 +352,14 @@ pub async fn run(
         exporter::recorder();
     }
     tokio::spawn(vault.audit.clone().keep_pruned(stop_rx.clone()));
+    let reloader = crate::reload::Reloader {
+        files: vault.secret_files.clone(),
+        authenticator: vault.authenticator.clone(),
+        sealer: vault.sealer.clone(),
+        rekey: vault.rekey.clone(),
+        callers: vault.callers.clone(),
+    };
+    tokio::spawn(reloader.run(hangup, stop_rx.clone()));
     if vault.rekey.needed() {
         tokio::spawn(vault.rekey.clone().in_background(vault.callers.clone()));
     }

@@ -14,6 +14,7 @@ use crate::{
     providers::Providers,
     refresh::RefreshSettings,
     rekey::Rekey,
+    reload::SecretFiles,
     sealed,
     store::{FaultPlan, FaultyStore, SledStore, Store, StoreError, Swap, Tree},
 };
@@ -122,6 +123,8 @@ pub struct Vault {
     pub audit: Arc<AuditLog>,
     /// Re-seals records under the current master key during a rotation.
     pub rekey: Arc<Rekey>,
+    /// Secret files to read again on SIGHUP or change.
+    pub secret_files: SecretFiles,
     pub sealer: Arc<Sealer>,
     pub accounts: Arc<AccountService>,
     pub callers: Arc<CallerService>,
@@ -224,6 +227,10 @@ impl Vault {
             sled,
             audit,
             rekey,
+            secret_files: SecretFiles {
+                admin_token: settings.admin_token_file.clone(),
+                master_key: settings.master_key_file.clone(),
+            },
             sealer,
             accounts,
             authenticator,

@@ -14,7 +14,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     fmt,
-    sync::Arc,
+    sync::{Arc, RwLock},
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD};
@@ -211,7 +211,8 @@ pub enum AuthError {
 
 pub struct Authenticator {
     key: hmac::Key,
-    bootstrap_tag: hmac::Tag,
+    /// Replaced when the admin token file is read again.
+    bootstrap_tag: RwLock<hmac::Tag>,
     callers: Arc<CallerService>,
     /// Unix-socket peer uid → caller id (`socket_peers`).
     peers: HashMap<u32, String>,
@@ -229,10 +230,19 @@ impl Authenticator {
         let bootstrap_tag = hmac::sign(&key, bootstrap_token.expose().as_bytes());
         Ok(Self {
             key,
-            bootstrap_tag,
+            bootstrap_tag: RwLock::new(bootstrap_tag),
             callers,
             peers,
         })
+    }
+
+    /// From now on the bootstrap token is `token`; the previous one no longer works.
+    pub fn set_bootstrap_token(&self, token: &SecretString) {
+        let tag = hmac::sign(&self.key, token.expose().as_bytes());
+        *self
+            .bootstrap_tag
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = tag;
     }
 
     /// Proves the caller of one request. `peer_uid` is the uid of a Unix-socket peer;
@@ -261,7 +271,8 @@ impl Authenticator {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(AuthError::MissingOrInvalid);
         }
-        if hmac::verify(&self.key, value.as_bytes(), self.bootstrap_tag.as_ref()).is_ok() {
+        let bootstrap = *self.bootstrap_tag.read().unwrap_or_else(|e| e.into_inner());
+        if hmac::verify(&self.key, value.as_bytes(), bootstrap.as_ref()).is_ok() {
             return self.callers.bootstrap_admin();
         }
         if keys::looks_like_api_key(value) {

@@ -413,6 +413,10 @@ impl Daemon {
         self.output.lock().unwrap().clone()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for a line containing `marker`; returns that line.
     pub fn wait_for_line(&self, marker: &str) -> String {
         let mut found = None;
