@@ -32,7 +32,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEV_KEY_FILE: &str = "dev-master.key";
 
 /// Environment variables read, beyond nested provider settings (`CREDVAULT_PROVIDERS__…`).
-const ENV_KEYS: [&str; 17] = [
+const ENV_KEYS: [&str; 20] = [
     "listen",
     "socket",
     "socket_mode",
@@ -47,6 +47,9 @@ const ENV_KEYS: [&str; 17] = [
     "dev",
     "metrics_listen",
     "health_listen",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
     "previous_master_key",
     "previous_master_key_file",
     "audit_retention_days",
@@ -98,6 +101,12 @@ pub struct Config {
     pub health_listen: String,
     /// Audit events older than this many days are pruned; 0 keeps them forever.
     pub audit_retention_days: u64,
+    /// TLS for the TCP API (the Unix socket and the probe port stay plaintext): the
+    /// server's certificate chain and key, PEM. Both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// With TLS: clients must present a certificate signed by this CA (PEM).
+    pub tls_client_ca_file: Option<PathBuf>,
     /// Peer-credential callers: a connection on the Unix socket from one of these uids,
     /// carrying no `authorization`, is the mapped caller (id). Empty: off.
     pub socket_peers: BTreeMap<String, String>,
@@ -129,6 +138,9 @@ impl Default for Config {
             health_listen: "none".to_owned(),
             audit_retention_days: 90,
             socket_peers: BTreeMap::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
             providers: BTreeMap::new(),
             callers: CallerSettings::default(),
             refresh: RefreshSettings::default(),
@@ -165,6 +177,8 @@ pub enum ConfigError {
     HealthListen(String),
     #[error("metrics_listen: {0:?} is not an address like 127.0.0.1:9464 (or \"none\")")]
     MetricsListen(String),
+    #[error("tls: set tls_cert_file and tls_key_file together (tls_client_ca_file needs both)")]
+    Tls,
     #[error("socket_peers: {0:?} is not a uid (a number) mapped to a caller id")]
     SocketPeer(String),
     #[error("nothing to serve on: set listen or socket")]
@@ -235,6 +249,8 @@ pub struct Settings {
     pub audit_retention: Option<Duration>,
     /// Unix-socket peer uid → caller id.
     pub socket_peers: HashMap<u32, String>,
+    /// TLS for the TCP API, when configured.
+    pub tls: Option<TlsFiles>,
     /// Set when `--dev` created or used the key file beside the data.
     pub dev_key_file: Option<PathBuf>,
     pub providers: Providers,
@@ -287,6 +303,19 @@ impl Config {
                 text.parse::<SocketAddr>()
                     .map_err(|_| ConfigError::HealthListen(text.to_owned()))?,
             ),
+        };
+        let tls = match (
+            self.tls_cert_file,
+            self.tls_key_file,
+            self.tls_client_ca_file,
+        ) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), client_ca) => Some(TlsFiles {
+                cert: read_pem(&cert)?,
+                key: read_pem(&key)?,
+                client_ca: client_ca.as_deref().map(read_pem).transpose()?,
+            }),
+            _ => return Err(ConfigError::Tls),
         };
         let socket_peers = self
             .socket_peers
@@ -344,6 +373,7 @@ impl Config {
             metrics_listen,
             health_listen,
             socket_peers,
+            tls,
             audit_retention: (self.audit_retention_days > 0)
                 .then(|| Duration::from_secs(self.audit_retention_days.saturating_mul(86_400))),
             dev_key_file,
@@ -449,6 +479,48 @@ fn admin_token(
         return Err(ConfigError::WeakAdminToken);
     }
     Ok((token, false))
+}
+
+/// PEM files for the TCP API's TLS, read at start-up.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub cert: Vec<u8>,
+    pub key: SecretBytes,
+    pub client_ca: Option<Vec<u8>>,
+}
+
+/// Bytes that must not be printed (a private key).
+#[derive(Clone)]
+pub struct SecretBytes(zeroize::Zeroizing<Vec<u8>>);
+
+impl SecretBytes {
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("client_certificates", &self.client_ca.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_pem<T: From<Vec<u8>>>(path: &Path) -> Result<T, ConfigError> {
+    fs::read(path)
+        .map(T::from)
+        .map_err(|source| ConfigError::Io {
+            action: "reading TLS file",
+            path: path.to_owned(),
+            source,
+        })
+}
+
+impl From<Vec<u8>> for SecretBytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        SecretBytes(zeroize::Zeroizing::new(bytes))
+    }
 }
 
 /// The admin token in `path`, checked as at start-up (for reloads).

@@ -20,7 +20,7 @@ use tokio::{
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::{
     server::NamedService,
-    transport::{Server, server::Router},
+    transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig, server::Router},
 };
 use tonic_health::{
     ServingStatus,
@@ -81,6 +81,17 @@ pub struct Listeners {
     /// Registered before serving, so that a SIGHUP never finds the default action
     /// (which would end the process).
     hangup: Option<tokio::signal::unix::Signal>,
+    /// TLS for the TCP API (the Unix socket stays plaintext: its peers are local).
+    tls: Option<ServerTlsConfig>,
+}
+
+fn tls_config(files: &crate::config::TlsFiles) -> ServerTlsConfig {
+    let config =
+        ServerTlsConfig::new().identity(TlsIdentity::from_pem(&files.cert, files.key.expose()));
+    match &files.client_ca {
+        Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+        None => config,
+    }
 }
 
 /// The health statuses, and the probe port that serves them from the moment the
@@ -172,6 +183,7 @@ impl Listeners {
             metrics,
             probes,
             hangup,
+            tls: settings.tls.as_ref().map(tls_config),
         })
     }
 
@@ -224,6 +236,7 @@ fn router(
     vault: &Vault,
     services: &Services,
     health: HealthServer<HealthService>,
+    tls: Option<ServerTlsConfig>,
 ) -> Result<Routes, ServeError> {
     // grpcurl 1.8 speaks only v1alpha; newer clients prefer v1.
     let reflection_v1 = reflection().build_v1()?;
@@ -243,7 +256,11 @@ fn router(
         services.events.clone(),
         vault.fingerprints.clone(),
     );
-    Ok(Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    Ok(builder
         .layer(CallLayer::new(
             vault.authenticator.clone(),
             vault.audit.clone(),
@@ -312,6 +329,7 @@ pub async fn run(
         metrics,
         probes,
         hangup,
+        tls,
     } = listeners;
     let health_reporter = probes.reporter.clone();
     let health = health_server(&health_reporter);
@@ -374,7 +392,7 @@ pub async fn run(
         tokio::spawn(exporter::serve(metrics, sources, stop_rx.clone()));
     }
     if let Some(tcp) = tcp {
-        let routes = router(&vault, &services, health.clone())?;
+        let routes = router(&vault, &services, health.clone(), tls)?;
         servers.spawn(routes.serve_with_incoming_shutdown(
             no_delay(TcpListenerStream::new(tcp)),
             stopped(stop_rx.clone()),
@@ -382,7 +400,7 @@ pub async fn run(
     }
     let socket_path = match unix {
         Some((unix, path)) => {
-            let routes = router(&vault, &services, health.clone())?;
+            let routes = router(&vault, &services, health.clone(), None)?;
             servers.spawn(routes.serve_with_incoming_shutdown(
                 UnixListenerStream::new(unix),
                 stopped(stop_rx.clone()),
