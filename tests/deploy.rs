@@ -187,6 +187,38 @@ fn manifests_validate_strictly_and_every_container_is_hardened() {
     }
 }
 
+/// Every option of the example config (`key =` lines and `[sections]`, commented or
+/// not) appears in the sidecar's ConfigMap.
+#[test]
+fn the_sidecar_config_map_lists_every_option() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let example = std::fs::read_to_string(format!("{root}/deploy/credvault.example.toml")).unwrap();
+    let config_map =
+        std::fs::read_to_string(format!("{root}/deploy/kubernetes/sidecar/configmap.yaml"))
+            .unwrap();
+    let options = |text: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .map(|l| l.trim().trim_start_matches('#').trim())
+            .filter_map(|l| {
+                if l.starts_with("[socket_peers]")
+                    || l.starts_with("[callers]")
+                    || l.starts_with("[refresh]")
+                {
+                    return Some(l.to_owned());
+                }
+                let (key, _) = l.split_once(" = ")?;
+                (!key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+                    .then(|| key.to_owned())
+            })
+            .collect()
+    };
+    let wanted = options(&example);
+    let have = options(&config_map);
+    assert!(wanted.len() > 35, "{wanted:?}");
+    let missing: Vec<&String> = wanted.difference(&have).collect();
+    assert!(missing.is_empty(), "the ConfigMap lacks {missing:?}");
+}
+
 #[test]
 fn the_image_runs_credvault_serve_as_65532() {
     let dockerfile =
