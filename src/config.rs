@@ -287,23 +287,11 @@ impl Config {
 
     /// Checks every field and loads the keys. In `--dev`, creates what is missing.
     pub fn resolve(self) -> Result<Settings, ConfigError> {
-        let listen = match self.listen.trim() {
-            "" | "none" => None,
-            text => Some(
-                text.parse::<SocketAddr>()
-                    .map_err(|_| ConfigError::Listen(text.to_owned()))?,
-            ),
-        };
+        let listen = optional_addr(&self.listen, ConfigError::Listen)?;
         if listen.is_none() && self.socket.is_none() {
             return Err(ConfigError::NoListener);
         }
-        let health_listen = match self.health_listen.trim() {
-            "" | "none" => None,
-            text => Some(
-                text.parse::<SocketAddr>()
-                    .map_err(|_| ConfigError::HealthListen(text.to_owned()))?,
-            ),
-        };
+        let health_listen = optional_addr(&self.health_listen, ConfigError::HealthListen)?;
         let tls = match (
             self.tls_cert_file,
             self.tls_key_file,
@@ -325,13 +313,7 @@ impl Config {
                 _ => Err(ConfigError::SocketPeer(uid.clone())),
             })
             .collect::<Result<HashMap<_, _>, _>>()?;
-        let metrics_listen = match self.metrics_listen.trim() {
-            "" | "none" => None,
-            text => Some(
-                text.parse::<SocketAddr>()
-                    .map_err(|_| ConfigError::MetricsListen(text.to_owned()))?,
-            ),
-        };
+        let metrics_listen = optional_addr(&self.metrics_listen, ConfigError::MetricsListen)?;
         let socket_mode = u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
             .ok()
             .filter(|mode| *mode <= 0o777)
@@ -479,6 +461,21 @@ fn admin_token(
         return Err(ConfigError::WeakAdminToken);
     }
     Ok((token, false))
+}
+
+/// An address option: `None` for "none" or empty, else a socket address (or `error`
+/// naming what was given).
+fn optional_addr(
+    text: &str,
+    error: fn(String) -> ConfigError,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    match text.trim() {
+        "" | "none" => Ok(None),
+        text => text
+            .parse::<SocketAddr>()
+            .map(Some)
+            .map_err(|_| error(text.to_owned())),
+    }
 }
 
 /// PEM files for the TCP API's TLS, read at start-up.

@@ -6,7 +6,7 @@
 //! expiry, the store's size — are computed from the live services at each scrape, so
 //! they are never stale.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, sync::OnceLock};
+use std::{convert::Infallible, sync::Arc, sync::OnceLock};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -149,9 +149,4 @@ fn answer(sources: &Sources, request: &Request<Incoming>) -> Response<Full<Bytes
             .insert(hyper::header::CONTENT_TYPE, value);
     }
     response
-}
-
-/// Binds the metrics listener.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }

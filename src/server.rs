@@ -162,14 +162,16 @@ impl Listeners {
             task,
         };
         let metrics = match settings.metrics_listen {
-            Some(addr) => Some(
-                exporter::bind(addr)
-                    .await
-                    .map_err(|source| ServeError::Bind {
-                        what: format!("metrics listener {addr}"),
-                        source,
-                    })?,
-            ),
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServeError::Bind {
+                            what: format!("metrics listener {addr}"),
+                            source,
+                        })?,
+                )
+            }
             None => None,
         };
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
