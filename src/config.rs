@@ -22,6 +22,7 @@ use crate::{
     auth::MIN_ADMIN_TOKEN_LEN,
     callers::CallerSettings,
     crypto::{KeyError, MasterKey, RngError, SecretString, random_bytes},
+    limits::LimitSettings,
     providers::{ProviderConfig, ProviderError, Providers},
     refresh::RefreshSettings,
 };
@@ -115,6 +116,8 @@ pub struct Config {
     pub callers: CallerSettings,
     /// The refresh engine.
     pub refresh: RefreshSettings,
+    /// Request size, call deadline and per-connection concurrency.
+    pub limits: LimitSettings,
 }
 
 impl Default for Config {
@@ -144,6 +147,7 @@ impl Default for Config {
             providers: BTreeMap::new(),
             callers: CallerSettings::default(),
             refresh: RefreshSettings::default(),
+            limits: LimitSettings::default(),
         }
     }
 }
@@ -209,6 +213,8 @@ pub enum ConfigError {
     Callers(&'static str),
     #[error("refresh: {0}")]
     Refresh(&'static str),
+    #[error("limits: {0}")]
+    Limits(&'static str),
     #[error(transparent)]
     Provider(#[from] ProviderError),
     #[error("{action} {path}: {source}")]
@@ -256,6 +262,7 @@ pub struct Settings {
     pub providers: Providers,
     pub callers: CallerSettings,
     pub refresh: RefreshSettings,
+    pub limits: LimitSettings,
 }
 
 impl Config {
@@ -275,6 +282,7 @@ impl Config {
                     || key.starts_with("providers__")
                     || key.starts_with("callers__")
                     || key.starts_with("refresh__")
+                    || key.starts_with("limits__")
                     || key.starts_with("socket_peers__")
             })
             .split("__");
@@ -321,6 +329,9 @@ impl Config {
         let providers = Providers::new(self.providers)?;
         check_callers(&self.callers)?;
         check_refresh(&self.refresh)?;
+        if let Some(problem) = self.limits.problem() {
+            return Err(ConfigError::Limits(problem));
+        }
         create_private_dir(&self.data_dir)?;
         let previous_master_key = match (self.previous_master_key, self.previous_master_key_file) {
             (None, None) => None,
@@ -362,6 +373,7 @@ impl Config {
             providers,
             callers: self.callers,
             refresh: self.refresh,
+            limits: self.limits,
         })
     }
 }

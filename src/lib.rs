@@ -17,6 +17,7 @@
 //! - [`config`] and [`cli`]: layered configuration (defaults, TOML, env, flags).
 //! - [`refresh`]: the refresh engine (schedule, single flight, backoff) and the
 //!   provider adapters that log accounts in upstream.
+//! - [`limits`]: request size, call deadline and per-connection concurrency.
 //! - [`providers`]: the configured upstream providers and their `maxJobs` ranges.
 //! - [`validate`]: field checks shared by every service, in the reference wording.
 //! - [`clock`], [`timefmt`], [`telemetry`]: time, timestamps, logging.
@@ -39,6 +40,7 @@ pub mod events;
 pub mod exporter;
 pub mod fake_upstream;
 pub mod leases;
+pub mod limits;
 pub mod progress;
 pub mod proto;
 pub mod providers;

@@ -258,7 +258,10 @@ fn router(
         services.events.clone(),
         vault.fingerprints.clone(),
     );
-    let mut builder = Server::builder();
+    let limits = &vault.limits;
+    let max = limits.max_request_bytes;
+    let mut builder =
+        Server::builder().concurrency_limit_per_connection(limits.calls_per_connection);
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
@@ -266,19 +269,25 @@ fn router(
         .layer(CallLayer::new(
             vault.authenticator.clone(),
             vault.audit.clone(),
+            limits.call_timeout(),
         ))
         .add_service(health)
-        .add_service(AuditServer::new(AuditApi::new(vault.audit.clone())))
-        .add_service(KeysServer::new(KeysApi::new(
-            vault.rekey.clone(),
-            vault.sealer.clone(),
-            vault.callers.clone(),
-        )))
+        .add_service(
+            AuditServer::new(AuditApi::new(vault.audit.clone())).max_decoding_message_size(max),
+        )
+        .add_service(
+            KeysServer::new(KeysApi::new(
+                vault.rekey.clone(),
+                vault.sealer.clone(),
+                vault.callers.clone(),
+            ))
+            .max_decoding_message_size(max),
+        )
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AccountsServer::new(accounts))
-        .add_service(CallersServer::new(callers))
-        .add_service(CredentialsServer::new(credentials)))
+        .add_service(AccountsServer::new(accounts).max_decoding_message_size(max))
+        .add_service(CallersServer::new(callers).max_decoding_message_size(max))
+        .add_service(CredentialsServer::new(credentials).max_decoding_message_size(max)))
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

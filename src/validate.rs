@@ -13,6 +13,9 @@ pub const MAX_PROVIDER_LEN: usize = 64;
 pub const MAX_SECRET_LEN: usize = 4096;
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 pub const MAX_NAME_LEN: usize = 256;
+/// Caller ids, token ids, lease ids, page tokens, RPC names.
+pub const MAX_ID_LEN: usize = 128;
+pub const MAX_PATH_LEN: usize = 4096;
 pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL_KEY_LEN: usize = 63;
 pub const MAX_LABEL_VALUE_LEN: usize = 256;
@@ -79,6 +82,26 @@ pub enum FieldError {
     Timestamp(&'static str),
 }
 
+/// A caller's value as an error message may show it: without control characters and
+/// at most 64 characters, so that no answer grows with its input.
+pub fn shown(value: &str) -> String {
+    const MAX_SHOWN: usize = 64;
+    let mut shown: String = value
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_SHOWN)
+        .collect();
+    if value
+        .chars()
+        .filter(|c| !c.is_control())
+        .nth(MAX_SHOWN)
+        .is_some()
+    {
+        shown.push('…');
+    }
+    shown
+}
+
 /// Checks a plain (non-secret) text field: present if `required`, bounded, printable.
 pub fn text(
     field: &'static str,
@@ -116,7 +139,7 @@ pub fn email(value: &str) -> Result<String, FieldError> {
         return Err(FieldError::MalformedEmail("email"));
     }
     if !domain_ok(&domain.to_ascii_lowercase()) {
-        return Err(FieldError::EmailDomain(value.to_owned()));
+        return Err(FieldError::EmailDomain(shown(value)));
     }
     Ok(value.to_lowercase())
 }
@@ -157,7 +180,7 @@ pub fn provider<'a>(providers: &'a Providers, name: &str) -> Result<&'a Provider
     providers
         .get(name)
         .ok_or_else(|| FieldError::UnknownProvider {
-            name: name.to_owned(),
+            name: shown(name),
             known: providers.names().join(", "),
         })
 }
@@ -199,6 +222,15 @@ pub fn label_key(key: &str) -> Result<(), FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shown_values_are_bounded_and_printable() {
+        assert_eq!(shown("acme\n\u{7}corp"), "acmecorp");
+        let long = shown(&"y".repeat(10_000));
+        assert_eq!(long.chars().count(), 65);
+        assert!(long.ends_with('…'));
+        assert_eq!(shown(&"z".repeat(64)), "z".repeat(64));
+    }
 
     #[test]
     fn emails() {

@@ -131,6 +131,7 @@ pub struct Vault {
     pub authenticator: Arc<Authenticator>,
     pub providers: Arc<Providers>,
     pub refresh: RefreshSettings,
+    pub limits: crate::limits::LimitSettings,
     pub clock: Arc<dyn Clock>,
     pub fingerprints: Arc<Fingerprinter>,
 }
@@ -236,6 +237,7 @@ impl Vault {
             authenticator,
             providers,
             refresh: settings.refresh.clone(),
+            limits: settings.limits.clone(),
             callers,
             fingerprints,
             clock,

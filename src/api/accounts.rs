@@ -64,7 +64,7 @@ impl AccountsApi {
 
 #[tonic::async_trait]
 impl Accounts for AccountsApi {
-    #[tracing::instrument(skip_all, fields(provider = %request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
+    #[tracing::instrument(skip_all, fields(provider = ?request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
     async fn create_account(
         &self,
         request: Request<proto::CreateAccountRequest>,
@@ -103,7 +103,7 @@ impl Accounts for AccountsApi {
         Ok(Response::new(self.view(&account)))
     }
 
-    #[tracing::instrument(skip_all, fields(provider = %request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
+    #[tracing::instrument(skip_all, fields(provider = ?request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
     async fn get_account(
         &self,
         request: Request<proto::GetAccountRequest>,
@@ -117,7 +117,7 @@ impl Accounts for AccountsApi {
         Ok(Response::new(self.view(&account)))
     }
 
-    #[tracing::instrument(skip_all, fields(provider = %request.get_ref().provider))]
+    #[tracing::instrument(skip_all, fields(provider = ?request.get_ref().provider))]
     async fn list_accounts(
         &self,
         request: Request<proto::ListAccountsRequest>,
@@ -134,7 +134,7 @@ impl Accounts for AccountsApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(provider = %request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
+    #[tracing::instrument(skip_all, fields(provider = ?request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
     async fn update_account(
         &self,
         request: Request<proto::UpdateAccountRequest>,
@@ -183,7 +183,7 @@ impl Accounts for AccountsApi {
         Ok(Response::new(self.view(&account)))
     }
 
-    #[tracing::instrument(skip_all, fields(provider = %request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
+    #[tracing::instrument(skip_all, fields(provider = ?request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
     async fn delete_account(
         &self,
         request: Request<proto::DeleteAccountRequest>,
@@ -205,7 +205,7 @@ impl Accounts for AccountsApi {
         Ok(Response::new(()))
     }
 
-    #[tracing::instrument(skip_all, fields(provider = %request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
+    #[tracing::instrument(skip_all, fields(provider = ?request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
     async fn refresh_account(
         &self,
         request: Request<proto::RefreshAccountRequest>,

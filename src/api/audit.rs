@@ -9,7 +9,7 @@ use crate::{
     audit::{self, AuditEvent, AuditLog, Filter},
     auth::Permission,
     proto::{self, audit_server::Audit},
-    validate::FieldError,
+    validate::{self, FieldError},
 };
 
 pub struct AuditApi {
@@ -55,6 +55,14 @@ impl Audit for AuditApi {
                 }));
             }
         };
+        let field = |name, value: &str, max| {
+            validate::text(name, value, max, false).map_err(super::status::field_error)
+        };
+        field("caller_id", &req.caller_id, validate::MAX_ID_LEN)?;
+        field("provider", &req.provider, validate::MAX_PROVIDER_LEN)?;
+        field("email", &req.email, validate::MAX_EMAIL_LEN)?;
+        field("rpc", &req.rpc, validate::MAX_ID_LEN)?;
+        field("page_token", &req.page_token, validate::MAX_ID_LEN)?;
         let filter = Filter {
             since_ms: convert::timestamp_ms("since", req.since)
                 .map_err(super::status::field_error)?,
@@ -82,9 +90,9 @@ impl Audit for AuditApi {
         authorized(&request, Permission::Audit, "AuditHash")?;
         let audit = call_audit(&request);
         let req = request.into_inner();
-        if req.value.is_empty() {
-            return Err(super::status::field_error(FieldError::Missing("value")));
-        }
+        // Nothing longer, or holding control characters, is ever handed out.
+        validate::text("value", &req.value, validate::MAX_TOKEN_LEN, true)
+            .map_err(super::status::field_error)?;
         let hash = self.log.hash(&req.value);
         audit.target(&hash);
         let (count, matches) = self.log.find_hash(&hash).map_err(audit_error)?;

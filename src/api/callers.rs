@@ -13,7 +13,7 @@ use crate::{
     callers::{CallerError, CallerService, CallerUpdate, NewCaller, TokenError},
     crypto::SecretString,
     proto::{self, callers_server::Callers},
-    validate::FieldError,
+    validate::{self, FieldError},
 };
 
 pub struct CallersApi {
@@ -33,6 +33,11 @@ impl CallersApi {
 
 fn invalid(error: FieldError) -> Status {
     caller_error(CallerError::Invalid(error))
+}
+
+/// An optional id field: bounded and printable.
+fn id_field(field: &'static str, value: &str) -> Result<(), Status> {
+    validate::text(field, value, validate::MAX_ID_LEN, false).map_err(invalid)
 }
 
 #[tonic::async_trait]
@@ -136,6 +141,7 @@ impl Callers for CallersApi {
         let actor = caller(&request)?;
         let audit = call_audit(&request);
         let req = request.into_inner();
+        id_field("caller_id", &req.caller_id)?;
         let target = actor.target(&req.caller_id).map_err(denied)?;
         let (jwt, claims) = self
             .callers
@@ -160,6 +166,9 @@ impl Callers for CallersApi {
         let actor = caller(&request)?;
         let audit = call_audit(&request);
         let req = request.into_inner();
+        validate::text("jwt", &req.jwt, validate::MAX_TOKEN_LEN, false).map_err(invalid)?;
+        id_field("jti", &req.jti)?;
+        id_field("caller_id", &req.caller_id)?;
         let (owner, jti) = match (req.jwt.as_str(), req.jti.as_str()) {
             ("", "") | (_, "") if req.jwt.is_empty() => {
                 return Err(invalid(FieldError::OneOf("jwt", "jti")));
@@ -189,6 +198,7 @@ impl Callers for CallersApi {
         request: Request<proto::ListTokensRequest>,
     ) -> Result<Response<proto::ListTokensResponse>, Status> {
         let actor = caller(&request)?;
+        id_field("caller_id", &request.get_ref().caller_id)?;
         let target = actor.target(&request.get_ref().caller_id).map_err(denied)?;
         let tokens = self.callers.list_tokens(target).map_err(caller_error)?;
         Ok(Response::new(proto::ListTokensResponse {
@@ -204,6 +214,8 @@ impl Callers for CallersApi {
         let actor = authorized(&request, Permission::ManageCallers, "UpdateCaller")?;
         let audit = call_audit(&request);
         let req = request.into_inner();
+        id_field("caller_id", &req.caller_id)?;
+        validate::text("email", &req.email, validate::MAX_EMAIL_LEN, false).map_err(invalid)?;
         let id = match (req.caller_id.as_str(), req.email.as_str()) {
             ("", "") => return Err(invalid(FieldError::OneOf("caller_id", "email"))),
             ("", email) => self.callers.find_by_email(email).map_err(caller_error)?.id,

@@ -19,8 +19,14 @@ use crate::{
     events::{Event, EventKind, Events},
     leases::{AcquireRequest, DEFAULT_TTL_MS, Granted, LeaseService, MAX_TTL_MS, MAX_WAIT_MS},
     proto::{self, credentials_server::Credentials},
-    validate::FieldError,
+    validate::{self, FieldError},
 };
+
+/// A lease id as given: bounded and printable (ids are 32 hex digits).
+fn lease_id(value: &str) -> Result<(), Status> {
+    validate::text("lease_id", value, validate::MAX_ID_LEN, true)
+        .map_err(super::status::field_error)
+}
 
 pub struct CredentialsApi {
     accounts: Arc<AccountService>,
@@ -142,7 +148,7 @@ fn visible(
 
 #[tonic::async_trait]
 impl Credentials for CredentialsApi {
-    #[tracing::instrument(skip_all, fields(provider = %request.get_ref().provider, email = %self.fingerprints.tag(&request.get_ref().email.to_lowercase())))]
+    #[tracing::instrument(skip_all, fields(provider = ?request.get_ref().provider, email = %self.fingerprints.tag(&request.get_ref().email.to_lowercase())))]
     async fn reveal_account(
         &self,
         request: Request<proto::RevealAccountRequest>,
@@ -192,7 +198,7 @@ impl Credentials for CredentialsApi {
         Ok(Response::new(convert::revealed_account(&account, active)))
     }
 
-    #[tracing::instrument(skip_all, fields(provider = %request.get_ref().provider))]
+    #[tracing::instrument(skip_all, fields(provider = ?request.get_ref().provider))]
     async fn acquire_lease(
         &self,
         request: Request<proto::AcquireLeaseRequest>,
@@ -216,7 +222,7 @@ impl Credentials for CredentialsApi {
         Ok(Response::new(lease(&granted)))
     }
 
-    #[tracing::instrument(skip_all, fields(lease = %request.get_ref().lease_id))]
+    #[tracing::instrument(skip_all, fields(lease = ?request.get_ref().lease_id))]
     async fn renew_lease(
         &self,
         request: Request<proto::RenewLeaseRequest>,
@@ -224,6 +230,7 @@ impl Credentials for CredentialsApi {
         let actor = authorized(&request, Permission::Credentials, "RenewLease")?;
         let audit = call_audit(&request);
         let req = request.into_inner();
+        lease_id(&req.lease_id)?;
         let ttl = millis("ttl", req.ttl, DEFAULT_TTL_MS, 1_000, MAX_TTL_MS)?;
         let granted = self
             .leases
@@ -233,12 +240,13 @@ impl Credentials for CredentialsApi {
         Ok(Response::new(lease(&granted)))
     }
 
-    #[tracing::instrument(skip_all, fields(lease = %request.get_ref().lease_id))]
+    #[tracing::instrument(skip_all, fields(lease = ?request.get_ref().lease_id))]
     async fn release_lease(
         &self,
         request: Request<proto::ReleaseLeaseRequest>,
     ) -> Result<Response<()>, Status> {
         let actor = authorized(&request, Permission::Credentials, "ReleaseLease")?;
+        lease_id(&request.get_ref().lease_id)?;
         call_audit(&request).target(&request.get_ref().lease_id);
         let req = request.into_inner();
         self.leases
@@ -257,6 +265,11 @@ impl Credentials for CredentialsApi {
     ) -> Result<Response<Self::WatchCredentialsStream>, Status> {
         let actor = authorized(&request, Permission::Credentials, "WatchCredentials")?;
         let req = request.into_inner();
+        let field = |name, value: &str, max| {
+            validate::text(name, value, max, false).map_err(super::status::field_error)
+        };
+        field("provider", &req.provider, validate::MAX_PROVIDER_LEN)?;
+        field("email", &req.email, validate::MAX_EMAIL_LEN)?;
         let email = req.email.to_lowercase();
         let mut events = self.events.subscribe();
         let (tx, rx) = mpsc::channel(64);

@@ -11,7 +11,7 @@ use crate::{
     crypto::{MasterKey, Sealer},
     proto::{self, keys_server::Keys, rotation_status::Phase as ProtoPhase},
     rekey::{Phase, Rekey},
-    validate::FieldError,
+    validate,
 };
 
 pub struct KeysApi {
@@ -69,9 +69,7 @@ impl Keys for KeysApi {
         authorized(&request, Permission::Keys, "RotateMasterKey")?;
         let audit = call_audit(&request);
         let path = request.into_inner().new_key_file;
-        if path.is_empty() {
-            return Err(field_error(FieldError::Missing("new_key_file")));
-        }
+        validate::text("new_key_file", &path, validate::MAX_PATH_LEN, true).map_err(field_error)?;
         audit.target(&path);
         let key = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read {path}: {e}"))

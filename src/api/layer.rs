@@ -11,7 +11,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use http::{HeaderValue, Request, Response};
@@ -73,13 +73,19 @@ fn audited(path: &str) -> Audited {
 pub struct CallLayer {
     authenticator: Arc<Authenticator>,
     audit: Arc<AuditLog>,
+    call_timeout: Duration,
 }
 
 impl CallLayer {
-    pub fn new(authenticator: Arc<Authenticator>, audit: Arc<AuditLog>) -> Self {
+    pub fn new(
+        authenticator: Arc<Authenticator>,
+        audit: Arc<AuditLog>,
+        call_timeout: Duration,
+    ) -> Self {
         Self {
             authenticator,
             audit,
+            call_timeout,
         }
     }
 }
@@ -92,6 +98,7 @@ impl<S> Layer<S> for CallLayer {
             inner,
             authenticator: self.authenticator.clone(),
             audit: self.audit.clone(),
+            call_timeout: self.call_timeout,
         }
     }
 }
@@ -101,6 +108,7 @@ pub struct CallService<S> {
     inner: S,
     authenticator: Arc<Authenticator>,
     audit: Arc<AuditLog>,
+    call_timeout: Duration,
 }
 
 type BoxFuture<T, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
@@ -149,10 +157,12 @@ where
             }))
         };
         let audit = self.audit.clone();
+        let deadline =
+            crate::limits::deadline(request.headers().get("grpc-timeout"), self.call_timeout);
         let rpc = path.trim_start_matches('/').to_owned();
         let future = async move {
             let policy = audited(&path);
-            let mut response = match proven {
+            let response = match proven {
                 None => inner.call(request).await?,
                 Some(Ok(caller)) => {
                     let call_audit = match policy {
@@ -161,7 +171,15 @@ where
                     };
                     request.extensions_mut().insert(caller);
                     request.extensions_mut().insert(call_audit.clone());
-                    let mut response = inner.call(request).await?;
+                    let mut response =
+                        match tokio::time::timeout(deadline, inner.call(request)).await {
+                            Ok(answer) => answer?,
+                            Err(_) => Status::deadline_exceeded(format!(
+                                "the call did not finish within its deadline ({} ms)",
+                                deadline.as_millis()
+                            ))
+                            .into_http(),
+                        };
                     let code = grpc_code(&response);
                     if call_audit.finish(code_name(code)).is_err()
                         && policy == Audited::HandOut
@@ -187,6 +205,7 @@ where
                     status.into_http()
                 }
             };
+            let mut response = tidy(response);
             if let Ok(value) = HeaderValue::from_str(&request_id) {
                 response.headers_mut().insert(REQUEST_ID_HEADER, value);
             }
@@ -226,6 +245,66 @@ fn request_id(given: Option<&HeaderValue>) -> String {
         });
         format!("{prefix}{:016x}", NEXT.fetch_add(1, Ordering::Relaxed))
     })
+}
+
+/// Longest `grpc-message` sent, in bytes (percent-encoded): no answer grows with its
+/// input, and none outgrows a client's header limit.
+const MAX_MESSAGE_LEN: usize = 1024;
+
+/// A request body that is not the method's protobuf message is the caller's mistake:
+/// tonic answers it INTERNAL, credvault INVALID_ARGUMENT. Overlong messages are cut.
+fn tidy(response: Response<Body>) -> Response<Body> {
+    let message = response
+        .headers()
+        .get("grpc-message")
+        .map(|v| v.as_bytes().to_vec());
+    let Some(message) = message else {
+        return response;
+    };
+    if grpc_code(&response) == Code::Internal
+        && percent_decoded(&message).starts_with(b"failed to decode Protobuf message")
+    {
+        return Status::invalid_argument(
+            "the request body is not a valid protobuf message for this method",
+        )
+        .into_http();
+    }
+    if message.len() <= MAX_MESSAGE_LEN {
+        return response;
+    }
+    // Never cut inside a %XX escape.
+    let mut cut = MAX_MESSAGE_LEN;
+    while message[cut - 2..cut].contains(&b'%') {
+        cut -= 1;
+    }
+    let mut response = response;
+    if let Ok(value) = HeaderValue::from_bytes(&message[..cut]) {
+        response.headers_mut().insert("grpc-message", value);
+    }
+    response
+}
+
+/// A `grpc-message` as sent: percent-encoded (spaces included).
+fn percent_decoded(encoded: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(encoded.len());
+    let mut i = 0;
+    while i < encoded.len() {
+        let escape = (encoded[i] == b'%')
+            .then(|| Some(hex(*encoded.get(i + 1)?)? * 16 + hex(*encoded.get(i + 2)?)?))
+            .flatten();
+        match escape {
+            Some(byte) => {
+                out.push(byte as u8);
+                i += 3;
+            }
+            None => {
+                out.push(encoded[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// The status of an answer: from its `grpc-status` header (errors are answered
@@ -277,6 +356,27 @@ mod tests {
         let long = HeaderValue::from_str(&"x".repeat(129)).unwrap();
         assert_ne!(request_id(Some(&long)), "x".repeat(129));
         assert_ne!(request_id(None), request_id(None));
+    }
+
+    #[test]
+    fn decode_failures_are_the_callers_and_long_messages_are_cut() {
+        let decode = Status::internal("failed to decode Protobuf message: invalid tag value: 0");
+        let tidied = tidy(decode.into_http());
+        assert_eq!(grpc_code(&tidied), Code::InvalidArgument);
+
+        let long = Status::invalid_argument(format!("bad: {}", "é".repeat(2_000)));
+        let tidied = tidy(long.into_http());
+        let message = tidied.headers()["grpc-message"].as_bytes();
+        assert!(message.len() <= MAX_MESSAGE_LEN);
+        assert!(
+            message.ends_with(b"%A9") || message.ends_with(b"%C3"),
+            "whole escapes only"
+        );
+        assert_eq!(grpc_code(&tidied), Code::InvalidArgument);
+
+        assert_eq!(percent_decoded(b"a%20b%2"), b"a b%2");
+        let ordinary = tidy(Status::internal("internal error").into_http());
+        assert_eq!(grpc_code(&ordinary), Code::Internal);
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! Consumer scopes: `provider` (all its accounts) or `provider/email-glob`, where the
 //! glob has `*` (any run of characters) and `?` (one character).
 
-use crate::validate::FieldError;
+use crate::validate::{FieldError, shown};
 
 pub const MAX_SCOPES: usize = 64;
 const MAX_SCOPE_LEN: usize = 320;
 
 /// Checks a scope's shape; returns it lower-cased (emails are stored lower-cased).
 pub fn parse(scope: &str) -> Result<String, FieldError> {
-    let bad = || FieldError::Scope(scope.chars().filter(|c| !c.is_control()).collect());
+    let bad = || FieldError::Scope(shown(scope));
     if scope.is_empty()
         || scope.len() > MAX_SCOPE_LEN
         || scope.chars().any(|c| c.is_control() || c.is_whitespace())
