@@ -186,8 +186,14 @@ impl Credentials for CredentialsApi {
             }
             return Err(audit_error(error));
         }
-        // The debit and the audit event become durable together.
-        self.callers.flush().await.map_err(caller_error)?;
+        // The debit and the audit event become durable together; without that, nothing
+        // is handed out and the credits are paid back.
+        if let Err(error) = self.callers.flush().await {
+            if let Err(refund) = self.callers.refund(&actor.id, cost) {
+                tracing::error!(error = %refund, "refunding a failed reveal failed");
+            }
+            return Err(caller_error(error));
+        }
         tracing::info!(
             caller = %actor.id,
             cost,

@@ -30,6 +30,7 @@ pub fn auth_error(error: AuthError) -> Status {
         }
         AuthError::NotActivated => Status::failed_precondition(message),
         AuthError::Disabled => Status::permission_denied(message),
+        AuthError::Unavailable => Status::unavailable(STORAGE_UNAVAILABLE),
         AuthError::Internal => Status::internal(INTERNAL_MESSAGE),
     }
 }
@@ -165,9 +166,17 @@ fn with_info<const N: usize>(
     )
 }
 
+/// What a caller is told when the store failed a read, write or flush. A write may
+/// have been made or not; a retry (with `expected_version` where it matters) settles it.
+pub const STORAGE_UNAVAILABLE: &str = "storage is unavailable; retry later";
+
 fn store_error(error: &StoreError) -> Status {
     match error {
-        StoreError::Io(_) | StoreError::Engine(_) | StoreError::Locked => internal(error),
+        StoreError::Io(_) => {
+            tracing::error!(%error, "storage failed");
+            Status::unavailable(STORAGE_UNAVAILABLE)
+        }
+        StoreError::Engine(_) | StoreError::Locked => internal(error),
     }
 }
 

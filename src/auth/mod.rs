@@ -204,7 +204,10 @@ pub enum AuthError {
     NotActivated,
     #[error("caller is disabled")]
     Disabled,
-    /// The store failed; the detail is logged where it happened.
+    /// The store could not be read; a retry may succeed. Logged where it happened.
+    #[error("authentication could not be completed")]
+    Unavailable,
+    /// Anything else that failed; the detail is logged where it happened.
     #[error("authentication could not be completed")]
     Internal,
 }

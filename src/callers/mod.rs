@@ -492,6 +492,7 @@ impl CallerService {
         match self.load(id) {
             Ok(Some((_, record))) => Ok(record),
             Ok(None) => Err(AuthError::MissingOrInvalid),
+            Err(CallerError::Store(error)) => Err(auth_store_error(error)),
             Err(error) => {
                 tracing::error!(caller = id, %error, "caller record unreadable during authentication");
                 Err(AuthError::Internal)
@@ -871,5 +872,8 @@ fn caller(record: CallerRecord, credential: Credential) -> Result<Caller, AuthEr
 
 fn auth_store_error(error: StoreError) -> AuthError {
     tracing::error!(%error, "store unreadable during authentication");
-    AuthError::Internal
+    match error {
+        StoreError::Io(_) => AuthError::Unavailable,
+        StoreError::Engine(_) | StoreError::Locked => AuthError::Internal,
+    }
 }

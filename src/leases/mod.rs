@@ -373,23 +373,20 @@ impl LeaseService {
         audit: &CallAudit,
     ) -> Result<Granted, LeaseError> {
         let cost = self.callers.settings().lease_cost;
+        let mut charged = false;
         let result = async {
             let account = self.accounts.get(&record.provider, &record.email)?;
             let bytes = sealed::seal(&self.sealer, Tree::Leases, record.id.as_bytes(), &record)?;
             self.store
                 .compare_and_swap(Tree::Leases, record.id.as_bytes(), None, Some(&bytes))?;
             self.callers.charge(&record.caller_id, cost)?;
+            charged = true;
             audit.account(&record.provider, &record.email);
             audit.target(&record.id);
             if let Some(token) = &account.secrets.token {
                 audit.handed_out(token.expose());
             }
-            if let Err(error) = audit.commit() {
-                if let Err(refund) = self.callers.refund(&record.caller_id, cost) {
-                    tracing::error!(error = %refund, "refunding an unaudited lease failed");
-                }
-                return Err(error.into());
-            }
+            audit.commit()?;
             // One flush makes the lease, the debit and the audit event durable together.
             self.store.flush().await?;
             Ok(account)
@@ -401,6 +398,10 @@ impl LeaseService {
                 account,
             }),
             Err(error) => {
+                // Nothing was handed out: the slot is freed and the credits paid back.
+                if charged && let Err(refund) = self.callers.refund(&record.caller_id, cost) {
+                    tracing::error!(error = %refund, "refunding a failed lease failed");
+                }
                 self.end(&record.id).await;
                 Err(error)
             }

@@ -82,9 +82,14 @@ impl TestServer {
     /// A server whose every store operation goes through a fault injector run by `plan`.
     pub async fn start_with_faults(config: Config, plan: Arc<credvault::store::FaultPlan>) -> Self {
         let settings = config.resolve().expect("test config resolves");
-        let vault =
-            Vault::open_with_faults(&settings, Arc::new(credvault::clock::SystemClock), plan)
-                .expect("vault opens");
+        let vault = open_when_unlocked(|| {
+            Vault::open_with_faults(
+                &settings,
+                Arc::new(credvault::clock::SystemClock),
+                plan.clone(),
+            )
+        })
+        .expect("vault opens");
         Self::serve(vault, &settings).await
     }
 
@@ -174,10 +179,17 @@ pub fn try_open_vault(
     settings: &credvault::config::Settings,
     clock: Arc<dyn credvault::clock::Clock>,
 ) -> Result<Vault, credvault::vault::OpenError> {
+    open_when_unlocked(|| Vault::open_with_clock(settings, clock.clone()))
+}
+
+/// Calls `open` until the store is not `Locked` (bounded; see `try_open_vault`).
+fn open_when_unlocked(
+    mut open: impl FnMut() -> Result<Vault, credvault::vault::OpenError>,
+) -> Result<Vault, credvault::vault::OpenError> {
     use credvault::{store::StoreError, vault::OpenError};
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match Vault::open_with_clock(settings, clock.clone()) {
+        match open() {
             Err(OpenError::Store {
                 source: StoreError::Locked,
                 ..
