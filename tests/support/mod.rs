@@ -470,6 +470,12 @@ impl Daemon {
         self.wait()
     }
 
+    /// SIGKILL: no shutdown path runs, as in a power cut of the process.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL is delivered");
+        self.wait();
+    }
+
     /// Waits (bounded) for the process to exit.
     pub fn wait(&mut self) -> std::process::ExitStatus {
         let mut status = None;
