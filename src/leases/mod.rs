@@ -294,7 +294,7 @@ impl LeaseService {
                 };
                 if let Some(key) = stale {
                     refreshed = true;
-                    if let Err(error) = self.refresher.refresh_now(&key).await {
+                    if let Err(error) = self.refresher.refresh_unless_backing_off(&key).await {
                         tracing::info!(reason = %error, "refreshing a token for a lease failed");
                     }
                     continue;

@@ -154,6 +154,27 @@ impl Refresher {
         self.inner.clone().refresh(key.clone()).await
     }
 
+    /// Like [`Refresher::refresh_now`], for calls made on a caller's behalf (a lease
+    /// that needs a fresher token): while the account is backing off after failed
+    /// logins, no login is made and `false` is answered, so that callers cannot push
+    /// the upstream past the backoff schedule (during an outage, say).
+    pub async fn refresh_unless_backing_off(&self, key: &AccountKey) -> Result<bool, RefreshError> {
+        let backing_off = self
+            .inner
+            .attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .is_some_and(|attempts| *attempts > 0)
+            && self
+                .next_attempt(key)
+                .is_some_and(|due| due > self.inner.clock.now_ms());
+        if backing_off {
+            return Ok(false);
+        }
+        self.refresh_now(key).await.map(|_| true)
+    }
+
     /// Whether credvault logs this provider's accounts in at all.
     pub fn refreshes(&self, provider: &str) -> bool {
         self.inner.adapters.contains_key(provider)
@@ -438,9 +459,22 @@ impl Inner {
                 *attempt += 1;
                 *attempt
             };
-            let due = self.clock.now_ms() + self.settings.backoff_ms(attempt);
+            let now = self.clock.now_ms();
+            let due = now + self.settings.backoff_ms(attempt);
             tracing::warn!(reason = %error, attempt, "login failed; retrying later");
-            let reason = format!("{error}; retry {attempt} at {}", rfc3339_millis(due));
+            // Past its token's expiry the account serves nothing: say so first.
+            let lapsed = self
+                .accounts
+                .entry(&key.provider, &key.email)
+                .ok()
+                .and_then(|entry| entry.meta.session.as_ref().map(|s| s.expire_time))
+                .filter(|expiry| *expiry > 0 && expiry.saturating_mul(1000) <= now)
+                .map(|expiry| format!("token expired at {}; ", rfc3339_millis(expiry * 1000)))
+                .unwrap_or_default();
+            let reason = format!(
+                "{lapsed}{error}; retry {attempt} at {}",
+                rfc3339_millis(due)
+            );
             (Status::Active, reason, Next::At(due))
         };
         if let Err(status_error) = self.accounts.record_status(key, status, &reason).await {
