@@ -266,6 +266,15 @@ pub struct Settings {
 }
 
 impl Config {
+    /// A configuration file's text over the defaults, alone (no environment, no
+    /// flags): what `load` makes of a file, for checking one.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))
+    }
+
     /// Layers file, environment and flags over the defaults.
     pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
@@ -598,6 +607,22 @@ mod tests {
             data_dir: dir.to_owned(),
             ..Config::default()
         }
+    }
+
+    #[test]
+    fn toml_text_parses_or_names_the_problem() {
+        let config =
+            Config::from_toml("listen = \"none\"\n[limits]\ncall_timeout_secs = 5\n").unwrap();
+        assert_eq!(config.listen, "none");
+        assert_eq!(config.limits.call_timeout_secs, 5);
+        let error = Config::from_toml("lisen = \"none\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("lisen"), "{error}");
+        let error = Config::from_toml("[limits]\nmax_request_bytes = \"big\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("max_request_bytes"), "{error}");
     }
 
     #[test]

@@ -280,7 +280,9 @@ async fn tokener(channel: Channel, ledger: Arc<Mutex<Ledger>>, caller_id: String
     else {
         return;
     };
-    // The previous round's live tokens were checked after the restart; start afresh.
+    // The previous round's live tokens were checked after the restart; they are about
+    // to be revoked, so they are no longer tracked (a kill may cut this loop short).
+    ledger.lock().unwrap().live_tokens.clear();
     for token in listed
         .into_inner()
         .tokens
@@ -298,7 +300,6 @@ async fn tokener(channel: Channel, ledger: Arc<Mutex<Ledger>>, caller_id: String
             return;
         }
     }
-    ledger.lock().unwrap().live_tokens.clear();
     loop {
         let issued = client
             .issue_token(proto::IssueTokenRequest {

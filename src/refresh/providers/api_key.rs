@@ -52,6 +52,26 @@ impl ApiKey {
     }
 }
 
+/// Reads the account answer: the key's credits.
+pub fn read_credits(status: reqwest::StatusCode, answer: &[u8]) -> Result<Credits, LoginError> {
+    const WHAT: &str = "credits";
+    if !status.is_success() {
+        return Err(unexpected(WHAT, status, answer));
+    }
+    let info: Info = serde_json::from_slice(answer).map_err(|_| malformed(WHAT))?;
+    // Seconds from the upstream; out-of-range values are malformed, not overflowed.
+    let millis = |secs: Option<i64>| -> Result<Option<i64>, LoginError> {
+        secs.map(|s| s.checked_mul(1000).ok_or_else(|| malformed(WHAT)))
+            .transpose()
+    };
+    Ok(Credits {
+        total: info.credits.total,
+        remaining: info.credits.remaining,
+        valid_from_ms: millis(info.credits.valid_from)?,
+        valid_until_ms: millis(info.credits.valid_until)?,
+    })
+}
+
 impl Provider for ApiKey {
     fn refresh<'a>(&'a self, account: &'a Account, _now_ms: i64) -> LoginFuture<'a> {
         Box::pin(async move {
@@ -66,18 +86,9 @@ impl Provider for ApiKey {
             const WHAT: &str = "credits";
             let request = self.request(reqwest::Method::GET, account)?;
             let (status, answer) = self.http.send(request, WHAT).await?;
-            if !status.is_success() {
-                return Err(unexpected(WHAT, status, &answer));
-            }
-            let info: Info = serde_json::from_slice(&answer).map_err(|_| malformed(WHAT))?;
             Ok(Refreshed {
                 session: None,
-                credits: Some(Credits {
-                    total: info.credits.total,
-                    remaining: info.credits.remaining,
-                    valid_from_ms: info.credits.valid_from.map(|s| s * 1000),
-                    valid_until_ms: info.credits.valid_until.map(|s| s * 1000),
-                }),
+                credits: Some(read_credits(status, &answer)?),
                 activated: true,
                 revoked_previous: false,
             })

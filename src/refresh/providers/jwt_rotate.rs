@@ -42,24 +42,7 @@ impl JwtRotate {
             .put(self.url("/api/v2/account/jwt"))
             .bearer_auth(current.expose());
         let (status, answer) = self.http.send(request, WHAT).await?;
-        match status {
-            StatusCode::CONFLICT => Ok(None),
-            status if status.is_success() => {
-                let body: JwtBody = serde_json::from_slice(&answer).map_err(|_| malformed(WHAT))?;
-                if body.jwt.is_empty() {
-                    return Err(malformed(WHAT));
-                }
-                Ok(Some(body.jwt))
-            }
-            StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => {
-                Err(LoginError::permanent(format!(
-                    "{WHAT}: upstream refused the current JWT ({})",
-                    upstream_message(&answer)
-                        .unwrap_or_else(|| format!("HTTP {}", status.as_u16()))
-                )))
-            }
-            status => Err(unexpected(WHAT, status, &answer)),
-        }
+        read_issued(status, &answer)
     }
 
     async fn revoke(&self, auth: &str, jwt: &str) -> Result<(), LoginError> {
@@ -91,12 +74,38 @@ impl JwtRotate {
             .get(self.url("/api/v2/account"))
             .bearer_auth(jwt);
         let (status, answer) = self.http.send(request, WHAT).await?;
-        if !status.is_success() {
-            return Err(unexpected(WHAT, status, &answer));
-        }
-        let info: AccountInfo = serde_json::from_slice(&answer).map_err(|_| malformed(WHAT))?;
-        Ok(info.balance)
+        read_balance(status, &answer)
     }
+}
+
+/// Reads the answer to a JWT issue: the new JWT, or `None` at the upstream's cap (409).
+pub fn read_issued(status: StatusCode, answer: &[u8]) -> Result<Option<String>, LoginError> {
+    const WHAT: &str = "JWT rotation";
+    match status {
+        StatusCode::CONFLICT => Ok(None),
+        status if status.is_success() => {
+            let body: JwtBody = serde_json::from_slice(answer).map_err(|_| malformed(WHAT))?;
+            if body.jwt.is_empty() {
+                return Err(malformed(WHAT));
+            }
+            Ok(Some(body.jwt))
+        }
+        StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => Err(LoginError::permanent(format!(
+            "{WHAT}: upstream refused the current JWT ({})",
+            upstream_message(answer).unwrap_or_else(|| format!("HTTP {}", status.as_u16()))
+        ))),
+        status => Err(unexpected(WHAT, status, answer)),
+    }
+}
+
+/// Reads the account answer: the balance.
+pub fn read_balance(status: StatusCode, answer: &[u8]) -> Result<i64, LoginError> {
+    const WHAT: &str = "account balance";
+    if !status.is_success() {
+        return Err(unexpected(WHAT, status, answer));
+    }
+    let info: AccountInfo = serde_json::from_slice(answer).map_err(|_| malformed(WHAT))?;
+    Ok(info.balance)
 }
 
 impl Provider for JwtRotate {

@@ -2,11 +2,11 @@
 //! trait. An adapter turns an account into a fresh session and/or credits, or says why
 //! it could not, and whether trying again can help.
 
-mod api_key;
-mod basic_session;
+pub mod api_key;
+pub mod basic_session;
 mod http;
-mod jwt_rotate;
-mod pixverse;
+pub mod jwt_rotate;
+pub mod pixverse;
 
 use std::{future::Future, pin::Pin, sync::Arc};
 

@@ -1,5 +1,6 @@
 //! PixVerse style (§1A): password login, answer in an `ErrCode` envelope.
 
+use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -53,6 +54,52 @@ struct LoginResult {
     expire_time: Option<i64>,
 }
 
+/// Reads the login answer: a session, or the failure it describes.
+pub fn read_login(status: StatusCode, answer: &[u8]) -> Result<Refreshed, LoginError> {
+    const WHAT: &str = "PixVerse login";
+    if !status.is_success() {
+        return Err(unexpected(WHAT, status, answer));
+    }
+    let envelope: Envelope = serde_json::from_slice(answer).map_err(|_| malformed(WHAT))?;
+    if envelope.err_code != 0 {
+        let reason = format!(
+            "{WHAT}: ErrCode {} ({})",
+            envelope.err_code, envelope.err_msg
+        );
+        return Err(if PERMANENT_CODES.contains(&envelope.err_code) {
+            LoginError::permanent(reason)
+        } else {
+            LoginError::transient(reason)
+        });
+    }
+    let result = envelope
+        .resp
+        .and_then(|r| r.result)
+        .filter(|r| !r.token.is_empty())
+        .ok_or_else(|| malformed(WHAT))?;
+    let expire_time = result
+        .expire_time
+        .filter(|t| *t > 0)
+        .or_else(|| upstream_token::expiry(&result.token))
+        .ok_or_else(|| LoginError::transient(format!("{WHAT}: the token carries no expiry")))?;
+    let account_id = match result.account_id {
+        serde_json::Value::String(id) => Some(id),
+        serde_json::Value::Number(id) => Some(id.to_string()),
+        _ => None,
+    };
+    Ok(Refreshed {
+        session: Some(FreshSession {
+            token: result.token.into(),
+            account_id,
+            username: Some(result.username).filter(|u| !u.is_empty()),
+            expire_time,
+        }),
+        credits: None,
+        activated: false,
+        revoked_previous: false,
+    })
+}
+
 impl Provider for Pixverse {
     fn refresh<'a>(&'a self, account: &'a Account, _now_ms: i64) -> LoginFuture<'a> {
         Box::pin(async move {
@@ -74,50 +121,7 @@ impl Provider for Pixverse {
                 .header("content-type", "application/json")
                 .body(body.to_vec());
             let (status, answer) = self.http.send(request, WHAT).await?;
-            if !status.is_success() {
-                return Err(unexpected(WHAT, status, &answer));
-            }
-            let envelope: Envelope =
-                serde_json::from_slice(&answer).map_err(|_| malformed(WHAT))?;
-            if envelope.err_code != 0 {
-                let reason = format!(
-                    "{WHAT}: ErrCode {} ({})",
-                    envelope.err_code, envelope.err_msg
-                );
-                return Err(if PERMANENT_CODES.contains(&envelope.err_code) {
-                    LoginError::permanent(reason)
-                } else {
-                    LoginError::transient(reason)
-                });
-            }
-            let result = envelope
-                .resp
-                .and_then(|r| r.result)
-                .filter(|r| !r.token.is_empty())
-                .ok_or_else(|| malformed(WHAT))?;
-            let expire_time = result
-                .expire_time
-                .filter(|t| *t > 0)
-                .or_else(|| upstream_token::expiry(&result.token))
-                .ok_or_else(|| {
-                    LoginError::transient(format!("{WHAT}: the token carries no expiry"))
-                })?;
-            let account_id = match result.account_id {
-                serde_json::Value::String(id) => Some(id),
-                serde_json::Value::Number(id) => Some(id.to_string()),
-                _ => None,
-            };
-            Ok(Refreshed {
-                session: Some(FreshSession {
-                    token: result.token.into(),
-                    account_id,
-                    username: Some(result.username).filter(|u| !u.is_empty()),
-                    expire_time,
-                }),
-                credits: None,
-                activated: false,
-                revoked_previous: false,
-            })
+            read_login(status, &answer)
         })
     }
 }

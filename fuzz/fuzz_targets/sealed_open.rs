@@ -1,0 +1,36 @@
+//! Sealed-record decoding: any bytes read from the store either open (only a record
+//! sealed here, for this tree and key) or are refused; never a panic.
+
+#![no_main]
+
+use std::sync::OnceLock;
+
+use credvault::{
+    accounts::record,
+    crypto::{MasterKey, Sealer},
+    sealed,
+    store::Tree,
+};
+use libfuzzer_sys::fuzz_target;
+
+fn sealer() -> &'static Sealer {
+    static SEALER: OnceLock<Sealer> = OnceLock::new();
+    SEALER.get_or_init(|| Sealer::new(&MasterKey::generate().unwrap()))
+}
+
+fuzz_target!(|data: &[u8]| {
+    // As an account record: whole, and the metadata read before authentication.
+    let _ = record::decode(sealer(), b"pixverse/a@acme.com", data);
+    let _ = record::decode_meta_unauthenticated(data);
+    // As any other sealed record.
+    let _ = sealed::open::<serde_json::Value>(sealer(), Tree::Callers, b"caller", data);
+    // A record sealed here and then damaged by the input must be refused.
+    let sealed = sealed::seal(sealer(), Tree::Meta, b"k", &data.len()).unwrap();
+    let mut damaged = sealed.clone();
+    for (i, byte) in data.iter().enumerate().take(damaged.len()) {
+        damaged[i] ^= byte;
+    }
+    if damaged != sealed {
+        assert!(sealed::open::<usize>(sealer(), Tree::Meta, b"k", &damaged).is_err());
+    }
+});
