@@ -756,3 +756,56 @@ async fn revoke_token_checks_its_input() {
         .unwrap();
     server.stop().await;
 }
+
+/// A caller that issues and revokes without end keeps a bounded record: only the 16
+/// latest revocations are listed, and every revoked token, listed or not, is refused.
+#[tokio::test]
+async fn revoked_tokens_stay_refused_while_the_record_stays_bounded() {
+    let (_dir, server, clock) = server().await;
+    let (id, _) = consumer(&server, "churn@acme.com").await;
+    let mut admin = server.callers(Auth::admin()).await;
+    let mut revoked = Vec::new();
+    for _ in 0..40 {
+        clock.advance(1_000);
+        let issued = admin
+            .issue_token(proto::IssueTokenRequest {
+                caller_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        admin
+            .revoke_token(proto::RevokeTokenRequest {
+                jwt: issued.jwt.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        revoked.push(issued.jwt);
+    }
+    let listed = admin
+        .list_tokens(proto::ListTokensRequest {
+            caller_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    assert_eq!(listed.len(), 16, "only the latest revocations are kept");
+    assert!(listed.iter().all(|t| t.revoked));
+    for (i, jwt) in revoked.iter().enumerate() {
+        let status = server
+            .callers(Auth::bearer(jwt))
+            .await
+            .get_caller_info(proto::GetCallerInfoRequest {})
+            .await
+            .unwrap_err();
+        let message = if i >= 24 {
+            "JWT revoked"
+        } else {
+            "JWT is missing or invalid, check Authorization header"
+        };
+        unauthenticated(&status, message);
+    }
+    server.stop().await;
+}

@@ -323,6 +323,65 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
                 .is_err()
         );
     }
+    // The edge's refusals, each carrying secrets; their messages are swept too.
+    let mut refusals = Vec::new();
+    let mut accounts_admin = proto::accounts_client::AccountsClient::with_interceptor(
+        channel.clone(),
+        support::Auth::admin(),
+    );
+    let edge_failures = [
+        // Past the request size limit, the secrets in a label.
+        proto::CreateAccountRequest {
+            labels: [(
+                "note".to_owned(),
+                format!("{PASSWORD}{}", "x".repeat(1 << 20)),
+            )]
+            .into(),
+            ..pixverse("big@example.com", PASSWORD)
+        },
+        // An overlong password, and one with a control character.
+        pixverse(
+            "long@example.com",
+            &format!("{PASSWORD}{}", "y".repeat(5000)),
+        ),
+        pixverse("ctl2@example.com", &format!("{NEW_PASSWORD}\u{7f}")),
+        // Secrets beside a refused field.
+        proto::CreateAccountRequest {
+            api_key: API_KEY.into(),
+            secret: CLIENT_SECRET.into(),
+            max_jobs: 0,
+            ..pixverse("bad address", "")
+        },
+    ];
+    for failing in edge_failures {
+        let status = accounts_admin.create_account(failing).await.unwrap_err();
+        refusals.push(status.message().to_owned());
+    }
+    // Values are echoed only in part (64 characters): what follows is never shown.
+    for scope in [
+        format!("pixverse/{}\n{CLIENT_SECRET}", "p".repeat(70)),
+        "x".repeat(400) + CLIENT_SECRET,
+    ] {
+        let status = callers(support::Auth::admin())
+            .update_caller(proto::UpdateCallerRequest {
+                caller_id: created.caller_id.clone(),
+                set_scopes: true,
+                scopes: vec![scope],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        refusals.push(status.message().to_owned());
+    }
+    let status = callers(support::Auth::admin())
+        .revoke_token(proto::RevokeTokenRequest {
+            jwt: format!("{BAD_TOKEN}\u{1}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    refusals.push(status.message().to_owned());
+    assert!(refusals.iter().all(|m| !m.is_empty()));
     // The audit RPCs, one of them carrying a secret; then the trail and the metrics.
     let mut audit =
         proto::audit_client::AuditClient::with_interceptor(channel.clone(), support::Auth::admin());
@@ -372,7 +431,11 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
     for entry in walk(&data) {
         on_disk.push_str(&String::from_utf8_lossy(&std::fs::read(entry).unwrap()));
     }
-    let output = format!("{log}\n{:?}\n{metrics_page}\n{on_disk}", trail.events);
+    let output = format!(
+        "{log}\n{:?}\n{metrics_page}\n{on_disk}\n{}",
+        trail.events,
+        refusals.join("\n")
+    );
     assert!(output.contains("stopped; store flushed"), "{output}");
     assert!(
         !output.contains("grace period over"),

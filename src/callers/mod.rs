@@ -576,6 +576,7 @@ impl CallerService {
                 .find(|t| t.jti == jti)
                 .ok_or_else(|| CallerError::TokenNotFound(jti.to_owned()))?;
             entry.revoked_at_ms.get_or_insert(now);
+            record.prune_tokens(now);
             Ok(true)
         })?;
         self.store.flush().await?;

@@ -110,6 +110,9 @@ pub struct CallerRecord {
     pub version: u64,
 }
 
+/// Revoked token entries a caller record keeps (see `CallerRecord::prune_tokens`).
+pub const MAX_REVOKED_KEPT: usize = 16;
+
 impl CallerRecord {
     pub fn live_tokens(&self, kind: TokenKind, now_ms: i64) -> usize {
         self.tokens
@@ -118,10 +121,33 @@ impl CallerRecord {
             .count()
     }
 
-    /// Drops entries of tokens that have expired: they are refused as expired by their
-    /// own `exp` claim before their entry would be looked at.
+    /// Drops entries of tokens that have expired (they are refused as expired by their
+    /// own `exp` claim before their entry would be looked at) and all but the
+    /// [`MAX_REVOKED_KEPT`] latest revoked ones. A token is accepted only while its
+    /// entry is here and not revoked, so a dropped revoked entry still refuses its
+    /// token ("missing or invalid" instead of "revoked"); keeping every revocation
+    /// until expiry would grow the record, rewritten on every change, without bound.
     pub fn prune_tokens(&mut self, now_ms: i64) {
         self.tokens.retain(|t| now_ms < t.expires_at_ms);
+        let mut revoked: Vec<(i64, usize)> = self
+            .tokens
+            .iter()
+            .enumerate()
+            .filter_map(|(index, t)| t.revoked_at_ms.map(|at| (at, index)))
+            .collect();
+        if revoked.len() > MAX_REVOKED_KEPT {
+            revoked.sort_unstable();
+            let dropped: Vec<usize> = revoked[..revoked.len() - MAX_REVOKED_KEPT]
+                .iter()
+                .map(|(_, index)| *index)
+                .collect();
+            let mut index = 0;
+            self.tokens.retain(|_| {
+                let keep = !dropped.contains(&index);
+                index += 1;
+                keep
+            });
+        }
     }
 
     pub fn activated_keys(&self) -> usize {

@@ -14,11 +14,16 @@ pub struct SledStore {
     flush: GroupCommit,
 }
 
+/// sled's page cache (its default is 1 GiB, which a long-running daemon would fill
+/// with audit pages it never reads again).
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
-            .mode(sled::Mode::HighThroughput)
+            .mode(sled::Mode::LowSpace)
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(open_error)?;
         let mut trees = HashMap::new();
