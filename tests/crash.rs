@@ -16,7 +16,7 @@ use std::{
 };
 
 use credvault::crypto::random_below;
-use support::{ADMIN_TOKEN, Auth, Daemon, proto, upstream_jwt};
+use support::{ADMIN_TOKEN, Auth, Daemon, proto};
 use tonic::{Code, transport::Channel};
 
 const ROUNDS: usize = 20;
@@ -122,17 +122,6 @@ fn credentials(
     proto::credentials_client::CredentialsClient::with_interceptor(channel.clone(), auth)
 }
 
-fn new_account(email: &str, password: &str, max_jobs: i32) -> proto::CreateAccountRequest {
-    proto::CreateAccountRequest {
-        max_jobs,
-        jwt: Some(proto::JwtInput {
-            token: upstream_jwt(1_900_000_000, email),
-            ..Default::default()
-        }),
-        ..support::pixverse(email, password)
-    }
-}
-
 /// The consumer the lease and reveal calls are made as; created before the first crash.
 async fn setup(channel: &Channel, ledger: &mut Ledger) -> (String, Auth) {
     let created = callers(channel, Auth::admin())
@@ -163,7 +152,7 @@ async fn setup(channel: &Channel, ledger: &mut Ledger) -> (String, Auth) {
         let email = format!("pool{i}@acme.com");
         let password = format!("pool-password-{i}");
         accounts(channel)
-            .create_account(new_account(&email, &password, POOL_MAX_JOBS))
+            .create_account(support::leasable(&email, &password, POOL_MAX_JOBS))
             .await
             .unwrap();
         let at = ledger.tick();
@@ -218,7 +207,7 @@ async fn writer(channel: Channel, ledger: Arc<Mutex<Ledger>>, round: usize, work
                 .map(drop)
         } else {
             client
-                .create_account(new_account(&email, &password, 3))
+                .create_account(support::leasable(&email, &password, 3))
                 .await
                 .map(drop)
         };

@@ -14,7 +14,7 @@ use std::{
 
 use bytes::{Buf, BufMut};
 use proptest::prelude::*;
-use support::{ADMIN_TOKEN, Auth, Authed, TestServer, proto, upstream_jwt};
+use support::{ADMIN_TOKEN, Auth, Authed, TestServer, proto};
 use tonic::{
     Code, Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
@@ -89,14 +89,7 @@ fn shared() -> &'static Shared {
             server
                 .accounts()
                 .await
-                .create_account(proto::CreateAccountRequest {
-                    max_jobs: 1,
-                    jwt: Some(proto::JwtInput {
-                        token: upstream_jwt(1_900_000_000, "seed"),
-                        ..Default::default()
-                    }),
-                    ..support::pixverse("seed@acme.com", "seed-password-1")
-                })
+                .create_account(support::leasable("seed@acme.com", "seed-password-1", 1))
                 .await
                 .unwrap();
             server
@@ -621,14 +614,7 @@ async fn full_account(server: &TestServer) {
     server
         .accounts()
         .await
-        .create_account(proto::CreateAccountRequest {
-            max_jobs: 1,
-            jwt: Some(proto::JwtInput {
-                token: upstream_jwt(1_900_000_000, "full"),
-                ..Default::default()
-            }),
-            ..support::pixverse("full@acme.com", "full-password-1")
-        })
+        .create_account(support::leasable("full@acme.com", "full-password-1", 1))
         .await
         .unwrap();
     server

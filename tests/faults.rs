@@ -12,7 +12,7 @@ use std::{
 };
 
 use credvault::{api::status::STORAGE_UNAVAILABLE, store::FaultPlan};
-use support::{Auth, TestServer, proto, upstream_jwt};
+use support::{Auth, TestServer, proto};
 use tonic::{Code, Status};
 
 const SECRET: &str = "c0ffee0ddba11f00dfeedfacecafebeef00d1234567890abcdef0123456789ab";
@@ -58,13 +58,6 @@ impl Tally {
                 .push(format!("{op}: {:?} {}", status.code(), status.message()));
         }
     }
-}
-
-fn jwt_input(tag: &str) -> Option<proto::JwtInput> {
-    Some(proto::JwtInput {
-        token: upstream_jwt(1_900_000_000, tag),
-        ..Default::default()
-    })
 }
 
 fn acquire(email: &str) -> proto::AcquireLeaseRequest {
@@ -171,11 +164,7 @@ async fn a_fifth_of_store_operations_failing_gives_clean_errors_and_full_recover
                                 .map(|_| ())
                         } else {
                             accounts
-                                .create_account(proto::CreateAccountRequest {
-                                    max_jobs: 2,
-                                    jwt: jwt_input(&email),
-                                    ..support::pixverse(&email, &password)
-                                })
+                                .create_account(support::leasable(&email, &password, 2))
                                 .await
                                 .map(|_| ())
                         };
@@ -378,10 +367,7 @@ async fn a_fifth_of_store_operations_failing_gives_clean_errors_and_full_recover
         "acknowledged accounts were checked ({checked})"
     );
     accounts
-        .create_account(proto::CreateAccountRequest {
-            jwt: jwt_input("after"),
-            ..support::pixverse("after@acme.com", "after-password-1")
-        })
+        .create_account(support::leasable("after@acme.com", "after-password-1", 4))
         .await
         .expect("writes succeed again");
     // Tokens whose revocation failed under the faults are still live; revoke them.

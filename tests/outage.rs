@@ -101,27 +101,7 @@ async fn an_hour_long_outage_serves_valid_tokens_backs_off_and_recovers() {
             .into_inner();
         assert_eq!(created.jwt.unwrap().generation, 1, "{email} logged in");
     }
-    let (_, key) = support::activated_caller(
-        &server,
-        proto::CreateCallerRequest {
-            email: "jobs@acme.com".into(),
-            secret: SECRET.into(),
-            roles: vec![proto::Role::Consumer as i32],
-            scopes: vec!["pixverse".into()],
-            ..Default::default()
-        },
-    )
-    .await;
-    server
-        .callers(Auth::admin())
-        .await
-        .update_caller(proto::UpdateCallerRequest {
-            email: "jobs@acme.com".into(),
-            unmetered: Some(true),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let (_, key) = support::unmetered_consumer(&server, "jobs@acme.com", SECRET).await;
     let mut credentials = server.credentials(Auth::api_key(&key, SECRET)).await;
     let steady_token = credentials
         .acquire_lease(lease("steady@acme.com"))

@@ -330,6 +330,49 @@ impl Interceptor for Bearer {
     }
 }
 
+/// A pixverse account whose upstream token is valid until 2033, so leases need no login.
+pub fn leasable(email: &str, password: &str, max_jobs: i32) -> proto::CreateAccountRequest {
+    proto::CreateAccountRequest {
+        max_jobs,
+        jwt: Some(proto::JwtInput {
+            token: upstream_jwt(1_900_000_000, email),
+            ..Default::default()
+        }),
+        ..pixverse(email, password)
+    }
+}
+
+/// A consumer of every pixverse account that pays no credits, created by the admin and
+/// activated; returns its id and API key (used with `secret`).
+pub async fn unmetered_consumer(
+    server: &TestServer,
+    email: &str,
+    secret: &str,
+) -> (String, String) {
+    let (id, key) = activated_caller(
+        server,
+        proto::CreateCallerRequest {
+            email: email.into(),
+            secret: secret.into(),
+            roles: vec![proto::Role::Consumer as i32],
+            scopes: vec!["pixverse".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    server
+        .callers(Auth::admin())
+        .await
+        .update_caller(proto::UpdateCallerRequest {
+            caller_id: id.clone(),
+            unmetered: Some(true),
+            ..Default::default()
+        })
+        .await
+        .expect("the admin makes the caller unmetered");
+    (id, key)
+}
+
 pub fn pixverse(email: &str, password: &str) -> proto::CreateAccountRequest {
     proto::CreateAccountRequest {
         provider: "pixverse".into(),
