@@ -416,11 +416,20 @@ async fn twenty_sigkills_lose_nothing_acknowledged() {
         clients.spawn(leaser(channel.clone(), consumer.clone()));
         clients.spawn(tokener(channel.clone(), ledger.clone(), caller_id.clone()));
 
-        // Let the load run a random while, then pull the plug.
-        // (A workload's length, not synchronisation: the kill is meant to land anywhere.)
-        let delay = Duration::from_millis(50 + random_below(350));
+        // Pull the plug once a random number of writes has been acknowledged this
+        // round: the kill lands anywhere in the load, after some work is done.
+        let target = 10 + random_below(140);
         let before = ledger.lock().unwrap().acked_writes;
-        tokio::time::sleep(delay).await;
+        let started = std::time::Instant::now();
+        let reached = support::eventually(Duration::from_secs(30), async || {
+            ledger.lock().unwrap().acked_writes - before >= target
+        })
+        .await;
+        assert!(
+            reached,
+            "round {round}: the clients got {target} writes done"
+        );
+        let ran = started.elapsed();
         daemon.kill();
         while let Some(done) = clients.join_next().await {
             done.expect("no client panicked");
@@ -434,7 +443,7 @@ async fn twenty_sigkills_lose_nothing_acknowledged() {
         let checked = check(&channel, &consumer, &ledger_now).await;
         println!(
             "round {round}: killed after {} ms, {acked} writes acknowledged this round, {checked} accounts checked, {} live and {} revoked tokens checked",
-            delay.as_millis(),
+            ran.as_millis(),
             ledger_now.live_tokens.len(),
             ledger_now.revoked_tokens.len()
         );
