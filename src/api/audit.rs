@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{authorized, call_audit, convert, status::audit_error};
+use super::{authorized, call_audit, convert, status::audit_error, text_field};
 use crate::{
     audit::{self, AuditEvent, AuditLog, Filter},
     auth::Permission,
@@ -55,14 +55,11 @@ impl Audit for AuditApi {
                 }));
             }
         };
-        let field = |name, value: &str, max| {
-            validate::text(name, value, max, false).map_err(super::status::field_error)
-        };
-        field("caller_id", &req.caller_id, validate::MAX_ID_LEN)?;
-        field("provider", &req.provider, validate::MAX_PROVIDER_LEN)?;
-        field("email", &req.email, validate::MAX_EMAIL_LEN)?;
-        field("rpc", &req.rpc, validate::MAX_ID_LEN)?;
-        field("page_token", &req.page_token, validate::MAX_ID_LEN)?;
+        text_field("caller_id", &req.caller_id, validate::MAX_ID_LEN)?;
+        text_field("provider", &req.provider, validate::MAX_PROVIDER_LEN)?;
+        text_field("email", &req.email, validate::MAX_EMAIL_LEN)?;
+        text_field("rpc", &req.rpc, validate::MAX_ID_LEN)?;
+        text_field("page_token", &req.page_token, validate::MAX_ID_LEN)?;
         let filter = Filter {
             since_ms: convert::timestamp_ms("since", req.since)
                 .map_err(super::status::field_error)?,

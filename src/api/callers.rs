@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use super::{
     authorized, call_audit, caller, convert,
     status::{caller_error, denied},
+    text_field,
 };
 use crate::{
     auth::{Credential, Permission},
@@ -33,11 +34,6 @@ impl CallersApi {
 
 fn invalid(error: FieldError) -> Status {
     caller_error(CallerError::Invalid(error))
-}
-
-/// An optional id field: bounded and printable.
-fn id_field(field: &'static str, value: &str) -> Result<(), Status> {
-    validate::text(field, value, validate::MAX_ID_LEN, false).map_err(invalid)
 }
 
 #[tonic::async_trait]
@@ -141,7 +137,7 @@ impl Callers for CallersApi {
         let actor = caller(&request)?;
         let audit = call_audit(&request);
         let req = request.into_inner();
-        id_field("caller_id", &req.caller_id)?;
+        text_field("caller_id", &req.caller_id, validate::MAX_ID_LEN)?;
         let target = actor.target(&req.caller_id).map_err(denied)?;
         let (jwt, claims) = self
             .callers
@@ -166,9 +162,9 @@ impl Callers for CallersApi {
         let actor = caller(&request)?;
         let audit = call_audit(&request);
         let req = request.into_inner();
-        validate::text("jwt", &req.jwt, validate::MAX_TOKEN_LEN, false).map_err(invalid)?;
-        id_field("jti", &req.jti)?;
-        id_field("caller_id", &req.caller_id)?;
+        text_field("jwt", &req.jwt, validate::MAX_TOKEN_LEN)?;
+        text_field("jti", &req.jti, validate::MAX_ID_LEN)?;
+        text_field("caller_id", &req.caller_id, validate::MAX_ID_LEN)?;
         let (owner, jti) = match (req.jwt.as_str(), req.jti.as_str()) {
             ("", "") | (_, "") if req.jwt.is_empty() => {
                 return Err(invalid(FieldError::OneOf("jwt", "jti")));
@@ -198,7 +194,11 @@ impl Callers for CallersApi {
         request: Request<proto::ListTokensRequest>,
     ) -> Result<Response<proto::ListTokensResponse>, Status> {
         let actor = caller(&request)?;
-        id_field("caller_id", &request.get_ref().caller_id)?;
+        text_field(
+            "caller_id",
+            &request.get_ref().caller_id,
+            validate::MAX_ID_LEN,
+        )?;
         let target = actor.target(&request.get_ref().caller_id).map_err(denied)?;
         let tokens = self.callers.list_tokens(target).map_err(caller_error)?;
         Ok(Response::new(proto::ListTokensResponse {
@@ -214,8 +214,8 @@ impl Callers for CallersApi {
         let actor = authorized(&request, Permission::ManageCallers, "UpdateCaller")?;
         let audit = call_audit(&request);
         let req = request.into_inner();
-        id_field("caller_id", &req.caller_id)?;
-        validate::text("email", &req.email, validate::MAX_EMAIL_LEN, false).map_err(invalid)?;
+        text_field("caller_id", &req.caller_id, validate::MAX_ID_LEN)?;
+        text_field("email", &req.email, validate::MAX_EMAIL_LEN)?;
         let id = match (req.caller_id.as_str(), req.email.as_str()) {
             ("", "") => return Err(invalid(FieldError::OneOf("caller_id", "email"))),
             ("", email) => self.callers.find_by_email(email).map_err(caller_error)?.id,

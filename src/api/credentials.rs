@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use super::{
     authorized, call_audit, convert,
     status::{account_error, audit_error, caller_error, denied, lease_error},
+    text_field,
 };
 use crate::{
     accounts::AccountService,
@@ -271,11 +272,8 @@ impl Credentials for CredentialsApi {
     ) -> Result<Response<Self::WatchCredentialsStream>, Status> {
         let actor = authorized(&request, Permission::Credentials, "WatchCredentials")?;
         let req = request.into_inner();
-        let field = |name, value: &str, max| {
-            validate::text(name, value, max, false).map_err(super::status::field_error)
-        };
-        field("provider", &req.provider, validate::MAX_PROVIDER_LEN)?;
-        field("email", &req.email, validate::MAX_EMAIL_LEN)?;
+        text_field("provider", &req.provider, validate::MAX_PROVIDER_LEN)?;
+        text_field("email", &req.email, validate::MAX_EMAIL_LEN)?;
         let email = req.email.to_lowercase();
         let mut events = self.events.subscribe();
         let (tx, rx) = mpsc::channel(64);

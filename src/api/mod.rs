@@ -40,6 +40,11 @@ fn call_audit<T>(request: &Request<T>) -> CallAudit {
         .unwrap_or_else(CallAudit::none)
 }
 
+/// An optional text field of a request: at most `max` bytes, no control characters.
+fn text_field(field: &'static str, value: &str, max: usize) -> Result<(), Status> {
+    crate::validate::text(field, value, max, false).map_err(status::field_error)
+}
+
 /// The caller, provided it holds `permission`; the refusal names `rpc` and what it needs.
 fn authorized<T>(
     request: &Request<T>,
