@@ -18,14 +18,27 @@ pub struct SledStore {
 /// with audit pages it never reads again).
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// How long `open` waits for a lock that this process may still hold: sled's
+/// background threads release a dropped database a moment after the drop, so a command
+/// that closes and reopens the store (restore, then its start-up check) can find it
+/// still locked. Another process's lock outlasts this and is reported.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::LowSpace)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(open_error)?;
+            .cache_capacity(CACHE_BYTES);
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open().map_err(open_error) {
+                Err(StoreError::Locked) if std::time::Instant::now() < deadline => {
+                    std::thread::park_timeout(std::time::Duration::from_millis(20));
+                }
+                opened => break opened?,
+            }
+        };
         let mut trees = HashMap::new();
         for tree in Tree::ALL {
             trees.insert(tree, db.open_tree(tree.name()).map_err(engine)?);
