@@ -395,6 +395,8 @@ async fn main() {
         .status();
     let _ = daemon.wait();
     if !ok {
+        // `exit` runs no destructor: remove the data directory first.
+        drop(dir);
         std::process::exit(1);
     }
 }
