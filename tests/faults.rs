@@ -95,27 +95,12 @@ async fn a_fifth_of_store_operations_failing_gives_clean_errors_and_full_recover
         )
         .await,
     );
-    let (caller_id, key) = support::activated_caller(
-        &server,
-        proto::CreateCallerRequest {
-            email: "worker@acme.com".into(),
-            secret: SECRET.into(),
-            roles: vec![proto::Role::Consumer as i32],
-            scopes: vec!["pixverse".into()],
-            ..Default::default()
-        },
-    )
-    .await;
-    server
-        .callers(Auth::admin())
-        .await
-        .update_caller(proto::UpdateCallerRequest {
-            caller_id: caller_id.clone(),
-            add_credits: 1_000_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let credits = proto::UpdateCallerRequest {
+        add_credits: 1_000_000,
+        ..Default::default()
+    };
+    let (caller_id, key) =
+        support::pixverse_consumer(&server, "worker@acme.com", SECRET, credits).await;
     let starting_balance = balance(&server, &key).await;
     let consumer = Auth::api_key(&key, SECRET);
 

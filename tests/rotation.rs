@@ -48,27 +48,11 @@ async fn fill(server: &TestServer) -> (Auth, String) {
             .await
             .unwrap();
     }
-    let (id, key) = support::activated_caller(
-        server,
-        proto::CreateCallerRequest {
-            email: "svc@example.com".into(),
-            secret: SECRET.into(),
-            roles: vec![proto::Role::Consumer as i32],
-            scopes: vec!["pixverse".into()],
-            ..Default::default()
-        },
-    )
-    .await;
-    server
-        .callers(Auth::admin())
-        .await
-        .update_caller(proto::UpdateCallerRequest {
-            caller_id: id,
-            add_credits: 1_000_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let credits = proto::UpdateCallerRequest {
+        add_credits: 1_000_000,
+        ..Default::default()
+    };
+    let (_, key) = support::pixverse_consumer(server, "svc@example.com", SECRET, credits).await;
     let auth = Auth::api_key(&key, SECRET);
     let jwt = server
         .callers(auth.clone())

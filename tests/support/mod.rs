@@ -349,6 +349,21 @@ pub async fn unmetered_consumer(
     email: &str,
     secret: &str,
 ) -> (String, String) {
+    let terms = proto::UpdateCallerRequest {
+        unmetered: Some(true),
+        ..Default::default()
+    };
+    pixverse_consumer(server, email, secret, terms).await
+}
+
+/// A consumer of every pixverse account, created by the admin and activated, then
+/// updated by the admin with `terms` (credits, metering); returns its id and API key.
+pub async fn pixverse_consumer(
+    server: &TestServer,
+    email: &str,
+    secret: &str,
+    terms: proto::UpdateCallerRequest,
+) -> (String, String) {
     let (id, key) = activated_caller(
         server,
         proto::CreateCallerRequest {
@@ -365,11 +380,10 @@ pub async fn unmetered_consumer(
         .await
         .update_caller(proto::UpdateCallerRequest {
             caller_id: id.clone(),
-            unmetered: Some(true),
-            ..Default::default()
+            ..terms
         })
         .await
-        .expect("the admin makes the caller unmetered");
+        .expect("the admin sets the caller's terms");
     (id, key)
 }
 
