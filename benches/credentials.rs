@@ -264,6 +264,9 @@ fn main() {
 /// (100,000 creations leave the allocator fragmented for whatever runs next).
 const RSS_CHILD: &str = "CREDVAULT_BENCH_RSS_CHILD";
 
+/// Runs one load alone for 10 s (`reveal`, `lease` or `check`), for a profiler.
+const ONLY: &str = "CREDVAULT_BENCH_ONLY";
+
 /// RSS of a serving credvault with 100,000 accounts loaded (in its own process).
 async fn rss_with_100k_accounts() {
     let dir = tempfile::tempdir().unwrap();
@@ -430,6 +433,24 @@ async fn run() {
             }
         }
     };
+
+    // For a profiler: one load alone for 10 s, then exit.
+    if let Ok(only) = std::env::var(ONLY) {
+        let until = Instant::now() + Duration::from_secs(10);
+        let mut stats = Stats::default();
+        while Instant::now() < until {
+            stats.merge(match only.as_str() {
+                "reveal" => drive(&channels, None, reveal(auth.clone())).await,
+                "lease" => drive(&channels, None, lease(auth.clone())).await,
+                _ => health_load(addr).await,
+            });
+        }
+        stats.elapsed = Duration::from_secs(10);
+        println!("  {only} alone: {:.0}/s {:?}", stats.rate(), stats.codes);
+        let _ = stop.send(());
+        serving.await.unwrap().unwrap();
+        return;
+    }
 
     let mut rows: [Row; 6] = Default::default();
     for _ in 0..ROUNDS {

@@ -1,5 +1,12 @@
-//! The audit trail: one event per audited call, appended to its own sled tree (sealed,
-//! keyed by sequence number) and logged as a line with target `audit`.
+//! The audit trail: one event per audited call, logged as a line with target `audit`
+//! and appended to its own sled tree in sealed blocks.
+//!
+//! Appending only queues the event. Queued events are written as one block (sealed,
+//! keyed by the sequence number of its first event) by whichever comes first: a
+//! hand-out that commits its event (it waits for the block holding it, then flushes),
+//! a read of the trail, the writer task every [`WRITE_EVERY`], or shutdown. Writing a
+//! block per batch instead of a record per event is what lets hand-outs under load
+//! share one sled write.
 //!
 //! Secret values never enter it. What a call handed out or issued (a revealed
 //! password, a lease's token, a new API key or JWT) is recorded as HMAC-SHA256 under
@@ -8,7 +15,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -30,7 +37,11 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 pub const MAX_HASH_MATCHES: usize = 100;
 /// Retention pruning runs this often (and once at start).
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-const SCAN_BATCH: usize = 1024;
+const SCAN_BATCH: usize = 64;
+/// The writer task writes queued events this often (hand-outs do not wait for it).
+pub const WRITE_EVERY: Duration = Duration::from_millis(100);
+/// At most this many events share a block; a longer queue is written as several.
+const BLOCK_MAX: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -40,6 +51,10 @@ pub enum AuditError {
     Sealed(#[from] SealedError),
     #[error("page token {0:?} is not one this trail gave out")]
     PageToken(String),
+    /// The block holding the event could not be written (the store's error is logged
+    /// where it happened).
+    #[error("the audit trail could not be written")]
+    Unwritten,
 }
 
 /// One event, as stored and as listed.
@@ -86,12 +101,60 @@ impl Filter {
     }
 }
 
+/// What is stored under a block's key. Stores written before blocks hold one event
+/// per key; they are read as blocks of one.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Stored {
+    Block { events: Vec<AuditEvent> },
+    Single(AuditEvent),
+}
+
+impl Stored {
+    fn into_events(self) -> Vec<AuditEvent> {
+        match self {
+            Stored::Block { events } => events,
+            Stored::Single(event) => vec![event],
+        }
+    }
+}
+
+/// What became of the block an event went into, set once when known: written as the
+/// n-th write of queued events (`Some(n)`), or lost (`None`).
+type Written = Arc<OnceLock<Option<u64>>>;
+
+/// Events appended but not yet written, and the outcome they will share.
+struct Queue {
+    events: Vec<AuditEvent>,
+    written: Written,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Self {
+            events: Vec::new(),
+            written: Arc::new(OnceLock::new()),
+        }
+    }
+}
+
 pub struct AuditLog {
     store: Arc<dyn Store>,
     sealer: Arc<Sealer>,
     hasher: Arc<Fingerprinter>,
     clock: Arc<dyn Clock>,
+    /// Sequence numbers are taken under the queue's lock, so the queue is in order.
     next_seq: AtomicU64,
+    queue: Mutex<Queue>,
+    /// Held while queued events are written: whoever gets it after a writer finds the
+    /// events queued before it either written or failed.
+    writer: Mutex<()>,
+    /// How many writes of queued events have happened; the last one made durable.
+    writes: AtomicU64,
+    durable_through: AtomicU64,
+    /// Durable commits line up here: while one flushes, the next ones queue their
+    /// events, and the first of them writes them all as one block behind one flush.
+    committing: tokio::sync::Mutex<()>,
     retention: Option<Duration>,
 }
 
@@ -102,17 +165,29 @@ impl AuditLog {
         hasher: Arc<Fingerprinter>,
         clock: Arc<dyn Clock>,
         retention: Option<Duration>,
-    ) -> Result<Self, StoreError> {
-        let last = store.last_key(Tree::Audit)?;
-        let next = last.and_then(|key| seq_of(&key)).map_or(1, |seq| seq + 1);
-        Ok(Self {
+    ) -> Result<Self, AuditError> {
+        let mut log = Self {
             store,
             sealer,
             hasher,
             clock,
-            next_seq: AtomicU64::new(next),
+            next_seq: AtomicU64::new(1),
+            queue: Mutex::new(Queue::default()),
+            writer: Mutex::new(()),
+            writes: AtomicU64::new(0),
+            durable_through: AtomicU64::new(0),
+            committing: tokio::sync::Mutex::new(()),
             retention,
-        })
+        };
+        // The last block's key is its first event's number; the next follows its last.
+        if let Some(key) = log.store.last_key(Tree::Audit)?
+            && let Some(value) = log.store.get(Tree::Audit, &key)?
+        {
+            let last = log.open_block(&key, &value)?.iter().map(|e| e.seq).max();
+            let first = seq_of(&key).unwrap_or(0);
+            log.next_seq = AtomicU64::new(last.unwrap_or(first).max(first) + 1);
+        }
+        Ok(log)
     }
 
     /// The audit hash of a secret value.
@@ -120,38 +195,142 @@ impl AuditLog {
         self.hasher.hash(secret)
     }
 
-    /// Appends one event (its `seq` and time are assigned here) and logs it. The write
-    /// is made durable by the caller's next flush.
-    pub fn append(&self, mut event: AuditEvent) -> Result<u64, AuditError> {
-        event.seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-        event.at_ms = self.clock.now_ms();
-        let key = event.seq.to_be_bytes();
-        let bytes = sealed::seal(&self.sealer, Tree::Audit, &key, &event)?;
-        if let Err(error) = self
-            .store
-            .compare_and_swap(Tree::Audit, &key, None, Some(&bytes))
-        {
-            metrics::counter!("credvault_audit_write_failures_total").increment(1);
-            tracing::error!(%error, rpc = %event.rpc, "writing an audit event failed");
-            return Err(error.into());
-        }
-        tracing::info!(
-            target: "audit",
-            seq = event.seq,
-            request_id = %event.request_id,
-            caller = %event.caller_id,
-            rpc = %event.rpc,
-            provider = %event.provider,
-            email = %if event.email.is_empty() { String::new() } else { self.hasher.tag(&event.email) },
-            target_id = %event.target,
-            outcome = %event.outcome,
-            secret_hashes = %event.secret_hashes.join(","),
-            "audit"
-        );
-        Ok(event.seq)
+    /// Queues one event (its `seq` and time are assigned here) and logs it. It is
+    /// written with the next block: [`AuditLog::commit`] waits for that.
+    pub fn append(&self, event: AuditEvent) -> u64 {
+        self.enqueue(event).0
     }
 
+    /// Appends one event and waits until the block holding it is written (not yet
+    /// durable: the caller's next store flush makes it so).
+    pub fn commit(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        let (seq, written) = self.enqueue(event);
+        if written.get().is_none() {
+            self.write_queued();
+        }
+        match written.get() {
+            Some(Some(_)) => Ok(seq),
+            _ => Err(AuditError::Unwritten),
+        }
+    }
+
+    /// Appends one event and waits until it is durable, together with every store
+    /// write that completed before this call (a hand-out's debit and lease). Concurrent
+    /// callers share the block write and the flush.
+    pub async fn commit_durable(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        let (seq, written) = self.enqueue(event);
+        let _turn = self.committing.lock().await;
+        // A flush that ran while this call waited may have covered its event already.
+        if let Some(outcome) = written.get() {
+            match outcome {
+                None => return Err(AuditError::Unwritten),
+                Some(n) if *n <= self.durable_through.load(Ordering::SeqCst) => return Ok(seq),
+                Some(_) => {}
+            }
+        }
+        self.write_queued();
+        let Some(Some(_)) = written.get() else {
+            return Err(AuditError::Unwritten);
+        };
+        let covers = self.writes.load(Ordering::SeqCst);
+        self.store.flush().await?;
+        self.durable_through.fetch_max(covers, Ordering::SeqCst);
+        Ok(seq)
+    }
+
+    fn enqueue(&self, mut event: AuditEvent) -> (u64, Written) {
+        let (seq, written) = {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            event.seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+            event.at_ms = self.clock.now_ms();
+            let seq = event.seq;
+            tracing::info!(
+                target: "audit",
+                seq,
+                request_id = %event.request_id,
+                caller = %event.caller_id,
+                rpc = %event.rpc,
+                provider = %event.provider,
+                email = %if event.email.is_empty() { String::new() } else { self.hasher.tag(&event.email) },
+                target_id = %event.target,
+                outcome = %event.outcome,
+                secret_hashes = %event.secret_hashes.join(","),
+                "audit"
+            );
+            queue.events.push(event);
+            (seq, queue.written.clone())
+        };
+        (seq, written)
+    }
+
+    /// Writes every queued event, as blocks of at most [`BLOCK_MAX`]; answers false if
+    /// a block could not be written (its events are lost, and their committers told).
+    pub fn write_queued(&self) -> bool {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let Queue { events, written } =
+            std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut ok = true;
+        for block in events.chunks(BLOCK_MAX) {
+            ok &= self.write_block(block);
+        }
+        let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        let _ = written.set(ok.then_some(n));
+        ok
+    }
+
+    fn write_block(&self, events: &[AuditEvent]) -> bool {
+        let key = events[0].seq.to_be_bytes();
+        let block = Stored::Block {
+            events: events.to_vec(),
+        };
+        let result = sealed::seal(&self.sealer, Tree::Audit, &key, &block)
+            .map_err(AuditError::from)
+            .and_then(|bytes| {
+                self.store
+                    .compare_and_swap(Tree::Audit, &key, None, Some(&bytes))
+                    .map_err(AuditError::from)
+            });
+        match result {
+            Ok(_) => true,
+            Err(error) => {
+                metrics::counter!("credvault_audit_write_failures_total")
+                    .increment(events.len() as u64);
+                tracing::error!(%error, events = events.len(), "writing audit events failed");
+                false
+            }
+        }
+    }
+
+    /// Writes the queued events every [`WRITE_EVERY`] until `stop`, then once more.
+    pub async fn keep_written(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(WRITE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => break,
+                _ = tick.tick() => {}
+            }
+            if !self.queue_is_empty() {
+                let log = self.clone();
+                let _ = tokio::task::spawn_blocking(move || log.write_queued()).await;
+            }
+        }
+        self.write_queued();
+    }
+
+    fn queue_is_empty(&self) -> bool {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .events
+            .is_empty()
+    }
+
+    /// Writes the queued events, then flushes the store.
     pub async fn flush(&self) -> Result<(), AuditError> {
+        if !self.write_queued() {
+            return Err(AuditError::Unwritten);
+        }
         Ok(self.store.flush().await?)
     }
 
@@ -200,30 +379,40 @@ impl AuditLog {
         Ok((count, matches))
     }
 
-    /// Deletes events older than the retention; answers how many went.
+    /// Deletes events older than the retention; answers how many went. A block of old
+    /// events goes whole; the block where old and new meet is trimmed in place (its
+    /// key stays, so it still starts at or before its first number).
     pub fn prune(&self) -> Result<usize, AuditError> {
         let Some(retention) = self.retention else {
             return Ok(0);
         };
         let cutoff = self.clock.now_ms() - retention.as_millis() as i64;
         let mut old = Vec::new();
-        // Events are appended in time order, so the old ones come first.
-        self.each(None, |event| {
-            if event.at_ms < cutoff {
-                old.push(event.seq);
-                true
-            } else {
-                false
+        // Events are appended in time order, so the old blocks come first.
+        self.each_block(None, |key, value, events| {
+            let (gone, kept): (Vec<_>, Vec<_>) =
+                events.into_iter().partition(|event| event.at_ms < cutoff);
+            if !gone.is_empty() {
+                old.push((key.to_vec(), value.to_vec(), gone.len(), kept.clone()));
             }
+            kept.is_empty()
         })?;
-        for seq in &old {
-            let key = seq.to_be_bytes();
-            if let Some(current) = self.store.get(Tree::Audit, &key)? {
-                self.store
-                    .compare_and_swap(Tree::Audit, &key, Some(&current), None)?;
-            }
+        let mut pruned = 0;
+        for (key, value, count, kept) in old {
+            let trimmed = match kept.is_empty() {
+                true => None,
+                false => Some(sealed::seal(
+                    &self.sealer,
+                    Tree::Audit,
+                    &key,
+                    &Stored::Block { events: kept },
+                )?),
+            };
+            self.store
+                .compare_and_swap(Tree::Audit, &key, Some(&value), trimmed.as_deref())?;
+            pruned += count;
         }
-        Ok(old.len())
+        Ok(pruned)
     }
 
     /// Prunes at start and then every hour until `stop`.
@@ -250,33 +439,69 @@ impl AuditLog {
     }
 
     /// Visits the events after sequence number `after`, oldest first, while `visit`
-    /// answers true; answers whether it stopped early.
+    /// answers true; answers whether it stopped early. Queued events are written first,
+    /// so that a read sees every call answered before it.
     fn each(
         &self,
         after: Option<u64>,
         mut visit: impl FnMut(AuditEvent) -> bool,
     ) -> Result<bool, AuditError> {
-        let mut after: Option<Vec<u8>> = after.map(|seq| seq.to_be_bytes().to_vec());
+        // A block holds at most BLOCK_MAX consecutive numbers from its key on, so the
+        // one holding `after + 1` starts after `after - BLOCK_MAX`.
+        let start = after
+            .filter(|after| *after >= BLOCK_MAX as u64)
+            .map(|after| (after - BLOCK_MAX as u64).to_be_bytes().to_vec());
+        let after = after.unwrap_or(0);
+        let mut stopped = false;
+        self.each_block(start, |_, _, events| {
+            for event in events.into_iter().filter(|event| event.seq > after) {
+                if !visit(event) {
+                    stopped = true;
+                    return false;
+                }
+            }
+            true
+        })?;
+        Ok(stopped)
+    }
+
+    /// Visits the stored blocks whose key sorts after `start`, in order, while `visit`
+    /// answers true.
+    fn each_block(
+        &self,
+        start: Option<Vec<u8>>,
+        mut visit: impl FnMut(&[u8], &[u8], Vec<AuditEvent>) -> bool,
+    ) -> Result<(), AuditError> {
+        self.write_queued();
+        let mut after = start;
         loop {
             let batch = self
                 .store
                 .scan(Tree::Audit, b"", after.as_deref(), SCAN_BATCH)?;
             let done = batch.len() < SCAN_BATCH;
             for (key, value) in batch {
-                let event = self.open_event(&key, &value)?;
-                after = Some(key);
-                if !visit(event) {
-                    return Ok(true);
+                let events = self.open_block(&key, &value)?;
+                if !visit(&key, &value, events) {
+                    return Ok(());
                 }
+                after = Some(key);
             }
             if done {
-                return Ok(false);
+                return Ok(());
             }
         }
     }
 
-    fn open_event(&self, key: &[u8], value: &[u8]) -> Result<AuditEvent, AuditError> {
-        Ok(sealed::open(&self.sealer, Tree::Audit, key, value)?)
+    fn open_block(&self, key: &[u8], value: &[u8]) -> Result<Vec<AuditEvent>, AuditError> {
+        let stored: Stored = sealed::open(&self.sealer, Tree::Audit, key, value)?;
+        Ok(stored.into_events())
+    }
+}
+
+impl Drop for AuditLog {
+    /// Events still queued are written (made durable by the store's own flush).
+    fn drop(&mut self) {
+        self.write_queued();
     }
 }
 
@@ -345,25 +570,242 @@ impl CallAudit {
     /// Writes the event now with outcome OK. A hand-out calls this before its answer
     /// is made durable, and does not answer when it fails.
     pub fn commit(&self) -> Result<(), AuditError> {
-        self.finish("OK").map(drop)
+        match (&self.log, self.take("OK")) {
+            (Some(log), Some(event)) => log.commit(event).map(drop),
+            _ => Ok(()),
+        }
     }
 
-    /// Writes the event with this outcome unless it was already written; answers
-    /// whether a write happened.
-    pub fn finish(&self, outcome: &str) -> Result<bool, AuditError> {
-        let Some(log) = &self.log else {
-            return Ok(false);
-        };
-        let event = {
-            let mut guard = self.event.lock().unwrap_or_else(|e| e.into_inner());
-            if guard.1 {
-                return Ok(false);
+    /// Writes the event now with outcome OK and waits until it is durable, together
+    /// with every store write the call made before (see [`AuditLog::commit_durable`]).
+    /// A hand-out does not answer when it fails. Answers false when there was nothing
+    /// to commit (a call not audited, or committed already): then the caller flushes.
+    pub async fn commit_durable(&self) -> Result<bool, AuditError> {
+        match (&self.log, self.take("OK")) {
+            (Some(log), Some(event)) => log.commit_durable(event).await.map(|_| true),
+            _ => Ok(false),
+        }
+    }
+
+    /// Queues the event with this outcome unless it was already committed; answers
+    /// whether it did.
+    pub fn finish(&self, outcome: &str) -> bool {
+        match (&self.log, self.take(outcome)) {
+            (Some(log), Some(event)) => {
+                log.append(event);
+                true
             }
-            guard.1 = true;
-            let mut event = guard.0.clone();
-            event.outcome = outcome.to_owned();
-            event
-        };
-        log.append(event).map(|_| true)
+            _ => false,
+        }
+    }
+
+    /// The event with this outcome, once: later calls answer `None`.
+    fn take(&self, outcome: &str) -> Option<AuditEvent> {
+        self.log.as_ref()?;
+        let mut guard = self.event.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.1 {
+            return None;
+        }
+        guard.1 = true;
+        let mut event = guard.0.clone();
+        event.outcome = outcome.to_owned();
+        Some(event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        clock::ManualClock,
+        crypto::MasterKey,
+        store::{FaultPlan, FaultyStore, SledStore},
+    };
+
+    struct Trail {
+        _dir: tempfile::TempDir,
+        store: Arc<dyn Store>,
+        sealer: Arc<Sealer>,
+        hasher: Arc<Fingerprinter>,
+        clock: Arc<ManualClock>,
+    }
+
+    impl Trail {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let master = MasterKey::generate().unwrap();
+            Self {
+                store: Arc::new(SledStore::open(dir.path()).unwrap()),
+                _dir: dir,
+                sealer: Arc::new(Sealer::new(&master)),
+                hasher: Arc::new(Fingerprinter::new(&master)),
+                clock: Arc::new(ManualClock::at(1_800_000_000_000)),
+            }
+        }
+
+        fn open(&self, store: Arc<dyn Store>, retention: Option<Duration>) -> AuditLog {
+            AuditLog::open(
+                store,
+                self.sealer.clone(),
+                self.hasher.clone(),
+                self.clock.clone(),
+                retention,
+            )
+            .unwrap()
+        }
+
+        fn log(&self) -> AuditLog {
+            self.open(self.store.clone(), None)
+        }
+
+        fn stored_keys(&self) -> Vec<u64> {
+            self.store
+                .scan(Tree::Audit, b"", None, usize::MAX)
+                .unwrap()
+                .iter()
+                .map(|(key, _)| seq_of(key).unwrap())
+                .collect()
+        }
+    }
+
+    fn event(n: usize) -> AuditEvent {
+        AuditEvent {
+            request_id: format!("r{n}"),
+            rpc: "credvault.v1.Credentials/RevealAccount".into(),
+            outcome: "OK".into(),
+            ..AuditEvent::default()
+        }
+    }
+
+    fn all(log: &AuditLog) -> Vec<u64> {
+        let (events, next) = log.list(&Filter::default(), MAX_PAGE_SIZE, "").unwrap();
+        assert_eq!(next, "");
+        events.iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn queued_events_are_written_as_one_block_and_listed_in_order() {
+        let trail = Trail::new();
+        let log = trail.log();
+        for n in 0..5 {
+            log.append(event(n));
+        }
+        // Not in the store until written; a read writes them first.
+        assert!(trail.stored_keys().is_empty());
+        assert_eq!(all(&log), vec![1, 2, 3, 4, 5]);
+        assert_eq!(trail.stored_keys(), vec![1]);
+        assert_eq!(log.commit(event(5)).unwrap(), 6);
+        assert_eq!(trail.stored_keys(), vec![1, 6]);
+    }
+
+    #[test]
+    fn pages_continue_inside_and_across_blocks_and_numbering_survives_a_reopen() {
+        let trail = Trail::new();
+        let log = trail.log();
+        // 600 events in three writes: blocks of 256, 256, 88 and then 1.
+        for n in 0..600 {
+            log.append(event(n));
+        }
+        assert!(log.write_queued());
+        log.commit(event(600)).unwrap();
+        assert_eq!(trail.stored_keys(), vec![1, 257, 513, 601]);
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let (page, next) = log.list(&Filter::default(), 7, &token).unwrap();
+            seen.extend(page.iter().map(|e| e.seq));
+            if next.is_empty() {
+                break;
+            }
+            token = next;
+        }
+        assert_eq!(seen, (1..=601).collect::<Vec<_>>());
+        drop(log);
+        let reopened = trail.log();
+        assert_eq!(reopened.commit(event(601)).unwrap(), 602);
+    }
+
+    #[test]
+    fn a_store_of_one_event_per_key_is_read_and_continued() {
+        let trail = Trail::new();
+        for seq in 1..=3u64 {
+            let mut old = event(seq as usize);
+            old.seq = seq;
+            let key = seq.to_be_bytes();
+            let bytes = sealed::seal(&trail.sealer, Tree::Audit, &key, &old).unwrap();
+            trail
+                .store
+                .compare_and_swap(Tree::Audit, &key, None, Some(&bytes))
+                .unwrap();
+        }
+        let log = trail.log();
+        assert_eq!(log.commit(event(4)).unwrap(), 4);
+        assert_eq!(all(&log), vec![1, 2, 3, 4]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_durable_commits_share_blocks_and_all_arrive() {
+        let trail = Trail::new();
+        let log = Arc::new(trail.log());
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..200 {
+            let log = log.clone();
+            tasks.spawn(async move { log.commit_durable(event(n)).await.unwrap() });
+        }
+        let mut seqs = Vec::new();
+        while let Some(seq) = tasks.join_next().await {
+            seqs.push(seq.unwrap());
+        }
+        seqs.sort();
+        assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+        assert_eq!(all(&log), seqs);
+        // While one commit flushes, the others queue: they share blocks.
+        let blocks = trail.stored_keys().len();
+        assert!(blocks <= 100, "{blocks} blocks for 200 events");
+    }
+
+    #[tokio::test]
+    async fn an_event_whose_block_cannot_be_written_fails_its_commit_and_is_not_listed() {
+        let trail = Trail::new();
+        let plan = Arc::new(FaultPlan::default());
+        let faulty: Arc<dyn Store> = Arc::new(FaultyStore::new(trail.store.clone(), plan.clone()));
+        let log = trail.open(faulty, None);
+        log.commit(event(0)).unwrap();
+        plan.fail_writes(Tree::Audit, true);
+        assert!(matches!(log.commit(event(1)), Err(AuditError::Unwritten)));
+        assert!(matches!(
+            log.commit_durable(event(2)).await,
+            Err(AuditError::Unwritten)
+        ));
+        log.append(event(3));
+        assert!(!log.write_queued());
+        assert!(matches!(log.flush().await, Ok(())));
+        plan.fail_writes(Tree::Audit, false);
+        log.commit_durable(event(4)).await.unwrap();
+        assert_eq!(all(&log), vec![1, 5]);
+    }
+
+    #[test]
+    fn pruning_removes_old_blocks_and_trims_the_one_where_old_meets_new() {
+        let trail = Trail::new();
+        let log = trail.open(trail.store.clone(), Some(Duration::from_secs(3600)));
+        log.append(event(0));
+        log.append(event(1));
+        log.commit(event(2)).unwrap();
+        trail.clock.advance(1_800_000);
+        log.append(event(3));
+        log.commit(event(4)).unwrap();
+        log.append(event(5));
+        log.append(event(6));
+        trail.clock.advance(1_800_000);
+        log.commit(event(7)).unwrap();
+        // Now: block 1 = [1,2,3] (old), block 4 = [4,5] (30 min), block 6 = [6,7,8]
+        // with 6 and 7 30 min old and 8 new. An hour's retention, an hour later:
+        assert_eq!(trail.stored_keys(), vec![1, 4, 6]);
+        trail.clock.advance(1_800_000 + 1);
+        assert_eq!(log.prune().unwrap(), 7);
+        assert_eq!(all(&log), vec![8]);
+        assert_eq!(trail.stored_keys(), vec![6]);
+        assert_eq!(log.prune().unwrap(), 0);
     }
 }

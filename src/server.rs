@@ -381,6 +381,7 @@ pub async fn run(
         exporter::recorder();
     }
     tokio::spawn(vault.audit.clone().keep_pruned(stop_rx.clone()));
+    let audit_writer = tokio::spawn(vault.audit.clone().keep_written(stop_rx.clone()));
     let reloader = crate::reload::Reloader {
         files: vault.secret_files.clone(),
         authenticator: vault.authenticator.clone(),
@@ -452,6 +453,9 @@ pub async fn run(
     }
     leases.shutdown();
     refresher.shutdown().await;
+    // The events of calls answered while draining are written before the final flush.
+    let _ = audit_writer.await;
+    vault.audit.write_queued();
     let flushed = vault.store.flush().await;
     // The probe port answers (NOT_SERVING) until the very end.
     let _ = probes.stop.send(true);

@@ -180,20 +180,19 @@ impl Credentials for CredentialsApi {
         {
             audit.handed_out(secret.expose());
         }
-        // No unaudited hand-out: without its event, the reveal is refused (and paid back).
-        if let Err(error) = audit.commit() {
-            if let Err(refund) = self.callers.refund(&actor.id, cost) {
-                tracing::error!(error = %refund, "refunding an unaudited reveal failed");
-            }
-            return Err(audit_error(error));
-        }
-        // The debit and the audit event become durable together; without that, nothing
-        // is handed out and the credits are paid back.
-        if let Err(error) = self.callers.flush().await {
+        // No unaudited hand-out: the debit and the audit event become durable together
+        // (one block write and one flush shared with concurrent hand-outs); without
+        // that, nothing is handed out and the credits are paid back.
+        let durable = match audit.commit_durable().await {
+            Ok(true) => Ok(()),
+            Ok(false) => self.callers.flush().await.map_err(caller_error),
+            Err(error) => Err(audit_error(error)),
+        };
+        if let Err(status) = durable {
             if let Err(refund) = self.callers.refund(&actor.id, cost) {
                 tracing::error!(error = %refund, "refunding a failed reveal failed");
             }
-            return Err(caller_error(error));
+            return Err(status);
         }
         tracing::info!(
             caller = %actor.id,

@@ -181,22 +181,25 @@ where
                             .into_http(),
                         };
                     let code = grpc_code(&response);
-                    if call_audit.finish(code_name(code)).is_err()
-                        && policy == Audited::HandOut
-                        && code == Code::Ok
-                    {
-                        response = Status::unavailable(
-                            "the audit trail could not be written, so nothing was handed out; retry later",
-                        )
-                        .into_http();
+                    // A hand-out is not answered before its event is written; other
+                    // events are queued for the trail's writer.
+                    if policy == Audited::HandOut && code == Code::Ok {
+                        if call_audit.commit().is_err() {
+                            response = Status::unavailable(
+                                "the audit trail could not be written, so nothing was handed out; retry later",
+                            )
+                            .into_http();
+                        }
+                    } else {
+                        call_audit.finish(code_name(code));
                     }
                     response
                 }
                 Some(Err(error)) => {
                     let status = super::status::auth_error(error);
-                    // Best effort: a failing audit trail must not turn a refusal into
-                    // something else (the failure is logged and counted).
-                    let _ = audit.append(AuditEvent {
+                    // Queued: a failing audit trail must not turn a refusal into
+                    // something else (a failed write is logged and counted).
+                    audit.append(AuditEvent {
                         request_id: request_id.clone(),
                         rpc: rpc.clone(),
                         outcome: code_name(status.code()).to_owned(),

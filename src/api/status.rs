@@ -189,7 +189,7 @@ pub fn audit_error(error: AuditError) -> Status {
     match error {
         AuditError::PageToken(_) => Status::invalid_argument(error.to_string()),
         // The trail could not be read or written: the store's trouble, not the caller's.
-        AuditError::Store(_) => {
+        AuditError::Store(_) | AuditError::Unwritten => {
             tracing::error!(%error, "audit trail unavailable");
             Status::unavailable("the audit trail is unavailable; retry later")
         }

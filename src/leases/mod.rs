@@ -386,9 +386,10 @@ impl LeaseService {
             if let Some(token) = &account.secrets.token {
                 audit.handed_out(token.expose());
             }
-            audit.commit()?;
             // One flush makes the lease, the debit and the audit event durable together.
-            self.store.flush().await?;
+            if !audit.commit_durable().await? {
+                self.store.flush().await?;
+            }
             Ok(account)
         }
         .await;
@@ -440,8 +441,9 @@ impl LeaseService {
         if let Some(token) = &account.secrets.token {
             audit.handed_out(token.expose());
         }
-        audit.commit()?;
-        self.store.flush().await?;
+        if !audit.commit_durable().await? {
+            self.store.flush().await?;
+        }
         Ok(Granted {
             lease: record,
             account,
