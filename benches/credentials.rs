@@ -439,14 +439,23 @@ async fn run() {
         let until = Instant::now() + Duration::from_secs(10);
         let mut stats = Stats::default();
         while Instant::now() < until {
+            let paced = std::env::var("CREDVAULT_BENCH_RATE")
+                .ok()
+                .and_then(|rate| rate.parse::<f64>().ok())
+                .map(|rate| rate / (CONNECTIONS * IN_FLIGHT) as f64);
             stats.merge(match only.as_str() {
-                "reveal" => drive(&channels, None, reveal(auth.clone())).await,
-                "lease" => drive(&channels, None, lease(auth.clone())).await,
+                "reveal" => drive(&channels, paced, reveal(auth.clone())).await,
+                "lease" => drive(&channels, paced, lease(auth.clone())).await,
                 _ => health_load(addr).await,
             });
         }
         stats.elapsed = Duration::from_secs(10);
-        println!("  {only} alone: {:.0}/s {:?}", stats.rate(), stats.codes);
+        let (p50, p99) = (stats.percentile_ms(50), stats.percentile_ms(99));
+        println!(
+            "  {only} alone: {:.0}/s p50 {p50:.2} ms p99 {p99:.2} ms {:?}",
+            stats.rate(),
+            stats.codes
+        );
         let _ = stop.send(());
         serving.await.unwrap().unwrap();
         return;
