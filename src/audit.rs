@@ -155,6 +155,9 @@ pub struct AuditLog {
     /// Durable commits line up here: while one flushes, the next ones queue their
     /// events, and the first of them writes them all as one block behind one flush.
     committing: tokio::sync::Mutex<()>,
+    /// Run by each durable commit between its block write and its flush: writes what
+    /// other services batch for the same flush (the callers' pending debits).
+    before_flush: OnceLock<Box<dyn Fn() + Send + Sync>>,
     retention: Option<Duration>,
 }
 
@@ -177,6 +180,7 @@ impl AuditLog {
             writes: AtomicU64::new(0),
             durable_through: AtomicU64::new(0),
             committing: tokio::sync::Mutex::new(()),
+            before_flush: OnceLock::new(),
             retention,
         };
         // The last block's key is its first event's number; the next follows its last.
@@ -233,9 +237,18 @@ impl AuditLog {
             return Err(AuditError::Unwritten);
         };
         let covers = self.writes.load(Ordering::SeqCst);
+        if let Some(before_flush) = self.before_flush.get() {
+            before_flush();
+        }
         self.store.flush().await?;
         self.durable_through.fetch_max(covers, Ordering::SeqCst);
         Ok(seq)
+    }
+
+    /// Sets what every durable commit writes just before its flush (once; later calls
+    /// are ignored).
+    pub fn before_flush(&self, write: impl Fn() + Send + Sync + 'static) {
+        let _ = self.before_flush.set(Box::new(write));
     }
 
     fn enqueue(&self, mut event: AuditEvent) -> (u64, Written) {
@@ -310,12 +323,22 @@ impl AuditLog {
                 _ = stop.wait_for(|stop| *stop) => break,
                 _ = tick.tick() => {}
             }
-            if !self.queue_is_empty() {
-                let log = self.clone();
-                let _ = tokio::task::spawn_blocking(move || log.write_queued()).await;
-            }
+            // Also writes debits a cancelled hand-out left pending.
+            let log = self.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if !log.queue_is_empty() {
+                    log.write_queued();
+                }
+                if let Some(before_flush) = log.before_flush.get() {
+                    before_flush();
+                }
+            })
+            .await;
         }
         self.write_queued();
+        if let Some(before_flush) = self.before_flush.get() {
+            before_flush();
+        }
     }
 
     fn queue_is_empty(&self) -> bool {

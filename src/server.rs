@@ -456,6 +456,7 @@ pub async fn run(
     // The events of calls answered while draining are written before the final flush.
     let _ = audit_writer.await;
     vault.audit.write_queued();
+    vault.callers.settle();
     let flushed = vault.store.flush().await;
     // The probe port answers (NOT_SERVING) until the very end.
     let _ = probes.stop.send(true);

@@ -221,6 +221,9 @@ impl Vault {
             clock.clone(),
             settings.audit_retention,
         )?);
+        // Hand-outs take their credits in memory; each group commit writes them.
+        let settling = callers.clone();
+        audit.before_flush(move || settling.settle());
         let rekey = Arc::new(Rekey::new(store.clone(), sealer.clone()));
         Ok(Self {
             store,

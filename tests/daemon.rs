@@ -424,7 +424,11 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
     drop(channel);
 
     let status = daemon.terminate();
-    assert!(status.success(), "SIGTERM is a clean stop: {status:?}");
+    assert!(
+        status.success(),
+        "SIGTERM is a clean stop: {status:?}; the log ends: {}",
+        tail(&daemon.output())
+    );
     let log = daemon.output();
     // Everything an operator can see: the log, the audit trail, the metrics, the store.
     let mut on_disk = String::new();
@@ -451,7 +455,8 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
     );
     assert!(output.contains("account revealed"), "reveals are logged");
     let api_key = created.api_key.as_str();
-    let key_secret_part = api_key.rsplit('_').next().unwrap();
+    // `cvk_<key id>_<secret>`; the secret (base64url) may itself hold underscores.
+    let key_secret_part = api_key.splitn(3, '_').nth(2).unwrap();
     let secrets = [
         PASSWORD,
         NEW_PASSWORD,
@@ -876,4 +881,10 @@ async fn rotate_signing_key_runs_offline_and_keeps_old_tokens_valid() {
     assert_ne!(kid(&old), kid(&new), "new tokens are signed by the new key");
     drop((with_old, admin));
     assert!(daemon.terminate().success());
+}
+
+/// The last lines of a daemon's output, for a failure message.
+fn tail(output: &str) -> String {
+    let lines: Vec<&str> = output.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
 }

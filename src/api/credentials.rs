@@ -15,7 +15,7 @@ use super::{
 use crate::{
     accounts::AccountService,
     auth::{Caller, Permission},
-    callers::CallerService,
+    callers::{CallerError, CallerService},
     crypto::Fingerprinter,
     events::{Event, EventKind, Events},
     leases::{AcquireRequest, DEFAULT_TTL_MS, Granted, LeaseService, MAX_TTL_MS, MAX_WAIT_MS},
@@ -167,7 +167,7 @@ impl Credentials for CredentialsApi {
             .get(&req.provider, &req.email)
             .map_err(account_error)?;
         let cost = self.callers.settings().reveal_cost;
-        let credits = self.callers.charge(&actor.id, cost).map_err(caller_error)?;
+        let charge = self.callers.charge(&actor.id, cost).map_err(caller_error)?;
         let secrets = &account.secrets;
         for secret in [
             &secrets.password,
@@ -187,9 +187,13 @@ impl Credentials for CredentialsApi {
             Ok(true) => Ok(()),
             Ok(false) => self.callers.flush().await.map_err(caller_error),
             Err(error) => Err(audit_error(error)),
-        };
+        }
+        .and_then(|()| match charge.written() {
+            Some(true) => Ok(()),
+            _ => Err(caller_error(CallerError::DebitUnwritten)),
+        });
         if let Err(status) = durable {
-            if let Err(refund) = self.callers.refund(&actor.id, cost) {
+            if let Err(refund) = self.callers.refund(&charge) {
                 tracing::error!(error = %refund, "refunding a failed reveal failed");
             }
             return Err(status);
@@ -197,7 +201,7 @@ impl Credentials for CredentialsApi {
         tracing::info!(
             caller = %actor.id,
             cost,
-            remaining = credits.map(|c| c.remaining),
+            remaining = charge.credits.map(|c| c.remaining),
             "account revealed"
         );
         let active = self.leases.active_jobs(&account.meta.key());

@@ -88,6 +88,7 @@ pub fn caller_error(error: CallerError) -> Status {
             Status::data_loss(message)
         }
         CallerError::Store(ref store) => store_error(store),
+        CallerError::DebitUnwritten => Status::unavailable(STORAGE_UNAVAILABLE),
         CallerError::Seal(_) | CallerError::Keys(_) | CallerError::Rng(_) => internal(&error),
     }
 }

@@ -11,7 +11,7 @@ pub mod tokens;
 use std::{
     collections::{BTreeSet, HashMap, hash_map::DefaultHasher},
     hash::{Hash, Hasher},
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex, OnceLock, RwLock},
 };
 
 pub use model::{ApiKeyEntry, CallerCredits, CallerRecord, Role, TokenEntry, TokenKind};
@@ -124,6 +124,10 @@ pub enum CallerError {
     },
     #[error("sealing a caller record failed: {0}")]
     Seal(SealedError),
+    /// A debit taken in memory could not be written with its batch (the store's error
+    /// is logged where it happened); nothing was taken.
+    #[error("the debit could not be written")]
+    DebitUnwritten,
     #[error(transparent)]
     Keys(#[from] KeysError),
     #[error(transparent)]
@@ -181,6 +185,52 @@ pub struct CallerService {
     /// the truth: an entry is replaced only by a higher version, and dropped when a
     /// compare-and-swap finds the store holding something else.
     opened: RwLock<HashMap<String, Arc<Opened>>>,
+    /// Debits taken but not yet written, per caller: hand-outs under load take their
+    /// credits here, and the group commit that makes them durable writes each caller's
+    /// sum with one compare-and-swap ([`CallerService::settle`]).
+    pending: Mutex<HashMap<String, PendingDebit>>,
+    /// Held for a whole settle: a flush that follows any settle then covers every debit
+    /// written so far, even one a concurrent settle was writing.
+    settling: Mutex<()>,
+}
+
+/// What a caller owes, not yet written, and the outcome its debits will share.
+struct PendingDebit {
+    amount: i64,
+    written: Arc<OnceLock<bool>>,
+}
+
+/// A debit taken by [`CallerService::charge`].
+#[derive(Debug)]
+pub struct Charge {
+    caller_id: String,
+    cost: i64,
+    /// Set when the batch holding this debit is written (true) or lost (false); `None`
+    /// for free calls and unmetered callers, which owe nothing.
+    written: Option<Arc<OnceLock<bool>>>,
+    /// The caller's credits once this debit (and those before it) are taken.
+    pub credits: Option<CallerCredits>,
+}
+
+impl Charge {
+    /// Answers whether the debit is written (nothing owed counts as written). After a
+    /// durable commit it is known; before, `None`.
+    pub fn written(&self) -> Option<bool> {
+        match &self.written {
+            None => Some(true),
+            Some(written) => written.get().copied(),
+        }
+    }
+
+    /// For a call that owed nothing.
+    pub fn free() -> Self {
+        Self {
+            caller_id: String::new(),
+            cost: 0,
+            written: None,
+            credits: None,
+        }
+    }
 }
 
 struct Opened {
@@ -216,6 +266,8 @@ impl CallerService {
             settings,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             opened: RwLock::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            settling: Mutex::new(()),
         };
         service.ensure_bootstrap_admin()?;
         Ok(service)
@@ -269,10 +321,16 @@ impl CallerService {
         Ok(())
     }
 
+    /// The caller as stored, its credits net of debits not yet written.
     pub fn get(&self, id: &str) -> Result<CallerRecord, CallerError> {
-        self.load(id)?
+        let mut record = self
+            .load(id)?
             .map(|(_, record)| record)
-            .ok_or_else(|| CallerError::NotFound(id.to_owned()))
+            .ok_or_else(|| CallerError::NotFound(id.to_owned()))?;
+        if let Some(credits) = record.credits.as_mut() {
+            credits.remaining -= self.owed(id);
+        }
+        Ok(record)
     }
 
     pub fn find_by_email(&self, email: &str) -> Result<CallerRecord, CallerError> {
@@ -608,6 +666,9 @@ impl CallerService {
                 validate::text("groups", group, validate::MAX_NAME_LEN, true)?;
             }
         }
+        // The update, and the record it answers, start from a balance with every debit
+        // taken so far written.
+        self.settle();
         let record = self.modify(caller_id, update.expected_version, |record| {
             apply_update(record, &update, scopes.clone())?;
             for key_id in &update.remove_keys {
@@ -639,63 +700,161 @@ impl CallerService {
         caller_id: &str,
         cost: i64,
     ) -> Result<Option<CallerCredits>, CallerError> {
-        let credits = self.charge(caller_id, cost)?;
-        self.store.flush().await?;
-        Ok(credits)
+        let charge = self.charge(caller_id, cost)?;
+        self.flush().await?;
+        match charge.written() {
+            Some(true) => Ok(charge.credits),
+            _ => Err(CallerError::DebitUnwritten),
+        }
     }
 
-    /// [`CallerService::debit`] without the flush, for a caller that writes more and
-    /// flushes once for all of it before answering.
-    pub fn charge(&self, caller_id: &str, cost: i64) -> Result<Option<CallerCredits>, CallerError> {
+    /// Takes `cost` credits in memory, atomically (never below zero, counting debits
+    /// not yet written). The debit is written by the next [`CallerService::settle`],
+    /// which a durable commit runs before its flush; [`Charge::written`] then tells
+    /// whether it was. A call that cannot complete gives it back with
+    /// [`CallerService::refund`].
+    pub fn charge(&self, caller_id: &str, cost: i64) -> Result<Charge, CallerError> {
         // Free calls cost nothing, not even a read.
         if cost == 0 {
-            return Ok(None);
+            return Ok(Charge::free());
         }
         let now = self.now_ms();
-        let record = self.modify(caller_id, None, |record| {
-            // Unmetered: nothing to take, nothing to write.
-            let Some(credits) = record.credits.as_mut() else {
-                return Ok(false);
-            };
-            if let Some(from) = credits.valid_from_ms.filter(|from| now < *from) {
-                return Err(CreditError::NotYetValid(rfc3339_millis(from)).into());
+        let _guard = self
+            .stripe(caller_id)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let opened = self
+            .load_shared(caller_id)?
+            .ok_or_else(|| CallerError::NotFound(caller_id.to_owned()))?;
+        // Unmetered: nothing to take.
+        let Some(mut credits) = opened.record.credits.clone() else {
+            return Ok(Charge {
+                caller_id: caller_id.to_owned(),
+                ..Charge::free()
+            });
+        };
+        if let Some(from) = credits.valid_from_ms.filter(|from| now < *from) {
+            return Err(CreditError::NotYetValid(rfc3339_millis(from)).into());
+        }
+        if let Some(until) = credits.valid_until_ms.filter(|until| now >= *until) {
+            return Err(CreditError::Expired(rfc3339_millis(until)).into());
+        }
+        let mut pending = self.pending_debits();
+        let owed = pending.get(caller_id).map_or(0, |p| p.amount);
+        credits.remaining -= owed;
+        if credits.remaining < cost {
+            return Err(CreditError::Exhausted {
+                remaining: credits.remaining,
+                cost,
             }
-            if let Some(until) = credits.valid_until_ms.filter(|until| now >= *until) {
-                return Err(CreditError::Expired(rfc3339_millis(until)).into());
-            }
-            if credits.remaining < cost {
-                return Err(CreditError::Exhausted {
-                    remaining: credits.remaining,
-                    cost,
-                }
-                .into());
-            }
-            credits.remaining -= cost;
-            Ok(true)
-        })?;
-        Ok(record.credits)
+            .into());
+        }
+        credits.remaining -= cost;
+        let entry = pending
+            .entry(caller_id.to_owned())
+            .or_insert_with(|| PendingDebit {
+                amount: 0,
+                written: Arc::new(OnceLock::new()),
+            });
+        entry.amount += cost;
+        Ok(Charge {
+            caller_id: caller_id.to_owned(),
+            cost,
+            written: Some(entry.written.clone()),
+            credits: Some(credits),
+        })
     }
 
-    /// Makes every write so far durable (for callers that [`CallerService::charge`]d).
+    /// Writes every pending debit: one compare-and-swap per caller for the sum it owes,
+    /// under that caller's stripe lock. Not flushed: the durable commit that runs it
+    /// flushes next.
+    pub fn settle(&self) {
+        let _settling = self.settling.lock().unwrap_or_else(|e| e.into_inner());
+        let owing: Vec<String> = self.pending_debits().keys().cloned().collect();
+        for id in owing {
+            let _guard = self.stripe(&id).lock().unwrap_or_else(|e| e.into_inner());
+            let Some(debit) = self.pending_debits().remove(&id) else {
+                continue;
+            };
+            let result = self.modify_locked(&id, None, |record| {
+                let Some(credits) = record.credits.as_mut() else {
+                    // Made unmetered since: nothing is owed.
+                    return Ok(false);
+                };
+                credits.remaining -= debit.amount;
+                Ok(debit.amount != 0)
+            });
+            if let Err(error) = &result {
+                tracing::error!(caller = %id, %error, "writing debits failed; the calls that took them are refused");
+            }
+            let _ = debit.written.set(result.is_ok());
+        }
+    }
+
+    /// Makes every write so far durable, pending debits included.
     pub async fn flush(&self) -> Result<(), CallerError> {
+        self.settle();
         Ok(self.store.flush().await?)
     }
 
-    /// Gives back credits taken by [`CallerService::charge`] for something that was then
-    /// not handed out (its audit event could not be written). Not flushed: the caller
-    /// flushes, or the store's background flush does.
-    pub fn refund(&self, caller_id: &str, cost: i64) -> Result<(), CallerError> {
-        if cost == 0 {
+    /// Gives back a debit for something that was then not handed out: still pending, it
+    /// is taken off; written, it is paid back (not flushed: the store's background flush
+    /// or the next durable write makes it so); lost, there is nothing to give back.
+    pub fn refund(&self, charge: &Charge) -> Result<(), CallerError> {
+        let Some(written) = &charge.written else {
             return Ok(());
+        };
+        let _guard = self
+            .stripe(&charge.caller_id)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Under the stripe lock, settle has either written this batch or not begun it.
+        match written.get() {
+            None => {
+                if let Some(debit) = self.pending_debits().get_mut(&charge.caller_id)
+                    && Arc::ptr_eq(&debit.written, written)
+                {
+                    debit.amount -= charge.cost;
+                }
+                Ok(())
+            }
+            Some(false) => Ok(()),
+            Some(true) => {
+                self.modify_locked(&charge.caller_id, None, |record| {
+                    let Some(credits) = record.credits.as_mut() else {
+                        return Ok(false);
+                    };
+                    credits.remaining = credits.remaining.saturating_add(charge.cost);
+                    Ok(true)
+                })?;
+                Ok(())
+            }
         }
-        self.modify(caller_id, None, |record| {
-            let Some(credits) = record.credits.as_mut() else {
-                return Ok(false);
-            };
-            credits.remaining = credits.remaining.saturating_add(cost);
-            Ok(true)
-        })?;
-        Ok(())
+    }
+
+    /// What a caller owes in debits not yet written.
+    fn owed(&self, id: &str) -> i64 {
+        self.pending_debits().get(id).map_or(0, |p| p.amount)
+    }
+
+    fn pending_debits(&self) -> std::sync::MutexGuard<'_, HashMap<String, PendingDebit>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stripe(&self, id: &str) -> &Mutex<()> {
+        let mut hasher = DefaultHasher::new();
+        id.hash(&mut hasher);
+        &self.stripes[(hasher.finish() as usize) % STRIPES]
+    }
+
+    /// The opened record, shared with the cache (no copy when it is kept).
+    fn load_shared(&self, id: &str) -> Result<Option<Arc<Opened>>, CallerError> {
+        if let Some(opened) = self.opened_cache().get(id) {
+            return Ok(Some(opened.clone()));
+        }
+        Ok(self
+            .load(id)?
+            .map(|(bytes, record)| Arc::new(Opened { bytes, record })))
     }
 
     fn load(&self, id: &str) -> Result<Option<(Vec<u8>, CallerRecord)>, CallerError> {
@@ -761,12 +920,19 @@ impl CallerService {
         &self,
         id: &str,
         expected_version: Option<u64>,
+        change: impl FnMut(&mut CallerRecord) -> Result<bool, CallerError>,
+    ) -> Result<CallerRecord, CallerError> {
+        let _guard = self.stripe(id).lock().unwrap_or_else(|e| e.into_inner());
+        self.modify_locked(id, expected_version, change)
+    }
+
+    /// [`CallerService::modify`] for a caller already holding the stripe lock.
+    fn modify_locked(
+        &self,
+        id: &str,
+        expected_version: Option<u64>,
         mut change: impl FnMut(&mut CallerRecord) -> Result<bool, CallerError>,
     ) -> Result<CallerRecord, CallerError> {
-        let mut hasher = DefaultHasher::new();
-        id.hash(&mut hasher);
-        let stripe = &self.stripes[(hasher.finish() as usize) % STRIPES];
-        let _guard = stripe.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let (old, mut record) = self
                 .load(id)?
@@ -876,5 +1042,130 @@ fn auth_store_error(error: StoreError) -> AuthError {
     match error {
         StoreError::Io(_) => AuthError::Unavailable,
         StoreError::Engine(_) | StoreError::Locked => AuthError::Internal,
+    }
+}
+
+#[cfg(test)]
+mod debit_tests {
+    use super::*;
+    use crate::{
+        clock::ManualClock,
+        crypto::MasterKey,
+        store::{FaultPlan, FaultyStore, SledStore},
+    };
+
+    /// A service over a (breakable) store, and a consumer holding `credits`.
+    async fn consumer(credits: i64) -> (tempfile::TempDir, CallerService, Arc<FaultPlan>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::generate().unwrap();
+        let plan = Arc::new(FaultPlan::default());
+        let sled: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let service = CallerService::open(
+            Arc::new(FaultyStore::new(sled, plan.clone())),
+            Arc::new(Sealer::new(&master)),
+            CallerMacs::new(&master),
+            Arc::new(ManualClock::at(1_800_000_000_000)),
+            CallerSettings {
+                default_credits: credits,
+                ..CallerSettings::default()
+            },
+        )
+        .unwrap();
+        let admin = service.bootstrap_admin().unwrap();
+        let created = service
+            .create(
+                &admin,
+                NewCaller {
+                    email: "spender@example.com".into(),
+                    secret: SecretString::from("s".repeat(MIN_SECRET_LEN)),
+                    scopes: vec!["pixverse".into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let id = created.caller.id.clone();
+        (dir, service, plan, id)
+    }
+
+    /// The balance as stored (the cache follows the store), without pending debits.
+    fn stored(service: &CallerService, id: &str) -> i64 {
+        let (_, record) = service.load(id).unwrap().unwrap();
+        record.credits.unwrap().remaining
+    }
+
+    #[tokio::test]
+    async fn pending_debits_count_against_the_balance_until_one_write_takes_them_all() {
+        let (_dir, service, _plan, id) = consumer(3).await;
+        let charges: Vec<Charge> = (0..3).map(|_| service.charge(&id, 1).unwrap()).collect();
+        assert_eq!(charges[2].credits.as_ref().unwrap().remaining, 0);
+        assert!(matches!(
+            service.charge(&id, 1),
+            Err(CallerError::Credits(CreditError::Exhausted {
+                remaining: 0,
+                cost: 1
+            }))
+        ));
+        assert_eq!(charges[0].written(), None);
+        assert_eq!(stored(&service, &id), 3);
+        assert_eq!(service.get(&id).unwrap().credits.unwrap().remaining, 0);
+        let version = service.get(&id).unwrap().version;
+        service.settle();
+        assert!(charges.iter().all(|c| c.written() == Some(true)));
+        assert_eq!(stored(&service, &id), 0);
+        assert_eq!(service.get(&id).unwrap().version, version + 1, "one write");
+    }
+
+    #[tokio::test]
+    async fn a_refund_takes_off_a_pending_debit_and_pays_back_a_written_one() {
+        let (_dir, service, _plan, id) = consumer(5).await;
+        let pending = service.charge(&id, 2).unwrap();
+        service.refund(&pending).unwrap();
+        assert_eq!(service.get(&id).unwrap().credits.unwrap().remaining, 5);
+        let written = service.charge(&id, 2).unwrap();
+        service.settle();
+        assert_eq!(stored(&service, &id), 3);
+        service.refund(&written).unwrap();
+        assert_eq!(stored(&service, &id), 5);
+        // The refunded pending debit was never written.
+        service.settle();
+        assert_eq!(stored(&service, &id), 5);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_cannot_be_written_refuses_its_debits_and_takes_nothing() {
+        let (_dir, service, plan, id) = consumer(5).await;
+        let charge = service.charge(&id, 1).unwrap();
+        plan.fail_writes(Tree::Callers, true);
+        service.settle();
+        assert_eq!(charge.written(), Some(false));
+        assert!(matches!(
+            service.debit(&id, 1).await,
+            Err(CallerError::DebitUnwritten)
+        ));
+        plan.fail_writes(Tree::Callers, false);
+        service.refund(&charge).unwrap();
+        assert_eq!(stored(&service, &id), 5);
+        assert_eq!(service.get(&id).unwrap().credits.unwrap().remaining, 5);
+        assert_eq!(service.debit(&id, 1).await.unwrap().unwrap().remaining, 4);
+        assert_eq!(stored(&service, &id), 4);
+    }
+
+    #[tokio::test]
+    async fn free_calls_and_unmetered_callers_owe_nothing() {
+        let (_dir, service, _plan, id) = consumer(0).await;
+        assert_eq!(service.charge(&id, 0).unwrap().written(), Some(true));
+        service
+            .update(
+                &id,
+                CallerUpdate {
+                    unmetered: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let charge = service.charge(&id, 1).unwrap();
+        assert_eq!((charge.written(), charge.credits), (Some(true), None));
     }
 }

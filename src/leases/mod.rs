@@ -373,14 +373,13 @@ impl LeaseService {
         audit: &CallAudit,
     ) -> Result<Granted, LeaseError> {
         let cost = self.callers.settings().lease_cost;
-        let mut charged = false;
+        let mut charged = None;
         let result = async {
             let account = self.accounts.get(&record.provider, &record.email)?;
             let bytes = sealed::seal(&self.sealer, Tree::Leases, record.id.as_bytes(), &record)?;
             self.store
                 .compare_and_swap(Tree::Leases, record.id.as_bytes(), None, Some(&bytes))?;
-            self.callers.charge(&record.caller_id, cost)?;
-            charged = true;
+            let charge = charged.insert(self.callers.charge(&record.caller_id, cost)?);
             audit.account(&record.provider, &record.email);
             audit.target(&record.id);
             if let Some(token) = &account.secrets.token {
@@ -388,7 +387,10 @@ impl LeaseService {
             }
             // One flush makes the lease, the debit and the audit event durable together.
             if !audit.commit_durable().await? {
-                self.store.flush().await?;
+                self.callers.flush().await?;
+            }
+            if charge.written() != Some(true) {
+                return Err(CallerError::DebitUnwritten.into());
             }
             Ok(account)
         }
@@ -400,7 +402,9 @@ impl LeaseService {
             }),
             Err(error) => {
                 // Nothing was handed out: the slot is freed and the credits paid back.
-                if charged && let Err(refund) = self.callers.refund(&record.caller_id, cost) {
+                if let Some(charge) = &charged
+                    && let Err(refund) = self.callers.refund(charge)
+                {
                     tracing::error!(error = %refund, "refunding a failed lease failed");
                 }
                 self.end(&record.id).await;
