@@ -143,7 +143,6 @@ pub struct AuditLog {
     sealer: Arc<Sealer>,
     hasher: Arc<Fingerprinter>,
     clock: Arc<dyn Clock>,
-    /// Sequence numbers are taken under the queue's lock, so the queue is in order.
     next_seq: AtomicU64,
     queue: Mutex<Queue>,
     /// Held while queued events are written: whoever gets it after a writer finds the
@@ -251,29 +250,28 @@ impl AuditLog {
         let _ = self.before_flush.set(Box::new(write));
     }
 
+    /// Numbers, logs and queues an event. Numbers are taken under the queue's lock, so
+    /// the queue (and every block written from it) is in order.
     fn enqueue(&self, mut event: AuditEvent) -> (u64, Written) {
-        let (seq, written) = {
-            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            event.seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-            event.at_ms = self.clock.now_ms();
-            let seq = event.seq;
-            tracing::info!(
-                target: "audit",
-                seq,
-                request_id = %event.request_id,
-                caller = %event.caller_id,
-                rpc = %event.rpc,
-                provider = %event.provider,
-                email = %if event.email.is_empty() { String::new() } else { self.hasher.tag(&event.email) },
-                target_id = %event.target,
-                outcome = %event.outcome,
-                secret_hashes = %event.secret_hashes.join(","),
-                "audit"
-            );
-            queue.events.push(event);
-            (seq, queue.written.clone())
-        };
-        (seq, written)
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        event.seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        event.at_ms = self.clock.now_ms();
+        let seq = event.seq;
+        tracing::info!(
+            target: "audit",
+            seq,
+            request_id = %event.request_id,
+            caller = %event.caller_id,
+            rpc = %event.rpc,
+            provider = %event.provider,
+            email = %if event.email.is_empty() { String::new() } else { self.hasher.tag(&event.email) },
+            target_id = %event.target,
+            outcome = %event.outcome,
+            secret_hashes = %event.secret_hashes.join(","),
+            "audit"
+        );
+        queue.events.push(event);
+        (seq, queue.written.clone())
     }
 
     /// Writes every queued event, as blocks of at most [`BLOCK_MAX`]; answers false if
