@@ -167,7 +167,7 @@ impl AuditLog {
         hasher: Arc<Fingerprinter>,
         clock: Arc<dyn Clock>,
         retention: Option<Duration>,
-    ) -> Result<Self, AuditError> {
+    ) -> Result<Self, StoreError> {
         let mut log = Self {
             store,
             sealer,
@@ -183,12 +183,28 @@ impl AuditLog {
             retention,
         };
         // The last block's key is its first event's number; the next follows its last.
+        // A block that does not open (tampered) does not stop the vault: reading the
+        // trail reports it, and numbering continues past any number it could hold.
         if let Some(key) = log.store.last_key(Tree::Audit)?
             && let Some(value) = log.store.get(Tree::Audit, &key)?
         {
-            let last = log.open_block(&key, &value)?.iter().map(|e| e.seq).max();
             let first = seq_of(&key).unwrap_or(0);
-            log.next_seq = AtomicU64::new(last.unwrap_or(first).max(first) + 1);
+            let next = match log.open_block(&key, &value) {
+                Ok(events) => {
+                    events
+                        .iter()
+                        .map(|e| e.seq)
+                        .max()
+                        .unwrap_or(first)
+                        .max(first)
+                        + 1
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the last audit block does not open");
+                    first + BLOCK_MAX as u64
+                }
+            };
+            log.next_seq = AtomicU64::new(next);
         }
         Ok(log)
     }
@@ -762,6 +778,30 @@ mod tests {
         let log = trail.log();
         assert_eq!(log.commit(event(4)).unwrap(), 4);
         assert_eq!(all(&log), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_tampered_last_block_is_reported_on_read_and_numbering_goes_past_it() {
+        let trail = Trail::new();
+        let log = trail.log();
+        log.commit(event(0)).unwrap();
+        log.commit(event(1)).unwrap();
+        drop(log);
+        let key = 2u64.to_be_bytes();
+        let mut bytes = trail.store.get(Tree::Audit, &key).unwrap().unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let current = trail.store.get(Tree::Audit, &key).unwrap();
+        trail
+            .store
+            .compare_and_swap(Tree::Audit, &key, current.as_deref(), Some(&bytes))
+            .unwrap();
+        let reopened = trail.log();
+        assert!(matches!(
+            reopened.list(&Filter::default(), 10, ""),
+            Err(AuditError::Sealed(SealedError::Unauthentic))
+        ));
+        assert_eq!(reopened.commit(event(2)).unwrap(), 2 + BLOCK_MAX as u64);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use crate::{
     accounts::AccountService,
-    audit::{AuditError, AuditLog},
+    audit::AuditLog,
     auth::Authenticator,
     callers::keys::CallerMacs,
     callers::{CallerError, CallerService},
@@ -97,8 +97,6 @@ pub enum OpenError {
     HmacKeys(String),
     #[error("opening the callers: {0}")]
     Callers(#[from] CallerError),
-    #[error("opening the audit trail: {0}")]
-    Audit(#[from] AuditError),
     #[error("initialising the key check: {0}")]
     Seal(#[from] SealError),
     #[error(transparent)]
@@ -214,13 +212,16 @@ impl Vault {
             settings.socket_peers.clone(),
         )?);
         let fingerprints = Arc::new(Fingerprinter::from_key(&audit_hmac));
-        let audit = Arc::new(AuditLog::open(
-            store.clone(),
-            sealer.clone(),
-            fingerprints.clone(),
-            clock.clone(),
-            settings.audit_retention,
-        )?);
+        let audit = Arc::new(
+            AuditLog::open(
+                store.clone(),
+                sealer.clone(),
+                fingerprints.clone(),
+                clock.clone(),
+                settings.audit_retention,
+            )
+            .map_err(store_error)?,
+        );
         // Hand-outs take their credits in memory; each group commit writes them.
         let settling = callers.clone();
         audit.before_flush(move || settling.settle());
