@@ -101,13 +101,19 @@ impl Filter {
     }
 }
 
-/// What is stored under a block's key. Stores written before blocks hold one event
+/// What is read from under a block's key. Stores written before blocks hold one event
 /// per key; they are read as blocks of one.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 #[serde(untagged)]
 enum Stored {
     Block { events: Vec<AuditEvent> },
     Single(AuditEvent),
+}
+
+/// A block as it is written: the events borrowed, the same JSON as [`Stored::Block`].
+#[derive(Serialize)]
+struct BlockRef<'a> {
+    events: &'a [AuditEvent],
 }
 
 impl Stored {
@@ -252,9 +258,7 @@ impl AuditLog {
             return Err(AuditError::Unwritten);
         };
         let covers = self.writes.load(Ordering::SeqCst);
-        if let Some(before_flush) = self.before_flush.get() {
-            before_flush();
-        }
+        self.run_before_flush();
         self.store.flush().await?;
         self.durable_through.fetch_max(covers, Ordering::SeqCst);
         Ok(seq)
@@ -307,10 +311,7 @@ impl AuditLog {
 
     fn write_block(&self, events: &[AuditEvent]) -> bool {
         let key = events[0].seq.to_be_bytes();
-        let block = Stored::Block {
-            events: events.to_vec(),
-        };
-        let result = sealed::seal(&self.sealer, Tree::Audit, &key, &block)
+        let result = sealed::seal(&self.sealer, Tree::Audit, &key, &BlockRef { events })
             .map_err(AuditError::from)
             .and_then(|bytes| {
                 self.store
@@ -328,28 +329,31 @@ impl AuditLog {
         }
     }
 
-    /// Writes the queued events every [`WRITE_EVERY`] until `stop`, then once more.
+    /// Writes what is pending every [`WRITE_EVERY`] until `stop` (shutdown writes the
+    /// rest once the calls have drained).
     pub async fn keep_written(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(WRITE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = stop.wait_for(|stop| *stop) => break,
+                _ = stop.wait_for(|stop| *stop) => return,
                 _ = tick.tick() => {}
             }
-            // Also writes debits a cancelled hand-out left pending.
             let log = self.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                if !log.queue_is_empty() {
-                    log.write_queued();
-                }
-                if let Some(before_flush) = log.before_flush.get() {
-                    before_flush();
-                }
-            })
-            .await;
+            let _ = tokio::task::spawn_blocking(move || log.write_pending()).await;
         }
-        self.write_queued();
+    }
+
+    /// Writes the queued events and what the durable commits write before their flush
+    /// (debits a cancelled hand-out left pending, too). Not flushed.
+    pub fn write_pending(&self) {
+        if !self.queue_is_empty() {
+            self.write_queued();
+        }
+        self.run_before_flush();
+    }
+
+    fn run_before_flush(&self) {
         if let Some(before_flush) = self.before_flush.get() {
             before_flush();
         }
@@ -442,7 +446,7 @@ impl AuditLog {
                     &self.sealer,
                     Tree::Audit,
                     &key,
-                    &Stored::Block { events: kept },
+                    &BlockRef { events: &kept },
                 )?),
             };
             self.store
@@ -739,7 +743,7 @@ mod tests {
     fn pages_continue_inside_and_across_blocks_and_numbering_survives_a_reopen() {
         let trail = Trail::new();
         let log = trail.log();
-        // 600 events in three writes: blocks of 256, 256, 88 and then 1.
+        // One write of 600 queued events (blocks of 256, 256 and 88), then one of 1.
         for n in 0..600 {
             log.append(event(n));
         }

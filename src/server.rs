@@ -455,8 +455,7 @@ pub async fn run(
     refresher.shutdown().await;
     // The events of calls answered while draining are written before the final flush.
     let _ = audit_writer.await;
-    vault.audit.write_queued();
-    vault.callers.settle();
+    vault.audit.write_pending();
     let flushed = vault.store.flush().await;
     // The probe port answers (NOT_SERVING) until the very end.
     let _ = probes.stop.send(true);
