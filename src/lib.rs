@@ -20,7 +20,7 @@
 //! - [`limits`]: request size, call deadline and per-connection concurrency.
 //! - [`providers`]: the configured upstream providers and their `maxJobs` ranges.
 //! - [`validate`]: field checks shared by every service, in the reference wording.
-//! - [`clock`], [`timefmt`], [`telemetry`]: time, timestamps, logging.
+//! - [`clock`], [`timefmt`], [`telemetry`], [`hex`]: time, timestamps, logging, hex.
 //! - [`fake_upstream`]: a scriptable HTTP upstream for tests and the README demo.
 //! - [`proto`]: generated code for `credvault.v1`.
 
@@ -45,6 +45,7 @@ pub mod crypto;
 pub mod events;
 pub mod exporter;
 pub mod fake_upstream;
+pub mod hex;
 pub mod leases;
 pub mod limits;
 pub mod progress;

@@ -1,9 +1,11 @@
-//! Records stored whole under AEAD: serialized as JSON, sealed, and bound to their
-//! place (tree and key), so they can be neither read nor edited nor moved on disk.
-//! Used for everything that is not an account (accounts keep a readable part for
-//! listing, see `accounts::record`).
+//! Records stored whole under AEAD, bound to their place (tree and key) and to their
+//! format, so they can be neither read nor edited nor moved on disk. Used for
+//! everything that is not an account (accounts keep a readable part for listing, see
+//! `accounts::record`).
 //!
-//! Layout: `b"CVS" | format (1 byte) | sealed JSON`.
+//! Layout: `b"CVS" | format (1 byte) | sealed plaintext`. Format 1 seals a value as
+//! JSON; format 2 seals bytes its writer encoded itself (the audit trail's compact
+//! blocks). The format byte is part of what the seal authenticates.
 
 use serde::{Serialize, de::DeserializeOwned};
 use zeroize::Zeroizing;
@@ -14,7 +16,8 @@ use crate::{
 };
 
 const MAGIC: &[u8; 3] = b"CVS";
-const FORMAT: u8 = 1;
+const FORMAT_JSON: u8 = 1;
+const FORMAT_RAW: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SealedError {
@@ -33,6 +36,7 @@ impl SealedError {
     }
 }
 
+/// Seals `value` as JSON (format 1).
 pub fn seal<T: Serialize>(
     sealer: &Sealer,
     tree: Tree,
@@ -40,29 +44,43 @@ pub fn seal<T: Serialize>(
     value: &T,
 ) -> Result<Vec<u8>, SealedError> {
     let plaintext = Zeroizing::new(serde_json::to_vec(value).map_err(|_| SealedError::Malformed)?);
-    let sealed = sealer
-        .seal(&context(tree, key), &plaintext)
-        .map_err(SealedError::Seal)?;
-    let mut out = Vec::with_capacity(MAGIC.len() + 1 + sealed.len());
-    out.extend_from_slice(MAGIC);
-    out.push(FORMAT);
-    out.extend_from_slice(&sealed);
-    Ok(out)
+    frame(sealer, FORMAT_JSON, tree, key, &plaintext)
 }
 
+/// Opens a format 1 record.
 pub fn open<T: DeserializeOwned>(
     sealer: &Sealer,
     tree: Tree,
     key: &[u8],
     bytes: &[u8],
 ) -> Result<T, SealedError> {
-    if bytes.len() < MAGIC.len() + 1 || &bytes[..3] != MAGIC || bytes[3] != FORMAT {
-        return Err(SealedError::Malformed);
-    }
-    let plaintext = sealer
-        .open(&context(tree, key), &bytes[4..])
-        .map_err(|_| SealedError::Unauthentic)?;
+    let plaintext = unframe(sealer, FORMAT_JSON, tree, key, bytes)?;
     serde_json::from_slice(&plaintext).map_err(|_| SealedError::Malformed)
+}
+
+/// Seals bytes the caller encoded (format 2).
+pub fn seal_raw(
+    sealer: &Sealer,
+    tree: Tree,
+    key: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, SealedError> {
+    frame(sealer, FORMAT_RAW, tree, key, plaintext)
+}
+
+/// Opens a format 2 record: the bytes its writer sealed.
+pub fn open_raw(
+    sealer: &Sealer,
+    tree: Tree,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, SealedError> {
+    unframe(sealer, FORMAT_RAW, tree, key, bytes)
+}
+
+/// True when `bytes` claim format 2 (whether they open is another matter).
+pub fn is_raw(bytes: &[u8]) -> bool {
+    format_of(bytes) == Some(FORMAT_RAW)
 }
 
 /// The record sealed again under the sealer's current key, or `None` when it already is
@@ -73,16 +91,13 @@ pub fn reseal(
     key: &[u8],
     bytes: &[u8],
 ) -> Result<Option<Vec<u8>>, SealedError> {
-    if bytes.len() < MAGIC.len() + 1 || &bytes[..3] != MAGIC || bytes[3] != FORMAT {
-        return Err(SealedError::Malformed);
-    }
-    let resealed =
-        sealer
-            .reseal(&context(tree, key), &bytes[4..])
-            .map_err(|error| match error {
-                crate::crypto::SealError::Rng(_) => SealedError::Seal(error),
-                _ => SealedError::Unauthentic,
-            })?;
+    let format = format_of(bytes).ok_or(SealedError::Malformed)?;
+    let resealed = sealer
+        .reseal(&context(format, tree, key), &bytes[4..])
+        .map_err(|error| match error {
+            crate::crypto::SealError::Rng(_) => SealedError::Seal(error),
+            _ => SealedError::Unauthentic,
+        })?;
     Ok(resealed.map(|sealed| {
         let mut out = bytes[..4].to_vec();
         out.extend_from_slice(&sealed);
@@ -90,10 +105,60 @@ pub fn reseal(
     }))
 }
 
-fn context(tree: Tree, key: &[u8]) -> Vec<u8> {
+fn frame(
+    sealer: &Sealer,
+    format: u8,
+    tree: Tree,
+    key: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, SealedError> {
+    let sealed = sealer
+        .seal(&context(format, tree, key), plaintext)
+        .map_err(SealedError::Seal)?;
+    let mut out = Vec::with_capacity(MAGIC.len() + 1 + sealed.len());
+    out.extend_from_slice(MAGIC);
+    out.push(format);
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+fn unframe(
+    sealer: &Sealer,
+    format: u8,
+    tree: Tree,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, SealedError> {
+    if format_of(bytes) != Some(format) {
+        return Err(SealedError::Malformed);
+    }
+    sealer
+        .open(&context(format, tree, key), &bytes[4..])
+        .map_err(|_| SealedError::Unauthentic)
+}
+
+fn format_of(bytes: &[u8]) -> Option<u8> {
+    match bytes {
+        [m0, m1, m2, format @ (FORMAT_JSON | FORMAT_RAW), ..] if [*m0, *m1, *m2] == *MAGIC => {
+            Some(*format)
+        }
+        _ => None,
+    }
+}
+
+/// What the seal binds a record to. Format 1 keeps the context it was first written
+/// with; later formats name themselves in it, so that a record's format byte cannot be
+/// changed on disk without the record failing to open.
+fn context(format: u8, tree: Tree, key: &[u8]) -> Vec<u8> {
     let name = tree.name().as_bytes();
     let mut ctx = Vec::with_capacity(24 + name.len() + key.len());
-    ctx.extend_from_slice(b"credvault/sealed/v1\0");
+    match format {
+        FORMAT_JSON => ctx.extend_from_slice(b"credvault/sealed/v1\0"),
+        _ => {
+            ctx.extend_from_slice(b"credvault/sealed/format\0");
+            ctx.push(format);
+        }
+    }
     ctx.extend_from_slice(name);
     ctx.push(0);
     ctx.extend_from_slice(key);
@@ -122,5 +187,43 @@ mod tests {
         let mut flipped = bytes.clone();
         *flipped.last_mut().unwrap() ^= 1;
         assert!(open::<Vec<String>>(&sealer, Tree::Callers, b"c1", &flipped).is_err());
+    }
+
+    #[test]
+    fn raw_records_are_bound_to_their_format_too() {
+        let sealer = Sealer::new(&MasterKey::generate().unwrap());
+        let bytes = seal_raw(&sealer, Tree::Audit, b"k", b"\x01\x02").unwrap();
+        assert!(is_raw(&bytes));
+        assert_eq!(
+            &*open_raw(&sealer, Tree::Audit, b"k", &bytes).unwrap(),
+            b"\x01\x02"
+        );
+        assert!(matches!(
+            open_raw(&sealer, Tree::Audit, b"j", &bytes),
+            Err(SealedError::Unauthentic)
+        ));
+        // Read as the other format, or relabelled as it, the record does not open.
+        assert!(matches!(
+            open::<Vec<u8>>(&sealer, Tree::Audit, b"k", &bytes),
+            Err(SealedError::Malformed)
+        ));
+        let mut relabelled = bytes.clone();
+        relabelled[3] = FORMAT_JSON;
+        assert!(matches!(
+            open::<Vec<u8>>(&sealer, Tree::Audit, b"k", &relabelled),
+            Err(SealedError::Unauthentic)
+        ));
+        let json = seal(&sealer, Tree::Audit, b"k", &vec![1u8]).unwrap();
+        assert!(!is_raw(&json));
+        let mut relabelled = json.clone();
+        relabelled[3] = FORMAT_RAW;
+        assert!(matches!(
+            open_raw(&sealer, Tree::Audit, b"k", &relabelled),
+            Err(SealedError::Unauthentic)
+        ));
+        // Key rotation keeps the format.
+        let other = Sealer::new(&MasterKey::generate().unwrap());
+        assert!(reseal(&other, Tree::Audit, b"k", &bytes).is_err());
+        assert_eq!(reseal(&sealer, Tree::Audit, b"k", &bytes).unwrap(), None);
     }
 }

@@ -19,8 +19,13 @@ use crate::{
     store::{FaultPlan, FaultyStore, SledStore, Store, StoreError, Swap, Tree},
 };
 
-/// The layout of the data this build writes. Bumped when it changes incompatibly.
-pub const STORE_FORMAT: u32 = 1;
+/// The layout of the data this build writes. Bumped when builds before it could not
+/// read what it writes: 2 writes the audit trail as compact blocks (sealed format 2).
+pub const STORE_FORMAT: u32 = 2;
+/// The oldest layout this build reads. Opening one older than [`STORE_FORMAT`] marks
+/// it as [`STORE_FORMAT`] (its records stay as they are, and are read as they are), so
+/// that an older build refuses it instead of misreading what this one adds.
+pub const OLDEST_FORMAT: u32 = 1;
 
 pub const FORMAT_KEY: &[u8] = b"format";
 pub const KEY_CHECK_KEY: &[u8] = b"key-check";
@@ -90,7 +95,7 @@ pub enum OpenError {
     )]
     WrongKey(PathBuf),
     #[error(
-        "the data in {path} has store format {found}, this build reads format {STORE_FORMAT}; run a credvault release that supports format {found}, or restore a backup made for this one"
+        "the data in {path} has store format {found}, this build reads formats {OLDEST_FORMAT} to {STORE_FORMAT}; run a credvault release that supports format {found}, or restore a backup made for this one"
     )]
     UnsupportedFormat { path: PathBuf, found: String },
     #[error("the stored HMAC keys do not open: {0}")]
@@ -174,7 +179,7 @@ impl Vault {
             sealer = sealer.with_previous(previous);
         }
         let sealer = Arc::new(sealer);
-        check_format(store.as_ref(), &settings.data_dir).map_err(|e| match e {
+        let format = check_format(store.as_ref(), &settings.data_dir).map_err(|e| match e {
             CheckError::Store(source) => store_error(source),
             CheckError::Open(error) => error,
         })?;
@@ -182,6 +187,9 @@ impl Vault {
             CheckError::Store(source) => store_error(source),
             CheckError::Open(error) => error,
         })?;
+        if format < STORE_FORMAT {
+            upgrade_format(store.as_ref(), format).map_err(store_error)?;
+        }
 
         let (caller_hmac, audit_hmac) = hmac_keys(store.as_ref(), &sealer, &settings.master_key)
             .map_err(|e| match e {
@@ -259,20 +267,43 @@ impl From<StoreError> for CheckError {
     }
 }
 
-/// Writes the format marker into a new store, or checks the one found.
-fn check_format(store: &dyn Store, data_dir: &std::path::Path) -> Result<(), CheckError> {
-    let current = STORE_FORMAT.to_string();
+/// Writes the format marker into a new store, or checks the one found; answers the
+/// store's format.
+fn check_format(store: &dyn Store, data_dir: &std::path::Path) -> Result<u32, CheckError> {
     match store.get(Tree::Meta, FORMAT_KEY)? {
-        Some(found) if found == current.as_bytes() => Ok(()),
-        Some(found) => Err(CheckError::Open(OpenError::UnsupportedFormat {
-            path: data_dir.to_owned(),
-            found: String::from_utf8_lossy(&found).into_owned(),
-        })),
+        Some(found) => std::str::from_utf8(&found)
+            .ok()
+            .and_then(|text| text.parse::<u32>().ok())
+            .filter(|format| (OLDEST_FORMAT..=STORE_FORMAT).contains(format))
+            .ok_or_else(|| {
+                CheckError::Open(OpenError::UnsupportedFormat {
+                    path: data_dir.to_owned(),
+                    found: String::from_utf8_lossy(&found).into_owned(),
+                })
+            }),
         None => {
+            let current = STORE_FORMAT.to_string();
             store.compare_and_swap(Tree::Meta, FORMAT_KEY, None, Some(current.as_bytes()))?;
-            Ok(())
+            Ok(STORE_FORMAT)
         }
     }
+}
+
+/// Marks an older store as this build's format, before anything is written in it.
+fn upgrade_format(store: &dyn Store, found: u32) -> Result<(), StoreError> {
+    let (old, new) = (found.to_string(), STORE_FORMAT.to_string());
+    store.compare_and_swap(
+        Tree::Meta,
+        FORMAT_KEY,
+        Some(old.as_bytes()),
+        Some(new.as_bytes()),
+    )?;
+    tracing::info!(
+        from = found,
+        to = STORE_FORMAT,
+        "store format upgraded; builds that read only the older format refuse this data now"
+    );
+    Ok(())
 }
 
 /// A sealed constant: if it opens, this is the key the data was written with.

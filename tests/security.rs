@@ -195,7 +195,7 @@ async fn an_unknown_store_format_refuses_to_start() {
     {
         let store = support::open_store(dir.path());
         let current = store.get(Tree::Meta, b"format").unwrap();
-        assert_eq!(current.as_deref(), Some(&b"1"[..]));
+        assert_eq!(current.as_deref(), Some(&b"2"[..]));
         store
             .compare_and_swap(Tree::Meta, b"format", current.as_deref(), Some(b"99"))
             .unwrap();
@@ -208,9 +208,40 @@ async fn an_unknown_store_format_refuses_to_start() {
     assert!(
         error
             .to_string()
-            .contains("has store format 99, this build reads format 1"),
+            .contains("has store format 99, this build reads formats 1 to 2"),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn a_format_1_store_opens_and_is_marked_as_format_2_after_the_key_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = support::new_key();
+    TestServer::start(dir.path(), &key).await.stop().await;
+    let mark = |format: &[u8]| {
+        let store = support::open_store(dir.path());
+        let current = store.get(Tree::Meta, b"format").unwrap();
+        store
+            .compare_and_swap(Tree::Meta, b"format", current.as_deref(), Some(format))
+            .unwrap();
+        store
+    };
+    let read = || {
+        support::open_store(dir.path())
+            .get(Tree::Meta, b"format")
+            .unwrap()
+            .unwrap()
+    };
+    mark(b"1").flush().await.unwrap();
+    // The wrong key is refused before anything is marked.
+    let settings = support::config(dir.path(), &support::new_key())
+        .resolve()
+        .unwrap();
+    assert!(support::try_open_vault(&settings, Arc::new(SystemClock)).is_err());
+    assert_eq!(read(), b"1");
+    let settings = support::config(dir.path(), &key).resolve().unwrap();
+    drop(support::try_open_vault(&settings, Arc::new(SystemClock)).expect("opens"));
+    assert_eq!(read(), b"2");
 }
 
 /// Creates two accounts, stops, and hands the raw store to `tamper`; returns the

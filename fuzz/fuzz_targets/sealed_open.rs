@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = record::decode_meta_unauthenticated(data);
     // As any other sealed record.
     let _ = sealed::open::<serde_json::Value>(sealer(), Tree::Callers, b"caller", data);
+    let _ = sealed::open_raw(sealer(), Tree::Audit, b"block", data);
     // A record sealed here and then damaged by the input must be refused.
     let sealed = sealed::seal(sealer(), Tree::Meta, b"k", &data.len()).unwrap();
     let mut damaged = sealed.clone();
@@ -32,5 +33,14 @@ fuzz_target!(|data: &[u8]| {
     }
     if damaged != sealed {
         assert!(sealed::open::<usize>(sealer(), Tree::Meta, b"k", &damaged).is_err());
+    }
+    // And so must one sealed in the other format, damaged the same way.
+    let raw = sealed::seal_raw(sealer(), Tree::Audit, b"k", data).unwrap();
+    let mut damaged = raw.clone();
+    for (i, byte) in data.iter().enumerate().take(damaged.len()) {
+        damaged[i] ^= byte;
+    }
+    if damaged != raw {
+        assert!(sealed::open_raw(sealer(), Tree::Audit, b"k", &damaged).is_err());
     }
 });

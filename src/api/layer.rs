@@ -244,7 +244,7 @@ fn request_id(given: Option<&HeaderValue>) -> String {
             let mut bytes = [0u8; 4];
             // Without randomness the ids are only less distinct across restarts.
             let _ = random_bytes(&mut bytes);
-            bytes.iter().map(|b| format!("{b:02x}")).collect()
+            crate::hex::encode(&bytes)
         });
         format!("{prefix}{:016x}", NEXT.fetch_add(1, Ordering::Relaxed))
     })

@@ -30,11 +30,11 @@ impl CallerMacs {
         ctx.update(label.as_bytes());
         ctx.update(&[0]);
         ctx.update(value.as_bytes());
-        hex(ctx.sign().as_ref())
+        crate::hex::encode(ctx.sign().as_ref())
     }
 
     pub fn verify(&self, label: &str, value: &str, stored: &str) -> bool {
-        let Some(tag) = unhex(stored) else {
+        let Some(tag) = crate::hex::decode(stored) else {
             return false;
         };
         let mut message = Vec::with_capacity(label.len() + 1 + value.len());
@@ -63,7 +63,7 @@ pub fn generate() -> Result<(String, SecretString), RngError> {
     random_bytes(&mut id)?;
     let mut secret = zeroize::Zeroizing::new([0u8; 32]);
     random_bytes(secret.as_mut())?;
-    let key_id = hex(&id);
+    let key_id = crate::hex::encode(&id);
     let key = format!(
         "{KEY_PREFIX}{key_id}_{}",
         URL_SAFE_NO_PAD.encode(secret.as_ref())
@@ -80,20 +80,6 @@ pub fn key_id(key: &str) -> Option<&str> {
 
 pub fn looks_like_api_key(token: &str) -> bool {
     token.starts_with(KEY_PREFIX)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

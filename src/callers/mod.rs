@@ -411,10 +411,7 @@ impl CallerService {
     ) -> Result<CallerRecord, CallerError> {
         let mut id = [0u8; 8];
         random_bytes(&mut id)?;
-        let id = format!(
-            "c_{}",
-            id.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        );
+        let id = format!("c_{}", crate::hex::encode(&id));
         let record = CallerRecord {
             id: id.clone(),
             email: email.to_owned(),

@@ -160,7 +160,7 @@ impl TokenKeys {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             sub: sub.to_owned(),
-            jti: jti.iter().map(|b| format!("{b:02x}")).collect(),
+            jti: crate::hex::encode(&jti),
             iat,
             nbf: iat,
             exp: iat + lifetime_secs,
@@ -261,7 +261,7 @@ fn with_new_key(mut stored: StoredKeys, now_ms: i64) -> Result<StoredKeys, KeysE
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| RngError)?;
     let mut kid = [0u8; 8];
     random_bytes(&mut kid)?;
-    let kid: String = kid.iter().map(|b| format!("{b:02x}")).collect();
+    let kid = crate::hex::encode(&kid);
     stored.keys.push(StoredKey {
         kid: kid.clone(),
         pkcs8: STANDARD.encode(pkcs8.as_ref()),

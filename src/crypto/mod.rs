@@ -37,20 +37,13 @@ impl Fingerprinter {
 
     /// The whole HMAC-SHA256, in hex: how the audit trail records a secret value.
     pub fn hash(&self, value: &str) -> String {
-        ring::hmac::sign(&self.0, value.as_bytes())
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::hex::encode(ring::hmac::sign(&self.0, value.as_bytes()).as_ref())
     }
 
     /// The first 8 bytes of HMAC-SHA256, in hex.
     pub fn tag(&self, value: &str) -> String {
         let tag = ring::hmac::sign(&self.0, value.as_bytes());
-        tag.as_ref()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::hex::encode(&tag.as_ref()[..8])
     }
 }
 

@@ -585,8 +585,5 @@ fn token_outlives(meta: &AccountMeta, until_ms: i64) -> bool {
 fn lease_id() -> Result<String, RngError> {
     let mut bytes = [0u8; 12];
     random_bytes(&mut bytes)?;
-    Ok(format!(
-        "l_{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    ))
+    Ok(format!("l_{}", crate::hex::encode(&bytes)))
 }

@@ -1,5 +1,5 @@
 //! The audit trail: one event per audited call, logged as a line with target `audit`
-//! and appended to its own sled tree in sealed blocks.
+//! and appended to its own sled tree in sealed blocks (compact protobuf, see [`block`]).
 //!
 //! Appending only queues the event. Queued events are written as one block (sealed,
 //! keyed by the sequence number of its first event) by whichever comes first: a
@@ -23,6 +23,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+
+mod block;
 
 use crate::{
     clock::Clock,
@@ -101,19 +103,14 @@ impl Filter {
     }
 }
 
-/// What is read from under a block's key. Stores written before blocks hold one event
-/// per key; they are read as blocks of one.
+/// What older stores hold under a block's key, sealed as JSON: a block, or (before
+/// blocks) one event per key, read as a block of one. New blocks are written compact
+/// (see [`block`]).
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Stored {
     Block { events: Vec<AuditEvent> },
     Single(AuditEvent),
-}
-
-/// A block as it is written: the events borrowed, the same JSON as [`Stored::Block`].
-#[derive(Serialize)]
-struct BlockRef<'a> {
-    events: &'a [AuditEvent],
 }
 
 impl Stored {
@@ -311,7 +308,8 @@ impl AuditLog {
 
     fn write_block(&self, events: &[AuditEvent]) -> bool {
         let key = events[0].seq.to_be_bytes();
-        let result = sealed::seal(&self.sealer, Tree::Audit, &key, &BlockRef { events })
+        let result = self
+            .seal_block(&key, events)
             .map_err(AuditError::from)
             .and_then(|bytes| {
                 self.store
@@ -442,12 +440,7 @@ impl AuditLog {
         for (key, value, count, kept) in old {
             let trimmed = match kept.is_empty() {
                 true => None,
-                false => Some(sealed::seal(
-                    &self.sealer,
-                    Tree::Audit,
-                    &key,
-                    &BlockRef { events: &kept },
-                )?),
+                false => Some(self.seal_block(&key, &kept)?),
             };
             self.store
                 .compare_and_swap(Tree::Audit, &key, Some(&value), trimmed.as_deref())?;
@@ -533,9 +526,17 @@ impl AuditLog {
         }
     }
 
+    fn seal_block(&self, key: &[u8], events: &[AuditEvent]) -> Result<Vec<u8>, SealedError> {
+        sealed::seal_raw(&self.sealer, Tree::Audit, key, &block::encode(events))
+    }
+
     fn open_block(&self, key: &[u8], value: &[u8]) -> Result<Vec<AuditEvent>, AuditError> {
-        let stored: Stored = sealed::open(&self.sealer, Tree::Audit, key, value)?;
-        Ok(stored.into_events())
+        if !sealed::is_raw(value) {
+            let stored: Stored = sealed::open(&self.sealer, Tree::Audit, key, value)?;
+            return Ok(stored.into_events());
+        }
+        let plaintext = sealed::open_raw(&self.sealer, Tree::Audit, key, value)?;
+        Ok(block::decode(&plaintext).ok_or(SealedError::Malformed)?)
     }
 }
 
@@ -767,21 +768,43 @@ mod tests {
     }
 
     #[test]
-    fn a_store_of_one_event_per_key_is_read_and_continued() {
+    fn older_layouts_one_event_per_key_and_json_blocks_are_read_and_continued() {
+        #[derive(Serialize)]
+        struct JsonBlock {
+            events: Vec<AuditEvent>,
+        }
         let trail = Trail::new();
-        for seq in 1..=3u64 {
-            let mut old = event(seq as usize);
-            old.seq = seq;
-            let key = seq.to_be_bytes();
-            let bytes = sealed::seal(&trail.sealer, Tree::Audit, &key, &old).unwrap();
+        let numbered = |seq: u64| AuditEvent {
+            seq,
+            ..event(seq as usize)
+        };
+        let put = |key: u64, bytes: Vec<u8>| {
             trail
                 .store
-                .compare_and_swap(Tree::Audit, &key, None, Some(&bytes))
-                .unwrap();
+                .compare_and_swap(Tree::Audit, &key.to_be_bytes(), None, Some(&bytes))
+                .unwrap()
+        };
+        for seq in 1..=3u64 {
+            let key = seq.to_be_bytes();
+            put(
+                seq,
+                sealed::seal(&trail.sealer, Tree::Audit, &key, &numbered(seq)).unwrap(),
+            );
         }
+        let block = JsonBlock {
+            events: (4..=6).map(numbered).collect(),
+        };
+        let key = 4u64.to_be_bytes();
+        put(
+            4,
+            sealed::seal(&trail.sealer, Tree::Audit, &key, &block).unwrap(),
+        );
         let log = trail.log();
-        assert_eq!(log.commit(event(4)).unwrap(), 4);
-        assert_eq!(all(&log), vec![1, 2, 3, 4]);
+        assert_eq!(log.commit(event(7)).unwrap(), 7);
+        assert_eq!(all(&log), vec![1, 2, 3, 4, 5, 6, 7]);
+        let (listed, _) = log.list(&Filter::default(), 10, "").unwrap();
+        assert_eq!(listed[4].request_id, event(5).request_id);
+        assert_eq!(listed[4].secret_hashes, event(5).secret_hashes);
     }
 
     #[test]
