@@ -296,6 +296,49 @@ async fn an_unrenewed_lease_is_reaped_at_its_expiry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_expiring_before_those_held_is_reaped_on_time() {
+    let (_dir, server, clock, _key) = clocked().await;
+    account(&server, "short@example.com", 3).await;
+    let auth = consumer(&server, "short-job@example.com", &["pixverse"], 100).await;
+    let mut client = server.credentials(auth).await;
+    let mut take = async |ttl| {
+        client
+            .acquire_lease(acquire("pixverse", "short@example.com", ttl, 0))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    // The reaper sleeps until the first lease's expiry, an hour away; the shorter
+    // ones taken after it must wake it.
+    let _long = take(3600).await;
+    let _short = take(10).await;
+    let renewed = take(600).await;
+    let jobs = async |n| {
+        eventually(Duration::from_secs(10), async || {
+            active_jobs(&server, "short@example.com").await == n
+        })
+        .await
+    };
+    assert!(jobs(3).await);
+    clock.advance(10_000);
+    assert!(jobs(2).await, "the 10 s lease is reaped at its expiry");
+    // A renewal can shorten a lease, too.
+    client
+        .renew_lease(proto::RenewLeaseRequest {
+            lease_id: renewed.lease_id.clone(),
+            ttl: secs(5),
+        })
+        .await
+        .unwrap();
+    clock.advance(5_000);
+    assert!(
+        jobs(1).await,
+        "the renewed lease is reaped at its new expiry"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_slots_survive_a_restart() {
     let (dir, server, clock, key) = clocked().await;
     account(&server, "durable@example.com", 1).await;

@@ -12,7 +12,7 @@ use std::{
     collections::BTreeMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -116,6 +116,9 @@ pub struct LeaseService {
     table: Mutex<Table>,
     tickets: AtomicU64,
     reaper: Notify,
+    /// The expiry the reaper sleeps until (`i64::MAX`: none). Read and written only
+    /// with the table locked, so that a lease expiring sooner is never missed.
+    reaper_at: AtomicI64,
     stop: watch::Sender<bool>,
 }
 
@@ -160,6 +163,7 @@ impl LeaseService {
             table: Mutex::new(table),
             tickets: AtomicU64::new(0),
             reaper: Notify::new(),
+            reaper_at: AtomicI64::new(i64::MAX),
             stop,
         });
         tokio::spawn(service.clone().reap());
@@ -253,6 +257,7 @@ impl LeaseService {
                             expires_at_ms: now + request.ttl_ms,
                         };
                         table.insert(record.clone());
+                        self.wake_reaper_for(record.expires_at_ms);
                         if queued {
                             table.leave(&queue, ticket);
                             queued = false;
@@ -278,7 +283,6 @@ impl LeaseService {
                     }
                 }
             };
-            self.reaper.notify_one();
             if let Some(record) = reserved {
                 break self.complete(record, audit).await;
             }
@@ -431,15 +435,16 @@ impl LeaseService {
             if record.caller_id != caller.id && !caller.is_admin() {
                 return Err(LeaseError::NotOwner(id.to_owned()));
             }
-            table
+            let record = table
                 .extend(id, now + ttl_ms)
-                .ok_or_else(|| LeaseError::NotFound(id.to_owned()))?
+                .ok_or_else(|| LeaseError::NotFound(id.to_owned()))?;
+            self.wake_reaper_for(record.expires_at_ms);
+            record
         };
         let bytes = sealed::seal(&self.sealer, Tree::Leases, id.as_bytes(), &record)?;
         let old = self.store.get(Tree::Leases, id.as_bytes())?;
         self.store
             .compare_and_swap(Tree::Leases, id.as_bytes(), old.as_deref(), Some(&bytes))?;
-        self.reaper.notify_one();
         let account = self.accounts.get(&record.provider, &record.email)?;
         audit.account(&record.provider, &record.email);
         if let Some(token) = &account.secrets.token {
@@ -523,11 +528,26 @@ impl LeaseService {
         }
     }
 
+    /// Wakes the reaper when a lease now expires before the time it sleeps until (most
+    /// leases expire after the ones before them, and wake nothing). Call with the table
+    /// locked.
+    fn wake_reaper_for(&self, expires_at_ms: i64) {
+        if expires_at_ms < self.reaper_at.load(Ordering::Relaxed) {
+            self.reaper.notify_one();
+        }
+    }
+
     /// Frees leases at their expiry.
     async fn reap(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
         loop {
-            let next = self.table().next_expiry();
+            let next = {
+                let table = self.table();
+                let next = table.next_expiry();
+                self.reaper_at
+                    .store(next.unwrap_or(i64::MAX), Ordering::Relaxed);
+                next
+            };
             let sleep = match next {
                 Some(at) => self.clock.sleep_until(at),
                 None => Box::pin(std::future::pending()),
