@@ -16,21 +16,35 @@ use crate::{
 
 /// The operator's view: every secret masked. `active_jobs`: leases holding its slots.
 pub fn masked_account(account: &Account, active_jobs: usize) -> proto::Account {
+    account_view(account, active_jobs, Secrets::Masked)
+}
+
+/// The unmasked view, for RevealAccount only.
+pub fn revealed_account(account: &Account, active_jobs: usize) -> proto::Account {
+    account_view(account, active_jobs, Secrets::Revealed)
+}
+
+#[derive(Clone, Copy)]
+enum Secrets {
+    Masked,
+    Revealed,
+}
+
+fn account_view(account: &Account, active_jobs: usize, shown: Secrets) -> proto::Account {
     let meta = &account.meta;
     let secrets = &account.secrets;
-    let secured = |set: bool| {
-        if set {
-            mask::SECURED.to_owned()
-        } else {
-            String::new()
-        }
+    let show = |secret: &Option<SecretString>, mask: fn(&str) -> String| match (secret, shown) {
+        (None, _) => String::new(),
+        (Some(secret), Secrets::Masked) => mask(secret.expose()),
+        (Some(secret), Secrets::Revealed) => secret.expose().to_owned(),
     };
+    let secured = |_: &str| mask::SECURED.to_owned();
     proto::Account {
         provider: meta.provider.clone(),
         email: meta.email.clone(),
-        password: secured(secrets.password.is_some()),
-        api_key: secured(secrets.api_key.is_some()),
-        secret: secured(secrets.secret.is_some()),
+        password: show(&secrets.password, secured),
+        api_key: show(&secrets.api_key, secured),
+        secret: show(&secrets.secret, secured),
         max_jobs: meta.max_jobs as i32,
         jwt: meta.session.as_ref().map(|session| proto::Jwt {
             account_id: session.account_id.clone(),
@@ -40,11 +54,7 @@ pub fn masked_account(account: &Account, active_jobs: usize) -> proto::Account {
                 secs => rfc3339_millis(secs.saturating_mul(1000)),
             },
             username: session.username.clone(),
-            token: secrets
-                .token
-                .as_ref()
-                .map(|token| mask::token(token.expose()))
-                .unwrap_or_default(),
+            token: show(&secrets.token, mask::token),
             generation: session.generation,
         }),
         status: status(meta.effective_status()) as i32,
@@ -98,24 +108,6 @@ pub fn session(input: Option<proto::JwtInput>) -> Option<SessionInput> {
         username: jwt.username,
         expire_time: jwt.expire_time,
     })
-}
-
-/// The unmasked view, for RevealAccount only.
-pub fn revealed_account(account: &Account, active_jobs: usize) -> proto::Account {
-    let mut view = masked_account(account, active_jobs);
-    let secrets = &account.secrets;
-    let plain = |s: &Option<SecretString>| {
-        s.as_ref()
-            .map(|s| s.expose().to_owned())
-            .unwrap_or_default()
-    };
-    view.password = plain(&secrets.password);
-    view.api_key = plain(&secrets.api_key);
-    view.secret = plain(&secrets.secret);
-    if let Some(jwt) = view.jwt.as_mut() {
-        jwt.token = plain(&secrets.token);
-    }
-    view
 }
 
 pub fn caller_info(record: &CallerRecord, now_ms: i64) -> proto::CallerInfo {

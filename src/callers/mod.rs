@@ -463,7 +463,8 @@ impl CallerService {
             .get(Tree::ApiKeys, key_id.as_bytes())
             .map_err(auth_store_error)?
             .ok_or(AuthError::MissingOrInvalid)?;
-        let record = self.record_for_auth(&String::from_utf8_lossy(&caller_id))?;
+        let opened = self.record_for_auth(&String::from_utf8_lossy(&caller_id))?;
+        let record = &opened.record;
         let entry = record
             .keys
             .iter()
@@ -491,7 +492,8 @@ impl CallerService {
             .get(Tree::CallerEmails, email.to_lowercase().as_bytes())
             .map_err(auth_store_error)?
             .ok_or(AuthError::MissingOrInvalid)?;
-        let record = self.record_for_auth(&String::from_utf8_lossy(&id))?;
+        let opened = self.record_for_auth(&String::from_utf8_lossy(&id))?;
+        let record = &opened.record;
         let ok = record
             .secret_mac
             .as_deref()
@@ -514,7 +516,8 @@ impl CallerService {
                 TokenError::Invalid => AuthError::MissingOrInvalid,
                 TokenError::Expired => AuthError::Expired,
             })?;
-        let record = self.record_for_auth(&claims.sub)?;
+        let opened = self.record_for_auth(&claims.sub)?;
+        let record = &opened.record;
         let entry = record
             .tokens
             .iter()
@@ -532,20 +535,25 @@ impl CallerService {
 
     /// The caller the configuration maps a Unix-socket peer's uid to.
     pub fn authenticate_peer(&self, caller_id: &str, uid: u32) -> Result<Caller, AuthError> {
-        caller(self.record_for_auth(caller_id)?, Credential::Peer { uid })
+        caller(
+            &self.record_for_auth(caller_id)?.record,
+            Credential::Peer { uid },
+        )
     }
 
     /// The bootstrap admin, for the configured bootstrap token.
     pub fn bootstrap_admin(&self) -> Result<Caller, AuthError> {
         caller(
-            self.record_for_auth(BOOTSTRAP_ADMIN_ID)?,
+            &self.record_for_auth(BOOTSTRAP_ADMIN_ID)?.record,
             Credential::Bootstrap,
         )
     }
 
-    fn record_for_auth(&self, id: &str) -> Result<CallerRecord, AuthError> {
-        match self.load(id) {
-            Ok(Some((_, record))) => Ok(record),
+    /// The caller's record as last opened (shared, not copied: authentication runs on
+    /// every call).
+    fn record_for_auth(&self, id: &str) -> Result<Arc<Opened>, AuthError> {
+        match self.load_shared(id) {
+            Ok(Some(opened)) => Ok(opened),
             Ok(None) => Err(AuthError::MissingOrInvalid),
             Err(CallerError::Store(error)) => Err(auth_store_error(error)),
             Err(error) => {
@@ -1006,15 +1014,15 @@ fn parse_scopes(scopes: &[String]) -> Result<Vec<String>, FieldError> {
     scopes.iter().map(|s| scope::parse(s)).collect()
 }
 
-fn caller(record: CallerRecord, credential: Credential) -> Result<Caller, AuthError> {
+fn caller(record: &CallerRecord, credential: Credential) -> Result<Caller, AuthError> {
     if record.disabled {
         return Err(AuthError::Disabled);
     }
     Ok(Caller {
-        id: record.id,
-        email: record.email,
-        roles: record.roles,
-        scopes: record.scopes,
+        id: record.id.clone(),
+        email: record.email.clone(),
+        roles: record.roles.clone(),
+        scopes: record.scopes.clone(),
         credential,
     })
 }
