@@ -56,19 +56,63 @@ struct EventRecord {
     hash_texts: Vec<String>,
 }
 
+/// Consecutive events encoded as one block.
+pub(super) struct Encoded {
+    /// Where the block's events start in the slice given, and how many there are.
+    pub first: usize,
+    pub count: usize,
+    pub bytes: Vec<u8>,
+}
+
+/// `events` as one block.
 pub(super) fn encode(events: &[AuditEvent]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(events.len() * 200);
+    encode_blocks(events, usize::MAX, usize::MAX)
+        .pop()
+        .map_or_else(Vec::new, |block| block.bytes)
+}
+
+/// `events` as consecutive blocks of at most `max_events` events, each closed before an
+/// event that would take it past `max_bytes` (an event larger than that on its own is a
+/// block of one).
+pub(super) fn encode_blocks(
+    events: &[AuditEvent],
+    max_events: usize,
+    max_bytes: usize,
+) -> Vec<Encoded> {
+    let mut blocks = Vec::new();
+    let mut block = Encoded {
+        first: 0,
+        count: 0,
+        bytes: Vec::new(),
+    };
     let mut event_bytes = Vec::with_capacity(256);
     let (mut seq, mut at_ms) = (0u64, 0i64);
-    for event in events {
+    for (i, event) in events.iter().enumerate() {
         event_bytes.clear();
         encode_event(event, seq, at_ms, &mut event_bytes);
+        let framed = 1 + encoding::encoded_len_varint(event_bytes.len() as u64) + event_bytes.len();
+        if block.count > 0 && (block.count == max_events || block.bytes.len() + framed > max_bytes)
+        {
+            let next = Encoded {
+                first: i,
+                count: 0,
+                bytes: Vec::new(),
+            };
+            blocks.push(std::mem::replace(&mut block, next));
+            // The first event of a block counts from zero, not from the one before.
+            event_bytes.clear();
+            encode_event(event, 0, 0, &mut event_bytes);
+        }
         (seq, at_ms) = (event.seq, event.at_ms);
-        encoding::encode_key(1, WireType::LengthDelimited, &mut out);
-        encoding::encode_varint(event_bytes.len() as u64, &mut out);
-        out.extend_from_slice(&event_bytes);
+        encoding::encode_key(1, WireType::LengthDelimited, &mut block.bytes);
+        encoding::encode_varint(event_bytes.len() as u64, &mut block.bytes);
+        block.bytes.extend_from_slice(&event_bytes);
+        block.count += 1;
     }
-    out
+    if block.count > 0 {
+        blocks.push(block);
+    }
+    blocks
 }
 
 fn encode_event(event: &AuditEvent, seq: u64, at_ms: i64, out: &mut Vec<u8>) {
@@ -193,6 +237,30 @@ mod tests {
         assert_eq!(decoded, expected);
         assert_eq!(decode(&encode(&[])), Some(Vec::new()));
         assert_eq!(decode(b"\xff\xff\xff"), None);
+    }
+
+    #[test]
+    fn blocks_close_at_their_size_or_count_and_each_decodes_alone() {
+        let events: Vec<_> = (1..=100)
+            .map(|n| reveal(n, 1_700_000_000_000 + n as i64))
+            .collect();
+        let one = encode(&events[..1]).len();
+        for (max_events, max_bytes) in [(256, one * 10), (7, usize::MAX), (256, 1)] {
+            let blocks = encode_blocks(&events, max_events, max_bytes);
+            let mut next = 0;
+            for block in &blocks {
+                assert_eq!(block.first, next);
+                assert!(block.count >= 1 && block.count <= max_events);
+                assert!(block.count == 1 || block.bytes.len() <= max_bytes);
+                let decoded = decode(&block.bytes).unwrap();
+                assert_eq!(decoded, events[block.first..block.first + block.count]);
+                next += block.count;
+            }
+            assert_eq!(next, events.len());
+        }
+        assert_eq!(encode_blocks(&events, 7, usize::MAX).len(), 15);
+        assert_eq!(encode_blocks(&events, 256, 1).len(), 100);
+        assert!(encode_blocks(&events, 256, one * 10).len() >= 10);
     }
 
     #[test]

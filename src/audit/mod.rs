@@ -44,6 +44,11 @@ const SCAN_BATCH: usize = 64;
 pub const WRITE_EVERY: Duration = Duration::from_millis(100);
 /// At most this many events share a block; a longer queue is written as several.
 const BLOCK_MAX: usize = 256;
+/// A block is closed before it passes this many bytes (about 20 events). sled keeps a
+/// tree node of up to 17 entries inline only while it stays under 128 KiB (a quarter of
+/// its 512 KiB segment); a larger node goes to a blob file, and blob files were found
+/// to outlive the events pruned from them, so the trail's disk use grew without bound.
+const BLOCK_BYTES: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -298,18 +303,17 @@ impl AuditLog {
         let Queue { events, written } =
             std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
         let mut ok = true;
-        for block in events.chunks(BLOCK_MAX) {
-            ok &= self.write_block(block);
+        for block in block::encode_blocks(&events, BLOCK_MAX, BLOCK_BYTES) {
+            ok &= self.write_block(&events[block.first], block.count, &block.bytes);
         }
         let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
         let _ = written.set(ok.then_some(n));
         ok
     }
 
-    fn write_block(&self, events: &[AuditEvent]) -> bool {
-        let key = events[0].seq.to_be_bytes();
-        let result = self
-            .seal_block(&key, events)
+    fn write_block(&self, first: &AuditEvent, count: usize, plaintext: &[u8]) -> bool {
+        let key = first.seq.to_be_bytes();
+        let result = sealed::seal_raw(&self.sealer, Tree::Audit, &key, plaintext)
             .map_err(AuditError::from)
             .and_then(|bytes| {
                 self.store
@@ -319,9 +323,8 @@ impl AuditLog {
         match result {
             Ok(_) => true,
             Err(error) => {
-                metrics::counter!("credvault_audit_write_failures_total")
-                    .increment(events.len() as u64);
-                tracing::error!(%error, events = events.len(), "writing audit events failed");
+                metrics::counter!("credvault_audit_write_failures_total").increment(count as u64);
+                tracing::error!(%error, events = count, "writing audit events failed");
                 false
             }
         }
@@ -744,13 +747,17 @@ mod tests {
     fn pages_continue_inside_and_across_blocks_and_numbering_survives_a_reopen() {
         let trail = Trail::new();
         let log = trail.log();
-        // One write of 600 queued events (blocks of 256, 256 and 88), then one of 1.
+        // One write of 600 queued events (several blocks, each closed at its byte or
+        // event limit), then one of 1.
         for n in 0..600 {
             log.append(event(n));
         }
         assert!(log.write_queued());
         log.commit(event(600)).unwrap();
-        assert_eq!(trail.stored_keys(), vec![1, 257, 513, 601]);
+        let keys = trail.stored_keys();
+        assert_eq!((keys[0], keys[keys.len() - 1]), (1, 601));
+        assert!(keys.len() >= 4, "{keys:?}");
+        assert!(keys.windows(2).all(|w| w[1] - w[0] <= BLOCK_MAX as u64));
         let mut seen = Vec::new();
         let mut token = String::new();
         loop {
@@ -871,6 +878,52 @@ mod tests {
         plan.fail_writes(Tree::Audit, false);
         log.commit_durable(event(4)).await.unwrap();
         assert_eq!(all(&log), vec![1, 5]);
+    }
+
+    #[tokio::test]
+    async fn pruned_space_is_reused_so_the_store_stays_bounded() {
+        // Sizes on disk in KiB, whole files: sled preallocates in segments.
+        fn size(dir: &std::path::Path) -> u64 {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .map(|entry| {
+                    let entry = entry.unwrap();
+                    match entry.metadata().unwrap() {
+                        m if m.is_dir() => size(&entry.path()),
+                        m => m.len(),
+                    }
+                })
+                .sum()
+        }
+        let trail = Trail::new();
+        let log = trail.open(trail.store.clone(), Some(Duration::from_secs(3600)));
+        let mut sizes = Vec::new();
+        // Each round appends 10,000 events (about 2 MB) and prunes them all.
+        for round in 0..12 {
+            for n in 0..10_000 {
+                log.append(AuditEvent {
+                    caller_id: format!("c_{round:016x}"),
+                    email: format!("worker{n}@example.com"),
+                    target: format!("l_{n:024x}"),
+                    secret_hashes: vec![trail.hasher.hash(&format!("{round}/{n}"))],
+                    ..event(n)
+                });
+            }
+            log.flush().await.unwrap();
+            trail.clock.advance(3_600_001);
+            assert_eq!(log.prune().unwrap(), 10_000);
+            log.flush().await.unwrap();
+            sizes.push(size(trail._dir.path()) / 1024);
+        }
+        // Space freed by pruning is written again: the later rounds take no more than
+        // the early ones (blocks too big for sled's inline nodes grew by about a blob
+        // file, 640 KiB, per round: 4.3 MB after the first round, 13.2 MB after 12).
+        let early = sizes[..4].iter().max().unwrap();
+        let late = sizes[8..].iter().max().unwrap();
+        assert!(
+            late * 4 <= early * 5,
+            "KiB on disk after each round: {sizes:?}"
+        );
     }
 
     #[test]
