@@ -1,10 +1,11 @@
 //! The audit trail: one event per audited call, logged as a line with target `audit`
 //! and appended to its own sled tree in sealed blocks (compact protobuf, see [`block`]).
 //!
-//! Appending only queues the event. Queued events are written as one block (sealed,
-//! keyed by the sequence number of its first event) by whichever comes first: a
-//! hand-out that commits its event (it waits for the block holding it, then flushes),
-//! a read of the trail, the writer task every [`WRITE_EVERY`], or shutdown. Writing a
+//! Appending only queues the event. Queued events are written together, as blocks of
+//! at most 256 events and 6 KiB (each sealed, keyed by the sequence number of its first
+//! event), by whichever comes first: a hand-out that commits its event (it waits for
+//! the block holding it, then flushes), a read of the trail, the writer task every
+//! [`WRITE_EVERY`], or shutdown. Writing a
 //! block per batch instead of a record per event is what lets hand-outs under load
 //! share one sled write.
 //!
@@ -162,7 +163,7 @@ pub struct AuditLog {
     writes: AtomicU64,
     durable_through: AtomicU64,
     /// Durable commits line up here: while one flushes, the next ones queue their
-    /// events, and the first of them writes them all as one block behind one flush.
+    /// events, and the first of them writes them all behind one flush.
     committing: tokio::sync::Mutex<()>,
     /// Run by each durable commit between its block write and its flush: writes what
     /// other services batch for the same flush (the callers' pending debits).
@@ -298,8 +299,9 @@ impl AuditLog {
         (seq, queue.written.clone())
     }
 
-    /// Writes every queued event, as blocks of at most [`BLOCK_MAX`]; answers false if
-    /// a block could not be written (its events are lost, and their committers told).
+    /// Writes every queued event, as blocks of at most `BLOCK_MAX` events and
+    /// `BLOCK_BYTES` bytes; answers false if a block could not be written (its events
+    /// are lost, and their committers told).
     pub fn write_queued(&self) -> bool {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let Queue { events, written } =
