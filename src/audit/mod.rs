@@ -920,12 +920,13 @@ mod tests {
             sizes.push(size(trail._dir.path()) / 1024);
         }
         // Space freed by pruning is written again: the later rounds take no more than
-        // the early ones (blocks too big for sled's inline nodes grew by about a blob
-        // file, 640 KiB, per round: 4.3 MB after the first round, 13.2 MB after 12).
-        let early = sizes[..4].iter().max().unwrap();
-        let late = sizes[8..].iter().max().unwrap();
+        // the early ones, give or take a few of sled's 512 KiB segments. (Blocks too big
+        // for sled's inline nodes leaked a blob file, 640 KiB, per round: the data
+        // directory went from 8.2 MiB in the first four rounds to 13.0 in the last four.)
+        let early = *sizes[..4].iter().max().unwrap();
+        let late = *sizes[8..].iter().max().unwrap();
         assert!(
-            late * 4 <= early * 5,
+            late <= early + 2048,
             "KiB on disk after each round: {sizes:?}"
         );
     }
