@@ -308,15 +308,16 @@ impl AuditLog {
             std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
         let mut ok = true;
         for block in block::encode_blocks(&events, BLOCK_MAX, BLOCK_BYTES) {
-            ok &= self.write_block(&events[block.first], block.count, &block.bytes);
+            ok &= self.write_block(events[block.first].seq, block.count, &block.bytes);
         }
         let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
         let _ = written.set(ok.then_some(n));
         ok
     }
 
-    fn write_block(&self, first: &AuditEvent, count: usize, plaintext: &[u8]) -> bool {
-        let key = first.seq.to_be_bytes();
+    /// Seals and writes one encoded block of `count` events, keyed by its first `seq`.
+    fn write_block(&self, seq: u64, count: usize, plaintext: &[u8]) -> bool {
+        let key = seq.to_be_bytes();
         let result = sealed::seal_raw(&self.sealer, Tree::Audit, &key, plaintext)
             .map_err(AuditError::from)
             .and_then(|bytes| {
