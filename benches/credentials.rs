@@ -14,9 +14,13 @@ use std::{
 
 use credvault::{
     accounts::{NewAccount, SessionInput},
+    callers::Role,
     config::Config,
     crypto::{MasterKey, SecretString},
-    proto::{self, credentials_client::CredentialsClient},
+    proto::{
+        self, accounts_client::AccountsClient, callers_client::CallersClient,
+        credentials_client::CredentialsClient,
+    },
     providers::{ProviderConfig, ProviderKind},
     server::{self, Listeners},
     vault::Vault,
@@ -66,6 +70,20 @@ impl Stats {
             .get(self.latencies.len() * p / 100)
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     }
+}
+
+/// Every line of the report.
+#[derive(Default)]
+struct Rows {
+    baseline: Row,
+    nagle: Row,
+    check: Row,
+    whoami: Row,
+    masked: Row,
+    reveal: Row,
+    two_whoami: Row,
+    lease: Row,
+    half_rate: Row,
 }
 
 /// One line of the report: a measurement's rounds.
@@ -199,6 +217,17 @@ fn rss_mib() -> f64 {
         / 1024.0
 }
 
+/// CPU time this process's threads have run, in ns (their schedstat).
+fn cpu_ns() -> u64 {
+    std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn config(dir: &std::path::Path) -> Config {
     let mut config = Config {
         listen: "127.0.0.1:0".into(),
@@ -264,7 +293,8 @@ fn main() {
 /// (100,000 creations leave the allocator fragmented for whatever runs next).
 const RSS_CHILD: &str = "CREDVAULT_BENCH_RSS_CHILD";
 
-/// Runs one load alone for 10 s (`reveal`, `lease` or `check`), for a profiler.
+/// Runs one load alone for 10 s (`reveal`, `lease`, `whoami`, `masked` or `check`), for
+/// a profiler.
 const ONLY: &str = "CREDVAULT_BENCH_ONLY";
 
 /// RSS of a serving credvault with 100,000 accounts loaded (in its own process).
@@ -300,6 +330,7 @@ async fn store_flush_latency() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     let mut stats = Stats::default();
+    let cpu_before = cpu_ns();
     for i in 0..1000u32 {
         let at = Instant::now();
         store
@@ -308,8 +339,11 @@ async fn store_flush_latency() {
         store.flush().await.unwrap();
         stats.latencies.push(at.elapsed());
     }
+    let cpu_us = (cpu_ns() - cpu_before) as f64 / 1000.0 / 1000.0;
     let (p50, p99) = (stats.percentile_ms(50), stats.percentile_ms(99));
-    println!("  store write + flush (sled, idle), 1,000 times: p50 {p50:.2} ms  p99 {p99:.2} ms");
+    println!(
+        "  store write + flush (sled, idle), 1,000 times: p50 {p50:.2} ms  p99 {p99:.2} ms  CPU {cpu_us:.0} µs each (all threads)"
+    );
 }
 
 /// A minimal tonic server answering health Check; `no_delay` as credvault sets it on
@@ -363,6 +397,8 @@ async fn run() {
             credvault::callers::NewCaller {
                 email: "bench@example.com".into(),
                 secret: SecretString::from(SECRET.to_owned()),
+                // Operator too, for the masked GetAccount row (a floor under reveals).
+                roles: [Role::Consumer, Role::Operator].into(),
                 scopes: vec!["pixverse".into(), "pool".into()],
                 ..Default::default()
             },
@@ -422,6 +458,49 @@ async fn run() {
             }
         }
     };
+    // Floors under a reveal, same caller and connections: an authenticated call that
+    // reads one record (GetCallerInfo), and the masked read of the same accounts
+    // (GetAccount: no credits, no durable audit event, no flush).
+    let whoami = move |auth: Auth| {
+        move |channel: Channel, _| {
+            let auth = auth.clone();
+            async move {
+                let at = Instant::now();
+                CallersClient::with_interceptor(channel, auth)
+                    .get_caller_info(proto::GetCallerInfoRequest {})
+                    .await?;
+                Ok(at.elapsed())
+            }
+        }
+    };
+    let masked = move |auth: Auth| {
+        move |channel: Channel, i: u64| {
+            let auth = auth.clone();
+            async move {
+                let request = proto::GetAccountRequest {
+                    provider: "pixverse".into(),
+                    email: format!("user{}@example.com", i % 1000),
+                };
+                let at = Instant::now();
+                AccountsClient::with_interceptor(channel, auth)
+                    .get_account(request)
+                    .await?;
+                Ok(at.elapsed())
+            }
+        }
+    };
+    // The floor under an acquire-and-release pair: any two authenticated calls.
+    let two_whoami = move |auth: Auth| {
+        let whoami = whoami(auth);
+        move |channel: Channel, i: u64| {
+            let whoami = whoami.clone();
+            async move {
+                let latency = whoami(channel.clone(), i).await?;
+                whoami(channel, i).await?;
+                Ok(latency)
+            }
+        }
+    };
     // Each task acquires then releases; the latency recorded is the AcquireLease's.
     let lease = move |auth: Auth| {
         move |channel: Channel, _| {
@@ -465,6 +544,8 @@ async fn run() {
             stats.merge(match only.as_str() {
                 "reveal" => drive(&channels, paced, reveal(auth.clone())).await,
                 "lease" => drive(&channels, paced, lease(auth.clone())).await,
+                "whoami" => drive(&channels, paced, whoami(auth.clone())).await,
+                "masked" => drive(&channels, paced, masked(auth.clone())).await,
                 _ => health_load(addr).await,
             });
         }
@@ -480,37 +561,54 @@ async fn run() {
         return;
     }
 
-    let mut rows: [Row; 6] = Default::default();
+    let mut rows = Rows::default();
     for _ in 0..ROUNDS {
         // Baseline: the same transport settings as credvault (TCP_NODELAY on accepted
         // streams); the same without TCP_NODELAY is shown for comparison.
         let baseline = health_load(plain).await;
         let base = baseline.rate();
-        rows[0].add(baseline, base);
-        rows[1].add(health_load(nagle).await, base);
+        rows.baseline.add(baseline, base);
+        rows.nagle.add(health_load(nagle).await, base);
         // credvault's own stack (auth layer, router) on its public health RPC.
-        rows[2].add(health_load(addr).await, base);
-        rows[3].add(drive(&channels, None, reveal(auth.clone())).await, base);
+        rows.check.add(health_load(addr).await, base);
+        rows.whoami
+            .add(drive(&channels, None, whoami(auth.clone())).await, base);
+        rows.masked
+            .add(drive(&channels, None, masked(auth.clone())).await, base);
+        rows.reveal
+            .add(drive(&channels, None, reveal(auth.clone())).await, base);
+        let two = drive(&channels, None, two_whoami(auth.clone())).await;
+        rows.two_whoami.add(two, base);
         let pairs = drive(&channels, None, lease(auth.clone())).await;
         // At half of this round's peak, each of the tasks paced (open loop).
         let per_task = pairs.rate() / 2.0 / (CONNECTIONS * IN_FLIGHT) as f64;
-        rows[4].add(pairs, base);
-        rows[5].add(
+        rows.lease.add(pairs, base);
+        rows.half_rate.add(
             drive(&channels, Some(per_task), lease(auth.clone())).await,
             base,
         );
     }
-    rows[0].print("baseline: minimal tonic server, unary Check");
-    rows[1].print("  (the same without TCP_NODELAY)");
-    rows[2].print("credvault: unary Check (auth layer, no store)");
-    rows[3].print("RevealAccount, 1,000 accounts (metered caller)");
-    rows[4].print("AcquireLease (each then released), 100 × 8");
+    rows.baseline
+        .print("baseline: minimal tonic server, unary Check");
+    rows.nagle.print("  (the same without TCP_NODELAY)");
+    rows.check
+        .print("credvault: unary Check (auth layer, no store)");
+    rows.whoami
+        .print("  floor: GetCallerInfo (caller auth, no hand-out)");
+    rows.masked
+        .print("  floor: GetAccount masked (same accounts, no audit)");
+    rows.reveal
+        .print("RevealAccount, 1,000 accounts (metered caller)");
+    rows.two_whoami
+        .print("  floor: two GetCallerInfo in a row, per pair");
+    rows.lease
+        .print("AcquireLease (each then released), 100 × 8");
     println!(
         "  … counting the releases too: {:.0} calls/s, ×baseline {:.2}",
-        2.0 * median(&rows[4].rates),
-        2.0 * median(&rows[4].ratios)
+        2.0 * median(&rows.lease.rates),
+        2.0 * median(&rows.lease.ratios)
     );
-    rows[5].print("AcquireLease at half its peak rate");
+    rows.half_rate.print("AcquireLease at half its peak rate");
 
     let _ = stop.send(());
     serving.await.unwrap().unwrap();
