@@ -84,6 +84,8 @@ struct Rows {
     two_whoami: Row,
     lease: Row,
     half_rate: Row,
+    /// Store flushes timed while the half-rate load runs.
+    probe: Stats,
 }
 
 /// One line of the report: a measurement's rounds.
@@ -346,6 +348,33 @@ async fn store_flush_latency() {
     );
 }
 
+/// What any durable hand-out waits for at least, timed beside the load: one small write
+/// and a flush of the same store (joining the group commit like a hand-out does),
+/// every 5 ms for one measurement window.
+async fn flush_probe(store: std::sync::Arc<dyn credvault::store::Store>) -> Stats {
+    use credvault::store::Tree;
+    let mut stats = Stats::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    let until = Instant::now() + WINDOW;
+    for i in 0u64.. {
+        tick.tick().await;
+        if Instant::now() >= until {
+            break;
+        }
+        let (key, value) = (b"bench-flush-probe", i.to_be_bytes());
+        let at = Instant::now();
+        store
+            .compare_and_swap(Tree::Meta, key, None, Some(&value))
+            .unwrap();
+        store.flush().await.unwrap();
+        stats.latencies.push(at.elapsed());
+        store
+            .compare_and_swap(Tree::Meta, key, Some(&value), None)
+            .unwrap();
+    }
+    stats
+}
+
 /// A minimal tonic server answering health Check; `no_delay` as credvault sets it on
 /// the streams it accepts.
 async fn minimal_server(no_delay: bool) -> std::net::SocketAddr {
@@ -428,6 +457,7 @@ async fn run() {
         ),
         ("x-credvault-secret", SECRET.to_owned()),
     ]);
+    let store = vault.store.clone();
     let listeners = Listeners::bind(&settings).await.unwrap();
     let addr = listeners.tcp_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -583,10 +613,12 @@ async fn run() {
         // At half of this round's peak, each of the tasks paced (open loop).
         let per_task = pairs.rate() / 2.0 / (CONNECTIONS * IN_FLIGHT) as f64;
         rows.lease.add(pairs, base);
+        let probing = tokio::spawn(flush_probe(store.clone()));
         rows.half_rate.add(
             drive(&channels, Some(per_task), lease(auth.clone())).await,
             base,
         );
+        rows.probe.merge(probing.await.unwrap());
     }
     rows.baseline
         .print("baseline: minimal tonic server, unary Check");
@@ -609,6 +641,11 @@ async fn run() {
         2.0 * median(&rows.lease.ratios)
     );
     rows.half_rate.print("AcquireLease at half its peak rate");
+    let (p50, p99) = (rows.probe.percentile_ms(50), rows.probe.percentile_ms(99));
+    println!(
+        "    floor: one store write + flush during that load, every 5 ms: p50 {p50:.2} ms  p99 {p99:.2} ms  ({} probes)",
+        rows.probe.latencies.len()
+    );
 
     let _ = stop.send(());
     serving.await.unwrap().unwrap();
