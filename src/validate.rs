@@ -20,9 +20,6 @@ pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL_KEY_LEN: usize = 63;
 pub const MAX_LABEL_VALUE_LEN: usize = 256;
 
-/// Top-level domains that can never receive mail (RFC 2606, RFC 6761).
-const RESERVED_TLDS: [&str; 5] = ["example", "invalid", "localhost", "local", "test"];
-
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FieldError {
     #[error("missing parameter: [{0}]")]
@@ -168,10 +165,14 @@ fn domain_ok(domain: &str) -> bool {
             && !label.ends_with('-')
             && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
     };
-    let tld = labels[labels.len() - 1];
-    let tld_ok = (tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic()))
-        || (tld.starts_with("xn--") && tld.len() > 4);
-    labels.iter().all(label_ok) && tld_ok && !RESERVED_TLDS.contains(&tld)
+    labels.iter().all(label_ok) && tld_listed(labels[labels.len() - 1])
+}
+
+/// Whether the top-level label is on the public suffix list (embedded by `psl`, so the
+/// check runs offline). Reserved names that never receive mail (`example`, `invalid`,
+/// `localhost`, `local`, `test`) are not on it; neither are made-up ones (`ext`).
+fn tld_listed(tld: &str) -> bool {
+    psl::suffix(tld.as_bytes()).is_some_and(|suffix| suffix.is_known())
 }
 
 /// Looks a provider up by name; an unknown name lists the configured ones.
@@ -258,11 +259,22 @@ mod tests {
             "name@-x.com",
             "name@x..com",
             "name@x.test",
+            "name@unknown.ext",
+            "name@x.example",
+            "name@x.invalid",
         ] {
             assert_eq!(
                 email(bad).unwrap_err().to_string(),
                 format!("invalid email domain for \"{bad}\""),
             );
+        }
+        for good in [
+            "name@example.co.uk",
+            "name@mail.example.io",
+            "name@example.museum",
+            "name@example.xn--p1ai",
+        ] {
+            assert!(email(good).is_ok(), "{good}");
         }
         assert!(email(&format!("{}@example.com", "a".repeat(250))).is_err());
         assert_eq!(

@@ -361,6 +361,11 @@ async fn every_invalid_argument_names_its_field() {
             "invalid email domain for \"name@unknown\"",
         ),
         (
+            pixverse("name@unknown.ext", "pw"),
+            Code::InvalidArgument,
+            "invalid email domain for \"name@unknown.ext\"",
+        ),
+        (
             pixverse("name@host.invalid", "pw"),
             Code::InvalidArgument,
             "invalid email domain for \"name@host.invalid\"",

@@ -287,6 +287,11 @@ async fn create_caller_validates_every_field() {
             request("name@unknown.e1t", SECRET),
             "invalid email domain for \"name@unknown.e1t\"",
         ),
+        // The reference's own example: `ext` is not on the public suffix list.
+        (
+            request("name@unknown.ext", SECRET),
+            "invalid email domain for \"name@unknown.ext\"",
+        ),
         (
             request("no-at-sign", SECRET),
             "invalid parameter: [email] is not a valid email address",

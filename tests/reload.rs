@@ -127,7 +127,7 @@ async fn secret_files_are_read_again_without_a_restart() {
                 .await
                 .unwrap()
                 .into_inner();
-            status.phase == proto::rotation_status::Phase::Done as i32
+            status.phase == proto::key_rotation::Phase::Done as i32
         })
         .await,
         "{}",

@@ -65,7 +65,7 @@ async fn fill(server: &TestServer) -> (Auth, String) {
     (auth, jwt)
 }
 
-async fn status(server: &TestServer) -> proto::RotationStatus {
+async fn status(server: &TestServer) -> proto::KeyRotation {
     proto::keys_client::KeysClient::with_interceptor(server.channel().await, Auth::admin())
         .rotation_status(proto::RotationStatusRequest {})
         .await
@@ -73,8 +73,8 @@ async fn status(server: &TestServer) -> proto::RotationStatus {
         .into_inner()
 }
 
-fn phase(status: &proto::RotationStatus) -> proto::rotation_status::Phase {
-    proto::rotation_status::Phase::try_from(status.phase).unwrap()
+fn phase(status: &proto::KeyRotation) -> proto::key_rotation::Phase {
+    proto::key_rotation::Phase::try_from(status.phase).unwrap()
 }
 
 /// Everything reads back under the current key: every account's secrets, the
@@ -174,12 +174,10 @@ async fn rotation_while_serving_fails_no_call_and_retires_the_old_key() {
     let mut seen_running_with_load = false;
     let done = support::eventually(Duration::from_secs(60), async || {
         let now = status(&server).await;
-        if phase(&now) == proto::rotation_status::Phase::Running
-            && calls.load(Ordering::Relaxed) > 0
-        {
+        if phase(&now) == proto::key_rotation::Phase::Running && calls.load(Ordering::Relaxed) > 0 {
             seen_running_with_load = true;
         }
-        phase(&now) == proto::rotation_status::Phase::Done
+        phase(&now) == proto::key_rotation::Phase::Done
     })
     .await;
     stop.store(true, Ordering::Relaxed);
@@ -199,7 +197,7 @@ async fn rotation_while_serving_fails_no_call_and_retires_the_old_key() {
     let server = TestServer::start(dir.path(), &new).await;
     assert_eq!(
         phase(&status(&server).await),
-        proto::rotation_status::Phase::Idle
+        proto::key_rotation::Phase::Idle
     );
     everything_reads(&server, &auth, &jwt).await;
     server.stop().await;
@@ -226,7 +224,7 @@ async fn an_interrupted_rotation_resumes_at_the_next_start() {
     let mut last = status(&server).await;
     let failed = support::eventually(Duration::from_secs(30), async || {
         last = status(&server).await;
-        phase(&last) == proto::rotation_status::Phase::Failed
+        phase(&last) == proto::key_rotation::Phase::Failed
     })
     .await;
     assert!(failed, "{last:?}");
@@ -246,7 +244,7 @@ async fn an_interrupted_rotation_resumes_at_the_next_start() {
     let server = TestServer::start_with(with_keys(dir.path(), &new, Some(&old))).await;
     let done = support::eventually(Duration::from_secs(30), async || {
         last = status(&server).await;
-        phase(&last) == proto::rotation_status::Phase::Done
+        phase(&last) == proto::key_rotation::Phase::Done
     })
     .await;
     assert!(done, "{last:?}");
@@ -403,7 +401,7 @@ async fn an_admin_rotates_the_master_key_over_grpc_while_serving() {
             .expect("no reveal fails during the rotation");
         reveals += 1;
         last = status(&server).await;
-        phase(&last) == proto::rotation_status::Phase::Done
+        phase(&last) == proto::key_rotation::Phase::Done
     })
     .await;
     assert!(done, "{last:?}");

@@ -9,7 +9,7 @@ use crate::{
     auth::Permission,
     callers::CallerService,
     crypto::{MasterKey, Sealer},
-    proto::{self, keys_server::Keys, rotation_status::Phase as ProtoPhase},
+    proto::{self, key_rotation::Phase as ProtoPhase, keys_server::Keys},
     rekey::{Phase, Rekey},
     validate,
 };
@@ -29,7 +29,7 @@ impl KeysApi {
         }
     }
 
-    fn status(&self) -> proto::RotationStatus {
+    fn status(&self) -> proto::KeyRotation {
         let (examined, resealed) = self.rekey.counts();
         let (phase, error) = match self.rekey.phase() {
             Phase::Idle => (ProtoPhase::Idle, String::new()),
@@ -37,7 +37,7 @@ impl KeysApi {
             Phase::Done => (ProtoPhase::Done, String::new()),
             Phase::Failed(error) => (ProtoPhase::Failed, error),
         };
-        proto::RotationStatus {
+        proto::KeyRotation {
             phase: phase as i32,
             current_key_id: self.sealer.key_id().to_string(),
             previous_key_id: self
@@ -57,7 +57,7 @@ impl Keys for KeysApi {
     async fn rotation_status(
         &self,
         request: Request<proto::RotationStatusRequest>,
-    ) -> Result<Response<proto::RotationStatus>, Status> {
+    ) -> Result<Response<proto::KeyRotation>, Status> {
         authorized(&request, Permission::Keys, "RotationStatus")?;
         Ok(Response::new(self.status()))
     }
@@ -65,7 +65,7 @@ impl Keys for KeysApi {
     async fn rotate_master_key(
         &self,
         request: Request<proto::RotateMasterKeyRequest>,
-    ) -> Result<Response<proto::RotationStatus>, Status> {
+    ) -> Result<Response<proto::KeyRotation>, Status> {
         authorized(&request, Permission::Keys, "RotateMasterKey")?;
         let audit = call_audit(&request);
         let path = request.into_inner().new_key_file;

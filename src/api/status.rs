@@ -30,6 +30,7 @@ pub fn auth_error(error: AuthError) -> Status {
         }
         AuthError::NotActivated => Status::failed_precondition(message),
         AuthError::Disabled => Status::permission_denied(message),
+        AuthError::DataLoss => Status::data_loss(message),
         AuthError::Unavailable => Status::unavailable(STORAGE_UNAVAILABLE),
         AuthError::Internal => Status::internal(INTERNAL_MESSAGE),
     }

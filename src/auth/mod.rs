@@ -204,6 +204,10 @@ pub enum AuthError {
     NotActivated,
     #[error("caller is disabled")]
     Disabled,
+    /// The caller's record failed its integrity check (tampered, or sealed under
+    /// another key); logged where it happened, as UpdateCaller's DATA_LOSS is.
+    #[error("the caller's record failed its integrity check and will not be used")]
+    DataLoss,
     /// The store could not be read; a retry may succeed. Logged where it happened.
     #[error("authentication could not be completed")]
     Unavailable,

