@@ -260,8 +260,9 @@ fn router(
     );
     let limits = &vault.limits;
     let max = limits.max_request_bytes;
-    let mut builder =
-        Server::builder().concurrency_limit_per_connection(limits.calls_per_connection);
+    let mut builder = Server::builder()
+        .concurrency_limit_per_connection(limits.calls_per_connection)
+        .http2_max_header_list_size(crate::api::layer::HTTP2_MAX_HEADER_LIST);
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }

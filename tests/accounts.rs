@@ -3,6 +3,7 @@
 
 mod support;
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use support::{TestServer, pixverse, proto, upstream_jwt};
 use tonic::Code;
 
@@ -245,12 +246,62 @@ async fn listing_pages_in_order_and_filters_by_provider() {
     let error = client
         .list_accounts(proto::ListAccountsRequest {
             provider: "dataapi".into(),
-            page_token: first.next_page_token,
+            page_token: first.next_page_token.clone(),
             ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument);
+    // Without a provider filter too, only a token that listing gave out is taken: not
+    // one made under a filter, nor made-up bytes (base64 of a NUL byte, of a key).
+    let unfiltered = client
+        .list_accounts(proto::ListAccountsRequest {
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for page_token in [
+        "AA".to_owned(),
+        URL_SAFE_NO_PAD.encode(b"pixverse\0user1@example.com"),
+        URL_SAFE_NO_PAD.encode(b"\0\0"),
+        first.next_page_token.clone(),
+    ] {
+        let error = client
+            .list_accounts(proto::ListAccountsRequest {
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (error.code(), error.message()),
+            (
+                Code::InvalidArgument,
+                "invalid parameter: [page_token] is not a token returned by ListAccounts"
+            )
+        );
+    }
+    let error = client
+        .list_accounts(proto::ListAccountsRequest {
+            provider: "pixverse".into(),
+            page_token: unfiltered.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    let second = client
+        .list_accounts(proto::ListAccountsRequest {
+            page_size: 1,
+            page_token: unfiltered.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.accounts[0].email, "svc1@example.com");
     server.stop().await;
 }
 

@@ -207,7 +207,7 @@ impl AccountService {
             validate::text("provider", provider, validate::MAX_PROVIDER_LEN, true)?;
             model::provider_prefix(provider)
         };
-        let after = decode_page_token(page_token, &prefix)?;
+        let after = decode_page_token(page_token, provider)?;
 
         // One extra entry tells whether another page follows.
         let mut entries = self
@@ -216,7 +216,7 @@ impl AccountService {
         let more = entries.len() > limit;
         entries.truncate(limit);
         let next_page_token = match (more, entries.last()) {
-            (true, Some((last, _))) => URL_SAFE_NO_PAD.encode(last),
+            (true, Some((last, _))) => encode_page_token(provider, last),
             _ => String::new(),
         };
         let accounts = entries
@@ -641,15 +641,40 @@ fn set_session(account: &mut Account, session: SessionInput) -> Result<(), Field
     Ok(())
 }
 
-fn decode_page_token(token: &str, prefix: &[u8]) -> Result<Option<Vec<u8>>, FieldError> {
+/// A page token names the filter it was made under and the last key it listed, so
+/// that it pages only through the listing that gave it out: `filter \0 last key`.
+fn encode_page_token(provider: &str, last: &[u8]) -> String {
+    let mut token = model::provider_prefix(provider);
+    token.extend_from_slice(last);
+    URL_SAFE_NO_PAD.encode(token)
+}
+
+/// The key to list after, from a token [`encode_page_token`] made under the same
+/// filter; anything else is refused.
+fn decode_page_token(token: &str, provider: &str) -> Result<Option<Vec<u8>>, FieldError> {
     if token.is_empty() {
         return Ok(None);
     }
-    let after = URL_SAFE_NO_PAD
+    let bytes = URL_SAFE_NO_PAD
         .decode(token)
         .map_err(|_| FieldError::PageToken)?;
-    if !after.starts_with(prefix) || !after.contains(&0) {
+    let after = bytes
+        .strip_prefix(model::provider_prefix(provider).as_slice())
+        .ok_or(FieldError::PageToken)?;
+    // The last key listed: `provider \0 email`, both printable text, within the filter.
+    let printable = |part: &[u8], max: usize| {
+        std::str::from_utf8(part)
+            .is_ok_and(|text| validate::text("page_token", text, max, true).is_ok())
+    };
+    let key_ok = after.iter().position(|b| *b == 0).is_some_and(|split| {
+        let (key_provider, email) = (&after[..split], &after[split + 1..]);
+        (provider.is_empty() || key_provider == provider.as_bytes())
+            && printable(key_provider, validate::MAX_PROVIDER_LEN)
+            && printable(email, validate::MAX_EMAIL_LEN)
+            && email.contains(&b'@')
+    });
+    if !key_ok {
         return Err(FieldError::PageToken);
     }
-    Ok(Some(after))
+    Ok(Some(after.to_vec()))
 }

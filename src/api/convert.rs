@@ -188,12 +188,17 @@ pub fn roles(values: &[i32]) -> Result<BTreeSet<Role>, FieldError> {
         .collect()
 }
 
+/// google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z. A
+/// time outside it could be stored, but then not rendered as proto3 JSON by clients.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
 pub fn timestamp_ms(field: &'static str, ts: Option<Timestamp>) -> Result<Option<i64>, FieldError> {
     ts.map(|ts| {
         ts.seconds
             .checked_mul(1000)
             .and_then(|ms| ms.checked_add(i64::from(ts.nanos / 1_000_000)))
             .filter(|_| (0..1_000_000_000).contains(&ts.nanos))
+            .filter(|_| TIMESTAMP_SECONDS.contains(&ts.seconds))
             .ok_or(FieldError::Timestamp(field))
     })
     .transpose()

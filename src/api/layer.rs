@@ -29,6 +29,14 @@ use crate::{
 const PUBLIC_PREFIX: &str = "/grpc.health.v1.Health/";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 const MAX_REQUEST_ID_LEN: usize = 128;
+/// Largest request header block answered, counted as HPACK counts it (name, value and
+/// 32 bytes per field, the path included). HTTP/2 itself is let through up to
+/// [`HTTP2_MAX_HEADER_LIST`], so that a block between the two gets a gRPC status here
+/// instead of a bare HTTP 431, which clients show as UNKNOWN.
+pub const MAX_HEADER_BLOCK: usize = 16 * 1024;
+/// The connection-level limit handed to HTTP/2: beyond it a request is refused by the
+/// protocol (HTTP 431) before credvault sees it.
+pub const HTTP2_MAX_HEADER_LIST: u32 = 256 * 1024;
 
 /// The request id of the call, in the request extensions.
 #[derive(Clone, Debug)]
@@ -133,6 +141,13 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let started = Instant::now();
+        if header_block_len(&request) > MAX_HEADER_BLOCK {
+            let status = Status::resource_exhausted(format!(
+                "the request's headers are larger than {} KiB",
+                MAX_HEADER_BLOCK / 1024
+            ));
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
         let path = request.uri().path().to_owned();
         let request_id = request_id(request.headers().get(REQUEST_ID_HEADER));
         let span = tracing::info_span!("rpc", request_id = %request_id, rpc = %path);
@@ -223,6 +238,17 @@ where
         };
         Box::pin(future.instrument(span))
     }
+}
+
+/// The size of a request's header block as HTTP/2 counts it (RFC 7541 §4.1).
+fn header_block_len<B>(request: &Request<B>) -> usize {
+    const FIELD_OVERHEAD: usize = 32;
+    let fields: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + FIELD_OVERHEAD)
+        .sum();
+    fields + request.uri().path().len() + FIELD_OVERHEAD
 }
 
 /// The caller's `x-request-id` when it is a sane one, else a new random id.

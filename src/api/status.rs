@@ -81,6 +81,7 @@ pub fn caller_error(error: CallerError) -> Status {
         CallerError::TooManyTokens => Status::already_exists(message),
         CallerError::TooManySessions => Status::resource_exhausted(message),
         CallerError::SecretMismatch => Status::permission_denied(message),
+        CallerError::BootstrapAdmin => Status::failed_precondition(message),
         CallerError::Denied(denial) => denied(denial),
         CallerError::Credits(credits) => credit_error(credits),
         CallerError::VersionMismatch { .. } | CallerError::Contended(_) => Status::aborted(message),

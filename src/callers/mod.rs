@@ -114,6 +114,10 @@ pub enum CallerError {
         expected: u64,
         actual: u64,
     },
+    #[error(
+        "the bootstrap admin keeps the admin role and cannot be disabled: it is the way back in when every other admin is locked out (replace its token to shut someone out)"
+    )]
+    BootstrapAdmin,
     #[error("caller {0} is being created by another request at the same time; retry")]
     Contended(String),
     #[error("caller {id} failed its integrity check and will not be used: {source}")]
@@ -292,8 +296,25 @@ impl CallerService {
             .rotate(self.store.as_ref(), &self.sealer, self.clock.now_ms())?)
     }
 
+    /// Creates the bootstrap admin, or gives it back its powers: it is the way back in
+    /// when every other admin is locked out, so a store that says it is no admin, or
+    /// disabled (an older build allowed that), is corrected.
     fn ensure_bootstrap_admin(&self) -> Result<(), CallerError> {
-        if self.load(BOOTSTRAP_ADMIN_ID)?.is_some() {
+        if let Some((_, record)) = self.load(BOOTSTRAP_ADMIN_ID)? {
+            if record.roles.contains(&Role::Admin) && !record.disabled {
+                return Ok(());
+            }
+            tracing::warn!(
+                caller = BOOTSTRAP_ADMIN_ID,
+                was_disabled = record.disabled,
+                had_admin_role = record.roles.contains(&Role::Admin),
+                "the bootstrap admin had lost its admin role or was disabled; restoring both"
+            );
+            self.modify(BOOTSTRAP_ADMIN_ID, None, |record| {
+                record.roles.insert(Role::Admin);
+                record.disabled = false;
+                Ok(true)
+            })?;
             return Ok(());
         }
         let record = CallerRecord {
@@ -675,6 +696,14 @@ impl CallerService {
                 validate::text("groups", group, validate::MAX_NAME_LEN, true)?;
             }
         }
+        let demotes = update
+            .roles
+            .as_ref()
+            .is_some_and(|roles| !roles.contains(&Role::Admin))
+            || update.disabled == Some(true);
+        if caller_id == BOOTSTRAP_ADMIN_ID && demotes {
+            return Err(CallerError::BootstrapAdmin);
+        }
         // The update, and the record it answers, start from a balance with every debit
         // taken so far written.
         self.settle();
@@ -702,6 +731,18 @@ impl CallerService {
         Ok(record)
     }
 
+    /// Whether the caller's credits may be used now: within their validity window (an
+    /// unmetered caller's always are). The balance is not looked at: for free calls.
+    pub fn check_credit_window(&self, caller_id: &str) -> Result<(), CallerError> {
+        let opened = self
+            .load_shared(caller_id)?
+            .ok_or_else(|| CallerError::NotFound(caller_id.to_owned()))?;
+        match &opened.record.credits {
+            Some(credits) => Ok(credit_window(credits, self.now_ms())?),
+            None => Ok(()),
+        }
+    }
+
     /// Takes `cost` credits in memory, atomically (never below zero, counting debits
     /// not yet written). The debit is written by the next [`CallerService::settle`],
     /// which a durable commit runs before its flush; [`Charge::written`] then tells
@@ -727,12 +768,7 @@ impl CallerService {
                 ..Charge::free()
             });
         };
-        if let Some(from) = credits.valid_from_ms.filter(|from| now < *from) {
-            return Err(CreditError::NotYetValid(rfc3339_millis(from)).into());
-        }
-        if let Some(until) = credits.valid_until_ms.filter(|until| now >= *until) {
-            return Err(CreditError::Expired(rfc3339_millis(until)).into());
-        }
+        credit_window(&credits, now)?;
         let mut pending = self.pending_debits();
         let owed = pending.get(caller_id).map_or(0, |p| p.amount);
         credits.remaining -= owed;
@@ -997,6 +1033,17 @@ fn apply_update(
         if update.valid_until_ms.is_some() {
             credits.valid_until_ms = update.valid_until_ms;
         }
+    }
+    Ok(())
+}
+
+/// Refuses credits outside their validity window.
+fn credit_window(credits: &CallerCredits, now: i64) -> Result<(), CreditError> {
+    if let Some(from) = credits.valid_from_ms.filter(|from| now < *from) {
+        return Err(CreditError::NotYetValid(rfc3339_millis(from)));
+    }
+    if let Some(until) = credits.valid_until_ms.filter(|until| now >= *until) {
+        return Err(CreditError::Expired(rfc3339_millis(until)));
     }
     Ok(())
 }

@@ -426,8 +426,8 @@ impl LeaseService {
     ) -> Result<Granted, LeaseError> {
         audit.target(id);
         let now = self.clock.now_ms();
-        let record = {
-            let mut table = self.table();
+        let held = {
+            let table = self.table();
             let record = table
                 .get(id)
                 .filter(|r| r.expires_at_ms > now)
@@ -435,6 +435,29 @@ impl LeaseService {
             if record.caller_id != caller.id && !caller.is_admin() {
                 return Err(LeaseError::NotOwner(id.to_owned()));
             }
+            record.clone()
+        };
+        // The checks AcquireLease makes, against the caller as it is now (the call layer
+        // authenticated it on this call): the account is still within its scopes, and
+        // its credits are within their validity window (a renewal costs nothing). A
+        // lease that fails them ends, and its holder is told through the watch.
+        let allowed = caller
+            .require_reach(&held.provider, &held.email)
+            .map_err(LeaseError::from)
+            .and_then(|()| Ok(self.callers.check_credit_window(&held.caller_id)?));
+        if let Err(error) = allowed {
+            self.end(id).await;
+            self.events.publish(Event {
+                key: held.key(),
+                kind: EventKind::LeaseRevoked {
+                    lease_id: id.to_owned(),
+                },
+                at_ms: now,
+            });
+            return Err(error);
+        }
+        let record = {
+            let mut table = self.table();
             let record = table
                 .extend(id, now + ttl_ms)
                 .ok_or_else(|| LeaseError::NotFound(id.to_owned()))?;
