@@ -15,6 +15,10 @@ use credvault::{
 
 /// EX_USAGE: bad flags, configuration or keys.
 const EXIT_CONFIG: u8 = 64;
+/// EX_IOERR: the data on disk is damaged or has lost acknowledged writes.
+const EXIT_DAMAGED: u8 = 74;
+/// What an operator does about a damaged store.
+const RESTORE_ADVICE: &str = "this store will not be served (it could answer records that were changed or revoked since); restore the latest backup into a new, empty data directory with `credvault restore --data-dir NEW_DIR --from BACKUP_FILE` (same master key), start credvault on it, and keep the damaged directory for inspection";
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -59,9 +63,20 @@ fn open_offline(settings: &Settings) -> Result<Vault, ExitCode> {
 }
 
 fn open_failed(error: &credvault::vault::OpenError) -> ExitCode {
+    if error.is_damage() {
+        eprintln!("credvault: the data directory is damaged: {error}; {RESTORE_ADVICE}");
+        return ExitCode::from(EXIT_DAMAGED);
+    }
     eprintln!("credvault: cannot open the data directory (is the daemon stopped?): {error}");
+    exit_for(error)
+}
+
+/// The exit code for a vault that did not open.
+fn exit_for(error: &credvault::vault::OpenError) -> ExitCode {
     if error.is_configuration() {
         ExitCode::from(EXIT_CONFIG)
+    } else if error.is_damage() {
+        ExitCode::from(EXIT_DAMAGED)
     } else {
         ExitCode::FAILURE
     }
@@ -278,13 +293,18 @@ async fn run(settings: Settings) -> ExitCode {
     let vault = match Vault::open(&settings) {
         Ok(vault) => vault,
         Err(error) => {
-            tracing::error!(%error, "refusing to start");
-            eprintln!("credvault: refusing to start: {error}");
-            return if error.is_configuration() {
-                ExitCode::from(EXIT_CONFIG)
+            let advice = if error.is_damage() {
+                RESTORE_ADVICE
             } else {
-                ExitCode::FAILURE
+                ""
             };
+            tracing::error!(%error, advice, "refusing to start");
+            if error.is_damage() {
+                eprintln!("credvault: refusing to start: {error}; {RESTORE_ADVICE}");
+            } else {
+                eprintln!("credvault: refusing to start: {error}");
+            }
+            return exit_for(&error);
         }
     };
     let shutdown = match server::shutdown_signal() {

@@ -134,6 +134,7 @@ mod redacted_debug {
                 .field("email", &self.email)
                 .field("generation", &self.generation)
                 .field("lease_id", &self.lease_id)
+                .field("token_masked", &self.token_masked)
                 .finish_non_exhaustive()
         }
     }

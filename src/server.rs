@@ -257,6 +257,7 @@ fn router(
         services.leases.clone(),
         services.events.clone(),
         vault.fingerprints.clone(),
+        vault.authenticator.clone(),
     );
     let limits = &vault.limits;
     let max = limits.max_request_bytes;

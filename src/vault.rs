@@ -116,6 +116,12 @@ impl OpenError {
             OpenError::WrongKey(_) | OpenError::UnsupportedFormat { .. }
         )
     }
+
+    /// The data on disk is damaged or has lost acknowledged writes (exit 74): it is not
+    /// served, and the way out is a restore.
+    pub fn is_damage(&self) -> bool {
+        matches!(self, OpenError::Store { source, .. } if source.is_damage())
+    }
 }
 
 /// Everything a running credvault holds. Dropping it closes the store.

@@ -3,21 +3,22 @@
 
 use std::{pin::Pin, sync::Arc};
 
-use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use super::{
-    authorized, call_audit, convert,
+    authorized, call_audit, convert, layer,
     status::{account_error, audit_error, caller_error, denied, lease_error},
     text_field,
+    watch::{Filter, Proof, Watch},
 };
 use crate::{
     accounts::AccountService,
-    auth::{Caller, Permission},
-    callers::{CallerError, CallerService},
-    crypto::Fingerprinter,
-    events::{Event, EventKind, Events},
+    audit::CallAudit,
+    auth::{Authenticator, Permission},
+    callers::{CallerError, CallerService, Charge},
+    crypto::{Fingerprinter, SecretString},
+    events::Events,
     leases::{AcquireRequest, DEFAULT_TTL_MS, Granted, LeaseService, MAX_TTL_MS, MAX_WAIT_MS},
     proto::{self, credentials_server::Credentials},
     validate::{self, FieldError},
@@ -35,6 +36,8 @@ pub struct CredentialsApi {
     leases: Arc<LeaseService>,
     events: Events,
     fingerprints: Arc<Fingerprinter>,
+    /// Proves a watch's caller again while its stream lives.
+    authenticator: Arc<Authenticator>,
 }
 
 impl CredentialsApi {
@@ -44,6 +47,7 @@ impl CredentialsApi {
         leases: Arc<LeaseService>,
         events: Events,
         fingerprints: Arc<Fingerprinter>,
+        authenticator: Arc<Authenticator>,
     ) -> Self {
         Self {
             accounts,
@@ -51,8 +55,43 @@ impl CredentialsApi {
             leases,
             events,
             fingerprints,
+            authenticator,
         }
     }
+}
+
+/// The door a paid hand-out goes through (RevealAccount, and a token a watcher pays
+/// for): `caller_id` is charged `cost`, and the debit and the audit event naming every
+/// secret handed out become durable together (one block write and one flush shared
+/// with concurrent hand-outs). When any of it fails nothing may be handed out, and the
+/// credits are paid back.
+pub(super) async fn paid_hand_out(
+    callers: &CallerService,
+    caller_id: &str,
+    cost: i64,
+    audit: &CallAudit,
+    secrets: &[&str],
+) -> Result<Charge, Status> {
+    let charge = callers.charge(caller_id, cost).map_err(caller_error)?;
+    for secret in secrets {
+        audit.handed_out(secret);
+    }
+    let durable = match audit.commit_durable().await {
+        Ok(true) => Ok(()),
+        Ok(false) => callers.flush().await.map_err(caller_error),
+        Err(error) => Err(audit_error(error)),
+    }
+    .and_then(|()| match charge.written() {
+        Some(true) => Ok(()),
+        _ => Err(caller_error(CallerError::DebitUnwritten)),
+    });
+    if let Err(status) = durable {
+        if let Err(refund) = callers.refund(&charge) {
+            tracing::error!(error = %refund, "refunding a failed hand-out failed");
+        }
+        return Err(status);
+    }
+    Ok(charge)
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::CredentialEvent, Status>> + Send>>;
@@ -106,47 +145,6 @@ fn lease(granted: &Granted) -> proto::Lease {
     }
 }
 
-/// The event as this watcher may see it, or `None` when it is not theirs to see.
-fn visible(
-    event: &Event,
-    caller: &Caller,
-    provider: &str,
-    email: &str,
-) -> Option<proto::CredentialEvent> {
-    let key = &event.key;
-    let wanted = (provider.is_empty() || provider == key.provider)
-        && (email.is_empty() || email == key.email);
-    if !wanted || caller.require_reach(&key.provider, &key.email).is_err() {
-        return None;
-    }
-    let mut out = proto::CredentialEvent {
-        provider: key.provider.clone(),
-        email: key.email.clone(),
-        at: Some(convert::timestamp(event.at_ms)),
-        ..Default::default()
-    };
-    let kind = match &event.kind {
-        EventKind::TokenRotated {
-            generation,
-            token,
-            expire_time,
-        } => {
-            out.generation = *generation;
-            out.token = token.expose().to_owned();
-            out.expire_time = *expire_time;
-            proto::credential_event::Kind::TokenRotated
-        }
-        EventKind::AccountDisabled => proto::credential_event::Kind::AccountDisabled,
-        EventKind::AccountDeleted => proto::credential_event::Kind::AccountDeleted,
-        EventKind::LeaseRevoked { lease_id } => {
-            out.lease_id.clone_from(lease_id);
-            proto::credential_event::Kind::LeaseRevoked
-        }
-    };
-    out.kind = kind as i32;
-    Some(out)
-}
-
 #[tonic::async_trait]
 impl Credentials for CredentialsApi {
     #[tracing::instrument(skip_all, fields(provider = ?request.get_ref().provider, email = %self.fingerprints.tag(&request.get_ref().email.to_lowercase())))]
@@ -167,9 +165,8 @@ impl Credentials for CredentialsApi {
             .get(&req.provider, &req.email)
             .map_err(account_error)?;
         let cost = self.callers.settings().reveal_cost;
-        let charge = self.callers.charge(&actor.id, cost).map_err(caller_error)?;
         let secrets = &account.secrets;
-        for secret in [
+        let handed: Vec<&str> = [
             &secrets.password,
             &secrets.api_key,
             &secrets.secret,
@@ -177,27 +174,9 @@ impl Credentials for CredentialsApi {
         ]
         .into_iter()
         .flatten()
-        {
-            audit.handed_out(secret.expose());
-        }
-        // No unaudited hand-out: the debit and the audit event become durable together
-        // (one block write and one flush shared with concurrent hand-outs); without
-        // that, nothing is handed out and the credits are paid back.
-        let durable = match audit.commit_durable().await {
-            Ok(true) => Ok(()),
-            Ok(false) => self.callers.flush().await.map_err(caller_error),
-            Err(error) => Err(audit_error(error)),
-        }
-        .and_then(|()| match charge.written() {
-            Some(true) => Ok(()),
-            _ => Err(caller_error(CallerError::DebitUnwritten)),
-        });
-        if let Err(status) = durable {
-            if let Err(refund) = self.callers.refund(&charge) {
-                tracing::error!(error = %refund, "refunding a failed reveal failed");
-            }
-            return Err(status);
-        }
+        .map(SecretString::expose)
+        .collect();
+        let charge = paid_hand_out(&self.callers, &actor.id, cost, &audit, &handed).await?;
         tracing::info!(
             caller = %actor.id,
             cost,
@@ -274,30 +253,30 @@ impl Credentials for CredentialsApi {
         request: Request<proto::WatchCredentialsRequest>,
     ) -> Result<Response<Self::WatchCredentialsStream>, Status> {
         let actor = authorized(&request, Permission::Credentials, "WatchCredentials")?;
+        let audit = call_audit(&request);
+        let proof = Proof::new(
+            self.authenticator.clone(),
+            request.metadata().as_ref(),
+            layer::peer_uid(request.extensions()),
+        );
         let req = request.into_inner();
         text_field("provider", &req.provider, validate::MAX_PROVIDER_LEN)?;
         text_field("email", &req.email, validate::MAX_EMAIL_LEN)?;
-        let email = req.email.to_lowercase();
-        let mut events = self.events.subscribe();
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let item = match events.recv().await {
-                    Ok(event) => match visible(&event, &actor, &req.provider, &email) {
-                        Some(event) => Ok(event),
-                        None => continue,
-                    },
-                    Err(RecvError::Lagged(missed)) => Err(Status::aborted(format!(
-                        "the watch fell {missed} events behind; read the accounts again and watch anew"
-                    ))),
-                    Err(RecvError::Closed) => break,
-                };
-                let last = item.is_err();
-                if tx.send(item).await.is_err() || last {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let filter = Filter {
+            provider: req.provider,
+            email: req.email.to_lowercase(),
+        };
+        audit.account(&filter.provider, &filter.email);
+        filter.allows(&actor, &actor)?;
+        let watch = Watch {
+            callers: self.callers.clone(),
+            leases: self.leases.clone(),
+            events: self.events.clone(),
+            proof,
+            filter,
+            opened: actor,
+            audit,
+        };
+        Ok(Response::new(Box::pin(ReceiverStream::new(watch.start()))))
     }
 }

@@ -62,6 +62,7 @@ fn audited(path: &str) -> Audited {
             | "Callers/RevokeToken"
             | "Callers/UpdateCaller"
             | "Credentials/ReleaseLease"
+            | "Credentials/WatchCredentials"
             | "Audit/AuditHash"
             | "Keys/RotateMasterKey",
         ) => Audited::Yes,
@@ -158,11 +159,7 @@ where
         let proven = if path.starts_with(PUBLIC_PREFIX) {
             None
         } else {
-            let peer_uid = request
-                .extensions()
-                .get::<UdsConnectInfo>()
-                .and_then(|info| info.peer_cred)
-                .map(|cred| cred.uid());
+            let peer_uid = peer_uid(request.extensions());
             Some(span.in_scope(|| {
                 self.authenticator
                     .authenticate(&path, request.headers(), peer_uid)
@@ -238,6 +235,14 @@ where
         };
         Box::pin(future.instrument(span))
     }
+}
+
+/// The uid of the Unix-socket peer that sent the request, if it came over one.
+pub fn peer_uid(extensions: &http::Extensions) -> Option<u32> {
+    extensions
+        .get::<UdsConnectInfo>()
+        .and_then(|info| info.peer_cred)
+        .map(|cred| cred.uid())
 }
 
 /// The size of a request's header block as HTTP/2 counts it (RFC 7541 §4.1).

@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod keys;
 pub mod layer;
 pub mod status;
+mod watch;
 
 use tonic::{Request, Status};
 

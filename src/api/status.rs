@@ -179,7 +179,15 @@ fn store_error(error: &StoreError) -> Status {
             tracing::error!(%error, "storage failed");
             Status::unavailable(STORAGE_UNAVAILABLE)
         }
-        StoreError::Engine(_) | StoreError::Locked => internal(error),
+        StoreError::Corrupted(_) => {
+            tracing::error!(%error, "the store is damaged");
+            Status::data_loss(
+                "the store is damaged and this record cannot be read; restore a backup",
+            )
+        }
+        StoreError::Engine(_) | StoreError::Locked | StoreError::LostWrites { .. } => {
+            internal(error)
+        }
     }
 }
 

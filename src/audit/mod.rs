@@ -585,6 +585,21 @@ impl CallAudit {
         }
     }
 
+    /// A new event for the same call (request id, rpc, caller): a stream that hands
+    /// out more than once audits each hand-out on its own.
+    pub fn another(&self) -> Self {
+        let guard = self.event.lock().unwrap_or_else(|e| e.into_inner());
+        match &self.log {
+            Some(log) => Self::new(
+                log.clone(),
+                &guard.0.request_id,
+                &guard.0.rpc,
+                &guard.0.caller_id,
+            ),
+            None => Self::none(),
+        }
+    }
+
     /// For calls that are not audited: every method does nothing.
     pub fn none() -> Self {
         Self {

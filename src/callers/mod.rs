@@ -196,6 +196,9 @@ pub struct CallerService {
     /// Held for a whole settle: a flush that follows any settle then covers every debit
     /// written so far, even one a concurrent settle was writing.
     settling: Mutex<()>,
+    /// Counts the record changes this process wrote: a long-lived stream waits on it
+    /// to check its caller again at once.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 /// What a caller owes, not yet written, and the outcome its debits will share.
@@ -272,6 +275,7 @@ impl CallerService {
             opened: RwLock::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             settling: Mutex::new(()),
+            changed: tokio::sync::watch::Sender::new(0),
         };
         service.ensure_bootstrap_admin()?;
         Ok(service)
@@ -731,6 +735,12 @@ impl CallerService {
         Ok(record)
     }
 
+    /// Changes each time a caller record is changed here (roles, scopes, tokens
+    /// revoked, disabled, balance): for streams that check their caller again.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     /// Whether the caller's credits may be used now: within their validity window (an
     /// unmetered caller's always are). The balance is not looked at: for free calls.
     pub fn check_credit_window(&self, caller_id: &str) -> Result<(), CallerError> {
@@ -985,6 +995,7 @@ impl CallerService {
                 == Swap::Done
             {
                 self.remember(id, &new, &record);
+                self.changed.send_modify(|count| *count += 1);
                 return Ok(record);
             }
             self.forget(id);
@@ -1082,7 +1093,10 @@ fn auth_store_error(error: StoreError) -> AuthError {
     tracing::error!(%error, "store unreadable during authentication");
     match error {
         StoreError::Io(_) => AuthError::Unavailable,
-        StoreError::Engine(_) | StoreError::Locked => AuthError::Internal,
+        StoreError::Corrupted(_) => AuthError::DataLoss,
+        StoreError::Engine(_) | StoreError::Locked | StoreError::LostWrites { .. } => {
+            AuthError::Internal
+        }
     }
 }
 
@@ -1218,5 +1232,40 @@ mod debit_tests {
             .unwrap();
         let charge = service.charge(&id, 1).unwrap();
         assert_eq!((charge.written(), charge.credits), (Some(true), None));
+    }
+
+    #[tokio::test]
+    async fn the_bootstrap_admin_cannot_be_demoted_and_is_restored_at_start() {
+        let (_dir, service, _plan, _id) = consumer(0).await;
+        for update in [
+            CallerUpdate {
+                roles: Some([Role::Consumer].into()),
+                ..Default::default()
+            },
+            CallerUpdate {
+                disabled: Some(true),
+                ..Default::default()
+            },
+        ] {
+            assert!(matches!(
+                service.update(BOOTSTRAP_ADMIN_ID, update).await,
+                Err(CallerError::BootstrapAdmin)
+            ));
+        }
+        // A store written by an older build, which let the admin demote itself.
+        service
+            .modify(BOOTSTRAP_ADMIN_ID, None, |record| {
+                record.roles = [Role::Consumer].into();
+                record.disabled = true;
+                Ok(true)
+            })
+            .unwrap();
+        let (_, record) = service.load(BOOTSTRAP_ADMIN_ID).unwrap().unwrap();
+        assert!(!record.roles.contains(&Role::Admin) && record.disabled);
+        service.ensure_bootstrap_admin().unwrap();
+        let admin = service.bootstrap_admin().unwrap();
+        assert!(admin.is_admin());
+        let (_, record) = service.load(BOOTSTRAP_ADMIN_ID).unwrap().unwrap();
+        assert!(record.roles.contains(&Role::Admin) && !record.disabled);
     }
 }

@@ -203,6 +203,14 @@ impl LeaseService {
         self.table().count(key)
     }
 
+    /// The id of a live lease `caller_id` holds on this account, if any.
+    pub fn held_by(&self, key: &AccountKey, caller_id: &str) -> Option<String> {
+        let now = self.clock.now_ms();
+        self.table()
+            .held_by(key, caller_id, now)
+            .map(|lease| lease.id.clone())
+    }
+
     /// A lease for `caller`. Its audit event (with the token's hash) is written before
     /// the lease is made durable; when it cannot be, nothing is handed out.
     pub async fn acquire(

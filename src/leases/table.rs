@@ -107,6 +107,15 @@ impl Table {
             .unwrap_or_default()
     }
 
+    /// A lease of `caller_id` on this account that is still live at `now_ms`.
+    pub fn held_by(&self, key: &AccountKey, caller_id: &str, now_ms: i64) -> Option<&LeaseRecord> {
+        self.by_account
+            .get(key)?
+            .iter()
+            .filter_map(|id| self.leases.get(id))
+            .find(|lease| lease.caller_id == caller_id && lease.expires_at_ms > now_ms)
+    }
+
     pub fn next_expiry(&self) -> Option<i64> {
         self.by_expiry.first().map(|(at, _)| *at)
     }

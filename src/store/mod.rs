@@ -3,6 +3,7 @@
 //! so nothing in `store/` ever sees a plaintext secret or a protobuf type.
 
 mod faults;
+pub mod mark;
 mod sled_store;
 
 use std::{future::Future, pin::Pin};
@@ -61,6 +62,26 @@ pub enum StoreError {
     Engine(String),
     #[error("the data directory is in use by another credvault process")]
     Locked,
+    /// The engine read bytes whose checksum failed.
+    #[error("the store is damaged: {0}")]
+    Corrupted(String),
+    /// The store recovered fewer group commits than were acknowledged: its log was
+    /// damaged, and what was written after the damage is gone.
+    #[error(
+        "the store lost acknowledged writes: the write mark file says {acknowledged} group commits were made durable, the store recovered {recovered}"
+    )]
+    LostWrites { acknowledged: u64, recovered: u64 },
+}
+
+impl StoreError {
+    /// The data on disk is damaged or incomplete: serving it could answer stale or
+    /// missing records (a revoked token that works again), so it must not be served.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Corrupted(_) | StoreError::LostWrites { .. }
+        )
+    }
 }
 
 /// The outcome of a compare-and-swap that did not fail outright.

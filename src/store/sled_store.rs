@@ -3,10 +3,18 @@
 use std::{
     collections::HashMap,
     path::Path,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
-use super::{Entry, FlushFuture, Store, StoreError, Swap, Tree};
+use super::{Entry, FlushFuture, Store, StoreError, Swap, Tree, mark::MarkFile};
+
+/// sled's own copy of the write mark (see [`super::mark`]): a tree outside [`Tree::ALL`],
+/// so backups, restores and re-keying never carry it.
+const MARK_TREE: &str = "write_mark";
+const MARK_KEY: &[u8] = b"mark";
 
 pub struct SledStore {
     db: sled::Db,
@@ -43,10 +51,34 @@ impl SledStore {
         for tree in Tree::ALL {
             trees.insert(tree, db.open_tree(tree.name()).map_err(engine)?);
         }
+        let marks = db.open_tree(MARK_TREE).map_err(engine)?;
+        let recovered = match marks.get(MARK_KEY).map_err(engine)? {
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupted("the write mark is not 8 bytes".into()))?,
+            ),
+            None => 0,
+        };
+        let (file, acknowledged) = MarkFile::open(dir)?;
+        if acknowledged > recovered {
+            return Err(StoreError::LostWrites {
+                acknowledged,
+                recovered,
+            });
+        }
         Ok(Self {
             db,
             trees,
-            flush: GroupCommit::default(),
+            flush: GroupCommit {
+                written: AtomicU64::new(0),
+                flushed: AtomicU64::new(0),
+                running: tokio::sync::Mutex::new(()),
+                marks,
+                mark: Mutex::new(recovered),
+                file: Arc::new(file),
+            },
         })
     }
 
@@ -62,7 +94,9 @@ impl SledStore {
     /// Makes every write durable now, for callers outside an async runtime (offline
     /// maintenance commands).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.db.flush().map(drop).map_err(engine)
+        let mark = self.flush.next_mark()?;
+        self.db.flush().map_err(engine)?;
+        Ok(self.flush.file.write(mark)?)
     }
 }
 
@@ -152,17 +186,33 @@ impl Drop for SledStore {
 
 /// Group commit: every write bumps `written`; a flush makes everything written so far
 /// durable and records how far it got, so a writer whose write is already covered by a
-/// finished (or running) flush does not start another one.
-#[derive(Default)]
+/// finished (or running) flush does not start another one. Each flush also carries the
+/// next write mark into sled and, once sled has it on disk, into the mark file.
 struct GroupCommit {
     written: AtomicU64,
     flushed: AtomicU64,
     running: tokio::sync::Mutex<()>,
+    marks: sled::Tree,
+    /// The last mark written into sled; held while the next one is, so that sled's
+    /// copy only ever grows.
+    mark: Mutex<u64>,
+    file: Arc<MarkFile>,
 }
 
 impl GroupCommit {
     fn wrote(&self) {
         self.written.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Writes the next mark into sled (not yet durable) and answers it.
+    fn next_mark(&self) -> Result<u64, StoreError> {
+        let mut mark = self.mark.lock().unwrap_or_else(|e| e.into_inner());
+        let next = *mark + 1;
+        self.marks
+            .insert(MARK_KEY, &next.to_be_bytes())
+            .map_err(engine)?;
+        *mark = next;
+        Ok(next)
     }
 
     async fn flush(&self, db: &sled::Db) -> Result<(), StoreError> {
@@ -176,7 +226,12 @@ impl GroupCommit {
             return Ok(());
         }
         let covers = self.written.load(Ordering::SeqCst);
+        let mark = self.next_mark()?;
         db.flush_async().await.map_err(engine)?;
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.write(mark))
+            .await
+            .map_err(|error| StoreError::Io(std::io::Error::other(error)))??;
         self.flushed.fetch_max(covers, Ordering::SeqCst);
         Ok(())
     }
@@ -185,6 +240,7 @@ impl GroupCommit {
 fn engine(error: sled::Error) -> StoreError {
     match error {
         sled::Error::Io(io) => StoreError::Io(io),
+        error @ sled::Error::Corruption { .. } => StoreError::Corrupted(error.to_string()),
         other => StoreError::Engine(other.to_string()),
     }
 }
@@ -267,5 +323,37 @@ mod tests {
         }
         let flushed = store.flush.flushed.load(Ordering::SeqCst);
         assert_eq!(flushed, 32, "every write is covered by a completed flush");
+    }
+
+    #[tokio::test]
+    async fn a_store_that_recovered_fewer_commits_than_acknowledged_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        for (i, key) in [b"p\0a", b"p\0b"].into_iter().enumerate() {
+            store
+                .compare_and_swap(Tree::Accounts, key, None, Some(b"v"))
+                .unwrap();
+            store.flush().await.unwrap();
+            assert_eq!(MarkFile::open(dir.path()).unwrap().1, i as u64 + 1);
+        }
+        drop(store);
+        let store = SledStore::open(dir.path()).expect("a clean restart opens");
+        drop(store);
+        // What the mark file says was acknowledged, beyond what sled holds: as when
+        // sled's recovery stops at a damaged message and drops the commits after it.
+        let (file, _) = MarkFile::open(dir.path()).unwrap();
+        file.write(7).unwrap();
+        drop(file);
+        match SledStore::open(dir.path()) {
+            Err(error @ StoreError::LostWrites { .. }) => {
+                assert!(error.is_damage());
+                assert_eq!(
+                    error.to_string(),
+                    "the store lost acknowledged writes: the write mark file says 7 group commits were made durable, the store recovered 2"
+                );
+            }
+            Err(other) => panic!("expected LostWrites, got {other}"),
+            Ok(_) => panic!("a store that lost writes opened"),
+        }
     }
 }

@@ -1,0 +1,245 @@
+//! The WatchCredentials stream: events for the accounts in the caller's reach, each
+//! checked against the caller as it is at that moment, and a rotated token handed out
+//! unmasked only by the rules every other hand-out follows.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use http::{HeaderMap, header::AUTHORIZATION};
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tonic::Status;
+
+use super::{
+    convert,
+    credentials::paid_hand_out,
+    status::{audit_error, auth_error, denied},
+};
+use crate::{
+    accounts::{AccountKey, mask},
+    audit::CallAudit,
+    auth::{Authenticator, Caller, Permission, SECRET_HEADER},
+    callers::CallerService,
+    crypto::SecretString,
+    events::{Event, EventKind, Events},
+    leases::LeaseService,
+    proto,
+};
+
+/// How often an idle stream proves its caller again. Changes this process makes to a
+/// caller's record wake every stream at once; this bounds what is not a record change
+/// here: a token reaching its expiry, a replaced bootstrap token.
+const RECHECK: Duration = Duration::from_millis(500);
+const WATCH_PATH: &str = "/credvault.v1.Credentials/WatchCredentials";
+/// Events queued for a slow reader before it is told it fell behind.
+const BUFFER: usize = 64;
+
+/// The credential a stream was opened with, kept to prove the caller again as a new call
+/// would: only the headers that carry it, never shown.
+pub struct Proof {
+    authenticator: Arc<Authenticator>,
+    headers: HeaderMap,
+    peer_uid: Option<u32>,
+}
+
+impl Proof {
+    pub fn new(authenticator: Arc<Authenticator>, all: &HeaderMap, peer_uid: Option<u32>) -> Self {
+        let mut headers = HeaderMap::new();
+        for name in [AUTHORIZATION.as_str(), SECRET_HEADER] {
+            if let Some(value) = all.get(name) {
+                headers.insert(name, value.clone());
+            }
+        }
+        Self {
+            authenticator,
+            headers,
+            peer_uid,
+        }
+    }
+
+    fn caller(&self) -> Result<Caller, Status> {
+        self.authenticator
+            .authenticate(WATCH_PATH, &self.headers, self.peer_uid)
+            .map_err(auth_error)
+    }
+}
+
+impl fmt::Debug for Proof {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Proof([redacted])")
+    }
+}
+
+/// What the stream is for: an account, a provider, or everything in reach.
+pub struct Filter {
+    pub provider: String,
+    /// Lowercase.
+    pub email: String,
+}
+
+impl Filter {
+    fn wants(&self, key: &AccountKey) -> bool {
+        (self.provider.is_empty() || self.provider == key.provider)
+            && (self.email.is_empty() || self.email == key.email)
+    }
+
+    /// The caller may keep watching: it still has the credentials permission; a watch
+    /// of one account still reaches it; a wider watch has lost none of the scopes (or
+    /// the admin role) it was opened with. Answers what a new call would be refused with.
+    pub fn allows(&self, caller: &Caller, opened: &Caller) -> Result<(), Status> {
+        caller
+            .require(Permission::Credentials, "WatchCredentials")
+            .map_err(denied)?;
+        if !self.provider.is_empty() && !self.email.is_empty() {
+            return caller
+                .require_reach(&self.provider, &self.email)
+                .map_err(denied);
+        }
+        let narrowed = (opened.is_admin() && !caller.is_admin())
+            || opened.scopes.iter().any(|s| !caller.scopes.contains(s));
+        if narrowed {
+            return Err(Status::permission_denied(
+                "permission denied: this caller's scopes were narrowed since the watch opened; open it again to watch what they cover now",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One open stream: what it needs to check its caller and hand out tokens.
+pub struct Watch {
+    pub callers: Arc<CallerService>,
+    pub leases: Arc<LeaseService>,
+    pub events: Events,
+    pub proof: Proof,
+    pub filter: Filter,
+    /// The caller as it opened the stream.
+    pub opened: Caller,
+    /// The call's audit record; each hand-out is audited on its own, as this call.
+    pub audit: CallAudit,
+}
+
+impl Watch {
+    /// Starts the stream; it ends when the caller loses the right to it, falls behind,
+    /// or hangs up.
+    pub fn start(self) -> mpsc::Receiver<Result<proto::CredentialEvent, Status>> {
+        let (tx, rx) = mpsc::channel(BUFFER);
+        tokio::spawn(self.run(tx));
+        rx
+    }
+
+    async fn run(self, tx: mpsc::Sender<Result<proto::CredentialEvent, Status>>) {
+        let mut events = self.events.subscribe();
+        let mut changes = self.callers.changes();
+        let mut tick = tokio::time::interval(RECHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let item = tokio::select! {
+                () = tx.closed() => return,
+                received = events.recv() => match received {
+                    Ok(event) => match self.checked(&event).await {
+                        Ok(Some(out)) => Ok(out),
+                        Ok(None) => continue,
+                        Err(status) => Err(status),
+                    },
+                    Err(RecvError::Lagged(missed)) => Err(Status::aborted(format!(
+                        "the watch fell {missed} events behind; read the accounts again and watch anew"
+                    ))),
+                    Err(RecvError::Closed) => return,
+                },
+                changed = changes.changed() => match changed {
+                    Ok(()) => match self.caller() {
+                        Ok(_) => continue,
+                        Err(status) => Err(status),
+                    },
+                    Err(_) => return,
+                },
+                _ = tick.tick() => match self.caller() {
+                    Ok(_) => continue,
+                    Err(status) => Err(status),
+                },
+            };
+            let last = item.is_err();
+            if let Err(status) = &item {
+                tracing::info!(caller = %self.opened.id, code = ?status.code(), "watch ended: {}", status.message());
+            }
+            if tx.send(item).await.is_err() || last {
+                return;
+            }
+        }
+    }
+
+    /// The caller proven again and still allowed this watch.
+    fn caller(&self) -> Result<Caller, Status> {
+        let caller = self.proof.caller()?;
+        self.filter.allows(&caller, &self.opened)?;
+        Ok(caller)
+    }
+
+    /// The event as this watcher may see it now, `None` when it is not theirs to see,
+    /// or why the stream ends.
+    async fn checked(&self, event: &Event) -> Result<Option<proto::CredentialEvent>, Status> {
+        let caller = self.caller()?;
+        let key = &event.key;
+        if !self.filter.wants(key) || caller.require_reach(&key.provider, &key.email).is_err() {
+            return Ok(None);
+        }
+        let mut out = proto::CredentialEvent {
+            provider: key.provider.clone(),
+            email: key.email.clone(),
+            at: Some(convert::timestamp(event.at_ms)),
+            ..Default::default()
+        };
+        let kind = match &event.kind {
+            EventKind::TokenRotated {
+                generation,
+                token,
+                expire_time,
+            } => {
+                out.generation = *generation;
+                out.expire_time = *expire_time;
+                match self.hand_out(&caller, key, token).await {
+                    Ok(()) => out.token = token.expose().to_owned(),
+                    Err(reason) => {
+                        out.token = mask::token(token.expose());
+                        out.token_masked = true;
+                        out.masked_reason = reason;
+                    }
+                }
+                proto::credential_event::Kind::TokenRotated
+            }
+            EventKind::AccountDisabled => proto::credential_event::Kind::AccountDisabled,
+            EventKind::AccountDeleted => proto::credential_event::Kind::AccountDeleted,
+            EventKind::LeaseRevoked { lease_id } => {
+                out.lease_id.clone_from(lease_id);
+                proto::credential_event::Kind::LeaseRevoked
+            }
+        };
+        out.kind = kind as i32;
+        Ok(Some(out))
+    }
+
+    /// Whether `token` may go out unmasked to `caller`, with the hand-out audited (and,
+    /// without a lease, paid for); else why not.
+    async fn hand_out(
+        &self,
+        caller: &Caller,
+        key: &AccountKey,
+        token: &SecretString,
+    ) -> Result<(), String> {
+        let audit = self.audit.another();
+        audit.account(&key.provider, &key.email);
+        if let Some(lease_id) = self.leases.held_by(key, &caller.id) {
+            // The lease paid for the account's tokens while it lives.
+            audit.target(&lease_id);
+            audit.handed_out(token.expose());
+            return match audit.commit_durable().await {
+                Ok(_) => Ok(()),
+                Err(error) => Err(audit_error(error).message().to_owned()),
+            };
+        }
+        let cost = self.callers.settings().reveal_cost;
+        match paid_hand_out(&self.callers, &caller.id, cost, &audit, &[token.expose()]).await {
+            Ok(_) => Ok(()),
+            Err(status) => Err(status.message().to_owned()),
+        }
+    }
+}
