@@ -22,6 +22,7 @@ use crate::{
     auth::MIN_ADMIN_TOKEN_LEN,
     callers::CallerSettings,
     crypto::{KeyError, MasterKey, RngError, SecretString, random_bytes},
+    leases::LeaseSettings,
     limits::LimitSettings,
     providers::{ProviderConfig, ProviderError, Providers},
     refresh::RefreshSettings,
@@ -116,6 +117,8 @@ pub struct Config {
     pub callers: CallerSettings,
     /// The refresh engine.
     pub refresh: RefreshSettings,
+    /// Job leases.
+    pub leases: LeaseSettings,
     /// Request size, call deadline and per-connection concurrency.
     pub limits: LimitSettings,
 }
@@ -147,6 +150,7 @@ impl Default for Config {
             providers: BTreeMap::new(),
             callers: CallerSettings::default(),
             refresh: RefreshSettings::default(),
+            leases: LeaseSettings::default(),
             limits: LimitSettings::default(),
         }
     }
@@ -213,6 +217,8 @@ pub enum ConfigError {
     Callers(&'static str),
     #[error("refresh: {0}")]
     Refresh(&'static str),
+    #[error("leases: {0}")]
+    Leases(&'static str),
     #[error("limits: {0}")]
     Limits(&'static str),
     #[error(transparent)]
@@ -262,6 +268,7 @@ pub struct Settings {
     pub providers: Providers,
     pub callers: CallerSettings,
     pub refresh: RefreshSettings,
+    pub leases: LeaseSettings,
     pub limits: LimitSettings,
 }
 
@@ -291,6 +298,7 @@ impl Config {
                     || key.starts_with("providers__")
                     || key.starts_with("callers__")
                     || key.starts_with("refresh__")
+                    || key.starts_with("leases__")
                     || key.starts_with("limits__")
                     || key.starts_with("socket_peers__")
             })
@@ -338,6 +346,11 @@ impl Config {
         let providers = Providers::new(self.providers)?;
         check_callers(&self.callers)?;
         check_refresh(&self.refresh)?;
+        if self.leases.min_token_validity_secs < 0 {
+            return Err(ConfigError::Leases(
+                "min_token_validity_secs must not be negative",
+            ));
+        }
         if let Some(problem) = self.limits.problem() {
             return Err(ConfigError::Limits(problem));
         }
@@ -382,6 +395,7 @@ impl Config {
             providers,
             callers: self.callers,
             refresh: self.refresh,
+            leases: self.leases,
             limits: self.limits,
         })
     }
@@ -404,11 +418,12 @@ fn check_refresh(refresh: &RefreshSettings) -> Result<(), ConfigError> {
     let problem = if refresh.concurrency == 0 {
         Some("concurrency must be at least 1")
     } else if refresh.skew_secs < 0
+        || refresh.min_login_interval_secs < 0
         || refresh.backoff_base_ms < 1
         || refresh.backoff_cap_ms < refresh.backoff_base_ms
     {
         Some(
-            "skew_secs must not be negative, backoff_base_ms at least 1 and backoff_cap_ms at least backoff_base_ms",
+            "skew_secs and min_login_interval_secs must not be negative, backoff_base_ms at least 1 and backoff_cap_ms at least backoff_base_ms",
         )
     } else if refresh.credits_interval_secs < 1 || refresh.unknown_expiry_secs < 1 {
         Some("credits_interval_secs and unknown_expiry_secs must be at least 1")

@@ -371,6 +371,7 @@ pub async fn run(
         vault.providers.clone(),
         events.clone(),
         vault.clock.clone(),
+        vault.lease_settings.clone(),
     )
     .map_err(ServeError::Leases)?;
     let services = Services {

@@ -179,6 +179,7 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
         .refresh_account(proto::RefreshAccountRequest {
             provider: "pixverse".into(),
             email: "upstream@example.com".into(),
+            force: true,
         })
         .await
         .unwrap();
@@ -201,6 +202,7 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
         .refresh_account(proto::RefreshAccountRequest {
             provider: "pixverse".into(),
             email: "upstream@example.com".into(),
+            force: true,
         })
         .await
         .unwrap_err();
@@ -230,6 +232,7 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
         .refresh_account(proto::RefreshAccountRequest {
             provider: "eandb".into(),
             email: "eandb@example.com".into(),
+            force: true,
         })
         .await
         .unwrap()

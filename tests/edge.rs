@@ -297,6 +297,7 @@ async fn call(c: &mut Clients, rpc: usize, soup: Soup) -> Result<(), Status> {
                 .refresh_account(proto::RefreshAccountRequest {
                     provider: a,
                     email: b,
+                    force: true,
                 })
                 .await,
         ),

@@ -364,7 +364,7 @@ async fn held_slots_survive_a_restart() {
         (busy.code(), busy.message()),
         (
             Code::ResourceExhausted,
-            "all slots are busy: 1 jobs are running on pixverse accounts; retry after 120 s"
+            "all slots are busy: 1 job is running on account pixverse/durable@example.com; retry after 120 s"
         )
     );
     assert_eq!(
@@ -542,9 +542,12 @@ async fn disabling_ends_leases_and_tells_watchers() {
         .await
         .unwrap_err();
     assert_eq!(
-        error.code(),
-        Code::ResourceExhausted,
-        "a disabled account gives no lease"
+        (error.code(), error.message()),
+        (
+            Code::FailedPrecondition,
+            "account pixverse/watched@example.com cannot serve: it is disabled"
+        ),
+        "a disabled account gives no lease, and says why"
     );
     drop(events);
     server.stop().await;
@@ -657,6 +660,7 @@ async fn waiters_are_served_in_arrival_order() {
         vault.providers.clone(),
         events,
         vault.clock.clone(),
+        vault.lease_settings.clone(),
     )
     .unwrap();
     vault
@@ -759,6 +763,7 @@ async fn a_refresh_during_a_lease_reaches_the_holder() {
         .refresh_account(proto::RefreshAccountRequest {
             provider: "pixverse".into(),
             email: "live@example.com".into(),
+            force: true,
         })
         .await
         .unwrap();

@@ -167,7 +167,7 @@ async fn an_hour_long_outage_serves_valid_tokens_backs_off_and_recovers() {
                 .await
                 .unwrap();
         }
-        // The lapsing one: served while its token outlives the lease, then refused;
+        // The lapsing one: served while its token is valid, then refused with the cause;
         // asked for at every step, as busy job runners would.
         let outcome = credentials.acquire_lease(lease("lapsing@acme.com")).await;
         if now + 60_000 <= lapse_ms {
@@ -180,7 +180,16 @@ async fn an_hour_long_outage_serves_valid_tokens_backs_off_and_recovers() {
                 .unwrap();
         } else if now > lapse_ms {
             let status = outcome.expect_err("an expired token is never leased");
-            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+            assert!(
+                status.message().starts_with(
+                    "account pixverse/lapsing@acme.com cannot serve: its token expired at "
+                ) && status.message().contains(
+                    " and logging in failed: PixVerse login: HTTP 503 (upstream unavailable)"
+                ),
+                "{}",
+                status.message()
+            );
             refused_after_lapse += 1;
         } else if let Ok(granted) = outcome {
             credentials

@@ -41,6 +41,7 @@ fn refresh() -> proto::RefreshAccountRequest {
     proto::RefreshAccountRequest {
         provider: "pixverse".into(),
         email: "slow@example.com".into(),
+        force: true,
     }
 }
 

@@ -102,7 +102,7 @@ pub fn refresh_error(error: RefreshError) -> Status {
         RefreshError::Login(_) | RefreshError::Rejected(_) | RefreshError::ShuttingDown => {
             Status::unavailable(message)
         }
-        RefreshError::NotConfigured(_) | RefreshError::Disabled => {
+        RefreshError::NotConfigured(_) | RefreshError::Disabled | RefreshError::Budget { .. } => {
             Status::failed_precondition(message)
         }
         RefreshError::Account(account) => account_error_ref(&account),
@@ -138,6 +138,16 @@ pub fn lease_error(error: LeaseError) -> Status {
             }
             status
         }
+        LeaseError::CannotServe(unserved) => with_info(
+            Code::FailedPrecondition,
+            message,
+            "NO_ACCOUNT_CAN_SERVE",
+            [
+                ("disabled", unserved.disabled().to_string()),
+                ("needs_attention", unserved.needing_attention().to_string()),
+                ("without_valid_token", unserved.without_token().to_string()),
+            ],
+        ),
         LeaseError::Sealed(_) | LeaseError::Rng(_) => internal(&message),
         LeaseError::Store(ref store) => store_error(store),
     }

@@ -6,6 +6,7 @@
 //! restart; a reaper frees them at their expiry. Waiters queue first come, first served
 //! per provider (or per account, when they named one).
 
+mod refusal;
 mod table;
 
 use std::{
@@ -19,6 +20,9 @@ use std::{
 
 use tokio::sync::{Notify, watch};
 
+pub use refusal::{Cause, Unserved};
+use refusal::{NoToken, jobs_running, no_token};
+use serde::{Deserialize, Serialize};
 pub use table::LeaseRecord;
 use table::{QueueKey, Table, Ticket};
 
@@ -34,12 +38,32 @@ use crate::{
     refresh::Refresher,
     sealed::{self, SealedError},
     store::{Store, StoreError, Tree},
+    timefmt::rfc3339_millis,
     validate::{self, FieldError},
 };
 
 pub const DEFAULT_TTL_MS: i64 = 5 * 60 * 1000;
 pub const MAX_TTL_MS: i64 = 24 * 3600 * 1000;
 pub const MAX_WAIT_MS: i64 = 60 * 1000;
+
+/// The `[leases]` section of the configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaseSettings {
+    /// AcquireLease hands out an account's current token when it stays valid at least
+    /// this long; otherwise it logs the account in first (joining a login in flight).
+    /// The lease's ttl plays no part: a job outlives a token by taking the rotated one
+    /// from WatchCredentials or RenewLease.
+    pub min_token_validity_secs: i64,
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        Self {
+            min_token_validity_secs: 30,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -58,13 +82,18 @@ pub enum LeaseError {
     #[error("permission denied: lease {0} belongs to another caller")]
     NotOwner(String),
     #[error(
-        "all slots are busy: {executing} jobs are running on {provider} accounts; retry after {retry_after_secs} s"
+        "all slots are busy: {} on {on}; retry after {retry_after_secs} s",
+        jobs_running(.executing)
     )]
     Busy {
-        provider: String,
+        /// "pixverse accounts", or "account pixverse/a@example.com".
+        on: String,
         executing: usize,
         retry_after_secs: i64,
     },
+    /// No account can serve for a reason other than busy slots.
+    #[error("{0}")]
+    CannotServe(Unserved),
     #[error("lease record: {0}")]
     Sealed(#[from] SealedError),
     #[error(transparent)]
@@ -92,16 +121,44 @@ pub struct Granted {
     pub account: Account,
 }
 
+/// How an account's token stands for a lease now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Token {
+    /// Valid for at least `min_token_validity_secs` (or an API-key account, or a token
+    /// whose expiry is unknown).
+    Ready,
+    /// Valid now, for less than that: served once a login has been tried.
+    Short,
+    /// Missing or expired.
+    Invalid,
+}
+
 struct Candidate {
     entry: Arc<Entry>,
-    /// The token stays valid for the whole lease (or there is none to expire).
-    fresh: bool,
+    token: Token,
 }
 
 impl Candidate {
     fn max_jobs(&self) -> usize {
         self.entry.meta.max_jobs as usize
     }
+
+    /// Whether it may be given now: a ready token, or (once this request tried a
+    /// login) one still valid.
+    fn usable(&self, tried_login: bool) -> bool {
+        match self.token {
+            Token::Ready => true,
+            Token::Short => tried_login,
+            Token::Invalid => false,
+        }
+    }
+}
+
+/// The accounts an AcquireLease may use, and those it may not (disabled, needing
+/// attention).
+struct Pool {
+    candidates: Vec<Candidate>,
+    unserved: Vec<Cause>,
 }
 
 pub struct LeaseService {
@@ -113,6 +170,7 @@ pub struct LeaseService {
     providers: Arc<Providers>,
     events: Events,
     clock: Arc<dyn Clock>,
+    settings: LeaseSettings,
     table: Mutex<Table>,
     tickets: AtomicU64,
     reaper: Notify,
@@ -135,6 +193,7 @@ impl LeaseService {
         providers: Arc<Providers>,
         events: Events,
         clock: Arc<dyn Clock>,
+        settings: LeaseSettings,
     ) -> Result<Arc<Self>, LeaseError> {
         let now = clock.now_ms();
         let mut table = Table::default();
@@ -160,6 +219,7 @@ impl LeaseService {
             providers,
             events,
             clock,
+            settings,
             table: Mutex::new(table),
             tickets: AtomicU64::new(0),
             reaper: Notify::new(),
@@ -232,13 +292,19 @@ impl LeaseService {
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
         let wake = Arc::new(Notify::new());
         let mut queued = false;
-        let mut refreshed = false;
+        // Set once this request has tried a login (at most one): the account and how
+        // it failed, if it did.
+        let mut login: Option<(AccountKey, Option<String>)> = None;
         let outcome = loop {
             let now = self.clock.now_ms();
-            let candidates = match self.candidates(caller, &request, email.as_deref(), now) {
-                Ok(candidates) => candidates,
+            let Pool {
+                candidates,
+                unserved,
+            } = match self.pool(caller, &request, email.as_deref(), now) {
+                Ok(pool) => pool,
                 Err(error) => break Err(error),
             };
+            let tried_login = login.is_some();
             let waiting = tokio::time::Instant::now() < deadline;
             // Made before the lock: an error here must not skip leaving the queue.
             let id = match lease_id() {
@@ -250,7 +316,7 @@ impl LeaseService {
                 let my_turn =
                     !table.queue_busy(&queue) || (queued && table.is_head(&queue, ticket));
                 let choice = if my_turn {
-                    choose(&table, &candidates)
+                    choose(&table, &candidates, tried_login)
                 } else {
                     None
                 };
@@ -294,29 +360,58 @@ impl LeaseService {
             if let Some(record) = reserved {
                 break self.complete(record, audit).await;
             }
-            // Accounts held back only by a token too short for the lease: log one in
-            // (joining a login in flight) and look again.
-            if !refreshed {
+            // Accounts held back only by their token (missing, expired or about to):
+            // log one in (joining a login in flight; the login budget and the backoff
+            // apply) and look again.
+            if !tried_login && self.refresher.refreshes(&request.provider) {
                 let stale = {
                     let table = self.table();
                     candidates
                         .iter()
-                        .find(|c| !c.fresh && table.count(&c.entry.key) < c.max_jobs())
+                        .find(|c| {
+                            c.token != Token::Ready && table.count(&c.entry.key) < c.max_jobs()
+                        })
                         .map(|c| c.entry.key.clone())
                 };
                 if let Some(key) = stale {
-                    refreshed = true;
-                    if let Err(error) = self.refresher.refresh_unless_backing_off(&key).await {
-                        tracing::info!(reason = %error, "refreshing a token for a lease failed");
-                    }
+                    let failure = match self.refresher.refresh_unless_backing_off(&key).await {
+                        Ok(true) => None,
+                        // Backing off after failed logins: the last failure is on the
+                        // account's status reason.
+                        Ok(false) => Some(String::new()),
+                        Err(error) => {
+                            tracing::info!(reason = %error, "refreshing a token for a lease failed");
+                            Some(error.to_string())
+                        }
+                    };
+                    login = Some((key, failure));
                     continue;
                 }
             }
+            let usable: Vec<&Candidate> = candidates
+                .iter()
+                .filter(|c| c.usable(tried_login))
+                .collect();
+            if usable.is_empty() {
+                break Err(LeaseError::CannotServe(self.unserved(
+                    &request.provider,
+                    email.as_deref(),
+                    unserved,
+                    &candidates,
+                    login.as_ref(),
+                    now,
+                )));
+            }
             if !waiting {
-                let (executing, first_end) = self.table().provider_load(&request.provider);
+                let keys: Vec<&AccountKey> = usable.iter().map(|c| &c.entry.key).collect();
+                let (executing, first_end) = self.table().load_of(&keys);
                 let retry_after_secs = first_end.map_or(1, |end| ((end - now) / 1000).max(1));
+                let on = match email.as_deref() {
+                    Some(email) => format!("account {}/{email}", request.provider),
+                    None => format!("{} accounts", request.provider),
+                };
                 break Err(LeaseError::Busy {
-                    provider: request.provider.clone(),
+                    on,
                     executing,
                     retry_after_secs,
                 });
@@ -337,15 +432,15 @@ impl LeaseService {
         outcome
     }
 
-    /// Accounts this request may be given, with whether each has room and a token
-    /// that outlives the lease.
-    fn candidates(
+    /// The accounts this request may be given, with how their tokens stand, and why
+    /// the others in its scope cannot serve.
+    fn pool(
         &self,
         caller: &Caller,
         request: &AcquireRequest,
         email: Option<&str>,
         now: i64,
-    ) -> Result<Vec<Candidate>, LeaseError> {
+    ) -> Result<Pool, LeaseError> {
         let kind = self.providers.get(&request.provider).map(|p| p.kind);
         let entries = match email {
             Some(email) => {
@@ -354,27 +449,94 @@ impl LeaseService {
             }
             None => self.accounts.provider_entries(&request.provider)?,
         };
-        let candidates: Vec<Candidate> = entries
-            .into_iter()
-            .filter(|e| {
-                let m = &e.meta;
-                m.effective_status() == Status::Active
-                    && request
-                        .labels
-                        .iter()
-                        .all(|(k, v)| m.labels.get(k) == Some(v))
-                    && caller.require_reach(&m.provider, &m.email).is_ok()
-            })
-            .map(|entry| Candidate {
-                fresh: kind == Some(ProviderKind::ApiKey)
-                    || token_outlives(&entry.meta, now + request.ttl_ms),
-                entry,
-            })
-            .collect();
-        if candidates.is_empty() && email.is_none() {
+        let ready_until = now + self.settings.min_token_validity_secs.saturating_mul(1000);
+        let mut pool = Pool {
+            candidates: Vec::new(),
+            unserved: Vec::new(),
+        };
+        for entry in entries {
+            let m = &entry.meta;
+            let wanted = request
+                .labels
+                .iter()
+                .all(|(k, v)| m.labels.get(k) == Some(v))
+                && caller.require_reach(&m.provider, &m.email).is_ok();
+            if !wanted {
+                continue;
+            }
+            if m.effective_status() == Status::Disabled {
+                pool.unserved.push(Cause::Disabled);
+                continue;
+            }
+            if m.status == Status::NeedsAttention {
+                pool.unserved
+                    .push(Cause::NeedsAttention(m.status_reason.clone()));
+                continue;
+            }
+            let token = if kind == Some(ProviderKind::ApiKey) {
+                Token::Ready
+            } else {
+                token_state(m, now, ready_until)
+            };
+            pool.candidates.push(Candidate { entry, token });
+        }
+        if pool.candidates.is_empty() && pool.unserved.is_empty() && email.is_none() {
             return Err(LeaseError::NoAccounts(request.provider.clone()));
         }
-        Ok(candidates)
+        Ok(pool)
+    }
+
+    /// Why no account can serve: the causes found while pooling, and for accounts
+    /// without a valid token, why none could be had.
+    fn unserved(
+        &self,
+        provider: &str,
+        email: Option<&str>,
+        mut causes: Vec<Cause>,
+        candidates: &[Candidate],
+        login: Option<&(AccountKey, Option<String>)>,
+        now: i64,
+    ) -> Unserved {
+        let refreshes = self.refresher.refreshes(provider);
+        for candidate in candidates {
+            let meta = &candidate.entry.meta;
+            let expired_at = meta
+                .session
+                .as_ref()
+                .filter(|s| s.expire_time > 0)
+                .map(|s| rfc3339_millis(s.expire_time.saturating_mul(1000)));
+            let budget = self
+                .refresher
+                .settings()
+                .login_allowed_at(meta, now)
+                .map(rfc3339_millis);
+            let failure = login
+                .filter(|(key, _)| *key == candidate.entry.key)
+                .and_then(|(_, failure)| failure.as_deref())
+                .map(|failure| match failure {
+                    "" => last_failure(&meta.status_reason),
+                    failure => failure,
+                })
+                .or_else(|| Some(last_failure(&meta.status_reason)).filter(|r| !r.is_empty()));
+            let why = if !refreshes {
+                NoToken::CannotLogIn
+            } else if let Some(until) = &budget {
+                NoToken::BudgetSpent { until }
+            } else if let Some(reason) = failure {
+                NoToken::LoginFailed {
+                    expired_at: expired_at.as_deref(),
+                    reason,
+                }
+            } else {
+                NoToken::NotTried
+            };
+            causes.push(Cause::NoToken(no_token(provider, why)));
+        }
+        Unserved {
+            provider: provider.to_owned(),
+            email: email.map(str::to_owned),
+            causes,
+        }
     }
 
     /// Makes a reserved lease durable and reads the token to hand out. Any failure
@@ -605,11 +767,11 @@ impl LeaseService {
     }
 }
 
-/// The least loaded account with a free slot and a fresh token; random among ties.
-fn choose(table: &Table, candidates: &[Candidate]) -> Option<AccountKey> {
+/// The least loaded usable account with a free slot; random among ties.
+fn choose(table: &Table, candidates: &[Candidate], tried_login: bool) -> Option<AccountKey> {
     let open: Vec<(usize, &Candidate)> = candidates
         .iter()
-        .filter(|c| c.fresh)
+        .filter(|c| c.usable(tried_login))
         .map(|c| (table.count(&c.entry.key), c))
         .filter(|(load, c)| *load < c.max_jobs())
         .collect();
@@ -627,10 +789,28 @@ fn choose(table: &Table, candidates: &[Candidate]) -> Option<AccountKey> {
     )
 }
 
-fn token_outlives(meta: &AccountMeta, until_ms: i64) -> bool {
-    meta.session
-        .as_ref()
-        .is_some_and(|s| s.expire_time > 0 && s.expire_time.saturating_mul(1000) >= until_ms)
+/// The failure an account's status reason records, without the "token expired at …; "
+/// the engine puts first (the refusal says that its own way).
+fn last_failure(status_reason: &str) -> &str {
+    status_reason
+        .split_once("; ")
+        .filter(|(head, _)| head.starts_with("token expired at "))
+        .map_or(status_reason, |(_, rest)| rest)
+}
+
+/// How the account's token stands: ready when valid until `ready_until` (or its
+/// expiry is unknown), short when valid only now, else invalid.
+fn token_state(meta: &AccountMeta, now: i64, ready_until: i64) -> Token {
+    let Some(session) = meta.session.as_ref() else {
+        return Token::Invalid;
+    };
+    let expiry = session.expire_time.saturating_mul(1000);
+    match session.expire_time {
+        0 => Token::Ready,
+        _ if expiry >= ready_until => Token::Ready,
+        _ if expiry > now => Token::Short,
+        _ => Token::Invalid,
+    }
 }
 
 fn lease_id() -> Result<String, RngError> {

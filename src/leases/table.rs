@@ -120,14 +120,18 @@ impl Table {
         self.by_expiry.first().map(|(at, _)| *at)
     }
 
-    /// Jobs running on a provider's accounts, and when the first of them ends.
-    pub fn provider_load(&self, provider: &str) -> (usize, Option<i64>) {
+    /// Jobs running on these accounts, and when the first of them ends.
+    pub fn load_of(&self, keys: &[&AccountKey]) -> (usize, Option<i64>) {
         let mut running = 0;
-        let mut first_end = None;
-        for (at, id) in &self.by_expiry {
-            if self.leases.get(id).is_some_and(|l| l.provider == provider) {
-                running += 1;
-                first_end.get_or_insert(*at);
+        let mut first_end: Option<i64> = None;
+        for key in keys {
+            for id in self.by_account.get(*key).into_iter().flatten() {
+                if let Some(lease) = self.leases.get(id) {
+                    running += 1;
+                    first_end = Some(
+                        first_end.map_or(lease.expires_at_ms, |at| at.min(lease.expires_at_ms)),
+                    );
+                }
             }
         }
         (running, first_end)

@@ -53,6 +53,11 @@ pub enum RefreshError {
     Account(Arc<AccountError>),
     #[error("credvault is shutting down")]
     ShuttingDown,
+    /// The account was logged in less than `refresh.min_login_interval_secs` ago.
+    #[error(
+        "the login budget is spent: the account was logged in less than {interval_secs} s ago; the next login is allowed at {next_at}"
+    )]
+    Budget { interval_secs: i64, next_at: String },
 }
 
 impl From<AccountError> for RefreshError {
@@ -92,6 +97,8 @@ struct Inner {
     stop: watch::Receiver<bool>,
     logins: AtomicU64,
     refreshed: AtomicU64,
+    /// Logins the budget refused.
+    refused: AtomicU64,
     /// A copy of each account's planned next attempt, for operators and tests (the
     /// schedule itself belongs to the scheduler task).
     planned: Mutex<HashMap<AccountKey, i64>>,
@@ -135,6 +142,7 @@ impl Refresher {
             stop: stop_rx,
             logins: AtomicU64::new(0),
             refreshed: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             planned: Mutex::new(HashMap::new()),
             events,
         });
@@ -149,9 +157,20 @@ impl Refresher {
         })
     }
 
-    /// Logs the account in now and waits for the result; joins a login in flight.
+    /// Logs the account in now and waits for the result; joins a login in flight. The
+    /// login budget applies: within it, [`RefreshError::Budget`].
     pub async fn refresh_now(&self, key: &AccountKey) -> Result<Account, RefreshError> {
-        self.inner.clone().refresh(key.clone()).await
+        self.inner.clone().refresh(key.clone(), false).await
+    }
+
+    /// Logs the account in even within the login budget (an operator's `force`).
+    pub async fn refresh_forced(&self, key: &AccountKey) -> Result<Account, RefreshError> {
+        self.inner.clone().refresh(key.clone(), true).await
+    }
+
+    /// The settings the engine runs with.
+    pub fn settings(&self) -> &RefreshSettings {
+        &self.inner.settings
     }
 
     /// Like [`Refresher::refresh_now`], for calls made on a caller's behalf (a lease
@@ -189,6 +208,11 @@ impl Refresher {
     /// Logins attempted since start (all outcomes).
     pub fn logins(&self) -> u64 {
         self.inner.logins.load(Ordering::Relaxed)
+    }
+
+    /// Logins the login budget refused since start.
+    pub fn refused_by_budget(&self) -> u64 {
+        self.inner.refused.load(Ordering::Relaxed)
     }
 
     /// Logins that stored a new session or credits since start.
@@ -311,7 +335,7 @@ impl Inner {
                     for key in schedule.pop_due(self.clock.now_ms()) {
                         let me = self.clone();
                         logins.spawn(async move {
-                            let _ = me.refresh(key).await;
+                            let _ = me.refresh(key, false).await;
                         });
                     }
                 }
@@ -320,9 +344,26 @@ impl Inner {
         logins.shutdown().await;
     }
 
+    /// A login, or the one in flight; a forced one that joined a flight the budget
+    /// refused starts its own.
+    async fn refresh(
+        self: Arc<Self>,
+        key: AccountKey,
+        force: bool,
+    ) -> Result<Account, RefreshError> {
+        match self.clone().flight(key.clone(), force).await {
+            Err(RefreshError::Budget { .. }) if force => self.flight(key, true).await,
+            outcome => outcome,
+        }
+    }
+
     /// Single flight: the first caller for an account starts the login, later ones
     /// wait for the same result.
-    async fn refresh(self: Arc<Self>, key: AccountKey) -> Result<Account, RefreshError> {
+    async fn flight(
+        self: Arc<Self>,
+        key: AccountKey,
+        force: bool,
+    ) -> Result<Account, RefreshError> {
         let mut rx = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             match inflight.get(&key) {
@@ -334,7 +375,7 @@ impl Inner {
                     let mut stop = self.stop.clone();
                     tokio::spawn(async move {
                         let (outcome, next) = tokio::select! {
-                            done = me.login(&key) => done,
+                            done = me.login(&key, force) => done,
                             _ = stop.wait_for(|stop| *stop) => {
                                 (Err(RefreshError::ShuttingDown), Next::Unchanged)
                             }
@@ -369,7 +410,7 @@ impl Inner {
     }
 
     #[tracing::instrument(skip_all, fields(provider = %key.provider))]
-    async fn login(&self, key: &AccountKey) -> LoginOutcome {
+    async fn login(&self, key: &AccountKey, force: bool) -> LoginOutcome {
         let Ok(_permit) = self.limit.acquire().await else {
             return (Err(RefreshError::ShuttingDown), Next::Unchanged);
         };
@@ -386,6 +427,22 @@ impl Inner {
         };
         let generation = account.meta.session.as_ref().map_or(0, |s| s.generation);
         let now = self.clock.now_ms();
+        if let Some(next) = self
+            .settings
+            .login_allowed_at(&account.meta, now)
+            .filter(|_| !force)
+        {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("credvault_logins_refused_total", "provider" => key.provider.clone(), "reason" => "budget")
+                .increment(1);
+            let next_at = rfc3339_millis(next);
+            tracing::info!(next_login_at = %next_at, "login refused: the account's login budget is spent");
+            let error = RefreshError::Budget {
+                interval_secs: self.settings.min_login_interval_secs,
+                next_at,
+            };
+            return (Err(error), Next::Replan(Box::new(account.meta)));
+        }
         self.logins.fetch_add(1, Ordering::Relaxed);
         let refreshed = match adapter.refresh(&account, now).await {
             Ok(refreshed) => match stage::check(&refreshed, &account, now) {
@@ -460,13 +517,18 @@ impl Inner {
                 *attempt
             };
             let now = self.clock.now_ms();
-            let due = now + self.settings.backoff_ms(attempt);
+            let entry = self.accounts.entry(&key.provider, &key.email).ok();
+            // The retry waits out its backoff, and the login budget of the last login
+            // that succeeded, whichever ends later.
+            let budget = entry
+                .as_ref()
+                .and_then(|entry| self.settings.login_allowed_at(&entry.meta, now))
+                .unwrap_or(now);
+            let due = (now + self.settings.backoff_ms(attempt)).max(budget);
             tracing::warn!(reason = %error, attempt, "login failed; retrying later");
             // Past its token's expiry the account serves nothing: say so first.
-            let lapsed = self
-                .accounts
-                .entry(&key.provider, &key.email)
-                .ok()
+            let lapsed = entry
+                .as_ref()
                 .and_then(|entry| entry.meta.session.as_ref().map(|s| s.expire_time))
                 .filter(|expiry| *expiry > 0 && expiry.saturating_mul(1000) <= now)
                 .map(|expiry| format!("token expired at {}; ", rfc3339_millis(expiry * 1000)))

@@ -14,8 +14,13 @@ use crate::{
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RefreshSettings {
-    /// Refresh at least this long before expiry (or 10% of the token's lifetime, if more).
+    /// Refresh at least this long before expiry (or 10% of the token's lifetime, if more),
+    /// but never before half of the token's lifetime has passed.
     pub skew_secs: i64,
+    /// The engine logs an account in at most once per this many seconds (a PixVerse
+    /// login ends the session running jobs hold); RefreshAccount within it answers
+    /// the fresh token unless `force` is set.
+    pub min_login_interval_secs: i64,
     /// Logins running at once, across all accounts.
     pub concurrency: usize,
     /// First retry delay after a transient failure; doubles per attempt.
@@ -32,6 +37,7 @@ impl Default for RefreshSettings {
     fn default() -> Self {
         Self {
             skew_secs: 300,
+            min_login_interval_secs: 30,
             concurrency: 4,
             backoff_base_ms: 1_000,
             backoff_cap_ms: 15 * 60 * 1000,
@@ -53,8 +59,23 @@ impl RefreshSettings {
         step / 2 + random_below((step - step / 2) as u64 + 1) as i64
     }
 
+    /// The earliest time the login budget allows this account's next login (its last
+    /// successful login plus `min_login_interval_secs`), if that is still ahead.
+    pub fn login_allowed_at(&self, meta: &AccountMeta, now_ms: i64) -> Option<i64> {
+        let last = meta.session.as_ref()?.last_refresh_at_ms;
+        let next = last.checked_add(self.min_login_interval_secs.saturating_mul(1000))?;
+        (last > 0 && next > now_ms).then_some(next)
+    }
+
     /// When an account should next be refreshed, or `None` when it must wait for an
     /// operator (disabled, or a permanent failure).
+    ///
+    /// A token is renewed `max(skew, lifetime / 10)` before its expiry, but never more
+    /// than a quarter of its lifetime before it, less a jitter of up to a twentieth of
+    /// its lifetime (60 s at most) so that accounts spread out. So it serves at least
+    /// 70% of its life, is never renewed before halfway, and never within the login
+    /// budget: a token that lives 60 s is renewed 42–45 s after it was issued, not in
+    /// a loop.
     pub fn next_due(&self, kind: ProviderKind, meta: &AccountMeta, now_ms: i64) -> Option<i64> {
         if meta.disabled || meta.status == Status::NeedsAttention {
             return None;
@@ -78,9 +99,11 @@ impl RefreshSettings {
         }
         let expiry = session.expire_time.saturating_mul(1000);
         let lifetime = (expiry - since).max(0);
-        let lead = (self.skew_secs * 1000).max(lifetime / 10);
+        let lead = (self.skew_secs * 1000).max(lifetime / 10).min(lifetime / 4);
         let jitter = random_below((lifetime / 20).clamp(0, 60_000) as u64) as i64;
-        Some(expiry - lead - jitter)
+        let halfway = since + lifetime / 2;
+        let budget = self.login_allowed_at(meta, now_ms).unwrap_or(i64::MIN);
+        Some((expiry - lead - jitter).max(halfway).max(budget))
     }
 }
 
@@ -207,6 +230,24 @@ mod tests {
             (1_200_000 - 300_000 - 60_000..=1_200_000 - 300_000).contains(&due),
             "{due}"
         );
+        // A 60-second token: the skew would make it due before it was issued; the lead
+        // is a quarter of its life instead, less up to 3 s of jitter.
+        for _ in 0..50 {
+            let due = settings
+                .next_due(ProviderKind::Pixverse, &meta(Some(session(60))), 0)
+                .unwrap();
+            assert!((42_001..=45_000).contains(&due), "{due}");
+        }
+        // Logged in 10 s ago, a 20-second token: the budget (30 s) holds it back.
+        let fresh = SessionMeta {
+            expire_time: 1_020,
+            last_refresh_at_ms: 1_000_000,
+            ..Default::default()
+        };
+        let due = settings
+            .next_due(ProviderKind::Pixverse, &meta(Some(fresh)), 1_010_000)
+            .unwrap();
+        assert_eq!(due, 1_030_000);
         // No token yet: now. Needs attention: never.
         assert_eq!(
             settings.next_due(ProviderKind::Pixverse, &meta(None), 77),
