@@ -45,6 +45,7 @@ pub mod crypto;
 pub mod events;
 pub mod exporter;
 pub mod fake_upstream;
+pub mod handout;
 pub mod hex;
 pub mod leases;
 pub mod limits;

@@ -8,17 +8,17 @@ use tonic::{Request, Response, Status};
 
 use super::{
     authorized, call_audit, convert, layer,
-    status::{account_error, audit_error, caller_error, denied, lease_error},
+    status::{account_error, denied, handout_error, lease_error},
     text_field,
     watch::{Filter, Proof, Watch},
 };
 use crate::{
     accounts::AccountService,
-    audit::CallAudit,
     auth::{Authenticator, Permission},
-    callers::{CallerError, CallerService, Charge},
+    callers::CallerService,
     crypto::{Fingerprinter, SecretString},
     events::Events,
+    handout,
     leases::{AcquireRequest, DEFAULT_TTL_MS, Granted, LeaseService, MAX_TTL_MS, MAX_WAIT_MS},
     proto::{self, credentials_server::Credentials},
     validate::{self, FieldError},
@@ -58,40 +58,6 @@ impl CredentialsApi {
             authenticator,
         }
     }
-}
-
-/// The door a paid hand-out goes through (RevealAccount, and a token a watcher pays
-/// for): `caller_id` is charged `cost`, and the debit and the audit event naming every
-/// secret handed out become durable together (one block write and one flush shared
-/// with concurrent hand-outs). When any of it fails nothing may be handed out, and the
-/// credits are paid back.
-pub(super) async fn paid_hand_out(
-    callers: &CallerService,
-    caller_id: &str,
-    cost: i64,
-    audit: &CallAudit,
-    secrets: &[&str],
-) -> Result<Charge, Status> {
-    let charge = callers.charge(caller_id, cost).map_err(caller_error)?;
-    for secret in secrets {
-        audit.handed_out(secret);
-    }
-    let durable = match audit.commit_durable().await {
-        Ok(true) => Ok(()),
-        Ok(false) => callers.flush().await.map_err(caller_error),
-        Err(error) => Err(audit_error(error)),
-    }
-    .and_then(|()| match charge.written() {
-        Some(true) => Ok(()),
-        _ => Err(caller_error(CallerError::DebitUnwritten)),
-    });
-    if let Err(status) = durable {
-        if let Err(refund) = callers.refund(&charge) {
-            tracing::error!(error = %refund, "refunding a failed hand-out failed");
-        }
-        return Err(status);
-    }
-    Ok(charge)
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::CredentialEvent, Status>> + Send>>;
@@ -176,7 +142,9 @@ impl Credentials for CredentialsApi {
         .flatten()
         .map(SecretString::expose)
         .collect();
-        let charge = paid_hand_out(&self.callers, &actor.id, cost, &audit, &handed).await?;
+        let charge = handout::hand_out(&self.callers, &audit, &actor.id, cost, &handed)
+            .await
+            .map_err(handout_error)?;
         tracing::info!(
             caller = %actor.id,
             cost,

@@ -12,6 +12,7 @@ use crate::{
     audit::AuditError,
     auth::{AuthError, Denied},
     callers::{CallerError, CreditError, MAX_KEYS},
+    handout::HandOutError,
     leases::LeaseError,
     refresh::RefreshError,
     store::StoreError,
@@ -109,10 +110,18 @@ pub fn refresh_error(error: RefreshError) -> Status {
     }
 }
 
+pub fn handout_error(error: HandOutError) -> Status {
+    match error {
+        HandOutError::Caller(error) => caller_error(error),
+        HandOutError::Audit(error) => audit_error(error),
+    }
+}
+
 pub fn lease_error(error: LeaseError) -> Status {
     let message = error.to_string();
     match error {
         LeaseError::Audit(error) => audit_error(error),
+        LeaseError::HandOut(error) => handout_error(error),
         LeaseError::Invalid(_) => Status::invalid_argument(message),
         LeaseError::Account(account) => account_error(account),
         LeaseError::Caller(caller) => caller_error(caller),

@@ -10,8 +10,7 @@ use tonic::Status;
 
 use super::{
     convert,
-    credentials::paid_hand_out,
-    status::{audit_error, auth_error, denied},
+    status::{auth_error, denied, handout_error},
 };
 use crate::{
     accounts::{AccountKey, mask},
@@ -20,6 +19,7 @@ use crate::{
     callers::CallerService,
     crypto::SecretString,
     events::{Event, EventKind, Events},
+    handout,
     leases::LeaseService,
     proto,
 };
@@ -227,19 +227,17 @@ impl Watch {
     ) -> Result<(), String> {
         let audit = self.audit.another();
         audit.account(&key.provider, &key.email);
-        if let Some(lease_id) = self.leases.held_by(key, &caller.id) {
+        let cost = match self.leases.held_by(key, &caller.id) {
             // The lease paid for the account's tokens while it lives.
-            audit.target(&lease_id);
-            audit.handed_out(token.expose());
-            return match audit.commit_durable().await {
-                Ok(_) => Ok(()),
-                Err(error) => Err(audit_error(error).message().to_owned()),
-            };
-        }
-        let cost = self.callers.settings().reveal_cost;
-        match paid_hand_out(&self.callers, &caller.id, cost, &audit, &[token.expose()]).await {
-            Ok(_) => Ok(()),
-            Err(status) => Err(status.message().to_owned()),
-        }
+            Some(lease_id) => {
+                audit.target(&lease_id);
+                0
+            }
+            None => self.callers.settings().reveal_cost,
+        };
+        handout::hand_out(&self.callers, &audit, &caller.id, cost, &[token.expose()])
+            .await
+            .map(drop)
+            .map_err(|error| handout_error(error).message().to_owned())
     }
 }

@@ -34,6 +34,7 @@ use crate::{
     clock::Clock,
     crypto::{RngError, Sealer, random_below, random_bytes},
     events::{Event, EventKind, Events},
+    handout::{self, HandOutError},
     providers::{ProviderKind, Providers},
     refresh::Refresher,
     sealed::{self, SealedError},
@@ -102,6 +103,8 @@ pub enum LeaseError {
     Rng(#[from] RngError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error(transparent)]
+    HandOut(#[from] HandOutError),
 }
 
 /// AcquireLease's input.
@@ -547,25 +550,17 @@ impl LeaseService {
         audit: &CallAudit,
     ) -> Result<Granted, LeaseError> {
         let cost = self.callers.settings().lease_cost;
-        let mut charged = None;
         let result = async {
             let account = self.accounts.get(&record.provider, &record.email)?;
             let bytes = sealed::seal(&self.sealer, Tree::Leases, record.id.as_bytes(), &record)?;
             self.store
                 .compare_and_swap(Tree::Leases, record.id.as_bytes(), None, Some(&bytes))?;
-            let charge = charged.insert(self.callers.charge(&record.caller_id, cost)?);
             audit.account(&record.provider, &record.email);
             audit.target(&record.id);
-            if let Some(token) = &account.secrets.token {
-                audit.handed_out(token.expose());
-            }
-            // One flush makes the lease, the debit and the audit event durable together.
-            if !audit.commit_durable().await? {
-                self.callers.flush().await?;
-            }
-            if charge.written() != Some(true) {
-                return Err(CallerError::DebitUnwritten.into());
-            }
+            let token: Vec<&str> = account.secrets.token.iter().map(|t| t.expose()).collect();
+            // The door's one flush makes the lease durable too, with the debit and the
+            // audit event; when it fails, the credits are paid back.
+            handout::hand_out(&self.callers, audit, &record.caller_id, cost, &token).await?;
             Ok(account)
         }
         .await;
@@ -575,12 +570,7 @@ impl LeaseService {
                 account,
             }),
             Err(error) => {
-                // Nothing was handed out: the slot is freed and the credits paid back.
-                if let Some(charge) = &charged
-                    && let Err(refund) = self.callers.refund(charge)
-                {
-                    tracing::error!(error = %refund, "refunding a failed lease failed");
-                }
+                // Nothing was handed out: the slot is freed.
                 self.end(&record.id).await;
                 Err(error)
             }
@@ -640,12 +630,10 @@ impl LeaseService {
             .compare_and_swap(Tree::Leases, id.as_bytes(), old.as_deref(), Some(&bytes))?;
         let account = self.accounts.get(&record.provider, &record.email)?;
         audit.account(&record.provider, &record.email);
-        if let Some(token) = &account.secrets.token {
-            audit.handed_out(token.expose());
-        }
-        if !audit.commit_durable().await? {
-            self.store.flush().await?;
-        }
+        // The lease paid when it was acquired: the renewal's hand-out is free, and
+        // audited like every other.
+        let token: Vec<&str> = account.secrets.token.iter().map(|t| t.expose()).collect();
+        handout::hand_out(&self.callers, audit, &record.caller_id, 0, &token).await?;
         Ok(Granted {
             lease: record,
             account,
