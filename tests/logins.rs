@@ -316,6 +316,45 @@ async fn a_token_about_to_expire_is_renewed_once_for_twenty_acquirers() {
     env.server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_token_that_cannot_be_renewed_is_still_served_and_a_full_one_is_busy() {
+    let env = env().await;
+    // 10 s left, on a provider credvault cannot log in: the token is all there is.
+    env.account_with_token("offline", "last@example.com", 10)
+        .await;
+    let mut admin = env.server.credentials(Auth::admin()).await;
+    let lease = admin
+        .acquire_lease(acquire("offline", "last@example.com"))
+        .await
+        .expect("a valid token is served even when short")
+        .into_inner();
+    assert_eq!(lease.generation, 1);
+    // The same, its one slot taken: busy, not "cannot serve".
+    env.server
+        .accounts()
+        .await
+        .update_account(proto::UpdateAccountRequest {
+            provider: "offline".into(),
+            email: "last@example.com".into(),
+            max_jobs: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let error = admin
+        .acquire_lease(acquire("offline", "last@example.com"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.code(), error.message()),
+        (
+            Code::ResourceExhausted,
+            "all slots are busy: 1 job is running on account offline/last@example.com; retry after 300 s"
+        )
+    );
+    env.server.stop().await;
+}
+
 /// The refusal of an AcquireLease, code and message.
 async fn refusal(env: &Env, auth: &Auth, provider: &str, email: &str) -> (Code, String) {
     let error = env

@@ -146,8 +146,8 @@ impl Candidate {
         self.entry.meta.max_jobs as usize
     }
 
-    /// Whether it may be given now: a ready token, or (once this request tried a
-    /// login) one still valid.
+    /// Whether it may be given now: a ready token, or one still valid once this
+    /// request tried a login (or when none can be made).
     fn usable(&self, tried_login: bool) -> bool {
         match self.token {
             Token::Ready => true,
@@ -307,7 +307,9 @@ impl LeaseService {
                 Ok(pool) => pool,
                 Err(error) => break Err(error),
             };
-            let tried_login = login.is_some();
+            // A provider credvault cannot log in has nothing better to offer than the
+            // token it has.
+            let tried_login = login.is_some() || !self.refresher.refreshes(&request.provider);
             let waiting = tokio::time::Instant::now() < deadline;
             // Made before the lock: an error here must not skip leaving the queue.
             let id = match lease_id() {
@@ -366,7 +368,7 @@ impl LeaseService {
             // Accounts held back only by their token (missing, expired or about to):
             // log one in (joining a login in flight; the login budget and the backoff
             // apply) and look again.
-            if !tried_login && self.refresher.refreshes(&request.provider) {
+            if !tried_login {
                 let stale = {
                     let table = self.table();
                     candidates
@@ -391,11 +393,13 @@ impl LeaseService {
                     continue;
                 }
             }
-            let usable: Vec<&Candidate> = candidates
+            // The accounts that can serve, their slots taken or not: those with a token
+            // valid now.
+            let serving: Vec<&Candidate> = candidates
                 .iter()
-                .filter(|c| c.usable(tried_login))
+                .filter(|c| c.token != Token::Invalid)
                 .collect();
-            if usable.is_empty() {
+            if serving.is_empty() {
                 break Err(LeaseError::CannotServe(self.unserved(
                     &request.provider,
                     email.as_deref(),
@@ -406,7 +410,7 @@ impl LeaseService {
                 )));
             }
             if !waiting {
-                let keys: Vec<&AccountKey> = usable.iter().map(|c| &c.entry.key).collect();
+                let keys: Vec<&AccountKey> = serving.iter().map(|c| &c.entry.key).collect();
                 let (executing, first_end) = self.table().load_of(&keys);
                 let retry_after_secs = first_end.map_or(1, |end| ((end - now) / 1000).max(1));
                 let on = match email.as_deref() {
