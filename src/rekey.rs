@@ -19,8 +19,10 @@ use crate::{
     crypto::Sealer,
     progress::Progress,
     sealed,
-    store::{Store, StoreError, Swap, Tree},
-    vault::{FORMAT_KEY, KEY_CHECK_CONTEXT, KEY_CHECK_KEY},
+    store::{
+        Store, StoreError, Swap, Tree,
+        meta::{FORMAT_KEY, KEY_CHECK_CONTEXT, KEY_CHECK_KEY},
+    },
 };
 
 const BATCH: usize = 512;

@@ -28,11 +28,8 @@ pub const STORE_FORMAT: u32 = 2;
 /// that an older build refuses it instead of misreading what this one adds.
 pub const OLDEST_FORMAT: u32 = 1;
 
-pub const FORMAT_KEY: &[u8] = b"format";
-pub const KEY_CHECK_KEY: &[u8] = b"key-check";
-pub const KEY_CHECK_CONTEXT: &[u8] = b"credvault/meta/key-check/v1";
+pub use crate::store::meta::{FORMAT_KEY, HMAC_KEYS_KEY, KEY_CHECK_CONTEXT, KEY_CHECK_KEY};
 const KEY_CHECK_PLAINTEXT: &[u8] = b"credvault master key check";
-pub const HMAC_KEYS_KEY: &[u8] = b"hmac-keys";
 
 /// The HMAC keys for callers' secrets and the audit trail. Stored (sealed) rather than
 /// derived at each start, so that they survive a master-key rotation: the MACs made

@@ -12,7 +12,7 @@
 //! Handlers then ask [`Caller::require`] for a [`Permission`].
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     fmt,
     sync::{Arc, RwLock},
 };
@@ -22,7 +22,7 @@ use http::{HeaderMap, HeaderValue, header::AUTHORIZATION};
 use ring::hmac;
 
 use crate::{
-    callers::{CallerService, Role, TokenKind, keys, scope},
+    callers::{CallerService, keys},
     crypto::{RngError, SecretString, random_bytes},
 };
 
@@ -46,175 +46,7 @@ fn allowed_before_activation(path: &str) -> bool {
         || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
 }
 
-/// How the caller proved itself on this request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Credential {
-    Bootstrap,
-    ApiKey {
-        key_id: String,
-        activated: bool,
-    },
-    Jwt {
-        jti: String,
-        kind: TokenKind,
-    },
-    Basic,
-    /// A Unix-socket peer whose uid the configuration maps to this caller.
-    Peer {
-        uid: u32,
-    },
-}
-
-/// An authenticated caller, put into each request's extensions by the auth layer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Caller {
-    pub id: String,
-    pub email: String,
-    pub roles: BTreeSet<Role>,
-    pub scopes: Vec<String>,
-    pub credential: Credential,
-}
-
-/// What an RPC needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Permission {
-    /// Read accounts, masked.
-    AccountsRead,
-    /// Create, update, delete and refresh accounts.
-    AccountsWrite,
-    /// Unmasked credentials and leases, within the caller's scopes.
-    Credentials,
-    /// Create and change other callers.
-    ManageCallers,
-    /// Read the audit trail.
-    Audit,
-    /// See and drive master-key rotation.
-    Keys,
-}
-
-impl Permission {
-    pub const ALL: [Permission; 6] = [
-        Permission::AccountsRead,
-        Permission::AccountsWrite,
-        Permission::Credentials,
-        Permission::ManageCallers,
-        Permission::Audit,
-        Permission::Keys,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Permission::AccountsRead => "accounts:read",
-            Permission::AccountsWrite => "accounts:write",
-            Permission::Credentials => "credentials",
-            Permission::ManageCallers => "callers:admin",
-            Permission::Audit => "audit:read",
-            Permission::Keys => "keys:admin",
-        }
-    }
-
-    /// The roles that grant it; admin grants everything.
-    fn roles(self) -> &'static [Role] {
-        match self {
-            Permission::AccountsRead | Permission::AccountsWrite => &[Role::Operator, Role::Admin],
-            Permission::Credentials => &[Role::Consumer, Role::Admin],
-            Permission::ManageCallers | Permission::Audit | Permission::Keys => &[Role::Admin],
-        }
-    }
-}
-
-/// A refusal that names what was missing.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Denied {
-    #[error("permission denied: {rpc} needs the \"{scope}\" scope ({roles})")]
-    Scope {
-        rpc: &'static str,
-        scope: &'static str,
-        roles: String,
-    },
-    #[error("permission denied: account {provider}/{email} is outside this caller's scopes")]
-    Account { provider: String, email: String },
-    #[error("permission denied: only an admin may act for another caller")]
-    OtherCaller,
-}
-
-impl Caller {
-    pub fn is_admin(&self) -> bool {
-        self.roles.contains(&Role::Admin)
-    }
-
-    pub fn permissions(&self) -> Vec<Permission> {
-        Permission::ALL
-            .into_iter()
-            .filter(|p| p.roles().iter().any(|r| self.roles.contains(r)))
-            .collect()
-    }
-
-    pub fn require(&self, permission: Permission, rpc: &'static str) -> Result<(), Denied> {
-        if permission.roles().iter().any(|r| self.roles.contains(r)) {
-            return Ok(());
-        }
-        let roles = permission
-            .roles()
-            .iter()
-            .map(|r| format!("role {}", r.name()))
-            .collect::<Vec<_>>()
-            .join(" or ");
-        Err(Denied::Scope {
-            rpc,
-            scope: permission.name(),
-            roles,
-        })
-    }
-
-    /// Whether the caller may have this account's credentials: admins always,
-    /// consumers when one of their scopes covers it.
-    pub fn require_reach(&self, provider: &str, email: &str) -> Result<(), Denied> {
-        if self.is_admin() || scope::covers(&self.scopes, provider, email) {
-            return Ok(());
-        }
-        Err(Denied::Account {
-            provider: provider.to_owned(),
-            email: email.to_owned(),
-        })
-    }
-
-    /// The caller an admin-only `caller_id` field names: the caller itself when empty.
-    pub fn target<'a>(&'a self, caller_id: &'a str) -> Result<&'a str, Denied> {
-        match caller_id {
-            "" => Ok(&self.id),
-            id if id == self.id => Ok(id),
-            id if self.is_admin() => Ok(id),
-            _ => Err(Denied::OtherCaller),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    /// No header, a malformed one, or a credential that is not ours.
-    #[error("JWT is missing or invalid, check Authorization header")]
-    MissingOrInvalid,
-    #[error("JWT revoked")]
-    Revoked,
-    #[error("JWT expired")]
-    Expired,
-    /// A new API key that has not called ActivateCaller yet.
-    #[error("account not activated")]
-    NotActivated,
-    #[error("caller is disabled")]
-    Disabled,
-    /// The caller's record failed its integrity check (tampered, or sealed under
-    /// another key); logged where it happened, as UpdateCaller's DATA_LOSS is.
-    #[error("the caller's record failed its integrity check and will not be used")]
-    DataLoss,
-    /// The store could not be read; a retry may succeed. Logged where it happened.
-    #[error("authentication could not be completed")]
-    Unavailable,
-    /// Anything else that failed; the detail is logged where it happened.
-    #[error("authentication could not be completed")]
-    Internal,
-}
+pub use crate::callers::identity::{AuthError, Caller, Credential, Denied, Permission};
 
 pub struct Authenticator {
     key: hmac::Key,

@@ -3,6 +3,7 @@
 //! three live), short-lived sessions, roles and scopes, and a credit balance that
 //! credential hand-outs draw on.
 
+pub mod identity;
 pub mod keys;
 mod model;
 pub mod scope;
@@ -18,7 +19,6 @@ pub use model::{ApiKeyEntry, CallerCredits, CallerRecord, Role, TokenEntry, Toke
 pub use tokens::{Claims, KeysError, TokenError, TokenKeys};
 
 use crate::{
-    auth::{AuthError, Caller, Credential, Permission},
     clock::Clock,
     crypto::{RngError, Sealer, SecretString, random_bytes},
     sealed::{self, SealedError},
@@ -26,6 +26,7 @@ use crate::{
     timefmt::rfc3339_millis,
     validate::{self, FieldError},
 };
+use identity::{AuthError, Caller, Credential, Permission};
 use keys::{CallerMacs, KEY_LABEL, SECRET_LABEL};
 
 /// The caller the configured bootstrap token authenticates as.
@@ -103,7 +104,7 @@ pub enum CallerError {
     #[error("permission denied: the secret does not match this caller's secret")]
     SecretMismatch,
     #[error(transparent)]
-    Denied(#[from] crate::auth::Denied),
+    Denied(#[from] identity::Denied),
     #[error(transparent)]
     Credits(#[from] CreditError),
     #[error(

@@ -54,6 +54,19 @@ impl Tree {
     }
 }
 
+/// The vault-wide records of [`Tree::Meta`], by key (what they hold is the vault's
+/// business; re-keying walks them too).
+pub mod meta {
+    /// The store format, as decimal text.
+    pub const FORMAT_KEY: &[u8] = b"format";
+    /// A sealed known plaintext that tells a wrong master key at open.
+    pub const KEY_CHECK_KEY: &[u8] = b"key-check";
+    /// The sealing context of the key check.
+    pub const KEY_CHECK_CONTEXT: &[u8] = b"credvault/meta/key-check/v1";
+    /// The sealed HMAC keys (API-key and secret MACs).
+    pub const HMAC_KEYS_KEY: &[u8] = b"hmac-keys";
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage I/O failed: {0}")]
