@@ -122,13 +122,19 @@ impl Watch {
     /// or hangs up.
     pub fn start(self) -> mpsc::Receiver<Result<proto::CredentialEvent, Status>> {
         let (tx, rx) = mpsc::channel(BUFFER);
-        tokio::spawn(self.run(tx));
+        // Subscribed before the call answers: no event after the open is missed.
+        let events = self.events.subscribe();
+        let changes = self.callers.changes();
+        tokio::spawn(self.run(tx, events, changes));
         rx
     }
 
-    async fn run(self, tx: mpsc::Sender<Result<proto::CredentialEvent, Status>>) {
-        let mut events = self.events.subscribe();
-        let mut changes = self.callers.changes();
+    async fn run(
+        self,
+        tx: mpsc::Sender<Result<proto::CredentialEvent, Status>>,
+        mut events: tokio::sync::broadcast::Receiver<Event>,
+        mut changes: tokio::sync::watch::Receiver<u64>,
+    ) {
         let mut tick = tokio::time::interval(RECHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -159,7 +165,8 @@ impl Watch {
             };
             let last = item.is_err();
             if let Err(status) = &item {
-                tracing::info!(caller = %self.opened.id, code = ?status.code(), "watch ended: {}", status.message());
+                // The message may name an account; the code says enough here.
+                tracing::info!(caller = %self.opened.id, code = ?status.code(), "watch stream ended");
             }
             if tx.send(item).await.is_err() || last {
                 return;
