@@ -64,11 +64,23 @@ fn open_offline(settings: &Settings) -> Result<Vault, ExitCode> {
 
 fn open_failed(error: &credvault::vault::OpenError) -> ExitCode {
     if error.is_damage() {
-        eprintln!("credvault: the data directory is damaged: {error}; {RESTORE_ADVICE}");
-        return ExitCode::from(EXIT_DAMAGED);
+        eprintln!(
+            "credvault: the data directory is damaged: {}",
+            with_advice(error)
+        );
+    } else {
+        eprintln!("credvault: cannot open the data directory (is the daemon stopped?): {error}");
     }
-    eprintln!("credvault: cannot open the data directory (is the daemon stopped?): {error}");
     exit_for(error)
+}
+
+/// The error, followed by the way out when the store is damaged.
+fn with_advice(error: &credvault::vault::OpenError) -> String {
+    if error.is_damage() {
+        format!("{error}; {RESTORE_ADVICE}")
+    } else {
+        error.to_string()
+    }
 }
 
 /// The exit code for a vault that did not open.
@@ -293,17 +305,9 @@ async fn run(settings: Settings) -> ExitCode {
     let vault = match Vault::open(&settings) {
         Ok(vault) => vault,
         Err(error) => {
-            let advice = if error.is_damage() {
-                RESTORE_ADVICE
-            } else {
-                ""
-            };
-            tracing::error!(%error, advice, "refusing to start");
-            if error.is_damage() {
-                eprintln!("credvault: refusing to start: {error}; {RESTORE_ADVICE}");
-            } else {
-                eprintln!("credvault: refusing to start: {error}");
-            }
+            let described = with_advice(&error);
+            tracing::error!(error = %described, "refusing to start");
+            eprintln!("credvault: refusing to start: {described}");
             return exit_for(&error);
         }
     };

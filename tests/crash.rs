@@ -10,13 +10,12 @@ mod support;
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    path::Path,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use credvault::crypto::random_below;
-use support::{ADMIN_TOKEN, Auth, Daemon, proto};
+use support::{Auth, Daemon, proto};
 use tonic::{Code, transport::Channel};
 
 const ROUNDS: usize = 20;
@@ -81,22 +80,6 @@ impl Ledger {
         self.ticks += 1;
         self.ticks
     }
-}
-
-fn start(data: &Path, key: &str) -> Daemon {
-    Daemon::spawn(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[
-            ("CREDVAULT_MASTER_KEY", key),
-            ("CREDVAULT_ADMIN_TOKEN", ADMIN_TOKEN),
-        ],
-    )
 }
 
 async fn channel(addr: SocketAddr) -> Channel {
@@ -399,7 +382,7 @@ async fn twenty_sigkills_lose_nothing_acknowledged() {
     let key = support::new_key();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
 
-    let mut daemon = start(&data, &key);
+    let mut daemon = Daemon::serve(&data, &key);
     let first = channel(daemon.wait_for_addr()).await;
     let mut fresh = Ledger::default();
     let (caller_id, consumer) = setup(&first, &mut fresh).await;
@@ -437,7 +420,7 @@ async fn twenty_sigkills_lose_nothing_acknowledged() {
         let acked = ledger.lock().unwrap().acked_writes - before;
 
         // Start again on the same data: no repair step, no manual help.
-        daemon = start(&data, &key);
+        daemon = Daemon::serve(&data, &key);
         let channel = self::channel(daemon.wait_for_addr()).await;
         let ledger_now = std::mem::take(&mut *ledger.lock().unwrap());
         let checked = check(&channel, &consumer, &ledger_now).await;

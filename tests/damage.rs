@@ -14,22 +14,6 @@ use tonic::transport::Channel;
 
 const EXIT_DAMAGED: i32 = 74;
 
-fn daemon(data: &Path, key: &str) -> Daemon {
-    Daemon::spawn(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[
-            ("CREDVAULT_MASTER_KEY", key),
-            ("CREDVAULT_ADMIN_TOKEN", ADMIN_TOKEN),
-        ],
-    )
-}
-
 async fn create_accounts(addr: SocketAddr, emails: impl IntoIterator<Item = String>) {
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -50,14 +34,14 @@ async fn create_accounts(addr: SocketAddr, emails: impl IntoIterator<Item = Stri
 
 /// Runs the daemon on `data`, creates the accounts, and stops it cleanly.
 async fn session(data: &Path, key: &str, emails: impl IntoIterator<Item = String>) {
-    let mut running = daemon(data, key);
+    let mut running = Daemon::serve(data, key);
     create_accounts(running.wait_for_addr(), emails).await;
     assert!(running.terminate().success(), "{}", running.output());
 }
 
 /// Starts the daemon on `data` and expects it to refuse; answers its output.
 fn refused(data: &Path, key: &str) -> String {
-    let mut refused = daemon(data, key);
+    let mut refused = Daemon::serve(data, key);
     let status: ExitStatus = refused.wait();
     let output = refused.output();
     assert_eq!(status.code(), Some(EXIT_DAMAGED), "{output}");
@@ -117,7 +101,7 @@ async fn a_store_behind_its_write_mark_is_refused_with_exit_74() {
     );
 
     // The store it was copied from starts as it should.
-    let mut again = daemon(&data, &key);
+    let mut again = Daemon::serve(&data, &key);
     again.wait_for_addr();
     assert!(again.terminate().success());
 }

@@ -7,7 +7,9 @@ mod support;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use credvault::{audit::CallAudit, clock::ManualClock};
-use support::{Auth, TestServer, eventually, pixverse, proto, upstream_jwt, wait_until};
+use support::{
+    Auth, TestServer, active_jobs, eventually, pixverse, proto, upstream_jwt, wait_until,
+};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -72,20 +74,6 @@ async fn consumer(server: &TestServer, email: &str, scopes: &[&str], credits: i6
         .await
         .unwrap();
     Auth::api_key(&key, SECRET)
-}
-
-async fn active_jobs(server: &TestServer, email: &str) -> i32 {
-    server
-        .accounts()
-        .await
-        .get_account(proto::GetAccountRequest {
-            provider: "pixverse".into(),
-            email: email.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .active_jobs
 }
 
 async fn clocked() -> (tempfile::TempDir, TestServer, ManualClock, String) {

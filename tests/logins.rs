@@ -196,10 +196,12 @@ async fn sixty_second_tokens_are_renewed_past_halfway_not_in_a_loop() {
         clock.set(next.unwrap());
     }
     assert!(logins_at.len() <= 3, "logins at {logins_at:?} ms");
+    // 42–45 s after each login; the upstream states expiry in whole seconds, which
+    // can take up to one more second off.
     for pair in logins_at.windows(2) {
         let gap = pair[1] - pair[0];
         assert!(
-            (42_000..=45_000).contains(&gap),
+            (41_000..=45_000).contains(&gap),
             "logins at {logins_at:?} ms"
         );
     }

@@ -11,7 +11,7 @@ use credvault::{
     clock::ManualClock,
     store::{Store, Swap, Tree},
 };
-use support::{Auth, TestServer, leasable, proto};
+use support::{Auth, TestServer, active_jobs, leasable, proto};
 use tonic::{Code, Request, metadata::MetadataValue};
 
 const SECRET: &str = "a1c0ffee-review-secret-0123456789abcdef";
@@ -35,20 +35,6 @@ fn renew(lease: &proto::Lease) -> proto::RenewLeaseRequest {
         lease_id: lease.lease_id.clone(),
         ttl: secs(60),
     }
-}
-
-async fn active_jobs(server: &TestServer, email: &str) -> i32 {
-    server
-        .accounts()
-        .await
-        .get_account(proto::GetAccountRequest {
-            provider: "pixverse".into(),
-            email: email.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .active_jobs
 }
 
 async fn update(server: &TestServer, request: proto::UpdateCallerRequest) {

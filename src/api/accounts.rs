@@ -218,26 +218,11 @@ impl Accounts for AccountsApi {
             .accounts
             .get(&req.provider, &req.email)
             .map_err(account_error)?;
-        let settings = self.refresher.settings();
-        let now = self.leases.now_ms();
-        let token_valid =
-            account.secrets.token.is_some()
-                && account.meta.session.as_ref().is_some_and(|s| {
-                    s.expire_time == 0 || s.expire_time.saturating_mul(1000) > now
-                });
-        let budget = settings.login_allowed_at(&account.meta, now);
         if !req.force
-            && token_valid
-            && let (Some(_), Some(session)) = (budget, &account.meta.session)
+            && let Some(reason) = self.refresher.needless_login(&account)
         {
-            // Logged in a moment ago: a new login would only end the session running
-            // jobs hold. The token is as fresh as it gets.
             let mut view = self.view(&account);
-            view.status_reason = format!(
-                "not logged in again: the last login was {} s ago, within refresh.min_login_interval_secs ({} s); the token is fresh; pass force to start a new session",
-                (now - session.last_refresh_at_ms).max(0) / 1000,
-                settings.min_login_interval_secs
-            );
+            view.status_reason = reason;
             tracing::info!(caller = %caller.id, "refresh on request answered without a login (login budget)");
             return Ok(Response::new(view));
         }

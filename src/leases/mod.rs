@@ -379,11 +379,10 @@ impl LeaseService {
                         .map(|c| c.entry.key.clone())
                 };
                 if let Some(key) = stale {
+                    // Backing off after failed logins (`Ok(false)`), the last failure is
+                    // on the account's status reason, which a refusal reads.
                     let failure = match self.refresher.refresh_unless_backing_off(&key).await {
-                        Ok(true) => None,
-                        // Backing off after failed logins: the last failure is on the
-                        // account's status reason.
-                        Ok(false) => Some(String::new()),
+                        Ok(_) => None,
                         Err(error) => {
                             tracing::info!(reason = %error, "refreshing a token for a lease failed");
                             Some(error.to_string())
@@ -517,13 +516,10 @@ impl LeaseService {
                 .settings()
                 .login_allowed_at(meta, now)
                 .map(rfc3339_millis);
+            // This request's own failed login, else the last one the engine recorded.
             let failure = login
                 .filter(|(key, _)| *key == candidate.entry.key)
                 .and_then(|(_, failure)| failure.as_deref())
-                .map(|failure| match failure {
-                    "" => last_failure(&meta.status_reason),
-                    failure => failure,
-                })
                 .or_else(|| Some(last_failure(&meta.status_reason)).filter(|r| !r.is_empty()));
             let why = if !refreshes {
                 NoToken::CannotLogIn

@@ -168,6 +168,25 @@ impl Refresher {
         self.inner.clone().refresh(key.clone(), true).await
     }
 
+    /// Why a login asked for now would be wasted, if it would: the account holds a valid
+    /// token from a login within the budget, and a new login would only end the
+    /// session running jobs hold. RefreshAccount answers this instead of logging in.
+    pub fn needless_login(&self, account: &Account) -> Option<String> {
+        let now = self.inner.clock.now_ms();
+        let session = account.meta.session.as_ref()?;
+        let valid = account.secrets.token.is_some()
+            && (session.expire_time == 0 || session.expire_time.saturating_mul(1000) > now);
+        self.inner
+            .settings
+            .login_allowed_at(&account.meta, now)
+            .filter(|_| valid)?;
+        Some(format!(
+            "not logged in again: the last login was {} s ago, within refresh.min_login_interval_secs ({} s); the token is fresh; pass force to start a new session",
+            (now - session.last_refresh_at_ms).max(0) / 1000,
+            self.inner.settings.min_login_interval_secs
+        ))
+    }
+
     /// The settings the engine runs with.
     pub fn settings(&self) -> &RefreshSettings {
         &self.inner.settings

@@ -387,6 +387,21 @@ pub async fn pixverse_consumer(
     (id, key)
 }
 
+/// The leases holding a slot of pixverse account `email` now, as GetAccount shows them.
+pub async fn active_jobs(server: &TestServer, email: &str) -> i32 {
+    server
+        .accounts()
+        .await
+        .get_account(proto::GetAccountRequest {
+            provider: "pixverse".into(),
+            email: email.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .active_jobs
+}
+
 pub fn pixverse(email: &str, password: &str) -> proto::CreateAccountRequest {
     proto::CreateAccountRequest {
         provider: "pixverse".into(),
@@ -476,6 +491,24 @@ impl Daemon {
             output,
             readers,
         }
+    }
+
+    /// `credvault serve` on `data` (TCP on a free loopback port), with this master key
+    /// and the test admin token.
+    pub fn serve(data: &Path, master_key: &str) -> Self {
+        Self::spawn(
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data.to_str().expect("a UTF-8 path"),
+            ],
+            &[
+                ("CREDVAULT_MASTER_KEY", master_key),
+                ("CREDVAULT_ADMIN_TOKEN", ADMIN_TOKEN),
+            ],
+        )
     }
 
     pub fn output(&self) -> String {
