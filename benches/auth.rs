@@ -73,11 +73,11 @@ fn main() {
         ..Config::default()
     };
     let settings = config.resolve().unwrap();
-    let vault = Vault::open(&settings).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let vault = runtime.block_on(Vault::open(&settings)).unwrap();
     let (api_key, jwt) = runtime.block_on(async {
         let admin = vault.callers.bootstrap_admin().unwrap();
         let created = vault

@@ -303,7 +303,7 @@ const ONLY: &str = "CREDVAULT_BENCH_ONLY";
 async fn rss_with_100k_accounts() {
     let dir = tempfile::tempdir().unwrap();
     let settings = config(dir.path()).resolve().unwrap();
-    let vault = Vault::open(&settings).unwrap();
+    let vault = Vault::open(&settings).await.unwrap();
     let before = rss_mib();
     create_accounts(&vault, "pixverse", 100_000).await;
     let listeners = Listeners::bind(&settings).await.unwrap();
@@ -328,15 +328,16 @@ async fn rss_with_100k_accounts() {
 /// The floor under a durable hand-out's latency: one small write and a flush of the
 /// sled store, 1,000 times, nothing else running.
 async fn store_flush_latency() {
-    use credvault::store::{SledStore, Store, Tree};
+    use credvault::store::{StoreExt, Tree};
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = credvault::store::open_embedded(dir.path()).unwrap();
     let mut stats = Stats::default();
     let cpu_before = cpu_ns();
     for i in 0..1000u32 {
         let at = Instant::now();
         store
-            .compare_and_swap(Tree::Leases, &i.to_be_bytes(), None, Some(&[7u8; 300]))
+            .swap(Tree::Leases, &i.to_be_bytes(), None, Some(&[7u8; 300]))
+            .await
             .unwrap();
         store.flush().await.unwrap();
         stats.latencies.push(at.elapsed());
@@ -366,7 +367,7 @@ async fn store_flush_latency() {
 /// and a flush of the same store (through the store's group commit, where a
 /// hand-out's flush goes too), every 5 ms for one measurement window.
 async fn flush_probe(store: std::sync::Arc<dyn credvault::store::Store>) -> Stats {
-    use credvault::store::Tree;
+    use credvault::store::{StoreExt, Tree};
     let mut stats = Stats::default();
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     let until = Instant::now() + WINDOW;
@@ -378,12 +379,14 @@ async fn flush_probe(store: std::sync::Arc<dyn credvault::store::Store>) -> Stat
         let (key, value) = (b"bench-flush-probe", i.to_be_bytes());
         let at = Instant::now();
         store
-            .compare_and_swap(Tree::Meta, key, None, Some(&value))
+            .swap(Tree::Meta, key, None, Some(&value))
+            .await
             .unwrap();
         store.flush().await.unwrap();
         stats.latencies.push(at.elapsed());
         store
-            .compare_and_swap(Tree::Meta, key, Some(&value), None)
+            .swap(Tree::Meta, key, Some(&value), None)
+            .await
             .unwrap();
     }
     stats
@@ -429,7 +432,7 @@ async fn run() {
     // credvault: 1,000 pixverse accounts for reveals, 100 pool accounts (maxJobs 8) for leases.
     let dir = tempfile::tempdir().unwrap();
     let settings = config(dir.path()).resolve().unwrap();
-    let vault = Vault::open(&settings).unwrap();
+    let vault = Vault::open(&settings).await.unwrap();
     create_accounts(&vault, "pixverse", 1_000).await;
     create_accounts(&vault, "pool", 100).await;
     let admin = vault.callers.bootstrap_admin().unwrap();

@@ -77,17 +77,19 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let settings = config(&data, &old, None).resolve().unwrap();
-    let vault = Vault::open(&settings).unwrap();
+    let vault = Vault::open(&settings).await.unwrap();
     let started = Instant::now();
     fill(&vault, n).await;
-    vault.sled.flush_blocking().unwrap();
+    vault.store.flush().await.unwrap();
     println!("operations on {n} accounts (one 2-core machine)");
     println!("  filled in {}", secs(started.elapsed()));
-    let on_disk = vault.sled.size_on_disk().unwrap();
+    let on_disk = vault.store.disk_bytes().unwrap();
 
     let out = dir.path().join("vault.backup");
     let started = Instant::now();
-    let summary = backup::backup(vault.store.as_ref(), &vault.sealer, &out).unwrap();
+    let summary = backup::backup(vault.store.as_ref(), &vault.sealer, &out)
+        .await
+        .unwrap();
     println!(
         "  backup: {} entries, {:.1} MiB file ({} bytes per account; store on disk {:.1} MiB), {}",
         summary.entries,
@@ -102,14 +104,21 @@ async fn main() {
     let restore_settings = config(&restored, &old, None).resolve().unwrap();
     let started = Instant::now();
     let sealer = credvault::crypto::Sealer::new(&restore_settings.master_key);
-    backup::restore(&out, &sealer, &restored.join("db")).unwrap();
+    let db_dir = restored.join("db");
+    let store = credvault::store::open_embedded(&db_dir).unwrap();
+    backup::restore(&out, &sealer, store.as_ref(), &db_dir)
+        .await
+        .unwrap();
+    drop(store);
     println!("  restore: {}", secs(started.elapsed()));
 
     let rotating = config(&data, &new, Some(&old)).resolve().unwrap();
-    let vault = Vault::open_with_clock(&rotating, Arc::new(SystemClock)).unwrap();
+    let vault = Vault::open_with_clock(&rotating, Arc::new(SystemClock))
+        .await
+        .unwrap();
     let started = Instant::now();
-    let resealed = vault.rekey.run().unwrap();
-    vault.sled.flush_blocking().unwrap();
+    let resealed = vault.rekey.run().await.unwrap();
+    vault.store.flush().await.unwrap();
     let took = started.elapsed();
     println!(
         "  master-key rotation: {resealed} records re-sealed in {} ({:.0} records/s)",

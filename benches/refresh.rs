@@ -71,7 +71,9 @@ async fn run(n: usize) {
     };
     config.providers.insert("pixverse".into(), spec);
     let settings = config.resolve().unwrap();
-    let vault = Vault::open_with_clock(&settings, Arc::new(clock.clone())).unwrap();
+    let vault = Vault::open_with_clock(&settings, Arc::new(clock.clone()))
+        .await
+        .unwrap();
 
     // Accounts with tokens expiring spread over the next hour.
     let created = Instant::now();
@@ -115,6 +117,7 @@ async fn run(n: usize) {
         vault.refresh.clone(),
         credvault::events::Events::default(),
     )
+    .await
     .unwrap();
     let rebuild = start.elapsed();
     let after = rss_kib();
@@ -151,6 +154,7 @@ async fn run(n: usize) {
             refresh,
             credvault::events::Events::default(),
         )
+        .await
         .unwrap();
         let started = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(100));

@@ -1,5 +1,5 @@
-//! Backup and restore of a whole data directory, offline (sled admits one process, so
-//! the daemon is stopped first; a stopped store is consistent by construction).
+//! Backup and restore of a whole store, offline (the embedded store admits one
+//! process, so the daemon is stopped first). Every tree is read at one revision.
 //!
 //! The file stays encrypted: every tree's entries are serialized and sealed as one
 //! payload with the vault's sealing key, so without the master key the file reveals
@@ -23,8 +23,11 @@ use zeroize::Zeroizing;
 use crate::{
     crypto::{KeyId, SealError, Sealer},
     progress::Progress,
-    store::{SledStore, Store, StoreError, Swap, Tree},
+    store::{Entry, Range, Store, StoreError, StoreExt, Swap, Tree},
 };
+
+/// Entries read per page.
+const SCAN_PAGE: usize = 1024;
 
 const MAGIC: &[u8; 8] = b"CVBACKUP";
 pub const VERSION: u8 = 1;
@@ -90,12 +93,27 @@ pub struct Summary {
     pub bytes: u64,
 }
 
-/// Writes every tree of `store` to a new file `out` (0600), sealed with `sealer`.
-pub fn backup(store: &dyn Store, sealer: &Sealer, out: &Path) -> Result<Summary, BackupError> {
+/// Writes every tree of `store`, all read at one revision, to a new file `out` (0600),
+/// sealed with `sealer`.
+pub async fn backup(
+    store: &dyn Store,
+    sealer: &Sealer,
+    out: &Path,
+) -> Result<Summary, BackupError> {
     let mut trees = Vec::new();
     let mut total = 0u64;
+    let at = store.revision();
     for tree in Tree::ALL {
-        let entries = store.scan(tree, b"", None, usize::MAX)?;
+        let mut entries = Vec::new();
+        loop {
+            let after = entries.last().map(|(key, _): &Entry| key.as_slice());
+            let range = Range::new(tree, b"", SCAN_PAGE).after(after).at(Some(at));
+            let page = store.scan(range).await?;
+            entries.extend(page.entries);
+            if !page.more {
+                break;
+            }
+        }
         total += entries.len() as u64;
         trees.push((tree, entries));
     }
@@ -129,8 +147,14 @@ pub fn backup(store: &dyn Store, sealer: &Sealer, out: &Path) -> Result<Summary,
     })
 }
 
-/// Checks `from` and writes its entries into the empty store at `db_dir`.
-pub fn restore(from: &Path, sealer: &Sealer, db_dir: &Path) -> Result<Summary, BackupError> {
+/// Checks `from` and writes its entries into `store`, which must be empty (`db_dir`
+/// names it in errors).
+pub async fn restore(
+    from: &Path,
+    sealer: &Sealer,
+    store: &dyn Store,
+    db_dir: &Path,
+) -> Result<Summary, BackupError> {
     let bytes = std::fs::read(from).map_err(|source| BackupError::Io {
         action: "reading",
         path: from.to_owned(),
@@ -141,9 +165,8 @@ pub fn restore(from: &Path, sealer: &Sealer, db_dir: &Path) -> Result<Summary, B
         path: from.to_owned(),
     })?;
 
-    let store = SledStore::open(db_dir)?;
     for tree in Tree::ALL {
-        if !store.scan(tree, b"", None, 1)?.is_empty() {
+        if !store.entries(tree, b"", None, 1).await?.is_empty() {
             return Err(BackupError::NotEmpty(db_dir.to_owned()));
         }
     }
@@ -151,7 +174,7 @@ pub fn restore(from: &Path, sealer: &Sealer, db_dir: &Path) -> Result<Summary, B
     let mut progress = Progress::new("restore", total);
     for (tree, entries) in trees {
         for (key, value) in entries {
-            if store.compare_and_swap(tree, key, None, Some(value))? != Swap::Done {
+            if store.swap(tree, key, None, Some(value)).await? != Swap::Done {
                 return Err(BackupError::Corrupted {
                     path: from.to_owned(),
                 });
@@ -160,7 +183,7 @@ pub fn restore(from: &Path, sealer: &Sealer, db_dir: &Path) -> Result<Summary, B
         }
     }
     progress.finish();
-    store.flush_blocking()?;
+    store.flush().await?;
     Ok(Summary {
         entries: total,
         bytes: bytes.len() as u64,

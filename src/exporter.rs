@@ -19,7 +19,7 @@ use crate::{
     accounts::{AccountService, Status},
     clock::Clock,
     leases::LeaseService,
-    store::SledStore,
+    store::Store,
 };
 
 /// Latency buckets (seconds) for the RPC histogram.
@@ -57,7 +57,7 @@ pub fn recorder() -> &'static PrometheusHandle {
 pub struct Sources {
     pub accounts: Arc<AccountService>,
     pub leases: Arc<LeaseService>,
-    pub sled: Arc<SledStore>,
+    pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -83,9 +83,8 @@ impl Sources {
                     .set((expiry - now_secs) as f64);
             }
         }
-        match self.sled.size_on_disk() {
-            Ok(bytes) => metrics::gauge!("credvault_store_size_bytes").set(bytes as f64),
-            Err(error) => tracing::warn!(%error, "reading the store's size failed"),
+        if let Some(bytes) = self.store.disk_bytes() {
+            metrics::gauge!("credvault_store_size_bytes").set(bytes as f64);
         }
     }
 

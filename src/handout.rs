@@ -49,7 +49,7 @@ pub async fn hand_out(
     }
     .await;
     if let Err(error) = durable {
-        if let Err(refund) = callers.refund(&charge) {
+        if let Err(refund) = callers.refund(&charge).await {
             tracing::error!(error = %refund, "refunding a failed hand-out failed");
         }
         return Err(error);

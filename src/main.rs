@@ -35,10 +35,24 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Keygen => keygen(),
         Command::Serve(args) => serve(&args),
-        Command::RotateSigningKey(args) => rotate_signing_key(&args),
-        Command::Backup(args) => backup(&args),
-        Command::Restore(args) => restore(&args),
-        Command::RotateKey(args) => rotate_key(&args),
+        Command::RotateSigningKey(args) => offline(rotate_signing_key(&args)),
+        Command::Backup(args) => offline(backup(&args)),
+        Command::Restore(args) => offline(restore(&args)),
+        Command::RotateKey(args) => offline(rotate_key(&args)),
+    }
+}
+
+/// Runs a maintenance command on a runtime of its own (one thread: nothing else runs).
+fn offline(command: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(command),
+        Err(error) => {
+            eprintln!("credvault: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -58,8 +72,10 @@ fn offline_settings(args: &OfflineArgs) -> Result<Settings, ExitCode> {
     config.resolve().map_err(|e| fail(&e))
 }
 
-fn open_offline(settings: &Settings) -> Result<Vault, ExitCode> {
-    Vault::open(settings).map_err(|error| open_failed(&error))
+async fn open_offline(settings: &Settings) -> Result<Vault, ExitCode> {
+    Vault::open(settings)
+        .await
+        .map_err(|error| open_failed(&error))
 }
 
 fn open_failed(error: &credvault::vault::OpenError) -> ExitCode {
@@ -103,17 +119,17 @@ fn backup_failed(what: &str, error: &backup::BackupError) -> ExitCode {
     }
 }
 
-fn backup(args: &BackupArgs) -> ExitCode {
+async fn backup(args: &BackupArgs) -> ExitCode {
     let settings = match offline_settings(&args.offline) {
         Ok(settings) => settings,
         Err(code) => return code,
     };
     telemetry::init(LogFormat::Text, &settings.log_filter);
-    let vault = match open_offline(&settings) {
+    let vault = match open_offline(&settings).await {
         Ok(vault) => vault,
         Err(code) => return code,
     };
-    match backup::backup(vault.store.as_ref(), &vault.sealer, &args.out) {
+    match backup::backup(vault.store.as_ref(), &vault.sealer, &args.out).await {
         Ok(summary) => {
             println!(
                 "backup written to {}: {} entries, {} bytes, sealed with master key {}",
@@ -128,19 +144,24 @@ fn backup(args: &BackupArgs) -> ExitCode {
     }
 }
 
-fn restore(args: &RestoreArgs) -> ExitCode {
+async fn restore(args: &RestoreArgs) -> ExitCode {
     let settings = match offline_settings(&args.offline) {
         Ok(settings) => settings,
         Err(code) => return code,
     };
     telemetry::init(LogFormat::Text, &settings.log_filter);
     let sealer = Sealer::new(&settings.master_key);
-    let summary = match backup::restore(&args.from, &sealer, &settings.data_dir.join("db")) {
+    let db_dir = settings.data_dir.join("db");
+    let restored = match credvault::store::open_embedded(&db_dir) {
+        Ok(store) => backup::restore(&args.from, &sealer, store.as_ref(), &db_dir).await,
+        Err(error) => Err(error.into()),
+    };
+    let summary = match restored {
         Ok(summary) => summary,
         Err(error) => return backup_failed("restore", &error),
     };
     // Opening checks the store format and the key-check record, as start-up will.
-    let vault = match open_offline(&settings) {
+    let vault = match open_offline(&settings).await {
         Ok(vault) => vault,
         Err(code) => return code,
     };
@@ -153,20 +174,20 @@ fn restore(args: &RestoreArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn rotate_signing_key(args: &OfflineArgs) -> ExitCode {
+async fn rotate_signing_key(args: &OfflineArgs) -> ExitCode {
     let settings = match offline_settings(args) {
         Ok(settings) => settings,
         Err(code) => return code,
     };
-    let vault = match open_offline(&settings) {
+    let vault = match open_offline(&settings).await {
         Ok(vault) => vault,
         Err(code) => return code,
     };
-    match vault
-        .callers
-        .rotate_signing_key()
-        .and_then(|kid| Ok(vault.sled.flush_blocking().map(|()| kid)?))
-    {
+    let rotated = match vault.callers.rotate_signing_key().await {
+        Ok(kid) => vault.store.flush().await.map(|()| kid).map_err(Into::into),
+        Err(error) => Err(error),
+    };
+    match rotated {
         Ok(kid) => {
             println!(
                 "signing key {kid} is now current; tokens signed by earlier keys stay valid until they expire"
@@ -180,7 +201,7 @@ fn rotate_signing_key(args: &OfflineArgs) -> ExitCode {
     }
 }
 
-fn rotate_key(args: &RotateKeyArgs) -> ExitCode {
+async fn rotate_key(args: &RotateKeyArgs) -> ExitCode {
     let mut settings = match offline_settings(&args.offline) {
         Ok(settings) => settings,
         Err(code) => return code,
@@ -204,7 +225,7 @@ fn rotate_key(args: &RotateKeyArgs) -> ExitCode {
     if settings.previous_master_key.is_none() {
         settings.previous_master_key = Some(old);
     }
-    let vault = match Vault::open(&settings) {
+    let vault = match Vault::open(&settings).await {
         Ok(vault) => vault,
         Err(credvault::vault::OpenError::Store {
             source: credvault::store::StoreError::Locked,
@@ -218,10 +239,10 @@ fn rotate_key(args: &RotateKeyArgs) -> ExitCode {
         }
         Err(error) => return open_failed(&error),
     };
-    let resealed = match vault.rekey.run() {
+    let resealed = match vault.rekey.run().await {
         Ok(resealed) => resealed,
         Err(error) => {
-            let _ = vault.sled.flush_blocking();
+            let _ = vault.store.flush().await;
             eprintln!(
                 "credvault: key rotation stopped: {error}; run the same command again to resume"
             );
@@ -229,11 +250,15 @@ fn rotate_key(args: &RotateKeyArgs) -> ExitCode {
         }
     };
     let signing = if resealed > 0 {
-        vault.callers.rotate_signing_key().map(Some)
+        vault.callers.rotate_signing_key().await.map(Some)
     } else {
         Ok(None)
     };
-    match signing.and_then(|kid| Ok(vault.sled.flush_blocking().map(|()| kid)?)) {
+    let finished = match signing {
+        Ok(kid) => vault.store.flush().await.map(|()| kid).map_err(Into::into),
+        Err(error) => Err(error),
+    };
+    match finished {
         Ok(kid) => {
             println!(
                 "{resealed} records re-sealed under master key {}{}; start credvault with --master-key-file {} from now on; the old key is no longer needed",
@@ -302,7 +327,7 @@ async fn run(settings: Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let vault = match Vault::open(&settings) {
+    let vault = match Vault::open(&settings).await {
         Ok(vault) => vault,
         Err(error) => {
             let described = with_advice(&error);

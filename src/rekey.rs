@@ -20,7 +20,7 @@ use crate::{
     progress::Progress,
     sealed,
     store::{
-        Store, StoreError, Swap, Tree,
+        Store, StoreError, StoreExt, Swap, Tree,
         meta::{FORMAT_KEY, KEY_CHECK_CONTEXT, KEY_CHECK_KEY},
     },
 };
@@ -98,11 +98,10 @@ impl Rekey {
     pub async fn in_background(self: Arc<Self>, callers: Arc<CallerService>) {
         let key_id = self.sealer.key_id();
         tracing::info!(%key_id, "master key rotation: re-sealing every record under the new key");
-        let worker = self.clone();
-        match tokio::task::spawn_blocking(move || worker.run()).await {
-            Ok(Ok(resealed)) => {
+        match self.run().await {
+            Ok(resealed) => {
                 let signing = if resealed > 0 {
-                    callers.rotate_signing_key().map(Some)
+                    callers.rotate_signing_key().await.map(Some)
                 } else {
                     Ok(None)
                 };
@@ -122,19 +121,18 @@ impl Rekey {
                     ),
                 }
             }
-            Ok(Err(error)) => tracing::error!(
+            Err(error) => tracing::error!(
                 %error,
                 "master key rotation stopped; it resumes at the next start (configure both keys)"
             ),
-            Err(error) => tracing::error!(%error, "master key rotation task failed"),
         }
     }
 
-    /// Re-seals everything; answers how many records were re-sealed. Blocking: run it
-    /// on a blocking thread when serving.
-    pub fn run(&self) -> Result<u64, RekeyError> {
+    /// Re-seals everything; answers how many records were re-sealed. It yields after
+    /// each batch, so that calls served meanwhile are not held up.
+    pub async fn run(&self) -> Result<u64, RekeyError> {
         self.set_phase(Phase::Running);
-        let outcome = self.walk();
+        let outcome = self.walk().await;
         if outcome.is_ok() {
             // Nothing is sealed under it any more.
             self.sealer.retire_previous();
@@ -146,19 +144,21 @@ impl Rekey {
         outcome
     }
 
-    fn walk(&self) -> Result<u64, RekeyError> {
-        let total = Tree::ALL
-            .into_iter()
-            .map(|tree| self.store.count(tree))
-            .sum::<Result<u64, _>>()?;
+    async fn walk(&self) -> Result<u64, RekeyError> {
+        let mut total = 0;
+        for tree in Tree::ALL {
+            total += self.store.count(tree).await?;
+        }
         let mut progress = Progress::new("key rotation", total);
         self.tree(Tree::Accounts, &mut progress, |sealer, key, bytes| {
             record::reseal(sealer, key, bytes).map_err(|e| e.to_string())
-        })?;
+        })
+        .await?;
         for tree in SEALED_TREES {
             self.tree(tree, &mut progress, |sealer, key, bytes| {
                 sealed::reseal(sealer, tree, key, bytes).map_err(|e| e.to_string())
-            })?;
+            })
+            .await?;
         }
         // Meta: sealed records (signing keys, HMAC keys); the format marker is plain;
         // the key check is raw sealer output and comes last.
@@ -167,17 +167,19 @@ impl Rekey {
                 return Ok(None);
             }
             sealed::reseal(sealer, Tree::Meta, key, bytes).map_err(|e| e.to_string())
-        })?;
+        })
+        .await?;
         self.one(Tree::Meta, KEY_CHECK_KEY, |sealer, _, bytes| {
             sealer
                 .reseal(KEY_CHECK_CONTEXT, bytes)
                 .map_err(|e| e.to_string())
-        })?;
+        })
+        .await?;
         progress.finish();
         Ok(self.resealed.load(Ordering::Relaxed))
     }
 
-    fn tree(
+    async fn tree(
         &self,
         tree: Tree,
         progress: &mut Progress,
@@ -185,21 +187,25 @@ impl Rekey {
     ) -> Result<(), RekeyError> {
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let batch = self.store.scan(tree, b"", after.as_deref(), BATCH)?;
+            let batch = self
+                .store
+                .entries(tree, b"", after.as_deref(), BATCH)
+                .await?;
             let done = batch.len() < BATCH;
             for (key, _) in &batch {
-                self.one(tree, key, &reseal)?;
+                self.one(tree, key, &reseal).await?;
                 progress.advance(1);
             }
             after = batch.last().map(|(key, _)| key.clone());
             if done {
                 return Ok(());
             }
+            tokio::task::yield_now().await;
         }
     }
 
     /// Re-seals one record, reading it again whenever a writer got there first.
-    fn one(
+    async fn one(
         &self,
         tree: Tree,
         key: &[u8],
@@ -208,7 +214,7 @@ impl Rekey {
         self.examined.fetch_add(1, Ordering::Relaxed);
         loop {
             // Deleted meanwhile: nothing left to re-seal.
-            let Some(current) = self.store.get(tree, key)? else {
+            let Some(current) = self.store.value(tree, key).await? else {
                 return Ok(());
             };
             let resealed =
@@ -222,7 +228,8 @@ impl Rekey {
             };
             match self
                 .store
-                .compare_and_swap(tree, key, Some(&current), Some(&resealed))?
+                .swap(tree, key, Some(&current), Some(&resealed))
+                .await?
             {
                 Swap::Done => {
                     self.resealed.fetch_add(1, Ordering::Relaxed);

@@ -360,6 +360,7 @@ pub async fn run(
             vault.refresh.clone(),
             events.clone(),
         )
+        .await
         .map_err(ServeError::Refresher)?,
     );
     let leases = LeaseService::start(
@@ -373,6 +374,7 @@ pub async fn run(
         vault.clock.clone(),
         vault.lease_settings.clone(),
     )
+    .await
     .map_err(ServeError::Leases)?;
     let services = Services {
         refresher: refresher.clone(),
@@ -384,6 +386,7 @@ pub async fn run(
         exporter::recorder();
     }
     tokio::spawn(vault.audit.clone().keep_pruned(stop_rx.clone()));
+    tokio::spawn(vault.callers.clone().follow(stop_rx.clone()));
     let audit_writer = tokio::spawn(vault.audit.clone().keep_written(stop_rx.clone()));
     let reloader = crate::reload::Reloader {
         files: vault.secret_files.clone(),
@@ -401,7 +404,7 @@ pub async fn run(
         let sources = Arc::new(exporter::Sources {
             accounts: vault.accounts.clone(),
             leases: leases.clone(),
-            sled: vault.sled.clone(),
+            store: vault.store.clone(),
             clock: vault.clock.clone(),
         });
         tokio::spawn(exporter::serve(metrics, sources, stop_rx.clone()));
@@ -458,7 +461,7 @@ pub async fn run(
     refresher.shutdown().await;
     // The events of calls answered while draining are written before the final flush.
     let _ = audit_writer.await;
-    vault.audit.write_pending();
+    vault.audit.write_pending().await;
     let flushed = vault.store.flush().await;
     // The probe port answers (NOT_SERVING) until the very end.
     let _ = probes.stop.send(true);

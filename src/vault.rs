@@ -17,7 +17,7 @@ use crate::{
     rekey::Rekey,
     reload::SecretFiles,
     sealed,
-    store::{FaultPlan, FaultyStore, SledStore, Store, StoreError, Swap, Tree},
+    store::{FaultPlan, FaultyStore, Store, StoreError, StoreExt, Swap, Tree},
 };
 
 /// The layout of the data this build writes. Bumped when builds before it could not
@@ -42,7 +42,7 @@ struct StoredHmacKeys {
 
 /// The stored HMAC keys; on first use (a new vault, or one from before they were
 /// stored) the ones derived from the master key, stored for good.
-fn hmac_keys(
+async fn hmac_keys(
     store: &dyn Store,
     sealer: &Sealer,
     master: &MasterKey,
@@ -58,7 +58,7 @@ fn hmac_keys(
         let keys = decode(&stored.caller).zip(decode(&stored.audit));
         keys.ok_or_else(|| CheckError::Open(OpenError::HmacKeys("malformed".into())))
     };
-    if let Some(bytes) = store.get(Tree::Meta, HMAC_KEYS_KEY)? {
+    if let Some(bytes) = store.value(Tree::Meta, HMAC_KEYS_KEY).await? {
         return open(&bytes);
     }
     let caller = master.derive(Purpose::CallerHmac);
@@ -69,7 +69,10 @@ fn hmac_keys(
     };
     let bytes = sealed::seal(sealer, Tree::Meta, HMAC_KEYS_KEY, &stored)
         .map_err(|e| CheckError::Open(OpenError::HmacKeys(e.to_string())))?;
-    match store.compare_and_swap(Tree::Meta, HMAC_KEYS_KEY, None, Some(&bytes))? {
+    match store
+        .swap(Tree::Meta, HMAC_KEYS_KEY, None, Some(&bytes))
+        .await?
+    {
         Swap::Done => Ok((caller, audit)),
         Swap::Conflict {
             current: Some(current),
@@ -124,11 +127,9 @@ impl OpenError {
 
 /// Everything a running credvault holds. Dropping it closes the store.
 pub struct Vault {
-    /// What the services read and write through (the sled store, or a fault-injecting
-    /// wrapper over it in tests).
+    /// What the services read and write through (the configured backend, or a
+    /// fault-injecting wrapper over it in tests).
     pub store: Arc<dyn Store>,
-    /// The sled store itself: for size on disk, snapshots and offline flushes.
-    pub sled: Arc<SledStore>,
     pub audit: Arc<AuditLog>,
     /// Re-seals records under the current master key during a rotation.
     pub rekey: Arc<Rekey>,
@@ -147,24 +148,27 @@ pub struct Vault {
 }
 
 impl Vault {
-    pub fn open(settings: &Settings) -> Result<Self, OpenError> {
-        Self::open_with_clock(settings, Arc::new(SystemClock))
+    pub async fn open(settings: &Settings) -> Result<Self, OpenError> {
+        Self::open_with_clock(settings, Arc::new(SystemClock)).await
     }
 
-    pub fn open_with_clock(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Self, OpenError> {
-        Self::open_with(settings, clock, None)
+    pub async fn open_with_clock(
+        settings: &Settings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, OpenError> {
+        Self::open_with(settings, clock, None).await
     }
 
     /// For tests: every store operation goes through a [`FaultyStore`] following `plan`.
-    pub fn open_with_faults(
+    pub async fn open_with_faults(
         settings: &Settings,
         clock: Arc<dyn Clock>,
         plan: Arc<FaultPlan>,
     ) -> Result<Self, OpenError> {
-        Self::open_with(settings, clock, Some(plan))
+        Self::open_with(settings, clock, Some(plan)).await
     }
 
-    fn open_with(
+    async fn open_with(
         settings: &Settings,
         clock: Arc<dyn Clock>,
         faults: Option<Arc<FaultPlan>>,
@@ -174,29 +178,36 @@ impl Vault {
             path: db_path.clone(),
             source,
         };
-        let sled = Arc::new(SledStore::open(&db_path).map_err(store_error)?);
+        let backend = crate::store::open_embedded(&db_path).map_err(store_error)?;
         let store: Arc<dyn Store> = match faults {
-            Some(plan) => Arc::new(FaultyStore::new(sled.clone(), plan)),
-            None => sled.clone(),
+            Some(plan) => Arc::new(FaultyStore::new(backend, plan)),
+            None => backend,
         };
         let mut sealer = Sealer::new(&settings.master_key);
         if let Some(previous) = &settings.previous_master_key {
             sealer = sealer.with_previous(previous);
         }
         let sealer = Arc::new(sealer);
-        let format = check_format(store.as_ref(), &settings.data_dir).map_err(|e| match e {
-            CheckError::Store(source) => store_error(source),
-            CheckError::Open(error) => error,
-        })?;
-        check_key(store.as_ref(), &sealer, &settings.data_dir).map_err(|e| match e {
-            CheckError::Store(source) => store_error(source),
-            CheckError::Open(error) => error,
-        })?;
+        let format = check_format(store.as_ref(), &settings.data_dir)
+            .await
+            .map_err(|e| match e {
+                CheckError::Store(source) => store_error(source),
+                CheckError::Open(error) => error,
+            })?;
+        check_key(store.as_ref(), &sealer, &settings.data_dir)
+            .await
+            .map_err(|e| match e {
+                CheckError::Store(source) => store_error(source),
+                CheckError::Open(error) => error,
+            })?;
         if format < STORE_FORMAT {
-            upgrade_format(store.as_ref(), format).map_err(store_error)?;
+            upgrade_format(store.as_ref(), format)
+                .await
+                .map_err(store_error)?;
         }
 
         let (caller_hmac, audit_hmac) = hmac_keys(store.as_ref(), &sealer, &settings.master_key)
+            .await
             .map_err(|e| match e {
                 CheckError::Store(source) => store_error(source),
                 CheckError::Open(error) => error,
@@ -210,15 +221,19 @@ impl Vault {
                 providers.clone(),
                 clock.clone(),
             )
+            .await
             .map_err(store_error)?,
         );
-        let callers = Arc::new(CallerService::open(
-            store.clone(),
-            sealer.clone(),
-            CallerMacs::from_key(&caller_hmac),
-            clock.clone(),
-            settings.callers.clone(),
-        )?);
+        let callers = Arc::new(
+            CallerService::open(
+                store.clone(),
+                sealer.clone(),
+                CallerMacs::from_key(&caller_hmac),
+                clock.clone(),
+                settings.callers.clone(),
+            )
+            .await?,
+        );
         let authenticator = Arc::new(Authenticator::new(
             &settings.admin_token,
             callers.clone(),
@@ -233,15 +248,18 @@ impl Vault {
                 clock.clone(),
                 settings.audit_retention,
             )
+            .await
             .map_err(store_error)?,
         );
         // Hand-outs take their credits in memory; each group commit writes them.
         let settling = callers.clone();
-        audit.before_flush(move || settling.settle());
+        audit.before_flush(Box::new(move || {
+            let callers = settling.clone();
+            Box::pin(async move { callers.settle().await })
+        }));
         let rekey = Arc::new(Rekey::new(store.clone(), sealer.clone()));
         Ok(Self {
             store,
-            sled,
             audit,
             rekey,
             secret_files: SecretFiles {
@@ -275,8 +293,8 @@ impl From<StoreError> for CheckError {
 
 /// Writes the format marker into a new store, or checks the one found; answers the
 /// store's format.
-fn check_format(store: &dyn Store, data_dir: &std::path::Path) -> Result<u32, CheckError> {
-    match store.get(Tree::Meta, FORMAT_KEY)? {
+async fn check_format(store: &dyn Store, data_dir: &std::path::Path) -> Result<u32, CheckError> {
+    match store.value(Tree::Meta, FORMAT_KEY).await? {
         Some(found) => std::str::from_utf8(&found)
             .ok()
             .and_then(|text| text.parse::<u32>().ok())
@@ -289,21 +307,25 @@ fn check_format(store: &dyn Store, data_dir: &std::path::Path) -> Result<u32, Ch
             }),
         None => {
             let current = STORE_FORMAT.to_string();
-            store.compare_and_swap(Tree::Meta, FORMAT_KEY, None, Some(current.as_bytes()))?;
+            store
+                .swap(Tree::Meta, FORMAT_KEY, None, Some(current.as_bytes()))
+                .await?;
             Ok(STORE_FORMAT)
         }
     }
 }
 
 /// Marks an older store as this build's format, before anything is written in it.
-fn upgrade_format(store: &dyn Store, found: u32) -> Result<(), StoreError> {
+async fn upgrade_format(store: &dyn Store, found: u32) -> Result<(), StoreError> {
     let (old, new) = (found.to_string(), STORE_FORMAT.to_string());
-    store.compare_and_swap(
-        Tree::Meta,
-        FORMAT_KEY,
-        Some(old.as_bytes()),
-        Some(new.as_bytes()),
-    )?;
+    store
+        .swap(
+            Tree::Meta,
+            FORMAT_KEY,
+            Some(old.as_bytes()),
+            Some(new.as_bytes()),
+        )
+        .await?;
     tracing::info!(
         from = found,
         to = STORE_FORMAT,
@@ -313,12 +335,12 @@ fn upgrade_format(store: &dyn Store, found: u32) -> Result<(), StoreError> {
 }
 
 /// A sealed constant: if it opens, this is the key the data was written with.
-fn check_key(
+async fn check_key(
     store: &dyn Store,
     sealer: &Sealer,
     data_dir: &std::path::Path,
 ) -> Result<(), CheckError> {
-    match store.get(Tree::Meta, KEY_CHECK_KEY)? {
+    match store.value(Tree::Meta, KEY_CHECK_KEY).await? {
         Some(sealed) => match sealer.open(KEY_CHECK_CONTEXT, &sealed) {
             Ok(plain) if plain.as_slice() == KEY_CHECK_PLAINTEXT => Ok(()),
             _ => Err(CheckError::Open(OpenError::WrongKey(data_dir.to_owned()))),
@@ -327,7 +349,10 @@ fn check_key(
             let sealed = sealer
                 .seal(KEY_CHECK_CONTEXT, KEY_CHECK_PLAINTEXT)
                 .map_err(|e| CheckError::Open(e.into()))?;
-            match store.compare_and_swap(Tree::Meta, KEY_CHECK_KEY, None, Some(&sealed))? {
+            match store
+                .swap(Tree::Meta, KEY_CHECK_KEY, None, Some(&sealed))
+                .await?
+            {
                 Swap::Done => Ok(()),
                 Swap::Conflict { .. } => {
                     Err(CheckError::Open(OpenError::WrongKey(data_dir.to_owned())))

@@ -639,8 +639,8 @@ async fn revocations_and_tokens_survive_a_restart_and_a_key_rotation() {
     // Rotate the signing key while stopped, as an operator would.
     {
         let settings = support::config(dir.path(), &key).resolve().unwrap();
-        let vault = support::open_vault(&settings, Arc::new(credvault::clock::SystemClock));
-        vault.callers.rotate_signing_key().unwrap();
+        let vault = support::open_vault(&settings, Arc::new(credvault::clock::SystemClock)).await;
+        vault.callers.rotate_signing_key().await.unwrap();
     }
 
     let server = TestServer::start(dir.path(), &key).await;

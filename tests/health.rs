@@ -45,7 +45,7 @@ async fn the_probe_port_follows_readiness_and_shutdown() {
     let api = listeners.tcp_addr().unwrap();
     assert_eq!(probe(health, "").await, Some(ServingStatus::NotServing));
 
-    let vault = support::open_vault(&settings, Arc::new(SystemClock));
+    let vault = support::open_vault(&settings, Arc::new(SystemClock)).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server::run(
         vault,

@@ -74,7 +74,7 @@ async fn forged_and_damaged_tokens_are_refused() {
     let kid = jsonwebtoken::decode_header(&live).unwrap().kid.unwrap();
     let (resigned, wrong_aud, wrong_iss, future_nbf, unknown_jti, unknown_sub, public) = {
         let settings = support::config(dir.path(), &key).resolve().unwrap();
-        let vault = support::open_vault(&settings, Arc::new(credvault::clock::SystemClock));
+        let vault = support::open_vault(&settings, Arc::new(credvault::clock::SystemClock)).await;
         let keys = vault.callers.token_keys();
         let sign = |change: &dyn Fn(&mut Claims)| {
             let mut forged = claims.clone();

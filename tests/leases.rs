@@ -627,7 +627,7 @@ async fn waiters_are_served_in_arrival_order() {
     let settings = support::config(dir.path(), &support::new_key())
         .resolve()
         .unwrap();
-    let vault = support::open_vault(&settings, Arc::new(clock.clone()));
+    let vault = support::open_vault(&settings, Arc::new(clock.clone())).await;
     let events = Events::default();
     let refresher = Arc::new(
         Refresher::start(
@@ -637,6 +637,7 @@ async fn waiters_are_served_in_arrival_order() {
             vault.refresh.clone(),
             events.clone(),
         )
+        .await
         .unwrap(),
     );
     let leases = LeaseService::start(
@@ -650,6 +651,7 @@ async fn waiters_are_served_in_arrival_order() {
         vault.clock.clone(),
         vault.lease_settings.clone(),
     )
+    .await
     .unwrap();
     vault
         .accounts

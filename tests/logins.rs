@@ -138,7 +138,7 @@ async fn sixty_second_tokens_are_renewed_past_halfway_not_in_a_loop() {
         (300, 30),
         "the defaults"
     );
-    let vault = support::open_vault(&settings, Arc::new(clock.clone()));
+    let vault = support::open_vault(&settings, Arc::new(clock.clone())).await;
     let refresher = Refresher::start(
         vault.accounts.clone(),
         &vault.providers,
@@ -146,6 +146,7 @@ async fn sixty_second_tokens_are_renewed_past_halfway_not_in_a_loop() {
         vault.refresh.clone(),
         credvault::events::Events::default(),
     )
+    .await
     .unwrap();
     vault
         .accounts
@@ -165,6 +166,7 @@ async fn sixty_second_tokens_are_renewed_past_halfway_not_in_a_loop() {
     let meta = vault
         .accounts
         .get("pixverse", "short@example.com")
+        .await
         .unwrap()
         .meta;
     refresher.account_changed(&key, Some(&meta));

@@ -350,7 +350,7 @@ async fn backoff_doubles_with_jitter_up_to_its_cap() {
     let settings = config(dir.path(), &support::new_key(), &fake)
         .resolve()
         .unwrap();
-    let vault = support::open_vault(&settings, Arc::new(clock.clone()));
+    let vault = support::open_vault(&settings, Arc::new(clock.clone())).await;
     let refresher = credvault::refresh::Refresher::start(
         vault.accounts.clone(),
         &vault.providers,
@@ -358,6 +358,7 @@ async fn backoff_doubles_with_jitter_up_to_its_cap() {
         vault.refresh.clone(),
         credvault::events::Events::default(),
     )
+    .await
     .unwrap();
     vault
         .accounts
@@ -380,6 +381,7 @@ async fn backoff_doubles_with_jitter_up_to_its_cap() {
             &vault
                 .accounts
                 .get("pixverse", "down@example.com")
+                .await
                 .unwrap()
                 .meta,
         ),
@@ -419,6 +421,7 @@ async fn backoff_doubles_with_jitter_up_to_its_cap() {
     let reason = vault
         .accounts
         .get("pixverse", "down@example.com")
+        .await
         .unwrap()
         .meta
         .status_reason;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use credvault::{
     clock::ManualClock,
-    store::{Store, Swap, Tree},
+    store::{StoreExt, Swap, Tree},
 };
 use support::{Auth, TestServer, active_jobs, leasable, proto};
 use tonic::{Code, Request, metadata::MetadataValue};
@@ -174,13 +174,18 @@ async fn a_damaged_caller_record_is_data_loss_on_every_path() {
     server.stop().await;
     {
         let store = support::open_store(dir.path());
-        let old = store.get(Tree::Callers, id.as_bytes()).unwrap().unwrap();
+        let old = store
+            .value(Tree::Callers, id.as_bytes())
+            .await
+            .unwrap()
+            .unwrap();
         let mut new = old.clone();
         let last = new.len() - 20;
         new[last] ^= 0x01;
         assert_eq!(
             store
-                .compare_and_swap(Tree::Callers, id.as_bytes(), Some(&old), Some(&new))
+                .swap(Tree::Callers, id.as_bytes(), Some(&old), Some(&new))
+                .await
                 .unwrap(),
             Swap::Done
         );

@@ -202,7 +202,7 @@ async fn rotation_while_serving_fails_no_call_and_retires_the_old_key() {
     everything_reads(&server, &auth, &jwt).await;
     server.stop().await;
     let settings = support::config(dir.path(), &old).resolve().unwrap();
-    let refused = support::try_open_vault(&settings, Arc::new(credvault::clock::SystemClock));
+    let refused = support::try_open_vault(&settings, Arc::new(credvault::clock::SystemClock)).await;
     assert!(
         matches!(refused, Err(credvault::vault::OpenError::WrongKey(_))),
         "the old key is retired"
@@ -234,7 +234,7 @@ async fn an_interrupted_rotation_resumes_at_the_next_start() {
 
     // Half done: the key check still names the old key, so the new one alone is refused.
     let settings = support::config(dir.path(), &new).resolve().unwrap();
-    let refused = support::try_open_vault(&settings, Arc::new(credvault::clock::SystemClock));
+    let refused = support::try_open_vault(&settings, Arc::new(credvault::clock::SystemClock)).await;
     assert!(matches!(
         refused,
         Err(credvault::vault::OpenError::WrongKey(_))

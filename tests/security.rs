@@ -9,7 +9,7 @@ use credvault::{
     clock::SystemClock,
     config::Config,
     crypto::SecretString,
-    store::{SledStore, Store, Swap, Tree},
+    store::{Store, StoreExt, Swap, Tree},
     vault::OpenError,
 };
 use support::{ADMIN_TOKEN, TestServer, pixverse, proto, upstream_jwt};
@@ -156,10 +156,11 @@ async fn accounts_survive_a_restart() {
 
     // And the secrets themselves decrypt to what was stored.
     let settings = support::config(dir.path(), &key).resolve().unwrap();
-    let vault = support::open_vault(&settings, Arc::new(SystemClock));
+    let vault = support::open_vault(&settings, Arc::new(SystemClock)).await;
     let account = vault
         .accounts
         .get("pixverse", "persist@example.com")
+        .await
         .unwrap();
     assert_eq!(account.secrets.password.unwrap().expose(), PASSWORD);
 }
@@ -174,6 +175,7 @@ async fn a_wrong_master_key_refuses_to_start() {
         .resolve()
         .unwrap();
     let error = support::try_open_vault(&settings, Arc::new(SystemClock))
+        .await
         .err()
         .expect("wrong key is refused");
     assert!(matches!(error, OpenError::WrongKey(_)));
@@ -194,15 +196,17 @@ async fn an_unknown_store_format_refuses_to_start() {
     TestServer::start(dir.path(), &key).await.stop().await;
     {
         let store = support::open_store(dir.path());
-        let current = store.get(Tree::Meta, b"format").unwrap();
+        let current = store.value(Tree::Meta, b"format").await.unwrap();
         assert_eq!(current.as_deref(), Some(&b"2"[..]));
         store
-            .compare_and_swap(Tree::Meta, b"format", current.as_deref(), Some(b"99"))
+            .swap(Tree::Meta, b"format", current.as_deref(), Some(b"99"))
+            .await
             .unwrap();
         store.flush().await.unwrap();
     }
     let settings = support::config(dir.path(), &key).resolve().unwrap();
     let error = support::try_open_vault(&settings, Arc::new(SystemClock))
+        .await
         .err()
         .expect("refused");
     assert!(
@@ -218,35 +222,45 @@ async fn a_format_1_store_opens_and_is_marked_as_format_2_after_the_key_check() 
     let dir = tempfile::tempdir().unwrap();
     let key = support::new_key();
     TestServer::start(dir.path(), &key).await.stop().await;
-    let mark = |format: &[u8]| {
+    let mark = async |format: &[u8]| {
         let store = support::open_store(dir.path());
-        let current = store.get(Tree::Meta, b"format").unwrap();
+        let current = store.value(Tree::Meta, b"format").await.unwrap();
         store
-            .compare_and_swap(Tree::Meta, b"format", current.as_deref(), Some(format))
+            .swap(Tree::Meta, b"format", current.as_deref(), Some(format))
+            .await
             .unwrap();
         store
     };
-    let read = || {
+    let read = async || {
         support::open_store(dir.path())
-            .get(Tree::Meta, b"format")
+            .value(Tree::Meta, b"format")
+            .await
             .unwrap()
             .unwrap()
     };
-    mark(b"1").flush().await.unwrap();
+    mark(b"1").await.flush().await.unwrap();
     // The wrong key is refused before anything is marked.
     let settings = support::config(dir.path(), &support::new_key())
         .resolve()
         .unwrap();
-    assert!(support::try_open_vault(&settings, Arc::new(SystemClock)).is_err());
-    assert_eq!(read(), b"1");
+    assert!(
+        support::try_open_vault(&settings, Arc::new(SystemClock))
+            .await
+            .is_err()
+    );
+    assert_eq!(read().await, b"1");
     let settings = support::config(dir.path(), &key).resolve().unwrap();
-    drop(support::try_open_vault(&settings, Arc::new(SystemClock)).expect("opens"));
-    assert_eq!(read(), b"2");
+    drop(
+        support::try_open_vault(&settings, Arc::new(SystemClock))
+            .await
+            .expect("opens"),
+    );
+    assert_eq!(read().await, b"2");
 }
 
 /// Creates two accounts, stops, and hands the raw store to `tamper`; returns the
 /// restarted server.
-async fn tampered(dir: &Path, key: &str, tamper: impl FnOnce(&SledStore)) -> TestServer {
+async fn tampered(dir: &Path, key: &str, tamper: impl AsyncFnOnce(&dyn Store)) -> TestServer {
     let server = TestServer::start(dir, key).await;
     let mut client = server.accounts().await;
     for email in ["victim@example.com", "donor@example.com"] {
@@ -259,17 +273,18 @@ async fn tampered(dir: &Path, key: &str, tamper: impl FnOnce(&SledStore)) -> Tes
     server.stop().await;
     {
         let store = support::open_store(dir);
-        tamper(&store);
+        tamper(store.as_ref()).await;
         store.flush().await.unwrap();
     }
     TestServer::start(dir, key).await
 }
 
-fn replace(store: &SledStore, key: &[u8], new: Vec<u8>) {
-    let old = store.get(Tree::Accounts, key).unwrap().unwrap();
+async fn replace(store: &dyn Store, key: &[u8], new: Vec<u8>) {
+    let old = store.value(Tree::Accounts, key).await.unwrap().unwrap();
     assert_eq!(
         store
-            .compare_and_swap(Tree::Accounts, key, Some(&old), Some(&new))
+            .swap(Tree::Accounts, key, Some(&old), Some(&new))
+            .await
             .unwrap(),
         Swap::Done
     );
@@ -333,11 +348,11 @@ async fn assert_victim_is_data_loss(server: TestServer) {
 #[tokio::test]
 async fn a_flipped_ciphertext_byte_is_data_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let server = tampered(dir.path(), &support::new_key(), |store| {
-        let mut value = store.get(Tree::Accounts, VICTIM).unwrap().unwrap();
+    let server = tampered(dir.path(), &support::new_key(), async |store| {
+        let mut value = store.value(Tree::Accounts, VICTIM).await.unwrap().unwrap();
         let last = value.len() - 20;
         value[last] ^= 0x01;
-        replace(store, VICTIM, value);
+        replace(store, VICTIM, value).await;
     })
     .await;
     assert_victim_is_data_loss(server).await;
@@ -346,15 +361,15 @@ async fn a_flipped_ciphertext_byte_is_data_loss() {
 #[tokio::test]
 async fn a_ciphertext_moved_to_another_record_is_data_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let server = tampered(dir.path(), &support::new_key(), |store| {
+    let server = tampered(dir.path(), &support::new_key(), async |store| {
         // Keep the victim's readable part, splice in the donor's sealed secrets.
-        let victim = store.get(Tree::Accounts, VICTIM).unwrap().unwrap();
-        let donor = store.get(Tree::Accounts, DONOR).unwrap().unwrap();
+        let victim = store.value(Tree::Accounts, VICTIM).await.unwrap().unwrap();
+        let donor = store.value(Tree::Accounts, DONOR).await.unwrap().unwrap();
         let meta_end =
             |record: &[u8]| 8 + u32::from_be_bytes(record[4..8].try_into().unwrap()) as usize;
         let mut spliced = victim[..meta_end(&victim)].to_vec();
         spliced.extend_from_slice(&donor[meta_end(&donor)..]);
-        replace(store, VICTIM, spliced);
+        replace(store, VICTIM, spliced).await;
     })
     .await;
     assert_victim_is_data_loss(server).await;
@@ -363,9 +378,9 @@ async fn a_ciphertext_moved_to_another_record_is_data_loss() {
 #[tokio::test]
 async fn a_whole_record_copied_under_another_key_is_data_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let server = tampered(dir.path(), &support::new_key(), |store| {
-        let donor = store.get(Tree::Accounts, DONOR).unwrap().unwrap();
-        replace(store, VICTIM, donor);
+    let server = tampered(dir.path(), &support::new_key(), async |store| {
+        let donor = store.value(Tree::Accounts, DONOR).await.unwrap().unwrap();
+        replace(store, VICTIM, donor).await;
     })
     .await;
     assert_victim_is_data_loss(server).await;
@@ -374,15 +389,15 @@ async fn a_whole_record_copied_under_another_key_is_data_loss() {
 #[tokio::test]
 async fn an_edited_readable_field_is_data_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let server = tampered(dir.path(), &support::new_key(), |store| {
-        let value = store.get(Tree::Accounts, VICTIM).unwrap().unwrap();
+    let server = tampered(dir.path(), &support::new_key(), async |store| {
+        let value = store.value(Tree::Accounts, VICTIM).await.unwrap().unwrap();
         let pos = value
             .windows(12)
             .position(|w| w == b"\"max_jobs\":4")
             .unwrap();
         let mut edited = value.clone();
         edited[pos + 11] = b'8';
-        replace(store, VICTIM, edited);
+        replace(store, VICTIM, edited).await;
     })
     .await;
     assert_victim_is_data_loss(server).await;

@@ -24,7 +24,7 @@ use crate::{
     clock::Clock,
     crypto::{Sealer, SecretString},
     providers::Providers,
-    store::{Store, StoreError, Swap, Tree},
+    store::{Store, StoreError, StoreExt, Swap, Tree},
     validate,
 };
 
@@ -82,18 +82,21 @@ pub struct AccountService {
     providers: Arc<Providers>,
     clock: Arc<dyn Clock>,
     directory: RwLock<Directory>,
+    /// Held from a write's store commit to its directory update, so that the directory
+    /// takes the writes in the order the store did.
+    writing: tokio::sync::Mutex<()>,
 }
 
 impl AccountService {
     /// Reads the metadata of every stored account into the in-memory directory.
-    pub fn open(
+    pub async fn open(
         store: Arc<dyn Store>,
         sealer: Arc<Sealer>,
         providers: Arc<Providers>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
         let mut directory = Directory::default();
-        for (key, value) in store.scan(Tree::Accounts, b"", None, usize::MAX)? {
+        for (key, value) in store.entries(Tree::Accounts, b"", None, usize::MAX).await? {
             match record::decode_meta_unauthenticated(&value) {
                 Ok(meta) => directory.put(meta),
                 // Not offered for leases; reading it answers DATA_LOSS as before.
@@ -109,6 +112,7 @@ impl AccountService {
             providers,
             clock,
             directory: RwLock::new(directory),
+            writing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -159,14 +163,13 @@ impl AccountService {
         let key = account.meta.key();
         let bytes = self.encode(&key, &account)?;
         {
-            let mut directory = self.directory_mut();
-            match self.store.compare_and_swap(
-                Tree::Accounts,
-                &key.storage_key(),
-                None,
-                Some(&bytes),
-            )? {
-                Swap::Done => directory.put(account.meta.clone()),
+            let _writing = self.writing.lock().await;
+            match self
+                .store
+                .swap(Tree::Accounts, &key.storage_key(), None, Some(&bytes))
+                .await?
+            {
+                Swap::Done => self.directory_mut().put(account.meta.clone()),
                 Swap::Conflict { .. } => return Err(AccountError::AlreadyExists(key)),
             }
         }
@@ -174,17 +177,18 @@ impl AccountService {
         Ok(account)
     }
 
-    pub fn get(&self, provider: &str, email: &str) -> Result<Account, AccountError> {
+    pub async fn get(&self, provider: &str, email: &str) -> Result<Account, AccountError> {
         let key = lookup_key(provider, email)?;
         let bytes = self
             .store
-            .get(Tree::Accounts, &key.storage_key())?
+            .value(Tree::Accounts, &key.storage_key())
+            .await?
             .ok_or_else(|| AccountError::NotFound(key.clone()))?;
         self.decode(&key, &bytes)
     }
 
     /// Accounts in (provider, email) order; `provider` empty means all providers.
-    pub fn list(
+    pub async fn list(
         &self,
         provider: &str,
         page_size: i64,
@@ -212,7 +216,8 @@ impl AccountService {
         // One extra entry tells whether another page follows.
         let mut entries = self
             .store
-            .scan(Tree::Accounts, &prefix, after.as_deref(), limit + 1)?;
+            .entries(Tree::Accounts, &prefix, after.as_deref(), limit + 1)
+            .await?;
         let more = entries.len() > limit;
         entries.truncate(limit);
         let next_page_token = match (more, entries.last()) {
@@ -238,9 +243,11 @@ impl AccountService {
     ) -> Result<Account, AccountError> {
         let key = lookup_key(provider, email)?;
         let max_jobs = self.check_update(&key, &update)?;
-        let account = self.modify(&key, expected_version, |account| {
-            apply(account, update.clone(), max_jobs).map_err(AccountError::from)
-        })?;
+        let account = self
+            .modify(&key, expected_version, |account| {
+                apply(account, update.clone(), max_jobs).map_err(AccountError::from)
+            })
+            .await?;
         self.store.flush().await?;
         Ok(account)
     }
@@ -257,39 +264,41 @@ impl AccountService {
         expected_generation: u64,
     ) -> Result<Account, AccountError> {
         let now = self.clock.now_ms();
-        let account = self.modify(key, None, |account| {
-            let generation = account.meta.session.as_ref().map_or(0, |s| s.generation);
-            if generation != expected_generation {
-                return Err(AccountError::Contended(key.clone()));
-            }
-            if let Some(fresh) = refreshed.session.clone() {
-                let old = account.meta.session.take().unwrap_or_default();
-                let keep_previous = !refreshed.revoked_previous
-                    && old.expire_time > now / 1000
-                    && account.secrets.token.is_some();
-                account.secrets.previous_token = if keep_previous {
-                    account.secrets.token.take()
-                } else {
-                    None
-                };
-                account.secrets.token = Some(fresh.token);
-                account.meta.session = Some(SessionMeta {
-                    account_id: fresh.account_id.unwrap_or(old.account_id),
-                    username: fresh.username.unwrap_or(old.username),
-                    expire_time: fresh.expire_time,
-                    generation: old.generation + 1,
-                    last_refresh_at_ms: now,
-                    previous_expire_time: if keep_previous { old.expire_time } else { 0 },
-                });
-            }
-            if refreshed.credits.is_some() {
-                account.meta.credits.clone_from(&refreshed.credits);
-            }
-            account.meta.upstream_activated |= refreshed.activated;
-            account.meta.status = Status::Active;
-            account.meta.status_reason.clear();
-            Ok(())
-        })?;
+        let account = self
+            .modify(key, None, |account| {
+                let generation = account.meta.session.as_ref().map_or(0, |s| s.generation);
+                if generation != expected_generation {
+                    return Err(AccountError::Contended(key.clone()));
+                }
+                if let Some(fresh) = refreshed.session.clone() {
+                    let old = account.meta.session.take().unwrap_or_default();
+                    let keep_previous = !refreshed.revoked_previous
+                        && old.expire_time > now / 1000
+                        && account.secrets.token.is_some();
+                    account.secrets.previous_token = if keep_previous {
+                        account.secrets.token.take()
+                    } else {
+                        None
+                    };
+                    account.secrets.token = Some(fresh.token);
+                    account.meta.session = Some(SessionMeta {
+                        account_id: fresh.account_id.unwrap_or(old.account_id),
+                        username: fresh.username.unwrap_or(old.username),
+                        expire_time: fresh.expire_time,
+                        generation: old.generation + 1,
+                        last_refresh_at_ms: now,
+                        previous_expire_time: if keep_previous { old.expire_time } else { 0 },
+                    });
+                }
+                if refreshed.credits.is_some() {
+                    account.meta.credits.clone_from(&refreshed.credits);
+                }
+                account.meta.upstream_activated |= refreshed.activated;
+                account.meta.status = Status::Active;
+                account.meta.status_reason.clear();
+                Ok(())
+            })
+            .await?;
         self.store.flush().await?;
         Ok(account)
     }
@@ -302,11 +311,13 @@ impl AccountService {
         status: Status,
         reason: &str,
     ) -> Result<Account, AccountError> {
-        let account = self.modify(key, None, |account| {
-            account.meta.status = status;
-            account.meta.status_reason = reason.to_owned();
-            Ok(())
-        })?;
+        let account = self
+            .modify(key, None, |account| {
+                account.meta.status = status;
+                account.meta.status_reason = reason.to_owned();
+                Ok(())
+            })
+            .await?;
         self.store.flush().await?;
         Ok(account)
     }
@@ -314,12 +325,15 @@ impl AccountService {
     /// Metadata of up to `limit` accounts after `after`, without opening their
     /// secrets: enough to plan refreshes, and fast. The refresh itself reads the
     /// record authenticated.
-    pub fn scan_meta(
+    pub async fn scan_meta(
         &self,
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, AccountMeta)>, AccountError> {
-        let entries = self.store.scan(Tree::Accounts, b"", after, limit)?;
+        let entries = self
+            .store
+            .entries(Tree::Accounts, b"", after, limit)
+            .await?;
         Ok(entries
             .into_iter()
             .filter_map(|(key, value)| {
@@ -333,14 +347,14 @@ impl AccountService {
     /// One account's metadata from the in-memory directory: for choosing among
     /// accounts. Whatever is then handed out is read with [`AccountService::get`], which
     /// authenticates the record.
-    pub fn entry(&self, provider: &str, email: &str) -> Result<Arc<Entry>, AccountError> {
+    pub async fn entry(&self, provider: &str, email: &str) -> Result<Arc<Entry>, AccountError> {
         let key = lookup_key(provider, email)?;
         if let Some(entry) = self.directory().get(&key.provider, &key.email) {
             return Ok(entry);
         }
         // Only a record whose metadata does not parse is stored but left out of the
         // directory: tell that apart from an account that does not exist.
-        match self.store.get(Tree::Accounts, &key.storage_key())? {
+        match self.store.value(Tree::Accounts, &key.storage_key()).await? {
             Some(bytes) => match record::decode_meta_unauthenticated(&bytes) {
                 Err(source) => Err(AccountError::DataLoss { key, source }),
                 Ok(meta) => Ok(Arc::new(Entry { key, meta })),
@@ -366,7 +380,7 @@ impl AccountService {
     }
 
     /// Read-modify-write with compare-and-swap, retried while other writers win.
-    fn modify(
+    async fn modify(
         &self,
         key: &AccountKey,
         expected_version: Option<u64>,
@@ -376,7 +390,8 @@ impl AccountService {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let current = self
                 .store
-                .get(Tree::Accounts, &storage_key)?
+                .value(Tree::Accounts, &storage_key)
+                .await?
                 .ok_or_else(|| AccountError::NotFound(key.clone()))?;
             let mut account = self.decode(key, &current)?;
             check_version(key, &account.meta, expected_version)?;
@@ -384,15 +399,14 @@ impl AccountService {
             account.meta.version += 1;
             account.meta.updated_at_ms = self.clock.now_ms();
             let bytes = self.encode(key, &account)?;
-            let mut directory = self.directory_mut();
-            match self.store.compare_and_swap(
-                Tree::Accounts,
-                &storage_key,
-                Some(&current),
-                Some(&bytes),
-            )? {
+            let _writing = self.writing.lock().await;
+            match self
+                .store
+                .swap(Tree::Accounts, &storage_key, Some(&current), Some(&bytes))
+                .await?
+            {
                 Swap::Done => {
-                    directory.put(account.meta.clone());
+                    self.directory_mut().put(account.meta.clone());
                     return Ok(account);
                 }
                 // Someone else wrote first: read again (and re-check the version).
@@ -415,7 +429,8 @@ impl AccountService {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let current = self
                 .store
-                .get(Tree::Accounts, &storage_key)?
+                .value(Tree::Accounts, &storage_key)
+                .await?
                 .ok_or_else(|| AccountError::NotFound(key.clone()))?;
             if expected_version.is_some() {
                 let meta = record::decode_meta_unauthenticated(&current).map_err(|source| {
@@ -427,15 +442,13 @@ impl AccountService {
                 check_version(&key, &meta, expected_version)?;
             }
             let swapped = {
-                let mut directory = self.directory_mut();
-                let swapped = self.store.compare_and_swap(
-                    Tree::Accounts,
-                    &storage_key,
-                    Some(&current),
-                    None,
-                )?;
+                let _writing = self.writing.lock().await;
+                let swapped = self
+                    .store
+                    .swap(Tree::Accounts, &storage_key, Some(&current), None)
+                    .await?;
                 if swapped == Swap::Done {
-                    directory.remove(&key);
+                    self.directory_mut().remove(&key);
                 }
                 swapped
             };

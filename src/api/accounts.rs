@@ -95,6 +95,7 @@ impl Accounts for AccountsApi {
             }
             self.accounts
                 .get(&key.provider, &key.email)
+                .await
                 .map_err(account_error)?
         } else {
             self.refresher.account_changed(&key, Some(&account.meta));
@@ -113,6 +114,7 @@ impl Accounts for AccountsApi {
         let account = self
             .accounts
             .get(&req.provider, &req.email)
+            .await
             .map_err(account_error)?;
         Ok(Response::new(self.view(&account)))
     }
@@ -127,6 +129,7 @@ impl Accounts for AccountsApi {
         let page = self
             .accounts
             .list(&req.provider, i64::from(req.page_size), &req.page_token)
+            .await
             .map_err(account_error)?;
         Ok(Response::new(proto::ListAccountsResponse {
             accounts: page.accounts.iter().map(|a| self.view(a)).collect(),
@@ -217,6 +220,7 @@ impl Accounts for AccountsApi {
         let account = self
             .accounts
             .get(&req.provider, &req.email)
+            .await
             .map_err(account_error)?;
         if !req.force
             && let Some(reason) = self.refresher.needless_login(&account)

@@ -73,6 +73,7 @@ impl Audit for AuditApi {
         let (events, next_page_token) = self
             .log
             .list(&filter, page_size, &req.page_token)
+            .await
             .map_err(audit_error)?;
         Ok(Response::new(proto::ListEventsResponse {
             events: events.into_iter().map(event).collect(),
@@ -92,7 +93,7 @@ impl Audit for AuditApi {
             .map_err(super::status::field_error)?;
         let hash = self.log.hash(&req.value);
         audit.target(&hash);
-        let (count, matches) = self.log.find_hash(&hash).map_err(audit_error)?;
+        let (count, matches) = self.log.find_hash(&hash).await.map_err(audit_error)?;
         Ok(Response::new(proto::AuditHashResponse {
             hash,
             events: count as i64,

@@ -129,6 +129,7 @@ impl Credentials for CredentialsApi {
         let account = self
             .accounts
             .get(&req.provider, &req.email)
+            .await
             .map_err(account_error)?;
         let cost = self.callers.settings().reveal_cost;
         let secrets = &account.secrets;

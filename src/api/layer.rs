@@ -196,7 +196,7 @@ where
                     // A hand-out is not answered before its event is written; other
                     // events are queued for the trail's writer.
                     if policy == Audited::HandOut && code == Code::Ok {
-                        if call_audit.commit().is_err() {
+                        if call_audit.commit().await.is_err() {
                             response = Status::unavailable(
                                 "the audit trail could not be written, so nothing was handed out; retry later",
                             )

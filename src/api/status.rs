@@ -204,6 +204,12 @@ fn store_error(error: &StoreError) -> Status {
                 "the store is damaged and this record cannot be read; restore a backup",
             )
         }
+        // A listing spread over pages outlived the history its first page was read at:
+        // a retry reads at a new point.
+        StoreError::Compacted { .. } | StoreError::WatchEnded => {
+            tracing::warn!(%error, "a read outlived the store's history");
+            Status::unavailable(STORAGE_UNAVAILABLE)
+        }
         StoreError::Engine(_) | StoreError::Locked | StoreError::LostWrites { .. } => {
             internal(error)
         }

@@ -15,6 +15,7 @@
 //! handed out (`AuditHash`) without the trail being able to give it away.
 
 use std::{
+    future::Future,
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
@@ -31,7 +32,7 @@ use crate::{
     clock::Clock,
     crypto::{Fingerprinter, Sealer},
     sealed::{self, SealedError},
-    store::{Store, StoreError, Tree},
+    store::{Range, Store, StoreError, StoreExt, Tree},
 };
 
 pub const DEFAULT_PAGE_SIZE: usize = 100;
@@ -149,6 +150,10 @@ impl Default for Queue {
     }
 }
 
+/// What each durable commit writes between its block write and its flush.
+pub type BeforeFlush =
+    Box<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 pub struct AuditLog {
     store: Arc<dyn Store>,
     sealer: Arc<Sealer>,
@@ -158,7 +163,7 @@ pub struct AuditLog {
     queue: Mutex<Queue>,
     /// Held while queued events are written: whoever gets it after a writer finds the
     /// events queued before it either written or failed.
-    writer: Mutex<()>,
+    writer: tokio::sync::Mutex<()>,
     /// How many writes of queued events have happened; the last one made durable.
     writes: AtomicU64,
     durable_through: AtomicU64,
@@ -167,12 +172,12 @@ pub struct AuditLog {
     committing: tokio::sync::Mutex<()>,
     /// Run by each durable commit between its block write and its flush: writes what
     /// other services batch for the same flush (the callers' pending debits).
-    before_flush: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    before_flush: OnceLock<BeforeFlush>,
     retention: Option<Duration>,
 }
 
 impl AuditLog {
-    pub fn open(
+    pub async fn open(
         store: Arc<dyn Store>,
         sealer: Arc<Sealer>,
         hasher: Arc<Fingerprinter>,
@@ -186,7 +191,7 @@ impl AuditLog {
             clock,
             next_seq: AtomicU64::new(1),
             queue: Mutex::new(Queue::default()),
-            writer: Mutex::new(()),
+            writer: tokio::sync::Mutex::new(()),
             writes: AtomicU64::new(0),
             durable_through: AtomicU64::new(0),
             committing: tokio::sync::Mutex::new(()),
@@ -196,8 +201,8 @@ impl AuditLog {
         // The last block's key is its first event's number; the next follows its last.
         // A block that does not open (tampered) does not stop the vault: reading the
         // trail reports it, and numbering continues past any number it could hold.
-        if let Some(key) = log.store.last_key(Tree::Audit)?
-            && let Some(value) = log.store.get(Tree::Audit, &key)?
+        if let Some(key) = log.store.last_key(Tree::Audit).await?
+            && let Some(value) = log.store.value(Tree::Audit, &key).await?
         {
             let first = seq_of(&key).unwrap_or(0);
             let next = match log.open_block(&key, &value) {
@@ -233,10 +238,10 @@ impl AuditLog {
 
     /// Appends one event and waits until the block holding it is written (not yet
     /// durable: the caller's next store flush makes it so).
-    pub fn commit(&self, event: AuditEvent) -> Result<u64, AuditError> {
+    pub async fn commit(&self, event: AuditEvent) -> Result<u64, AuditError> {
         let (seq, written) = self.enqueue(event);
         if written.get().is_none() {
-            self.write_queued();
+            self.write_queued().await;
         }
         match written.get() {
             Some(Some(_)) => Ok(seq),
@@ -258,12 +263,12 @@ impl AuditLog {
                 Some(_) => {}
             }
         }
-        self.write_queued();
+        self.write_queued().await;
         let Some(Some(_)) = written.get() else {
             return Err(AuditError::Unwritten);
         };
         let covers = self.writes.load(Ordering::SeqCst);
-        self.run_before_flush();
+        self.run_before_flush().await;
         self.store.flush().await?;
         self.durable_through.fetch_max(covers, Ordering::SeqCst);
         Ok(seq)
@@ -271,8 +276,8 @@ impl AuditLog {
 
     /// Sets what every durable commit writes just before its flush (once; later calls
     /// are ignored).
-    pub fn before_flush(&self, write: impl Fn() + Send + Sync + 'static) {
-        let _ = self.before_flush.set(Box::new(write));
+    pub fn before_flush(&self, write: BeforeFlush) {
+        let _ = self.before_flush.set(write);
     }
 
     /// Numbers, logs and queues an event. Numbers are taken under the queue's lock, so
@@ -302,13 +307,15 @@ impl AuditLog {
     /// Writes every queued event, as blocks of at most `BLOCK_MAX` events and
     /// `BLOCK_BYTES` bytes; answers false if a block could not be written (its events
     /// are lost, and their committers told).
-    pub fn write_queued(&self) -> bool {
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+    pub async fn write_queued(&self) -> bool {
+        let _writer = self.writer.lock().await;
         let Queue { events, written } =
             std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
         let mut ok = true;
         for block in block::encode_blocks(&events, BLOCK_MAX, BLOCK_BYTES) {
-            ok &= self.write_block(events[block.first].seq, block.count, &block.bytes);
+            ok &= self
+                .write_block(events[block.first].seq, block.count, &block.bytes)
+                .await;
         }
         let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
         let _ = written.set(ok.then_some(n));
@@ -316,15 +323,13 @@ impl AuditLog {
     }
 
     /// Seals and writes one encoded block of `count` events, keyed by its first `seq`.
-    fn write_block(&self, seq: u64, count: usize, plaintext: &[u8]) -> bool {
+    async fn write_block(&self, seq: u64, count: usize, plaintext: &[u8]) -> bool {
         let key = seq.to_be_bytes();
-        let result = sealed::seal_raw(&self.sealer, Tree::Audit, &key, plaintext)
-            .map_err(AuditError::from)
-            .and_then(|bytes| {
-                self.store
-                    .compare_and_swap(Tree::Audit, &key, None, Some(&bytes))
-                    .map_err(AuditError::from)
-            });
+        let result = match sealed::seal_raw(&self.sealer, Tree::Audit, &key, plaintext) {
+            Ok(bytes) => (self.store.swap(Tree::Audit, &key, None, Some(&bytes)).await)
+                .map_err(AuditError::from),
+            Err(error) => Err(error.into()),
+        };
         match result {
             Ok(_) => true,
             Err(error) => {
@@ -345,23 +350,22 @@ impl AuditLog {
                 _ = stop.wait_for(|stop| *stop) => return,
                 _ = tick.tick() => {}
             }
-            let log = self.clone();
-            let _ = tokio::task::spawn_blocking(move || log.write_pending()).await;
+            self.write_pending().await;
         }
     }
 
     /// Writes the queued events and what the durable commits write before their flush
     /// (debits a cancelled hand-out left pending, too). Not flushed.
-    pub fn write_pending(&self) {
+    pub async fn write_pending(&self) {
         if !self.queue_is_empty() {
-            self.write_queued();
+            self.write_queued().await;
         }
-        self.run_before_flush();
+        self.run_before_flush().await;
     }
 
-    fn run_before_flush(&self) {
+    async fn run_before_flush(&self) {
         if let Some(before_flush) = self.before_flush.get() {
-            before_flush();
+            before_flush().await;
         }
     }
 
@@ -375,14 +379,14 @@ impl AuditLog {
 
     /// Writes the queued events, then flushes the store.
     pub async fn flush(&self) -> Result<(), AuditError> {
-        if !self.write_queued() {
+        if !self.write_queued().await {
             return Err(AuditError::Unwritten);
         }
         Ok(self.store.flush().await?)
     }
 
     /// One page of events matching `filter`, oldest first.
-    pub fn list(
+    pub async fn list(
         &self,
         filter: &Filter,
         page_size: usize,
@@ -397,12 +401,14 @@ impl AuditLog {
             ),
         };
         let mut events = Vec::new();
-        let full = self.each(after, |event| {
-            if filter.matches(&event) {
-                events.push(event);
-            }
-            events.len() < page_size
-        })?;
+        let full = self
+            .each(after, |event| {
+                if filter.matches(&event) {
+                    events.push(event);
+                }
+                events.len() < page_size
+            })
+            .await?;
         let next = match (full, events.last()) {
             (true, Some(last)) => last.seq.to_string(),
             _ => String::new(),
@@ -411,7 +417,7 @@ impl AuditLog {
     }
 
     /// How many events carry `hash`, and the first of them.
-    pub fn find_hash(&self, hash: &str) -> Result<(usize, Vec<AuditEvent>), AuditError> {
+    pub async fn find_hash(&self, hash: &str) -> Result<(usize, Vec<AuditEvent>), AuditError> {
         let mut count = 0;
         let mut matches = Vec::new();
         self.each(None, |event| {
@@ -422,14 +428,15 @@ impl AuditLog {
                 }
             }
             true
-        })?;
+        })
+        .await?;
         Ok((count, matches))
     }
 
     /// Deletes events older than the retention; answers how many went. A block of old
     /// events goes whole; the block where old and new meet is trimmed in place (its
     /// key stays, so it still starts at or before its first number).
-    pub fn prune(&self) -> Result<usize, AuditError> {
+    pub async fn prune(&self) -> Result<usize, AuditError> {
         let Some(retention) = self.retention else {
             return Ok(0);
         };
@@ -443,7 +450,8 @@ impl AuditLog {
                 old.push((key.to_vec(), value.to_vec(), gone.len(), kept.clone()));
             }
             kept.is_empty()
-        })?;
+        })
+        .await?;
         let mut pruned = 0;
         for (key, value, count, kept) in old {
             let trimmed = match kept.is_empty() {
@@ -451,7 +459,8 @@ impl AuditLog {
                 false => Some(self.seal_block(&key, &kept)?),
             };
             self.store
-                .compare_and_swap(Tree::Audit, &key, Some(&value), trimmed.as_deref())?;
+                .swap(Tree::Audit, &key, Some(&value), trimmed.as_deref())
+                .await?;
             pruned += count;
         }
         Ok(pruned)
@@ -463,7 +472,7 @@ impl AuditLog {
             return;
         }
         loop {
-            match self.prune() {
+            match self.prune().await {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::info!(events = n, "audit events past their retention pruned");
@@ -483,7 +492,7 @@ impl AuditLog {
     /// Visits the events after sequence number `after`, oldest first, while `visit`
     /// answers true; answers whether it stopped early. Queued events are written first,
     /// so that a read sees every call answered before it.
-    fn each(
+    async fn each(
         &self,
         after: Option<u64>,
         mut visit: impl FnMut(AuditEvent) -> bool,
@@ -503,25 +512,30 @@ impl AuditLog {
                 }
             }
             true
-        })?;
+        })
+        .await?;
         Ok(stopped)
     }
 
     /// Visits the stored blocks whose key sorts after `start`, in order, while `visit`
     /// answers true.
-    fn each_block(
+    async fn each_block(
         &self,
         start: Option<Vec<u8>>,
         mut visit: impl FnMut(&[u8], &[u8], Vec<AuditEvent>) -> bool,
     ) -> Result<(), AuditError> {
-        self.write_queued();
+        self.write_queued().await;
         let mut after = start;
+        let mut at = None;
         loop {
-            let batch = self
-                .store
-                .scan(Tree::Audit, b"", after.as_deref(), SCAN_BATCH)?;
-            let done = batch.len() < SCAN_BATCH;
-            for (key, value) in batch {
+            let range = Range::new(Tree::Audit, b"", SCAN_BATCH)
+                .after(after.as_deref())
+                .at(at);
+            let page = self.store.scan(range).await?;
+            // Every page at the first one's revision: one point in time.
+            at = Some(page.revision);
+            let done = !page.more;
+            for (key, value) in page.entries {
                 let events = self.open_block(&key, &value)?;
                 if !visit(&key, &value, events) {
                     return Ok(());
@@ -545,13 +559,6 @@ impl AuditLog {
         }
         let plaintext = sealed::open_raw(&self.sealer, Tree::Audit, key, value)?;
         Ok(block::decode(&plaintext).ok_or(SealedError::Malformed)?)
-    }
-}
-
-impl Drop for AuditLog {
-    /// Events still queued are written (made durable by the store's own flush).
-    fn drop(&mut self) {
-        self.write_queued();
     }
 }
 
@@ -634,9 +641,9 @@ impl CallAudit {
 
     /// Writes the event now with outcome OK. A hand-out calls this before its answer
     /// is made durable, and does not answer when it fails.
-    pub fn commit(&self) -> Result<(), AuditError> {
+    pub async fn commit(&self) -> Result<(), AuditError> {
         match (&self.log, self.take("OK")) {
-            (Some(log), Some(event)) => log.commit(event).map(drop),
+            (Some(log), Some(event)) => log.commit(event).await.map(drop),
             _ => Ok(()),
         }
     }
@@ -708,7 +715,7 @@ mod tests {
             }
         }
 
-        fn open(&self, store: Arc<dyn Store>, retention: Option<Duration>) -> AuditLog {
+        async fn open(&self, store: Arc<dyn Store>, retention: Option<Duration>) -> AuditLog {
             AuditLog::open(
                 store,
                 self.sealer.clone(),
@@ -716,16 +723,18 @@ mod tests {
                 self.clock.clone(),
                 retention,
             )
+            .await
             .unwrap()
         }
 
-        fn log(&self) -> AuditLog {
-            self.open(self.store.clone(), None)
+        async fn log(&self) -> AuditLog {
+            self.open(self.store.clone(), None).await
         }
 
-        fn stored_keys(&self) -> Vec<u64> {
+        async fn stored_keys(&self) -> Vec<u64> {
             self.store
-                .scan(Tree::Audit, b"", None, usize::MAX)
+                .entries(Tree::Audit, b"", None, usize::MAX)
+                .await
                 .unwrap()
                 .iter()
                 .map(|(key, _)| seq_of(key).unwrap())
@@ -742,46 +751,49 @@ mod tests {
         }
     }
 
-    fn all(log: &AuditLog) -> Vec<u64> {
-        let (events, next) = log.list(&Filter::default(), MAX_PAGE_SIZE, "").unwrap();
+    async fn all(log: &AuditLog) -> Vec<u64> {
+        let (events, next) = log
+            .list(&Filter::default(), MAX_PAGE_SIZE, "")
+            .await
+            .unwrap();
         assert_eq!(next, "");
         events.iter().map(|e| e.seq).collect()
     }
 
-    #[test]
-    fn queued_events_are_written_as_one_block_and_listed_in_order() {
+    #[tokio::test]
+    async fn queued_events_are_written_as_one_block_and_listed_in_order() {
         let trail = Trail::new();
-        let log = trail.log();
+        let log = trail.log().await;
         for n in 0..5 {
             log.append(event(n));
         }
         // Not in the store until written; a read writes them first.
-        assert!(trail.stored_keys().is_empty());
-        assert_eq!(all(&log), vec![1, 2, 3, 4, 5]);
-        assert_eq!(trail.stored_keys(), vec![1]);
-        assert_eq!(log.commit(event(5)).unwrap(), 6);
-        assert_eq!(trail.stored_keys(), vec![1, 6]);
+        assert!(trail.stored_keys().await.is_empty());
+        assert_eq!(all(&log).await, vec![1, 2, 3, 4, 5]);
+        assert_eq!(trail.stored_keys().await, vec![1]);
+        assert_eq!(log.commit(event(5)).await.unwrap(), 6);
+        assert_eq!(trail.stored_keys().await, vec![1, 6]);
     }
 
-    #[test]
-    fn pages_continue_inside_and_across_blocks_and_numbering_survives_a_reopen() {
+    #[tokio::test]
+    async fn pages_continue_inside_and_across_blocks_and_numbering_survives_a_reopen() {
         let trail = Trail::new();
-        let log = trail.log();
+        let log = trail.log().await;
         // One write of 600 queued events (several blocks, each closed at its byte or
         // event limit), then one of 1.
         for n in 0..600 {
             log.append(event(n));
         }
-        assert!(log.write_queued());
-        log.commit(event(600)).unwrap();
-        let keys = trail.stored_keys();
+        assert!(log.write_queued().await);
+        log.commit(event(600)).await.unwrap();
+        let keys = trail.stored_keys().await;
         assert_eq!((keys[0], keys[keys.len() - 1]), (1, 601));
         assert!(keys.len() >= 4, "{keys:?}");
         assert!(keys.windows(2).all(|w| w[1] - w[0] <= BLOCK_MAX as u64));
         let mut seen = Vec::new();
         let mut token = String::new();
         loop {
-            let (page, next) = log.list(&Filter::default(), 7, &token).unwrap();
+            let (page, next) = log.list(&Filter::default(), 7, &token).await.unwrap();
             seen.extend(page.iter().map(|e| e.seq));
             if next.is_empty() {
                 break;
@@ -790,12 +802,12 @@ mod tests {
         }
         assert_eq!(seen, (1..=601).collect::<Vec<_>>());
         drop(log);
-        let reopened = trail.log();
-        assert_eq!(reopened.commit(event(601)).unwrap(), 602);
+        let reopened = trail.log().await;
+        assert_eq!(reopened.commit(event(601)).await.unwrap(), 602);
     }
 
-    #[test]
-    fn older_layouts_one_event_per_key_and_json_blocks_are_read_and_continued() {
+    #[tokio::test]
+    async fn older_layouts_one_event_per_key_and_json_blocks_are_read_and_continued() {
         #[derive(Serialize)]
         struct JsonBlock {
             events: Vec<AuditEvent>,
@@ -806,17 +818,22 @@ mod tests {
             ..event(seq as usize)
         };
         let put = |key: u64, bytes: Vec<u8>| {
-            trail
-                .store
-                .compare_and_swap(Tree::Audit, &key.to_be_bytes(), None, Some(&bytes))
-                .unwrap()
+            let store = trail.store.clone();
+            async move {
+                let key = key.to_be_bytes();
+                store
+                    .swap(Tree::Audit, &key, None, Some(&bytes))
+                    .await
+                    .unwrap()
+            }
         };
         for seq in 1..=3u64 {
             let key = seq.to_be_bytes();
             put(
                 seq,
                 sealed::seal(&trail.sealer, Tree::Audit, &key, &numbered(seq)).unwrap(),
-            );
+            )
+            .await;
         }
         let block = JsonBlock {
             events: (4..=6).map(numbered).collect(),
@@ -825,43 +842,48 @@ mod tests {
         put(
             4,
             sealed::seal(&trail.sealer, Tree::Audit, &key, &block).unwrap(),
-        );
-        let log = trail.log();
-        assert_eq!(log.commit(event(7)).unwrap(), 7);
-        assert_eq!(all(&log), vec![1, 2, 3, 4, 5, 6, 7]);
-        let (listed, _) = log.list(&Filter::default(), 10, "").unwrap();
+        )
+        .await;
+        let log = trail.log().await;
+        assert_eq!(log.commit(event(7)).await.unwrap(), 7);
+        assert_eq!(all(&log).await, vec![1, 2, 3, 4, 5, 6, 7]);
+        let (listed, _) = log.list(&Filter::default(), 10, "").await.unwrap();
         assert_eq!(listed[4].request_id, event(5).request_id);
         assert_eq!(listed[4].secret_hashes, event(5).secret_hashes);
     }
 
-    #[test]
-    fn a_tampered_last_block_is_reported_on_read_and_numbering_goes_past_it() {
+    #[tokio::test]
+    async fn a_tampered_last_block_is_reported_on_read_and_numbering_goes_past_it() {
         let trail = Trail::new();
-        let log = trail.log();
-        log.commit(event(0)).unwrap();
-        log.commit(event(1)).unwrap();
+        let log = trail.log().await;
+        log.commit(event(0)).await.unwrap();
+        log.commit(event(1)).await.unwrap();
         drop(log);
         let key = 2u64.to_be_bytes();
-        let mut bytes = trail.store.get(Tree::Audit, &key).unwrap().unwrap();
+        let mut bytes = trail.store.value(Tree::Audit, &key).await.unwrap().unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        let current = trail.store.get(Tree::Audit, &key).unwrap();
+        let current = trail.store.value(Tree::Audit, &key).await.unwrap();
         trail
             .store
-            .compare_and_swap(Tree::Audit, &key, current.as_deref(), Some(&bytes))
+            .swap(Tree::Audit, &key, current.as_deref(), Some(&bytes))
+            .await
             .unwrap();
-        let reopened = trail.log();
+        let reopened = trail.log().await;
         assert!(matches!(
-            reopened.list(&Filter::default(), 10, ""),
+            reopened.list(&Filter::default(), 10, "").await,
             Err(AuditError::Sealed(SealedError::Unauthentic))
         ));
-        assert_eq!(reopened.commit(event(2)).unwrap(), 2 + BLOCK_MAX as u64);
+        assert_eq!(
+            reopened.commit(event(2)).await.unwrap(),
+            2 + BLOCK_MAX as u64
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_durable_commits_share_blocks_and_all_arrive() {
         let trail = Trail::new();
-        let log = Arc::new(trail.log());
+        let log = Arc::new(trail.log().await);
         let mut tasks = tokio::task::JoinSet::new();
         for n in 0..200 {
             let log = log.clone();
@@ -873,9 +895,9 @@ mod tests {
         }
         seqs.sort();
         assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
-        assert_eq!(all(&log), seqs);
+        assert_eq!(all(&log).await, seqs);
         // While one commit flushes, the others queue: they share blocks.
-        let blocks = trail.stored_keys().len();
+        let blocks = trail.stored_keys().await.len();
         assert!(blocks <= 100, "{blocks} blocks for 200 events");
     }
 
@@ -884,20 +906,23 @@ mod tests {
         let trail = Trail::new();
         let plan = Arc::new(FaultPlan::default());
         let faulty: Arc<dyn Store> = Arc::new(FaultyStore::new(trail.store.clone(), plan.clone()));
-        let log = trail.open(faulty, None);
-        log.commit(event(0)).unwrap();
+        let log = trail.open(faulty, None).await;
+        log.commit(event(0)).await.unwrap();
         plan.fail_writes(Tree::Audit, true);
-        assert!(matches!(log.commit(event(1)), Err(AuditError::Unwritten)));
+        assert!(matches!(
+            log.commit(event(1)).await,
+            Err(AuditError::Unwritten)
+        ));
         assert!(matches!(
             log.commit_durable(event(2)).await,
             Err(AuditError::Unwritten)
         ));
         log.append(event(3));
-        assert!(!log.write_queued());
+        assert!(!log.write_queued().await);
         assert!(matches!(log.flush().await, Ok(())));
         plan.fail_writes(Tree::Audit, false);
         log.commit_durable(event(4)).await.unwrap();
-        assert_eq!(all(&log), vec![1, 5]);
+        assert_eq!(all(&log).await, vec![1, 5]);
     }
 
     #[tokio::test]
@@ -916,7 +941,9 @@ mod tests {
                 .sum()
         }
         let trail = Trail::new();
-        let log = trail.open(trail.store.clone(), Some(Duration::from_secs(3600)));
+        let log = trail
+            .open(trail.store.clone(), Some(Duration::from_secs(3600)))
+            .await;
         let mut sizes = Vec::new();
         // Each round appends 10,000 events (about 2 MB) and prunes them all.
         for round in 0..12 {
@@ -931,7 +958,7 @@ mod tests {
             }
             log.flush().await.unwrap();
             trail.clock.advance(3_600_001);
-            assert_eq!(log.prune().unwrap(), 10_000);
+            assert_eq!(log.prune().await.unwrap(), 10_000);
             log.flush().await.unwrap();
             sizes.push(size(trail._dir.path()) / 1024);
         }
@@ -947,27 +974,29 @@ mod tests {
         );
     }
 
-    #[test]
-    fn pruning_removes_old_blocks_and_trims_the_one_where_old_meets_new() {
+    #[tokio::test]
+    async fn pruning_removes_old_blocks_and_trims_the_one_where_old_meets_new() {
         let trail = Trail::new();
-        let log = trail.open(trail.store.clone(), Some(Duration::from_secs(3600)));
+        let log = trail
+            .open(trail.store.clone(), Some(Duration::from_secs(3600)))
+            .await;
         log.append(event(0));
         log.append(event(1));
-        log.commit(event(2)).unwrap();
+        log.commit(event(2)).await.unwrap();
         trail.clock.advance(1_800_000);
         log.append(event(3));
-        log.commit(event(4)).unwrap();
+        log.commit(event(4)).await.unwrap();
         log.append(event(5));
         log.append(event(6));
         trail.clock.advance(1_800_000);
-        log.commit(event(7)).unwrap();
+        log.commit(event(7)).await.unwrap();
         // Now: block 1 = [1,2,3] (old), block 4 = [4,5] (30 min), block 6 = [6,7,8]
         // with 6 and 7 30 min old and 8 new. An hour's retention, an hour later:
-        assert_eq!(trail.stored_keys(), vec![1, 4, 6]);
+        assert_eq!(trail.stored_keys().await, vec![1, 4, 6]);
         trail.clock.advance(1_800_000 + 1);
-        assert_eq!(log.prune().unwrap(), 7);
-        assert_eq!(all(&log), vec![8]);
-        assert_eq!(trail.stored_keys(), vec![6]);
-        assert_eq!(log.prune().unwrap(), 0);
+        assert_eq!(log.prune().await.unwrap(), 7);
+        assert_eq!(all(&log).await, vec![8]);
+        assert_eq!(trail.stored_keys().await, vec![6]);
+        assert_eq!(log.prune().await.unwrap(), 0);
     }
 }

@@ -15,7 +15,7 @@ use super::model::TokenKind;
 use crate::{
     crypto::{RngError, Sealer, random_bytes},
     sealed::{self, SealedError},
-    store::{Store, StoreError, Swap, Tree},
+    store::{Store, StoreError, StoreExt, Swap, Tree},
 };
 
 const KEYS_RECORD: &[u8] = b"signing-keys";
@@ -111,7 +111,7 @@ impl fmt::Debug for TokenKeys {
 
 impl TokenKeys {
     /// Loads the sealed keys, or generates the first one in a new store.
-    pub fn load_or_init(
+    pub async fn load_or_init(
         store: &dyn Store,
         sealer: &Sealer,
         now_ms: i64,
@@ -119,7 +119,7 @@ impl TokenKeys {
         audience: &str,
         max_lifetime_secs: i64,
     ) -> Result<Self, KeysError> {
-        let stored = match store.get(Tree::Meta, KEYS_RECORD)? {
+        let stored = match store.value(Tree::Meta, KEYS_RECORD).await? {
             Some(bytes) => sealed::open::<StoredKeys>(sealer, Tree::Meta, KEYS_RECORD, &bytes)?,
             None => {
                 let first = StoredKeys {
@@ -130,7 +130,9 @@ impl TokenKeys {
                 let bytes = sealed::seal(sealer, Tree::Meta, KEYS_RECORD, &stored)?;
                 if let Swap::Conflict {
                     current: Some(existing),
-                } = store.compare_and_swap(Tree::Meta, KEYS_RECORD, None, Some(&bytes))?
+                } = store
+                    .swap(Tree::Meta, KEYS_RECORD, None, Some(&bytes))
+                    .await?
                 {
                     sealed::open::<StoredKeys>(sealer, Tree::Meta, KEYS_RECORD, &existing)?
                 } else {
@@ -214,14 +216,14 @@ impl TokenKeys {
 
     /// Makes a new key current. Tokens signed by the old key keep verifying until they
     /// expire; keys retired longer ago than the longest token lifetime are dropped.
-    pub fn rotate(
+    pub async fn rotate(
         &self,
         store: &dyn Store,
         sealer: &Sealer,
         now_ms: i64,
     ) -> Result<String, KeysError> {
         loop {
-            let old = store.get(Tree::Meta, KEYS_RECORD)?;
+            let old = store.value(Tree::Meta, KEYS_RECORD).await?;
             let mut stored = match &old {
                 Some(bytes) => sealed::open::<StoredKeys>(sealer, Tree::Meta, KEYS_RECORD, bytes)?,
                 None => return Err(KeysError::NoCurrentKey),
@@ -235,9 +237,10 @@ impl TokenKeys {
             }
             let stored = with_new_key(stored, now_ms)?;
             let bytes = sealed::seal(sealer, Tree::Meta, KEYS_RECORD, &stored)?;
-            if store.compare_and_swap(Tree::Meta, KEYS_RECORD, old.as_deref(), Some(&bytes))?
-                == Swap::Done
-            {
+            let swapped = store
+                .swap(Tree::Meta, KEYS_RECORD, old.as_deref(), Some(&bytes))
+                .await?;
+            if swapped == Swap::Done {
                 let current = stored.current.clone();
                 *self.set.write().unwrap_or_else(|e| e.into_inner()) = key_set(&stored)?;
                 return Ok(current);
@@ -305,22 +308,23 @@ fn key_set(stored: &StoredKeys) -> Result<KeySet, KeysError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{crypto::MasterKey, store::SledStore};
+    use crate::{crypto::MasterKey, store::MemoryStore};
 
     const YEAR: i64 = 365 * 24 * 3600;
 
-    fn keys() -> (tempfile::TempDir, SledStore, Sealer, TokenKeys) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+    async fn keys() -> (std::sync::Arc<MemoryStore>, Sealer, TokenKeys) {
+        let store = MemoryStore::open();
         let sealer = Sealer::new(&MasterKey::generate().unwrap());
         let keys =
-            TokenKeys::load_or_init(&store, &sealer, 0, "credvault", "credvault", YEAR).unwrap();
-        (dir, store, sealer, keys)
+            TokenKeys::load_or_init(store.as_ref(), &sealer, 0, "credvault", "credvault", YEAR)
+                .await
+                .unwrap();
+        (store, sealer, keys)
     }
 
-    #[test]
-    fn issue_verify_and_the_time_window() {
-        let (_dir, _store, _sealer, keys) = keys();
+    #[tokio::test]
+    async fn issue_verify_and_the_time_window() {
+        let (_store, _sealer, keys) = keys().await;
         let now = 1_700_000_000_000;
         let (token, claims) = keys.issue("c1", TokenKind::Access, now, 3600).unwrap();
         assert_eq!(keys.verify(&token, now).unwrap(), claims);
@@ -332,11 +336,11 @@ mod tests {
         assert_eq!(keys.verify(&token, now - 1000), Err(TokenError::Invalid));
     }
 
-    #[test]
-    fn rotation_keeps_old_tokens_valid_and_survives_reload() {
-        let (_dir, store, sealer, keys) = keys();
+    #[tokio::test]
+    async fn rotation_keeps_old_tokens_valid_and_survives_reload() {
+        let (store, sealer, keys) = keys().await;
         let (old, _) = keys.issue("c1", TokenKind::Access, 1000, YEAR).unwrap();
-        let new_kid = keys.rotate(&store, &sealer, 2000).unwrap();
+        let new_kid = keys.rotate(store.as_ref(), &sealer, 2000).await.unwrap();
         let (new, _) = keys.issue("c1", TokenKind::Access, 2000, YEAR).unwrap();
         assert_eq!(
             jsonwebtoken::decode_header(&new).unwrap().kid.unwrap(),
@@ -345,15 +349,25 @@ mod tests {
         assert!(keys.verify(&old, 3000).is_ok());
         assert!(keys.verify(&new, 3000).is_ok());
 
-        let reloaded =
-            TokenKeys::load_or_init(&store, &sealer, 4000, "credvault", "credvault", YEAR).unwrap();
+        let reloaded = TokenKeys::load_or_init(
+            store.as_ref(),
+            &sealer,
+            4000,
+            "credvault",
+            "credvault",
+            YEAR,
+        )
+        .await
+        .unwrap();
         assert!(reloaded.verify(&old, 4000).is_ok());
         assert!(reloaded.verify(&new, 4000).is_ok());
         assert_eq!(reloaded.public_keys().len(), 2);
 
         // A rotation after the old key's tokens have all expired drops it.
         let much_later = 2000 + (YEAR + 10) * 1000;
-        keys.rotate(&store, &sealer, much_later).unwrap();
+        keys.rotate(store.as_ref(), &sealer, much_later)
+            .await
+            .unwrap();
         assert_eq!(
             keys.public_keys().len(),
             2,
@@ -361,11 +375,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn another_issuer_or_audience_is_invalid() {
-        let (_dir, store, sealer, keys) = keys();
-        let other =
-            TokenKeys::load_or_init(&store, &sealer, 0, "someone-else", "credvault", YEAR).unwrap();
+    #[tokio::test]
+    async fn another_issuer_or_audience_is_invalid() {
+        let (store, sealer, keys) = keys().await;
+        let other = TokenKeys::load_or_init(
+            store.as_ref(),
+            &sealer,
+            0,
+            "someone-else",
+            "credvault",
+            YEAR,
+        )
+        .await
+        .unwrap();
         let (token, _) = other.issue("c1", TokenKind::Access, 1000, 60).unwrap();
         assert_eq!(keys.verify(&token, 1000), Err(TokenError::Invalid));
     }

@@ -38,7 +38,7 @@ use crate::{
     providers::{ProviderKind, Providers},
     refresh::Refresher,
     sealed::{self, SealedError},
-    store::{Store, StoreError, Tree},
+    store::{Store, StoreError, StoreExt, Tree, Txn},
     timefmt::rfc3339_millis,
     validate::{self, FieldError},
 };
@@ -187,7 +187,7 @@ impl LeaseService {
     /// Loads the leases held before a restart (dropping expired ones) and starts the
     /// reaper.
     #[allow(clippy::too_many_arguments)]
-    pub fn start(
+    pub async fn start(
         store: Arc<dyn Store>,
         sealer: Arc<Sealer>,
         accounts: Arc<AccountService>,
@@ -200,15 +200,16 @@ impl LeaseService {
     ) -> Result<Arc<Self>, LeaseError> {
         let now = clock.now_ms();
         let mut table = Table::default();
-        for (key, value) in store.scan(Tree::Leases, b"", None, usize::MAX)? {
+        let stored = store.entries(Tree::Leases, b"", None, usize::MAX).await?;
+        for (key, value) in stored {
             match sealed::open::<LeaseRecord>(&sealer, Tree::Leases, &key, &value) {
                 Ok(record) if record.expires_at_ms > now => table.insert(record),
                 Ok(_) => {
-                    store.compare_and_swap(Tree::Leases, &key, Some(&value), None)?;
+                    store.swap(Tree::Leases, &key, Some(&value), None).await?;
                 }
                 Err(error) => {
                     tracing::error!(%error, "a stored lease does not open; it is dropped");
-                    store.compare_and_swap(Tree::Leases, &key, Some(&value), None)?;
+                    store.swap(Tree::Leases, &key, Some(&value), None).await?;
                 }
             }
         }
@@ -303,7 +304,7 @@ impl LeaseService {
             let Pool {
                 candidates,
                 unserved,
-            } = match self.pool(caller, &request, email.as_deref(), now) {
+            } = match self.pool(caller, &request, email.as_deref(), now).await {
                 Ok(pool) => pool,
                 Err(error) => break Err(error),
             };
@@ -440,7 +441,7 @@ impl LeaseService {
 
     /// The accounts this request may be given, with how their tokens stand, and why
     /// the others in its scope cannot serve.
-    fn pool(
+    async fn pool(
         &self,
         caller: &Caller,
         request: &AcquireRequest,
@@ -451,7 +452,7 @@ impl LeaseService {
         let entries = match email {
             Some(email) => {
                 caller.require_reach(&request.provider, email)?;
-                vec![self.accounts.entry(&request.provider, email)?]
+                vec![self.accounts.entry(&request.provider, email).await?]
             }
             None => self.accounts.provider_entries(&request.provider)?,
         };
@@ -551,10 +552,11 @@ impl LeaseService {
     ) -> Result<Granted, LeaseError> {
         let cost = self.callers.settings().lease_cost;
         let result = async {
-            let account = self.accounts.get(&record.provider, &record.email)?;
+            let account = self.accounts.get(&record.provider, &record.email).await?;
             let bytes = sealed::seal(&self.sealer, Tree::Leases, record.id.as_bytes(), &record)?;
             self.store
-                .compare_and_swap(Tree::Leases, record.id.as_bytes(), None, Some(&bytes))?;
+                .swap(Tree::Leases, record.id.as_bytes(), None, Some(&bytes))
+                .await?;
             audit.account(&record.provider, &record.email);
             audit.target(&record.id);
             let token: Vec<&str> = account.secrets.token.iter().map(|t| t.expose()).collect();
@@ -625,10 +627,9 @@ impl LeaseService {
             record
         };
         let bytes = sealed::seal(&self.sealer, Tree::Leases, id.as_bytes(), &record)?;
-        let old = self.store.get(Tree::Leases, id.as_bytes())?;
-        self.store
-            .compare_and_swap(Tree::Leases, id.as_bytes(), old.as_deref(), Some(&bytes))?;
-        let account = self.accounts.get(&record.provider, &record.email)?;
+        let renewed = Txn::new().put(Tree::Leases, id.as_bytes(), &bytes);
+        self.store.commit(renewed).await?;
+        let account = self.accounts.get(&record.provider, &record.email).await?;
         audit.account(&record.provider, &record.email);
         // The lease paid when it was acquired: the renewal's hand-out is free, and
         // audited like every other.
@@ -688,21 +689,15 @@ impl LeaseService {
             record
         };
         if record.is_some() {
-            self.forget(id);
+            self.forget(id).await;
         }
     }
 
-    fn forget(&self, id: &str) {
+    async fn forget(&self, id: &str) {
         let deleted = self
             .store
-            .get(Tree::Leases, id.as_bytes())
-            .and_then(|old| match old {
-                Some(old) => self
-                    .store
-                    .compare_and_swap(Tree::Leases, id.as_bytes(), Some(&old), None)
-                    .map(drop),
-                None => Ok(()),
-            });
+            .commit(Txn::new().delete(Tree::Leases, id.as_bytes()))
+            .await;
         if let Err(error) = deleted {
             // The record expires on its own; on restart it is dropped as expired.
             tracing::error!(%error, lease = id, "deleting a lease record failed");
@@ -733,23 +728,25 @@ impl LeaseService {
                 Some(at) => self.clock.sleep_until(at),
                 None => Box::pin(std::future::pending()),
             };
-            tokio::select! {
+            let expired = tokio::select! {
                 _ = stop.wait_for(|stop| *stop) => break,
-                () = self.reaper.notified() => {}
-                () = sleep => {
-                    let expired = {
-                        let mut table = self.table();
-                        let expired = table.take_expired(self.clock.now_ms());
-                        for record in &expired {
-                            table.wake(&record.key());
-                        }
-                        expired
-                    };
-                    for record in &expired {
-                        tracing::info!(lease = %record.id, "lease expired; slot freed");
-                        self.forget(&record.id);
-                    }
+                () = self.reaper.notified() => false,
+                () = sleep => true,
+            };
+            if !expired {
+                continue;
+            }
+            let expired = {
+                let mut table = self.table();
+                let expired = table.take_expired(self.clock.now_ms());
+                for record in &expired {
+                    table.wake(&record.key());
                 }
+                expired
+            };
+            for record in &expired {
+                tracing::info!(lease = %record.id, "lease expired; slot freed");
+                self.forget(&record.id).await;
             }
         }
     }

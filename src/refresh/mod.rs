@@ -115,7 +115,7 @@ pub struct Refresher {
 
 impl Refresher {
     /// Rebuilds the schedule from the store and starts the scheduler task.
-    pub fn start(
+    pub async fn start(
         accounts: Arc<AccountService>,
         providers: &Providers,
         clock: Arc<dyn Clock>,
@@ -146,7 +146,7 @@ impl Refresher {
             planned: Mutex::new(HashMap::new()),
             events,
         });
-        let schedule = inner.rebuild()?;
+        let schedule = inner.rebuild().await?;
         tracing::info!(accounts = schedule.len(), "refresh schedule built");
         *inner.planned.lock().unwrap_or_else(|e| e.into_inner()) = schedule.snapshot();
         let task = tokio::spawn(Inner::run(inner.clone(), rx, schedule));
@@ -275,12 +275,15 @@ impl Drop for Refresher {
 }
 
 impl Inner {
-    fn rebuild(&self) -> Result<Schedule, AccountError> {
+    async fn rebuild(&self) -> Result<Schedule, AccountError> {
         let now = self.clock.now_ms();
         let mut schedule = Schedule::default();
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let batch = self.accounts.scan_meta(after.as_deref(), REBUILD_BATCH)?;
+            let batch = self
+                .accounts
+                .scan_meta(after.as_deref(), REBUILD_BATCH)
+                .await?;
             let Some((last, _)) = batch.last() else {
                 break;
             };
@@ -433,7 +436,7 @@ impl Inner {
         let Ok(_permit) = self.limit.acquire().await else {
             return (Err(RefreshError::ShuttingDown), Next::Unchanged);
         };
-        let account = match self.accounts.get(&key.provider, &key.email) {
+        let account = match self.accounts.get(&key.provider, &key.email).await {
             Ok(account) => account,
             Err(error) => return (Err(error.into()), Next::Unschedule),
         };
@@ -536,7 +539,7 @@ impl Inner {
                 *attempt
             };
             let now = self.clock.now_ms();
-            let entry = self.accounts.entry(&key.provider, &key.email).ok();
+            let entry = self.accounts.entry(&key.provider, &key.email).await.ok();
             // The retry waits out its backoff, and the login budget of the last login
             // that succeeded, whichever ends later.
             let budget = entry

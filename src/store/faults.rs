@@ -11,13 +11,16 @@ use std::{
     time::Duration,
 };
 
-use super::{Entry, FlushFuture, Store, StoreError, Swap, Tree};
+use super::{
+    FlushFuture, Outcome, Page, Range, Revision, Store, StoreError, StoreFuture, Tree, Txn,
+    Versioned, Watch,
+};
 use crate::crypto::random_below;
 
 /// What to break; shared with the test, which changes it while the daemon runs.
 #[derive(Debug, Default)]
 pub struct FaultPlan {
-    /// Writes (compare-and-swap) to these trees fail.
+    /// Transactions that write to these trees fail.
     failing_writes: Mutex<HashSet<Tree>>,
     /// Share of every operation that fails, in parts per million.
     failure_ppm: AtomicU32,
@@ -55,23 +58,35 @@ impl FaultPlan {
         self.injected.load(Ordering::Relaxed)
     }
 
-    fn check(&self, write_to: Option<Tree>) -> Result<(), StoreError> {
+    /// Latency and the random share of failures, for any operation.
+    fn check(&self) -> Result<(), StoreError> {
         let latency = self.latency_us.load(Ordering::Relaxed);
         if latency > 0 {
             std::thread::sleep(Duration::from_micros(latency));
         }
-        let tree_fails = write_to.is_some_and(|tree| {
-            self.failing_writes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&tree)
-        });
         let ppm = u64::from(self.failure_ppm.load(Ordering::Relaxed));
-        if tree_fails || (ppm > 0 && random_below(1_000_000) < ppm) {
-            self.injected.fetch_add(1, Ordering::Relaxed);
-            return Err(StoreError::Io(std::io::Error::other("injected fault")));
+        if ppm > 0 && random_below(1_000_000) < ppm {
+            return Err(self.injected_fault());
         }
         Ok(())
+    }
+
+    /// A write to a tree chosen to fail.
+    fn check_tree(&self, tree: Tree) -> Result<(), StoreError> {
+        let fails = self
+            .failing_writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&tree);
+        if fails {
+            return Err(self.injected_fault());
+        }
+        Ok(())
+    }
+
+    fn injected_fault(&self) -> StoreError {
+        self.injected.fetch_add(1, Ordering::Relaxed);
+        StoreError::Io(std::io::Error::other("injected fault"))
     }
 }
 
@@ -86,48 +101,69 @@ impl FaultyStore {
     }
 }
 
+impl FaultyStore {
+    fn failed<'a, T: Send + 'a>(error: StoreError) -> StoreFuture<'a, T> {
+        Box::pin(async move { Err(error) })
+    }
+}
+
 impl Store for FaultyStore {
-    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.plan.check(None)?;
-        self.inner.get(tree, key)
+    fn get<'a>(&'a self, tree: Tree, key: &'a [u8]) -> StoreFuture<'a, Option<Versioned>> {
+        match self.plan.check() {
+            Ok(()) => self.inner.get(tree, key),
+            Err(error) => Self::failed(error),
+        }
     }
 
-    fn compare_and_swap(
-        &self,
-        tree: Tree,
-        key: &[u8],
-        expected: Option<&[u8]>,
-        new: Option<&[u8]>,
-    ) -> Result<Swap, StoreError> {
-        self.plan.check(Some(tree))?;
-        self.inner.compare_and_swap(tree, key, expected, new)
+    fn scan<'a>(&'a self, range: Range<'a>) -> StoreFuture<'a, Page> {
+        match self.plan.check() {
+            Ok(()) => self.inner.scan(range),
+            Err(error) => Self::failed(error),
+        }
     }
 
-    fn scan(
-        &self,
-        tree: Tree,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<Entry>, StoreError> {
-        self.plan.check(None)?;
-        self.inner.scan(tree, prefix, after, limit)
+    fn commit(&self, txn: Txn) -> StoreFuture<'_, Outcome> {
+        let mut checked = self.plan.check();
+        for write in &txn.writes {
+            checked = checked.and_then(|()| self.plan.check_tree(write.tree));
+        }
+        match checked {
+            Ok(()) => self.inner.commit(txn),
+            Err(error) => Self::failed(error),
+        }
     }
 
-    fn count(&self, tree: Tree) -> Result<u64, StoreError> {
-        self.plan.check(None)?;
-        self.inner.count(tree)
+    fn watch(&self, tree: Tree, prefix: &[u8], from: Revision) -> Result<Watch, StoreError> {
+        self.plan.check()?;
+        self.inner.watch(tree, prefix, from)
     }
 
-    fn last_key(&self, tree: Tree) -> Result<Option<Vec<u8>>, StoreError> {
-        self.plan.check(None)?;
-        self.inner.last_key(tree)
+    fn revision(&self) -> Revision {
+        self.inner.revision()
+    }
+
+    fn count(&self, tree: Tree) -> StoreFuture<'_, u64> {
+        match self.plan.check() {
+            Ok(()) => self.inner.count(tree),
+            Err(error) => Self::failed(error),
+        }
+    }
+
+    fn last_key(&self, tree: Tree) -> StoreFuture<'_, Option<Vec<u8>>> {
+        match self.plan.check() {
+            Ok(()) => self.inner.last_key(tree),
+            Err(error) => Self::failed(error),
+        }
     }
 
     fn flush(&self) -> FlushFuture<'_> {
-        match self.plan.check(None) {
+        match self.plan.check() {
             Ok(()) => self.inner.flush(),
-            Err(error) => Box::pin(async move { Err(error) }),
+            Err(error) => Self::failed(error),
         }
+    }
+
+    fn disk_bytes(&self) -> Option<u64> {
+        self.inner.disk_bytes()
     }
 }

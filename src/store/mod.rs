@@ -1,18 +1,44 @@
-//! Storage: a small key-value trait the domain is written against, and its sled
-//! implementation. Values are opaque bytes here; encryption happens above this layer,
-//! so nothing in `store/` ever sees a plaintext secret or a protobuf type.
+//! Storage: the seam every backend implements, and the two that ship — sled, the
+//! embedded default, and an in-memory one for tests. Values are opaque bytes here;
+//! sealing happens above this layer, so nothing in `store/` sees a plaintext secret or
+//! a protobuf type.
+//!
+//! The seam is shaped after what both a local engine and etcd offer, so that each maps
+//! onto it without pretending:
+//!
+//! - [`Store::get`] and [`Store::scan`] read; a scan page can be read **at** a
+//!   revision, so that a listing spread over many pages sees one point in time.
+//! - [`Store::commit`] runs a [`Txn`]: compares on several keys (absent, value,
+//!   version), then puts and deletes on several keys, all or nothing. On conflict it
+//!   answers what the compared keys hold now.
+//! - [`Store::watch`] follows a key prefix from a revision: every change after it, in
+//!   commit order. A watch that falls behind, or asks for history the store no longer
+//!   keeps, ends with an error; the follower reads afresh and watches again.
+//! - [`Store::flush`] makes every committed write durable. What "durable" costs is the
+//!   backend's business: sled groups the writes of concurrent callers into one flush,
+//!   a quorum store is durable at commit.
 
-mod faults;
-pub mod mark;
-mod sled_store;
+pub mod faults;
+mod journal;
+pub mod memory;
+mod sled;
+mod txn;
 
-use std::{future::Future, pin::Pin};
+use std::{future::Future, path::Path, pin::Pin, sync::Arc};
 
 pub use faults::{FaultPlan, FaultyStore};
-pub use sled_store::SledStore;
+pub use journal::{Change, Watch};
+pub use memory::MemoryStore;
+pub use sled::{SledStore, mark};
+pub use txn::{Expect, Outcome, Txn, Version, Versioned, Write, version_of};
 
-/// The named key spaces. Each maps to one sled tree.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Opens the embedded store in `dir` (created when missing).
+pub fn open_embedded(dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(SledStore::open(dir)?))
+}
+
+/// The named key spaces. Each is one sled tree, or one key prefix on a shared store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Tree {
     /// Vault-wide records: format version, key check.
     Meta,
@@ -67,6 +93,10 @@ pub mod meta {
     pub const HMAC_KEYS_KEY: &[u8] = b"hmac-keys";
 }
 
+/// A point in the store's history: every commit makes a new, greater one. Revisions
+/// order the changes a watch delivers and name the point a scan reads at.
+pub type Revision = u64;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage I/O failed: {0}")]
@@ -84,6 +114,12 @@ pub enum StoreError {
         "the store lost acknowledged writes: the write mark file says {acknowledged} group commits were made durable, the store recovered {recovered}"
     )]
     LostWrites { acknowledged: u64, recovered: u64 },
+    /// A scan or watch asked for a revision older than the history the store keeps.
+    #[error("revision {asked} is no longer kept (the oldest kept is {oldest}); read afresh")]
+    Compacted { asked: Revision, oldest: Revision },
+    /// A watch ended: its follower fell behind, or the store closed.
+    #[error("the watch ended; read afresh and watch again")]
+    WatchEnded,
 }
 
 impl StoreError {
@@ -97,7 +133,7 @@ impl StoreError {
     }
 }
 
-/// The outcome of a compare-and-swap that did not fail outright.
+/// The outcome of a single-key compare-and-swap that did not fail outright.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Swap {
     Done,
@@ -108,39 +144,131 @@ pub enum Swap {
 }
 
 pub type Entry = (Vec<u8>, Vec<u8>);
-pub type FlushFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
 
-/// What credvault needs from a storage engine. Writes become durable only once a later
-/// [`Store::flush`] has completed; callers await it before acknowledging a write.
+/// One page of a scan, read at one revision.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub entries: Vec<Entry>,
+    /// The revision the page was read at: pass it to the next page's scan to read the
+    /// whole listing at one point, or to [`Store::watch`] to follow on from it.
+    pub revision: Revision,
+    /// More entries follow the last one.
+    pub more: bool,
+}
+
+/// Where a scan starts and how much it reads.
+#[derive(Clone, Copy, Debug)]
+pub struct Range<'a> {
+    pub tree: Tree,
+    /// Only keys that start with this.
+    pub prefix: &'a [u8],
+    /// Only keys that sort after this one (the last key of the previous page).
+    pub after: Option<&'a [u8]>,
+    pub limit: usize,
+    /// Read as the store was at this revision; `None` reads now.
+    pub at: Option<Revision>,
+}
+
+impl<'a> Range<'a> {
+    /// The first `limit` entries under `prefix`, now.
+    pub fn new(tree: Tree, prefix: &'a [u8], limit: usize) -> Self {
+        Range {
+            tree,
+            prefix,
+            after: None,
+            limit,
+            at: None,
+        }
+    }
+
+    pub fn after(self, after: Option<&'a [u8]>) -> Self {
+        Range { after, ..self }
+    }
+
+    pub fn at(self, at: Option<Revision>) -> Self {
+        Range { at, ..self }
+    }
+}
+
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+pub type FlushFuture<'a> = StoreFuture<'a, ()>;
+
+/// What credvault needs from a storage engine. Writes are visible once committed and
+/// durable once a later [`Store::flush`] has completed; callers await it before they
+/// acknowledge a write.
 pub trait Store: Send + Sync + 'static {
-    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The value under `key` and its version.
+    fn get<'a>(&'a self, tree: Tree, key: &'a [u8]) -> StoreFuture<'a, Option<Versioned>>;
 
-    /// Atomically replaces `expected` by `new` (`None` meaning absent on either side).
-    fn compare_and_swap(
-        &self,
-        tree: Tree,
-        key: &[u8],
-        expected: Option<&[u8]>,
-        new: Option<&[u8]>,
-    ) -> Result<Swap, StoreError>;
+    /// Up to `range.limit` entries in key order.
+    fn scan<'a>(&'a self, range: Range<'a>) -> StoreFuture<'a, Page>;
 
-    /// Up to `limit` entries whose key starts with `prefix` and sorts after `after`, in
-    /// key order.
-    fn scan(
-        &self,
-        tree: Tree,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<Entry>, StoreError>;
+    /// Runs `txn` all or nothing.
+    fn commit(&self, txn: Txn) -> StoreFuture<'_, Outcome>;
+
+    /// Every change under `prefix` in `tree` after revision `from`, in commit order.
+    fn watch(&self, tree: Tree, prefix: &[u8], from: Revision) -> Result<Watch, StoreError>;
+
+    /// The revision of the last commit.
+    fn revision(&self) -> Revision;
 
     /// How many entries the tree holds (walks it; for progress reports, not hot paths).
-    fn count(&self, tree: Tree) -> Result<u64, StoreError>;
+    fn count(&self, tree: Tree) -> StoreFuture<'_, u64>;
 
     /// The greatest key in the tree, if any.
-    fn last_key(&self, tree: Tree) -> Result<Option<Vec<u8>>, StoreError>;
+    fn last_key(&self, tree: Tree) -> StoreFuture<'_, Option<Vec<u8>>>;
 
-    /// Makes every write that completed before this call durable. Concurrent callers
-    /// share one flush.
+    /// Makes every write committed before this call durable. Concurrent callers share
+    /// one flush.
     fn flush(&self) -> FlushFuture<'_>;
+
+    /// Bytes the store takes on this node's disk, when it keeps any.
+    fn disk_bytes(&self) -> Option<u64> {
+        None
+    }
 }
+
+/// Shorthands over [`Store`] for the common one-key cases.
+pub trait StoreExt: Store {
+    /// The value under `key`, without its version.
+    fn value<'a>(&'a self, tree: Tree, key: &'a [u8]) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move { Ok(self.get(tree, key).await?.map(|v| v.value)) })
+    }
+
+    /// Replaces `expected` by `new` under `key` (`None` meaning absent on either side).
+    fn swap<'a>(
+        &'a self,
+        tree: Tree,
+        key: &'a [u8],
+        expected: Option<&'a [u8]>,
+        new: Option<&'a [u8]>,
+    ) -> StoreFuture<'a, Swap> {
+        Box::pin(async move {
+            let txn = Txn::new()
+                .expect(tree, key, Expect::from_value(expected))
+                .write(tree, key, new);
+            Ok(match self.commit(txn).await? {
+                Outcome::Committed(_) => Swap::Done,
+                Outcome::Conflict(mut current) => Swap::Conflict {
+                    current: current.pop().flatten().map(|v| v.value),
+                },
+            })
+        })
+    }
+
+    /// Every entry of `tree` under `prefix` after `after`, up to `limit`, now.
+    fn entries<'a>(
+        &'a self,
+        tree: Tree,
+        prefix: &'a [u8],
+        after: Option<&'a [u8]>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<Entry>> {
+        Box::pin(async move {
+            let range = Range::new(tree, prefix, limit).after(after);
+            Ok(self.scan(range).await?.entries)
+        })
+    }
+}
+
+impl<S: Store + ?Sized> StoreExt for S {}

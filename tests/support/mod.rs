@@ -75,20 +75,22 @@ impl TestServer {
     /// A server whose notion of time is `clock` (token expiry, credit windows).
     pub async fn start_with_clock(config: Config, clock: Arc<dyn credvault::clock::Clock>) -> Self {
         let settings = config.resolve().expect("test config resolves");
-        let vault = open_vault(&settings, clock);
+        let vault = open_vault(&settings, clock).await;
         Self::serve(vault, &settings).await
     }
 
     /// A server whose every store operation goes through a fault injector run by `plan`.
     pub async fn start_with_faults(config: Config, plan: Arc<credvault::store::FaultPlan>) -> Self {
         let settings = config.resolve().expect("test config resolves");
-        let vault = open_when_unlocked(|| {
+        let vault = open_when_unlocked(async || {
             Vault::open_with_faults(
                 &settings,
                 Arc::new(credvault::clock::SystemClock),
                 plan.clone(),
             )
+            .await
         })
+        .await
         .expect("vault opens");
         Self::serve(vault, &settings).await
     }
@@ -175,45 +177,47 @@ impl TestServer {
 /// each HTTP/2 stream as its own task, and one can finish a moment after its connection
 /// closed, keeping the previous vault (and sled's lock) alive that long; so while the
 /// store reports `Locked`, poll (bounded). Any other outcome is returned as it is.
-pub fn try_open_vault(
+pub async fn try_open_vault(
     settings: &credvault::config::Settings,
     clock: Arc<dyn credvault::clock::Clock>,
 ) -> Result<Vault, credvault::vault::OpenError> {
-    open_when_unlocked(|| Vault::open_with_clock(settings, clock.clone()))
+    open_when_unlocked(async || Vault::open_with_clock(settings, clock.clone()).await).await
 }
 
 /// Calls `open` until the store is not `Locked` (bounded; see `try_open_vault`).
-fn open_when_unlocked(
-    mut open: impl FnMut() -> Result<Vault, credvault::vault::OpenError>,
+async fn open_when_unlocked(
+    mut open: impl AsyncFnMut() -> Result<Vault, credvault::vault::OpenError>,
 ) -> Result<Vault, credvault::vault::OpenError> {
     use credvault::{store::StoreError, vault::OpenError};
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match open() {
+        match open().await {
             Err(OpenError::Store {
                 source: StoreError::Locked,
                 ..
             }) if Instant::now() < deadline => {
-                std::thread::park_timeout(Duration::from_millis(20));
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             outcome => return outcome,
         }
     }
 }
 
-pub fn open_vault(
+pub async fn open_vault(
     settings: &credvault::config::Settings,
     clock: Arc<dyn credvault::clock::Clock>,
 ) -> Vault {
-    try_open_vault(settings, clock).unwrap_or_else(|error| panic!("vault does not open: {error}"))
+    try_open_vault(settings, clock)
+        .await
+        .unwrap_or_else(|error| panic!("vault does not open: {error}"))
 }
 
 /// The raw store of a data directory, for tests that tamper with it (see `try_open_vault`).
-pub fn open_store(data_dir: &Path) -> credvault::store::SledStore {
-    use credvault::store::{SledStore, StoreError};
+pub fn open_store(data_dir: &Path) -> Arc<dyn credvault::store::Store> {
+    use credvault::store::StoreError;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match SledStore::open(&data_dir.join("db")) {
+        match credvault::store::open_embedded(&data_dir.join("db")) {
             Err(StoreError::Locked) if Instant::now() < deadline => {
                 std::thread::park_timeout(Duration::from_millis(20));
             }

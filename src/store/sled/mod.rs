@@ -1,7 +1,11 @@
-//! The embedded default: sled 0.34, one tree per [`Tree`], with group commit.
+//! The embedded default: sled 0.34, one tree per [`Tree`], with group commit, under
+//! the [`journal`](super::journal) that numbers commits and feeds watches.
+
+pub mod mark;
 
 use std::{
     collections::HashMap,
+    ops::Bound,
     path::Path,
     sync::{
         Arc, Mutex,
@@ -9,16 +13,24 @@ use std::{
     },
 };
 
-use super::{Entry, FlushFuture, Store, StoreError, Swap, Tree, mark::MarkFile};
+use ::sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-/// sled's own copy of the write mark (see [`super::mark`]): a tree outside [`Tree::ALL`],
-/// so backups, restores and re-keying never carry it.
+use super::{
+    Entry, FlushFuture, StoreError, Tree, Write,
+    journal::{Engine, Journaled},
+};
+use mark::MarkFile;
+
+/// sled's own copy of the write mark (see [`mark`]): a tree outside [`Tree::ALL`], so
+/// backups, restores and re-keying never carry it.
 const MARK_TREE: &str = "write_mark";
 const MARK_KEY: &[u8] = b"mark";
 
-pub struct SledStore {
-    db: sled::Db,
-    trees: HashMap<Tree, sled::Tree>,
+pub type SledStore = Journaled<SledEngine>;
+
+pub struct SledEngine {
+    db: ::sled::Db,
+    trees: HashMap<Tree, ::sled::Tree>,
     flush: GroupCommit,
 }
 
@@ -34,9 +46,24 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let config = sled::Config::new()
+        Ok(Journaled::new(SledEngine::open(dir)?))
+    }
+
+    /// Makes every write durable now, for callers outside an async runtime (offline
+    /// maintenance commands).
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        let engine = self.engine();
+        let mark = engine.flush.next_mark()?;
+        engine.db.flush().map_err(engine_error)?;
+        Ok(engine.flush.file.write(mark)?)
+    }
+}
+
+impl SledEngine {
+    fn open(dir: &Path) -> Result<Self, StoreError> {
+        let config = ::sled::Config::new()
             .path(dir)
-            .mode(sled::Mode::LowSpace)
+            .mode(::sled::Mode::LowSpace)
             .cache_capacity(CACHE_BYTES);
         let deadline = std::time::Instant::now() + LOCK_WAIT;
         let db = loop {
@@ -49,10 +76,10 @@ impl SledStore {
         };
         let mut trees = HashMap::new();
         for tree in Tree::ALL {
-            trees.insert(tree, db.open_tree(tree.name()).map_err(engine)?);
+            trees.insert(tree, db.open_tree(tree.name()).map_err(engine_error)?);
         }
-        let marks = db.open_tree(MARK_TREE).map_err(engine)?;
-        let recovered = match marks.get(MARK_KEY).map_err(engine)? {
+        let marks = db.open_tree(MARK_TREE).map_err(engine_error)?;
+        let recovered = match marks.get(MARK_KEY).map_err(engine_error)? {
             Some(bytes) => u64::from_be_bytes(
                 bytes
                     .as_ref()
@@ -82,80 +109,81 @@ impl SledStore {
         })
     }
 
-    fn tree(&self, tree: Tree) -> &sled::Tree {
+    fn tree(&self, tree: Tree) -> &::sled::Tree {
         &self.trees[&tree]
-    }
-
-    /// Bytes the store takes on disk.
-    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.db.size_on_disk().map_err(engine)
-    }
-
-    /// Makes every write durable now, for callers outside an async runtime (offline
-    /// maintenance commands).
-    pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        let mark = self.flush.next_mark()?;
-        self.db.flush().map_err(engine)?;
-        Ok(self.flush.file.write(mark)?)
     }
 }
 
-impl Store for SledStore {
+impl Engine for SledEngine {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .tree(tree)
             .get(key)
-            .map_err(engine)?
+            .map_err(engine_error)?
             .map(|v| v.to_vec()))
     }
 
-    fn compare_and_swap(
-        &self,
-        tree: Tree,
-        key: &[u8],
-        expected: Option<&[u8]>,
-        new: Option<&[u8]>,
-    ) -> Result<Swap, StoreError> {
-        let outcome = self
-            .tree(tree)
-            .compare_and_swap(key, expected, new)
-            .map_err(engine)?;
-        Ok(match outcome {
-            Ok(()) => {
-                self.flush.wrote();
-                Swap::Done
-            }
-            Err(conflict) => Swap::Conflict {
-                current: conflict.current.map(|v| v.to_vec()),
-            },
-        })
-    }
-
-    fn scan(
+    fn range(
         &self,
         tree: Tree,
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        let tree = self.tree(tree);
-        let iter = match after {
-            Some(after) => tree
-                .range::<&[u8], _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
-            None => tree.range::<&[u8], _>(prefix..),
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
         };
         let mut out = Vec::new();
-        for item in iter {
-            let (key, value) = item.map_err(engine)?;
+        for item in self.tree(tree).range::<&[u8], _>((start, Bound::Unbounded)) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = item.map_err(engine_error)?;
             if !key.starts_with(prefix) {
                 break;
             }
             out.push((key.to_vec(), value.to_vec()));
-            if out.len() >= limit {
-                break;
-            }
         }
         Ok(out)
+    }
+
+    fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+        if let [write] = writes {
+            let tree = self.tree(write.tree);
+            match &write.value {
+                Some(value) => tree.insert(write.key.as_slice(), value.as_slice()),
+                None => tree.remove(write.key.as_slice()),
+            }
+            .map_err(engine_error)?;
+        } else {
+            // Several keys, maybe in several trees: one sled transaction, so that a
+            // crash keeps all of them or none.
+            let mut involved: Vec<Tree> = writes.iter().map(|w| w.tree).collect();
+            involved.sort();
+            involved.dedup();
+            let trees: Vec<::sled::Tree> = involved.iter().map(|t| self.tree(*t).clone()).collect();
+            trees
+                .as_slice()
+                .transaction(|txs| {
+                    for write in writes {
+                        let at = involved
+                            .binary_search(&write.tree)
+                            .expect("collected above");
+                        match &write.value {
+                            Some(value) => txs[at].insert(write.key.as_slice(), value.as_slice()),
+                            None => txs[at].remove(write.key.as_slice()),
+                        }?;
+                    }
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                })
+                .map_err(|error| match error {
+                    TransactionError::Storage(error) => engine_error(error),
+                    TransactionError::Abort(()) => StoreError::Engine("transaction aborted".into()),
+                })?;
+        }
+        self.flush.wrote();
+        Ok(())
     }
 
     fn count(&self, tree: Tree) -> Result<u64, StoreError> {
@@ -166,16 +194,20 @@ impl Store for SledStore {
         Ok(self
             .tree(tree)
             .last()
-            .map_err(engine)?
+            .map_err(engine_error)?
             .map(|(key, _)| key.to_vec()))
     }
 
     fn flush(&self) -> FlushFuture<'_> {
         Box::pin(self.flush.flush(&self.db))
     }
+
+    fn disk_bytes(&self) -> Option<u64> {
+        self.db.size_on_disk().ok()
+    }
 }
 
-impl Drop for SledStore {
+impl Drop for SledEngine {
     fn drop(&mut self) {
         // Last chance for writes that nobody awaited a flush for.
         if let Err(error) = self.db.flush() {
@@ -192,7 +224,7 @@ struct GroupCommit {
     written: AtomicU64,
     flushed: AtomicU64,
     running: tokio::sync::Mutex<()>,
-    marks: sled::Tree,
+    marks: ::sled::Tree,
     /// The last mark written into sled; held while the next one is, so that sled's
     /// copy only ever grows.
     mark: Mutex<u64>,
@@ -210,12 +242,12 @@ impl GroupCommit {
         let next = *mark + 1;
         self.marks
             .insert(MARK_KEY, &next.to_be_bytes())
-            .map_err(engine)?;
+            .map_err(engine_error)?;
         *mark = next;
         Ok(next)
     }
 
-    async fn flush(&self, db: &sled::Db) -> Result<(), StoreError> {
+    async fn flush(&self, db: &::sled::Db) -> Result<(), StoreError> {
         let mine = self.written.load(Ordering::SeqCst);
         if self.flushed.load(Ordering::SeqCst) >= mine {
             return Ok(());
@@ -227,7 +259,7 @@ impl GroupCommit {
         }
         let covers = self.written.load(Ordering::SeqCst);
         let mark = self.next_mark()?;
-        db.flush_async().await.map_err(engine)?;
+        db.flush_async().await.map_err(engine_error)?;
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || file.write(mark))
             .await
@@ -237,91 +269,45 @@ impl GroupCommit {
     }
 }
 
-fn engine(error: sled::Error) -> StoreError {
+fn engine_error(error: ::sled::Error) -> StoreError {
     match error {
-        sled::Error::Io(io) => StoreError::Io(io),
-        error @ sled::Error::Corruption { .. } => StoreError::Corrupted(error.to_string()),
+        ::sled::Error::Io(io) => StoreError::Io(io),
+        error @ ::sled::Error::Corruption { .. } => StoreError::Corrupted(error.to_string()),
         other => StoreError::Engine(other.to_string()),
     }
 }
 
-fn open_error(error: sled::Error) -> StoreError {
+fn open_error(error: ::sled::Error) -> StoreError {
     match error {
-        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => StoreError::Locked,
-        sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked,
-        other => engine(other),
+        ::sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => StoreError::Locked,
+        ::sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked,
+        other => engine_error(other),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn cas_scan_and_flush() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(
-            store
-                .compare_and_swap(Tree::Accounts, b"p\0a", None, Some(b"1"))
-                .unwrap(),
-            Swap::Done
-        );
-        assert_eq!(
-            store
-                .compare_and_swap(Tree::Accounts, b"p\0a", None, Some(b"2"))
-                .unwrap(),
-            Swap::Conflict {
-                current: Some(b"1".to_vec())
-            }
-        );
-        store
-            .compare_and_swap(Tree::Accounts, b"p\0b", None, Some(b"3"))
-            .unwrap();
-        store
-            .compare_and_swap(Tree::Accounts, b"q\0a", None, Some(b"4"))
-            .unwrap();
-        store.flush().await.unwrap();
-
-        let keys = |entries: Vec<Entry>| entries.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
-        assert_eq!(
-            keys(store.scan(Tree::Accounts, b"p\0", None, 10).unwrap()),
-            vec![b"p\0a".to_vec(), b"p\0b".to_vec()]
-        );
-        assert_eq!(
-            keys(
-                store
-                    .scan(Tree::Accounts, b"p\0", Some(b"p\0a"), 10)
-                    .unwrap()
-            ),
-            vec![b"p\0b".to_vec()]
-        );
-        assert_eq!(
-            keys(store.scan(Tree::Accounts, b"", None, 2).unwrap()).len(),
-            2
-        );
-        assert_eq!(store.get(Tree::Meta, b"p\0a").unwrap(), None);
-    }
+    use crate::store::{Store, StoreExt, Swap};
 
     #[tokio::test]
     async fn concurrent_flushes_share_work() {
         let dir = tempfile::tempdir().unwrap();
-        let store = std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
         let mut tasks = Vec::new();
         for i in 0..32u32 {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
                 let key = i.to_be_bytes();
-                store
-                    .compare_and_swap(Tree::Accounts, &key, None, Some(b"v"))
-                    .unwrap();
+                let swapped = store.swap(Tree::Accounts, &key, None, Some(b"v")).await;
+                assert_eq!(swapped.unwrap(), Swap::Done);
                 store.flush().await.unwrap();
             }));
         }
         for task in tasks {
             task.await.unwrap();
         }
-        let flushed = store.flush.flushed.load(Ordering::SeqCst);
+        let flushed = store.engine().flush.flushed.load(Ordering::SeqCst);
         assert_eq!(flushed, 32, "every write is covered by a completed flush");
     }
 
@@ -330,9 +316,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         for (i, key) in [b"p\0a", b"p\0b"].into_iter().enumerate() {
-            store
-                .compare_and_swap(Tree::Accounts, key, None, Some(b"v"))
-                .unwrap();
+            let swapped = store.swap(Tree::Accounts, key, None, Some(b"v")).await;
+            assert_eq!(swapped.unwrap(), Swap::Done);
             store.flush().await.unwrap();
             assert_eq!(MarkFile::open(dir.path()).unwrap().1, i as u64 + 1);
         }

@@ -1,0 +1,412 @@
+//! Credits: a hand-out takes its debit in memory, never below zero counting the debits
+//! not yet written; the group commit that makes the hand-out durable writes each
+//! caller's sum with one compare-and-swap ([`CallerService::settle`]).
+//!
+//! A caller's debits are in one of three states: pending (taken, not yet written), in
+//! flight (a settle is writing them) or written. The balance a charge sees is the
+//! stored one less both pending and in-flight debits; a settle moves the record and the
+//! in-flight sum together, under the same lock a charge reads them under, so no moment
+//! shows the debit twice or not at all.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, MutexGuard, OnceLock},
+};
+
+use super::{CallerCredits, CallerError, CallerService, CreditError};
+use crate::timefmt::rfc3339_millis;
+
+/// What a caller owes, not yet written, and the outcome its debits will share.
+#[derive(Default)]
+pub(super) struct PendingDebit {
+    amount: i64,
+    written: Arc<OnceLock<bool>>,
+    /// Being written by a settle now.
+    in_flight: i64,
+}
+
+pub(super) type Pending = HashMap<String, PendingDebit>;
+
+/// A debit taken by [`CallerService::charge`].
+#[derive(Debug)]
+pub struct Charge {
+    caller_id: String,
+    cost: i64,
+    /// Set when the batch holding this debit is written (true) or lost (false); `None`
+    /// for free calls and unmetered callers, which owe nothing.
+    written: Option<Arc<OnceLock<bool>>>,
+    /// The caller's credits once this debit (and those before it) are taken.
+    pub credits: Option<CallerCredits>,
+}
+
+impl Charge {
+    /// Answers whether the debit is written (nothing owed counts as written). After a
+    /// durable commit it is known; before, `None`.
+    pub fn written(&self) -> Option<bool> {
+        match &self.written {
+            None => Some(true),
+            Some(written) => written.get().copied(),
+        }
+    }
+
+    /// For a call that owed nothing.
+    pub fn free() -> Self {
+        Self {
+            caller_id: String::new(),
+            cost: 0,
+            written: None,
+            credits: None,
+        }
+    }
+}
+
+impl CallerService {
+    /// Whether the caller's credits may be used now: within their validity window (an
+    /// unmetered caller's always are). The balance is not looked at: for free calls.
+    pub fn check_credit_window(&self, caller_id: &str) -> Result<(), CallerError> {
+        let opened = self
+            .opened(caller_id)?
+            .ok_or_else(|| CallerError::NotFound(caller_id.to_owned()))?;
+        match &opened.record.credits {
+            Some(credits) => Ok(credit_window(credits, self.now_ms())?),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes `cost` credits in memory, atomically (never below zero, counting debits
+    /// not yet written). The debit is written by the next [`CallerService::settle`],
+    /// which a durable commit runs before its flush; [`Charge::written`] then tells
+    /// whether it was. A call that cannot complete gives it back with
+    /// [`CallerService::refund`].
+    pub fn charge(&self, caller_id: &str, cost: i64) -> Result<Charge, CallerError> {
+        // Free calls cost nothing, not even a read.
+        if cost == 0 {
+            return Ok(Charge::free());
+        }
+        let now = self.now_ms();
+        let mut pending = self.pending_debits();
+        let opened = self
+            .opened(caller_id)?
+            .ok_or_else(|| CallerError::NotFound(caller_id.to_owned()))?;
+        // Unmetered: nothing to take.
+        let Some(mut credits) = opened.record.credits.clone() else {
+            return Ok(Charge {
+                caller_id: caller_id.to_owned(),
+                ..Charge::free()
+            });
+        };
+        credit_window(&credits, now)?;
+        credits.remaining -= pending.get(caller_id).map_or(0, owed);
+        if credits.remaining < cost {
+            return Err(CreditError::Exhausted {
+                remaining: credits.remaining,
+                cost,
+            }
+            .into());
+        }
+        credits.remaining -= cost;
+        let entry = pending.entry(caller_id.to_owned()).or_default();
+        entry.amount += cost;
+        Ok(Charge {
+            caller_id: caller_id.to_owned(),
+            cost,
+            written: Some(entry.written.clone()),
+            credits: Some(credits),
+        })
+    }
+
+    /// Writes every pending debit: one compare-and-swap per caller for the sum it owes,
+    /// under that caller's stripe lock. Not flushed: the durable commit that runs it
+    /// flushes next.
+    pub async fn settle(&self) {
+        let _settling = self.settling.lock().await;
+        let owing: Vec<String> = self.pending_debits().keys().cloned().collect();
+        for id in owing {
+            let _stripe = self.stripe(&id).lock().await;
+            let (amount, written) = {
+                let mut pending = self.pending_debits();
+                let Some(debit) = pending.get_mut(&id) else {
+                    continue;
+                };
+                debit.in_flight = std::mem::take(&mut debit.amount);
+                (debit.in_flight, std::mem::take(&mut debit.written))
+            };
+            let result = self
+                .modify_locked(&id, None, Vec::new(), |record| {
+                    let Some(credits) = record.credits.as_mut() else {
+                        // Made unmetered since: nothing is owed.
+                        return Ok(false);
+                    };
+                    credits.remaining -= amount;
+                    Ok(amount != 0)
+                })
+                .await;
+            if let Err(error) = &result {
+                tracing::error!(caller = %id, %error, "writing debits failed; the calls that took them are refused");
+            }
+            {
+                // On success the record that shows the debit was kept together with
+                // clearing it (see `remember`); on failure nothing was taken.
+                let mut pending = self.pending_debits();
+                if let Some(debit) = pending.get_mut(&id) {
+                    debit.in_flight = 0;
+                    if debit.amount == 0 {
+                        pending.remove(&id);
+                    }
+                }
+            }
+            let _ = written.set(result.is_ok());
+        }
+    }
+
+    /// Makes every write so far durable, pending debits included.
+    pub async fn flush(&self) -> Result<(), CallerError> {
+        self.settle().await;
+        Ok(self.store.flush().await?)
+    }
+
+    /// Gives back a debit for something that was then not handed out: still pending, it
+    /// is taken off; written, it is paid back (not flushed: the store's background flush
+    /// or the next durable write makes it so); lost, there is nothing to give back.
+    pub async fn refund(&self, charge: &Charge) -> Result<(), CallerError> {
+        let Some(written) = &charge.written else {
+            return Ok(());
+        };
+        // Under the stripe lock, settle has either written this batch or not begun it.
+        let _stripe = self.stripe(&charge.caller_id).lock().await;
+        match written.get() {
+            None => {
+                if let Some(debit) = self.pending_debits().get_mut(&charge.caller_id)
+                    && Arc::ptr_eq(&debit.written, written)
+                {
+                    debit.amount -= charge.cost;
+                }
+                Ok(())
+            }
+            Some(false) => Ok(()),
+            Some(true) => {
+                self.modify_locked(&charge.caller_id, None, Vec::new(), |record| {
+                    let Some(credits) = record.credits.as_mut() else {
+                        return Ok(false);
+                    };
+                    credits.remaining = credits.remaining.saturating_add(charge.cost);
+                    Ok(true)
+                })
+                .await?;
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn pending_debits(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What a caller owes in debits not yet written.
+pub(super) fn owed(debit: &PendingDebit) -> i64 {
+    debit.amount + debit.in_flight
+}
+
+/// A record that includes the in-flight debits is being kept: they are written.
+pub(super) fn written(pending: &mut Pending, id: &str) {
+    if let Some(debit) = pending.get_mut(id) {
+        debit.in_flight = 0;
+    }
+}
+
+/// Refuses credits outside their validity window.
+fn credit_window(credits: &CallerCredits, now: i64) -> Result<(), CreditError> {
+    if let Some(from) = credits.valid_from_ms.filter(|from| now < *from) {
+        return Err(CreditError::NotYetValid(rfc3339_millis(from)));
+    }
+    if let Some(until) = credits.valid_until_ms.filter(|until| now >= *until) {
+        return Err(CreditError::Expired(rfc3339_millis(until)));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod debit_tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        callers::{
+            BOOTSTRAP_ADMIN_ID, CallerSettings, CallerUpdate, MIN_SECRET_LEN, NewCaller, Role,
+            keys::CallerMacs,
+        },
+        clock::ManualClock,
+        crypto::{MasterKey, Sealer, SecretString},
+        store::{FaultPlan, FaultyStore, MemoryStore, Store, Tree},
+    };
+
+    /// A service over a (breakable) store, and a consumer holding `credits`.
+    async fn consumer(credits: i64) -> (CallerService, Arc<FaultPlan>, String) {
+        let master = MasterKey::generate().unwrap();
+        let plan = Arc::new(FaultPlan::default());
+        let memory: Arc<dyn Store> = MemoryStore::open();
+        let service = CallerService::open(
+            Arc::new(FaultyStore::new(memory, plan.clone())),
+            Arc::new(Sealer::new(&master)),
+            CallerMacs::new(&master),
+            Arc::new(ManualClock::at(1_800_000_000_000)),
+            CallerSettings {
+                default_credits: credits,
+                ..CallerSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+        let admin = service.bootstrap_admin().unwrap();
+        let created = service
+            .create(
+                &admin,
+                NewCaller {
+                    email: "spender@example.com".into(),
+                    secret: SecretString::from("s".repeat(MIN_SECRET_LEN)),
+                    scopes: vec!["pixverse".into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let id = created.caller.id.clone();
+        (service, plan, id)
+    }
+
+    /// A debit as a hand-out makes it: charged, then written and flushed.
+    async fn debit(service: &CallerService, id: &str, cost: i64) -> Result<i64, CallerError> {
+        let charge = service.charge(id, cost)?;
+        service.flush().await?;
+        match charge.written() {
+            Some(true) => Ok(charge.credits.map_or(0, |c| c.remaining)),
+            _ => Err(CallerError::DebitUnwritten),
+        }
+    }
+
+    /// The balance as stored, without pending debits.
+    async fn stored(service: &CallerService, id: &str) -> i64 {
+        let opened = service.read_afresh(id).await.unwrap().unwrap();
+        opened.record.credits.as_ref().unwrap().remaining
+    }
+
+    #[tokio::test]
+    async fn pending_debits_count_against_the_balance_until_one_write_takes_them_all() {
+        let (service, _plan, id) = consumer(3).await;
+        let charges: Vec<Charge> = (0..3).map(|_| service.charge(&id, 1).unwrap()).collect();
+        assert_eq!(charges[2].credits.as_ref().unwrap().remaining, 0);
+        assert!(matches!(
+            service.charge(&id, 1),
+            Err(CallerError::Credits(CreditError::Exhausted {
+                remaining: 0,
+                cost: 1
+            }))
+        ));
+        assert_eq!(charges[0].written(), None);
+        assert_eq!(stored(&service, &id).await, 3);
+        assert_eq!(service.get(&id).unwrap().credits.unwrap().remaining, 0);
+        let version = service.get(&id).unwrap().version;
+        service.settle().await;
+        assert!(charges.iter().all(|c| c.written() == Some(true)));
+        assert_eq!(stored(&service, &id).await, 0);
+        assert_eq!(service.get(&id).unwrap().version, version + 1, "one write");
+    }
+
+    #[tokio::test]
+    async fn a_refund_takes_off_a_pending_debit_and_pays_back_a_written_one() {
+        let (service, _plan, id) = consumer(5).await;
+        let pending = service.charge(&id, 2).unwrap();
+        service.refund(&pending).await.unwrap();
+        assert_eq!(service.get(&id).unwrap().credits.unwrap().remaining, 5);
+        let written = service.charge(&id, 2).unwrap();
+        service.settle().await;
+        assert_eq!(stored(&service, &id).await, 3);
+        service.refund(&written).await.unwrap();
+        assert_eq!(stored(&service, &id).await, 5);
+        // The refunded pending debit was never written.
+        service.settle().await;
+        assert_eq!(stored(&service, &id).await, 5);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_cannot_be_written_refuses_its_debits_and_takes_nothing() {
+        let (service, plan, id) = consumer(5).await;
+        let charge = service.charge(&id, 1).unwrap();
+        plan.fail_writes(Tree::Callers, true);
+        service.settle().await;
+        assert_eq!(charge.written(), Some(false));
+        assert!(matches!(
+            debit(&service, &id, 1).await,
+            Err(CallerError::DebitUnwritten)
+        ));
+        plan.fail_writes(Tree::Callers, false);
+        service.refund(&charge).await.unwrap();
+        assert_eq!(stored(&service, &id).await, 5);
+        assert_eq!(service.get(&id).unwrap().credits.unwrap().remaining, 5);
+        assert_eq!(debit(&service, &id, 1).await.unwrap(), 4);
+        assert_eq!(stored(&service, &id).await, 4);
+    }
+
+    #[tokio::test]
+    async fn free_calls_and_unmetered_callers_owe_nothing() {
+        let (service, _plan, id) = consumer(0).await;
+        assert_eq!(service.charge(&id, 0).unwrap().written(), Some(true));
+        service
+            .update(
+                &id,
+                CallerUpdate {
+                    unmetered: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let charge = service.charge(&id, 1).unwrap();
+        assert_eq!((charge.written(), charge.credits), (Some(true), None));
+    }
+
+    #[tokio::test]
+    async fn the_bootstrap_admin_cannot_be_demoted_and_is_restored_at_start() {
+        let (service, _plan, _id) = consumer(0).await;
+        for update in [
+            CallerUpdate {
+                roles: Some([Role::Consumer].into()),
+                ..Default::default()
+            },
+            CallerUpdate {
+                disabled: Some(true),
+                ..Default::default()
+            },
+        ] {
+            assert!(matches!(
+                service.update(BOOTSTRAP_ADMIN_ID, update).await,
+                Err(CallerError::BootstrapAdmin)
+            ));
+        }
+        // A store written by an older build, which let the admin demote itself.
+        service
+            .modify(BOOTSTRAP_ADMIN_ID, None, Vec::new(), |record| {
+                record.roles = [Role::Consumer].into();
+                record.disabled = true;
+                Ok(true)
+            })
+            .await
+            .unwrap();
+        let opened = service
+            .read_afresh(BOOTSTRAP_ADMIN_ID)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!opened.record.roles.contains(&Role::Admin) && opened.record.disabled);
+        service.ensure_bootstrap_admin().await.unwrap();
+        let admin = service.bootstrap_admin().unwrap();
+        assert!(admin.is_admin());
+        let opened = service
+            .read_afresh(BOOTSTRAP_ADMIN_ID)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(opened.record.roles.contains(&Role::Admin) && !opened.record.disabled);
+    }
+}
