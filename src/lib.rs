@@ -11,7 +11,8 @@
 //! - [`events`]: credential events for WatchCredentials streams.
 //! - [`accounts`]: upstream accounts: validation, sealed records, masking, CRUD.
 //! - [`sealed`]: whole records under AEAD, bound to their tree and key.
-//! - [`store`]: the storage trait and its sled implementation (group-commit flushes).
+//! - [`store`]: the storage seam (transactions, scans at a revision, watches), the
+//!   embedded backend (group-commit flushes) and an in-memory one.
 //! - [`crypto`]: secret types, the master key and its HKDF sub-keys, record sealing.
 //! - [`vault`]: opening a data directory: format and key checks, wiring the services.
 //! - [`config`] and [`cli`]: layered configuration (defaults, TOML, env, flags).

@@ -363,9 +363,16 @@ pub async fn run(
         .await
         .map_err(ServeError::Refresher)?,
     );
-    let leases = LeaseService::start(
+    let slots = crate::leases::LocalSlots::load(
         vault.store.clone(),
         vault.sealer.clone(),
+        vault.clock.now_ms(),
+    )
+    .await
+    .map_err(ServeError::Leases)?;
+    let leases = LeaseService::start(
+        vault.store.clone(),
+        Arc::new(slots),
         vault.accounts.clone(),
         vault.callers.clone(),
         refresher.clone(),

@@ -619,7 +619,7 @@ async fn waiters_are_served_in_arrival_order() {
     use credvault::{
         accounts::{NewAccount, SessionInput},
         events::Events,
-        leases::{AcquireRequest, LeaseService},
+        leases::{AcquireRequest, LeaseService, LocalSlots},
         refresh::Refresher,
     };
     let dir = tempfile::tempdir().unwrap();
@@ -640,9 +640,12 @@ async fn waiters_are_served_in_arrival_order() {
         .await
         .unwrap(),
     );
+    let slots = LocalSlots::load(vault.store.clone(), vault.sealer.clone(), START_MS)
+        .await
+        .unwrap();
     let leases = LeaseService::start(
         vault.store.clone(),
-        vault.sealer.clone(),
+        Arc::new(slots),
         vault.accounts.clone(),
         vault.callers.clone(),
         refresher.clone(),

@@ -1,0 +1,319 @@
+//! The coordination contracts over every store backend: the slot table (`maxJobs`
+//! never exceeded, whatever the interleaving), and the credit floor (concurrent
+//! hand-outs never take a balance below zero).
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use credvault::{
+    accounts::AccountKey,
+    crypto::{MasterKey, Sealer},
+    leases::{LeaseRecord, LocalSlots, slots::SlotTable},
+    store::{FaultPlan, FaultyStore, MemoryStore, Store, Tree},
+};
+
+struct Backend {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Backend {
+    fn memory() -> Self {
+        Backend {
+            store: MemoryStore::open(),
+            _dir: None,
+        }
+    }
+
+    fn sled() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Backend {
+            store: credvault::store::open_embedded(dir.path()).unwrap(),
+            _dir: Some(dir),
+        }
+    }
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Backend::memory()).await
+                }
+            )*
+        }
+        mod sled {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Backend::sled()).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    concurrent_takers_never_exceed_max_jobs,
+    slots_survive_a_reload_and_expire_on_time,
+    renew_release_and_the_news_of_freed_slots,
+    a_slot_whose_lease_cannot_be_written_is_not_held,
+    concurrent_hand_outs_take_exactly_the_balance,
+);
+
+const NOW: i64 = 1_800_000_000_000;
+
+fn sealer() -> Arc<Sealer> {
+    Arc::new(Sealer::new(&MasterKey::generate().unwrap()))
+}
+
+fn lease(id: &str, email: &str, expires_at_ms: i64) -> LeaseRecord {
+    LeaseRecord {
+        id: id.to_owned(),
+        caller_id: "c_test".into(),
+        provider: "pool".into(),
+        email: email.to_owned(),
+        acquired_at_ms: NOW,
+        expires_at_ms,
+    }
+}
+
+fn key(email: &str) -> AccountKey {
+    AccountKey {
+        provider: "pool".into(),
+        email: email.to_owned(),
+    }
+}
+
+/// 16 tasks take and release slots of one account with `maxJobs` 3 as fast as they
+/// can; a counter raised after each take and lowered before each release never passes
+/// 3, and the table never says more than 3 either.
+async fn concurrent_takers_never_exceed_max_jobs(backend: Backend) {
+    let slots = Arc::new(
+        LocalSlots::load(backend.store.clone(), sealer(), NOW)
+            .await
+            .unwrap(),
+    );
+    let holding = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..16 {
+        let (slots, holding, most) = (slots.clone(), holding.clone(), most.clone());
+        tasks.spawn(async move {
+            let mut taken = 0;
+            for round in 0..40 {
+                let id = format!("l_{task}_{round}");
+                if slots
+                    .take(lease(&id, "a@x", NOW + 60_000), 3)
+                    .await
+                    .unwrap()
+                {
+                    let now = holding.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    assert!(slots.held(&key("a@x")) <= 3);
+                    taken += 1;
+                    tokio::task::yield_now().await;
+                    holding.fetch_sub(1, Ordering::SeqCst);
+                    assert!(slots.release(&id).await.unwrap().is_some());
+                } else {
+                    tokio::task::yield_now().await;
+                }
+            }
+            taken
+        });
+    }
+    let mut taken = 0;
+    while let Some(done) = tasks.join_next().await {
+        taken += done.unwrap();
+    }
+    assert!(
+        most.load(Ordering::SeqCst) <= 3,
+        "{} held at once",
+        most.load(Ordering::SeqCst)
+    );
+    assert!(taken > 0, "somebody got a slot");
+    assert_eq!(slots.held(&key("a@x")), 0);
+}
+
+async fn slots_survive_a_reload_and_expire_on_time(backend: Backend) {
+    let sealer = sealer();
+    let slots = LocalSlots::load(backend.store.clone(), sealer.clone(), NOW)
+        .await
+        .unwrap();
+    assert!(
+        slots
+            .take(lease("l_1", "a@x", NOW + 1_000), 2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        slots
+            .take(lease("l_2", "a@x", NOW + 5_000), 2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !slots
+            .take(lease("l_3", "a@x", NOW + 5_000), 2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        slots
+            .take(lease("l_4", "b@x", NOW + 5_000), 1)
+            .await
+            .unwrap()
+    );
+    assert_eq!(slots.next_expiry(), Some(NOW + 1_000));
+    backend.store.flush().await.unwrap();
+    drop(slots);
+
+    // Reloaded after l_1's expiry: it is gone (from the store too), the rest held.
+    let reloaded = LocalSlots::load(backend.store.clone(), sealer.clone(), NOW + 2_000)
+        .await
+        .unwrap();
+    assert_eq!(reloaded.held(&key("a@x")), 1);
+    assert_eq!(reloaded.get("l_2").unwrap().expires_at_ms, NOW + 5_000);
+    assert!(reloaded.get("l_1").is_none());
+    assert_eq!(backend.store.count(Tree::Leases).await.unwrap(), 2);
+    // The held slot still counts: one of two is free.
+    assert!(
+        reloaded
+            .take(lease("l_5", "a@x", NOW + 9_000), 2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !reloaded
+            .take(lease("l_6", "a@x", NOW + 9_000), 2)
+            .await
+            .unwrap()
+    );
+    // Expiry frees exactly what expired by then.
+    let expired = reloaded.expire(NOW + 5_000).await.unwrap();
+    let mut ids: Vec<String> = expired.into_iter().map(|l| l.id).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["l_2", "l_4"]);
+    assert_eq!(reloaded.held(&key("a@x")), 1);
+    assert_eq!(backend.store.count(Tree::Leases).await.unwrap(), 1);
+}
+
+async fn renew_release_and_the_news_of_freed_slots(backend: Backend) {
+    let slots = LocalSlots::load(backend.store.clone(), sealer(), NOW)
+        .await
+        .unwrap();
+    let mut freed = slots.freed();
+    assert!(
+        slots
+            .take(lease("l_1", "a@x", NOW + 1_000), 1)
+            .await
+            .unwrap()
+    );
+    let version = slots.version();
+    let renewed = slots.renew("l_1", NOW + 9_000).await.unwrap().unwrap();
+    assert_eq!(renewed.expires_at_ms, NOW + 9_000);
+    assert_eq!(slots.next_expiry(), Some(NOW + 9_000));
+    assert_eq!(slots.version(), version, "a renewal frees nothing");
+    assert!(slots.renew("l_unknown", NOW).await.unwrap().is_none());
+    assert!(slots.expire(NOW + 5_000).await.unwrap().is_empty());
+    // A release frees the slot and says so.
+    assert_eq!(slots.release("l_1").await.unwrap().unwrap().id, "l_1");
+    assert!(slots.version() > version);
+    assert_eq!(freed.recv().await.unwrap(), key("a@x"));
+    assert!(slots.release("l_1").await.unwrap().is_none());
+    assert!(
+        slots
+            .take(lease("l_2", "a@x", NOW + 1_000), 1)
+            .await
+            .unwrap()
+    );
+    assert_eq!(slots.all().len(), 1);
+    assert_eq!(slots.leases_of(&key("a@x"))[0].id, "l_2");
+}
+
+/// A take whose lease record cannot be written fails and leaves the slot free.
+async fn a_slot_whose_lease_cannot_be_written_is_not_held(backend: Backend) {
+    let plan = Arc::new(FaultPlan::default());
+    let store: Arc<dyn Store> = Arc::new(FaultyStore::new(backend.store.clone(), plan.clone()));
+    let slots = LocalSlots::load(store, sealer(), NOW).await.unwrap();
+    plan.fail_writes(Tree::Leases, true);
+    assert!(
+        slots
+            .take(lease("l_1", "a@x", NOW + 1_000), 1)
+            .await
+            .is_err()
+    );
+    assert_eq!(slots.held(&key("a@x")), 0);
+    plan.fail_writes(Tree::Leases, false);
+    assert!(
+        slots
+            .take(lease("l_2", "a@x", NOW + 1_000), 1)
+            .await
+            .unwrap()
+    );
+}
+
+/// 40 concurrent debits of 1 against a balance of 25, each made durable as a hand-out
+/// makes it: exactly 25 are granted, and the stored balance ends at zero.
+async fn concurrent_hand_outs_take_exactly_the_balance(backend: Backend) {
+    use credvault::{
+        callers::{
+            CallerError, CallerService, CallerSettings, MIN_SECRET_LEN, NewCaller, keys::CallerMacs,
+        },
+        clock::ManualClock,
+        crypto::SecretString,
+    };
+    let master = MasterKey::generate().unwrap();
+    let callers = Arc::new(
+        CallerService::open(
+            backend.store.clone(),
+            Arc::new(Sealer::new(&master)),
+            CallerMacs::new(&master),
+            Arc::new(ManualClock::at(NOW)),
+            CallerSettings {
+                default_credits: 25,
+                ..CallerSettings::default()
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let admin = callers.bootstrap_admin().unwrap();
+    let id = callers
+        .create(
+            &admin,
+            NewCaller {
+                email: "spender@example.com".into(),
+                secret: SecretString::from("s".repeat(MIN_SECRET_LEN)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .caller
+        .id;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let (callers, id) = (callers.clone(), id.clone());
+        tasks.spawn(async move {
+            let charge = match callers.charge(&id, 1) {
+                Ok(charge) => charge,
+                Err(CallerError::Credits(_)) => return false,
+                Err(other) => panic!("{other}"),
+            };
+            callers.flush().await.unwrap();
+            assert_eq!(charge.written(), Some(true));
+            true
+        });
+    }
+    let mut granted = 0;
+    while let Some(done) = tasks.join_next().await {
+        granted += usize::from(done.unwrap());
+    }
+    assert_eq!(granted, 25);
+    assert_eq!(callers.get(&id).unwrap().credits.unwrap().remaining, 0);
+}
