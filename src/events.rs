@@ -1,5 +1,12 @@
-//! Credential events for watchers: a broadcast hub that the refresh engine, the account
-//! API and the lease service publish to, and each WatchCredentials stream reads.
+//! Credential events for watchers: a bus that the refresh engine, the account API and
+//! the lease service publish to, and each WatchCredentials stream reads.
+//!
+//! What a bus guarantees ([`EventBus`]): a subscriber receives every event published
+//! after it subscribed, in the order each publisher published them; one that falls
+//! behind by more than it can hold is told how many it missed (`Lagged`), and then goes
+//! on. The bus of one process is a broadcast channel ([`LocalBus`]).
+
+use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
@@ -29,19 +36,54 @@ pub struct Event {
     pub at_ms: i64,
 }
 
-#[derive(Clone, Debug)]
-pub struct Events(broadcast::Sender<Event>);
+pub trait EventBus: Send + Sync + 'static {
+    fn publish(&self, event: Event);
+    fn subscribe(&self) -> broadcast::Receiver<Event>;
+}
 
-impl Default for Events {
+/// The bus of one process.
+pub struct LocalBus(broadcast::Sender<Event>);
+
+impl Default for LocalBus {
     fn default() -> Self {
         Self(broadcast::Sender::new(CAPACITY))
     }
 }
 
-impl Events {
-    pub fn publish(&self, event: Event) {
+impl EventBus for LocalBus {
+    fn publish(&self, event: Event) {
         // No watcher is not an error.
         let _ = self.0.send(event);
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.0.subscribe()
+    }
+}
+
+/// The handle services publish and subscribe through.
+#[derive(Clone)]
+pub struct Events(Arc<dyn EventBus>);
+
+impl Default for Events {
+    fn default() -> Self {
+        Self(Arc::new(LocalBus::default()))
+    }
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Events")
+    }
+}
+
+impl Events {
+    pub fn new(bus: Arc<dyn EventBus>) -> Self {
+        Self(bus)
+    }
+
+    pub fn publish(&self, event: Event) {
+        self.0.publish(event);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {

@@ -1,6 +1,7 @@
-//! The coordination contracts over every store backend: the slot table (`maxJobs`
-//! never exceeded, whatever the interleaving), and the credit floor (concurrent
-//! hand-outs never take a balance below zero).
+//! The coordination contracts: the slot table (`maxJobs` never exceeded, whatever the
+//! interleaving), the credit floor (concurrent hand-outs never take a balance below
+//! zero) and the token write's fence, over every store backend; the login flight's
+//! exclusivity.
 
 use std::sync::{
     Arc,
@@ -63,6 +64,7 @@ conformance!(
     renew_release_and_the_news_of_freed_slots,
     a_slot_whose_lease_cannot_be_written_is_not_held,
     concurrent_hand_outs_take_exactly_the_balance,
+    a_token_write_whose_fence_fails_stores_nothing,
 );
 
 const NOW: i64 = 1_800_000_000_000;
@@ -316,4 +318,133 @@ async fn concurrent_hand_outs_take_exactly_the_balance(backend: Backend) {
     }
     assert_eq!(granted, 25);
     assert_eq!(callers.get(&id).unwrap().credits.unwrap().remaining, 0);
+}
+
+/// The login flight: a second boarding for the same account waits until the first
+/// lands; other accounts board at once; every boarding gets a greater fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_login_flight_per_account_with_growing_fences() {
+    use credvault::refresh::flight::{LocalFlights, LoginFlights};
+    let flights = Arc::new(LocalFlights::default());
+    let first = flights.board(&key("a@x")).await;
+    let other = flights.board(&key("b@x")).await;
+    assert!(other.fence.number > first.fence.number);
+    assert!(
+        first.fence.compare.is_none(),
+        "a local flight cannot be lost"
+    );
+    let second = {
+        let flights = flights.clone();
+        tokio::spawn(async move { flights.board(&key("a@x")).await.fence.number })
+    };
+    // However long it is given, the second boarding does not land while the first
+    // holds the flight.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!second.is_finished(), "two logins of one account at once");
+    drop(first);
+    assert!(second.await.unwrap() > other.fence.number);
+    drop(other);
+    assert_eq!(flights.active(), 0, "landed flights leave nothing behind");
+}
+
+/// A token write carries its flight's fence: when the fence no longer holds (another
+/// node took the lock since), nothing is stored; while it holds, the token is.
+async fn a_token_write_whose_fence_fails_stores_nothing(backend: Backend) {
+    use credvault::{
+        accounts::{AccountError, AccountService, FreshSession, NewAccount, Refreshed},
+        clock::ManualClock,
+        crypto::SecretString,
+        providers::Providers,
+        store::{Compare, Expect, StoreExt},
+    };
+    let accounts = AccountService::open(
+        backend.store.clone(),
+        sealer(),
+        Arc::new(Providers::new(Default::default()).unwrap()),
+        Arc::new(ManualClock::at(NOW)),
+    )
+    .await
+    .unwrap();
+    accounts
+        .create(NewAccount {
+            provider: "pixverse".into(),
+            email: "fenced@example.com".into(),
+            password: Some(SecretString::from("pw-123456".to_owned())),
+            max_jobs: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let account = key_of("fenced@example.com");
+    let refreshed = |token: &str| Refreshed {
+        session: Some(FreshSession {
+            token: SecretString::from(token.to_owned()),
+            account_id: None,
+            username: None,
+            expire_time: NOW / 1000 + 3600,
+        }),
+        credits: None,
+        activated: false,
+        revoked_previous: false,
+    };
+    // The lock record as this login saw it when it boarded.
+    backend
+        .store
+        .swap(Tree::Meta, b"lock", None, Some(b"node-a"))
+        .await
+        .unwrap();
+    let held = backend
+        .store
+        .get(Tree::Meta, b"lock")
+        .await
+        .unwrap()
+        .unwrap();
+    let fence = Compare {
+        tree: Tree::Meta,
+        key: b"lock".to_vec(),
+        expect: Expect::Version(held.version),
+    };
+    // Another node takes the lock: this login's write is refused and stores nothing.
+    backend
+        .store
+        .swap(Tree::Meta, b"lock", Some(b"node-a"), Some(b"node-b"))
+        .await
+        .unwrap();
+    let refused = accounts
+        .store_refresh(&account, refreshed("token-from-a"), 0, Some(&fence))
+        .await;
+    assert!(
+        matches!(refused, Err(AccountError::Contended(_))),
+        "{refused:?}"
+    );
+    let stored = accounts
+        .get("pixverse", "fenced@example.com")
+        .await
+        .unwrap();
+    assert!(stored.secrets.token.is_none());
+    // The holder's fence holds: its token is stored.
+    let current = backend
+        .store
+        .get(Tree::Meta, b"lock")
+        .await
+        .unwrap()
+        .unwrap();
+    let fence = Compare {
+        expect: Expect::Version(current.version),
+        ..fence
+    };
+    let stored = accounts
+        .store_refresh(&account, refreshed("token-from-b"), 0, Some(&fence))
+        .await
+        .unwrap();
+    assert_eq!(stored.secrets.token.unwrap().expose(), "token-from-b");
+}
+
+fn key_of(email: &str) -> AccountKey {
+    AccountKey {
+        provider: "pixverse".into(),
+        email: email.to_owned(),
+    }
 }

@@ -24,7 +24,7 @@ use crate::{
     clock::Clock,
     crypto::{Sealer, SecretString},
     providers::Providers,
-    store::{Store, StoreError, StoreExt, Swap, Tree},
+    store::{Compare, Expect, Outcome, Store, StoreError, StoreExt, Swap, Tree, Txn},
     validate,
 };
 
@@ -256,16 +256,18 @@ impl AccountService {
     /// The current token becomes the previous one (kept sealed until its own expiry),
     /// the generation goes up by one, and the status returns to ACTIVE. The caller has
     /// checked the new token; `expected_generation` makes sure nobody stored another in
-    /// between.
+    /// between, and `fence` (the login flight's compare, where its right can be lost)
+    /// that the login still held the flight.
     pub async fn store_refresh(
         &self,
         key: &AccountKey,
         refreshed: Refreshed,
         expected_generation: u64,
+        fence: Option<&Compare>,
     ) -> Result<Account, AccountError> {
         let now = self.clock.now_ms();
         let account = self
-            .modify(key, None, |account| {
+            .modify_fenced(key, None, fence, |account| {
                 let generation = account.meta.session.as_ref().map_or(0, |s| s.generation);
                 if generation != expected_generation {
                     return Err(AccountError::Contended(key.clone()));
@@ -384,6 +386,19 @@ impl AccountService {
         &self,
         key: &AccountKey,
         expected_version: Option<u64>,
+        change: impl FnMut(&mut Account) -> Result<(), AccountError>,
+    ) -> Result<Account, AccountError> {
+        self.modify_fenced(key, expected_version, None, change)
+            .await
+    }
+
+    /// [`AccountService::modify`] whose write also requires `fence` to hold (a login's
+    /// right to store its token); when it does not, nothing is written.
+    async fn modify_fenced(
+        &self,
+        key: &AccountKey,
+        expected_version: Option<u64>,
+        fence: Option<&Compare>,
         mut change: impl FnMut(&mut Account) -> Result<(), AccountError>,
     ) -> Result<Account, AccountError> {
         let storage_key = key.storage_key();
@@ -399,18 +414,26 @@ impl AccountService {
             account.meta.version += 1;
             account.meta.updated_at_ms = self.clock.now_ms();
             let bytes = self.encode(key, &account)?;
+            let mut txn = Txn::new()
+                .expect(Tree::Accounts, &storage_key, Expect::Value(current))
+                .put(Tree::Accounts, &storage_key, &bytes);
+            txn.compares.extend(fence.cloned());
             let _writing = self.writing.lock().await;
-            match self
-                .store
-                .swap(Tree::Accounts, &storage_key, Some(&current), Some(&bytes))
-                .await?
-            {
-                Swap::Done => {
+            match self.store.commit(txn).await? {
+                Outcome::Committed(_) => {
                     self.directory_mut().put(account.meta.clone());
                     return Ok(account);
                 }
-                // Someone else wrote first: read again (and re-check the version).
-                Swap::Conflict { .. } => continue,
+                Outcome::Conflict(found) => {
+                    // The login lost its right to store: not retried.
+                    if let Some(fence) = fence
+                        && !fence.expect.holds(found.get(1).and_then(Option::as_ref))
+                    {
+                        return Err(AccountError::Contended(key.clone()));
+                    }
+                    // Someone else wrote first: read again (and re-check the version).
+                    continue;
+                }
             }
         }
         Err(AccountError::Contended(key.clone()))

@@ -7,6 +7,7 @@
 //! in one atomic write; transient failures retry with capped, jittered exponential
 //! backoff; permanent ones set NEEDS_ATTENTION and wait for an operator.
 
+pub mod flight;
 pub mod providers;
 pub mod schedule;
 mod stage;
@@ -91,7 +92,11 @@ struct Inner {
     settings: RefreshSettings,
     clock: Arc<dyn Clock>,
     limit: Semaphore,
+    /// This process's logins under way: later callers for the same account share the
+    /// first one's outcome.
     inflight: Mutex<HashMap<AccountKey, watch::Receiver<Outcome>>>,
+    /// The right to log an account in (one login at a time, wherever it runs).
+    flights: Arc<dyn flight::LoginFlights>,
     attempts: Mutex<HashMap<AccountKey, u32>>,
     commands: mpsc::UnboundedSender<Command>,
     stop: watch::Receiver<bool>,
@@ -137,6 +142,7 @@ impl Refresher {
             settings,
             clock,
             inflight: Mutex::new(HashMap::new()),
+            flights: Arc::new(flight::LocalFlights::default()),
             attempts: Mutex::new(HashMap::new()),
             commands,
             stop: stop_rx,
@@ -396,8 +402,12 @@ impl Inner {
                     let me = self.clone();
                     let mut stop = self.stop.clone();
                     tokio::spawn(async move {
+                        let flown = async {
+                            let boarded = me.flights.board(&key).await;
+                            me.login(&key, force, &boarded.fence).await
+                        };
                         let (outcome, next) = tokio::select! {
-                            done = me.login(&key, force) => done,
+                            done = flown => done,
                             _ = stop.wait_for(|stop| *stop) => {
                                 (Err(RefreshError::ShuttingDown), Next::Unchanged)
                             }
@@ -432,7 +442,7 @@ impl Inner {
     }
 
     #[tracing::instrument(skip_all, fields(provider = %key.provider))]
-    async fn login(&self, key: &AccountKey, force: bool) -> LoginOutcome {
+    async fn login(&self, key: &AccountKey, force: bool, fence: &flight::Fence) -> LoginOutcome {
         let Ok(_permit) = self.limit.acquire().await else {
             return (Err(RefreshError::ShuttingDown), Next::Unchanged);
         };
@@ -484,7 +494,7 @@ impl Inner {
         };
         let stored = match self
             .accounts
-            .store_refresh(key, refreshed, generation)
+            .store_refresh(key, refreshed, generation, fence.compare.as_ref())
             .await
         {
             Ok(stored) => stored,

@@ -30,7 +30,7 @@ pub use faults::{FaultPlan, FaultyStore};
 pub use journal::{Change, Watch};
 pub use memory::MemoryStore;
 pub use sled::{SledStore, mark};
-pub use txn::{Expect, Outcome, Txn, Version, Versioned, Write, version_of};
+pub use txn::{Compare, Expect, Outcome, Txn, Version, Versioned, Write, version_of};
 
 /// Opens the embedded store in `dir` (created when missing).
 pub fn open_embedded(dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
