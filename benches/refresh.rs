@@ -16,11 +16,11 @@ use credvault::{
     clock::{Clock, ManualClock},
     config::Config,
     crypto::{MasterKey, SecretString, random_below},
-    fake_upstream::FakeUpstream,
     providers::ProviderConfig,
     refresh::Refresher,
     vault::Vault,
 };
+use fake_upstream::FakeUpstream;
 
 const START_MS: i64 = 1_767_225_600_000;
 const WINDOW: Duration = Duration::from_secs(5);

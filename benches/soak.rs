@@ -29,12 +29,12 @@ use credvault::{
     api::layer::code_name,
     clock::SystemClock,
     crypto::MasterKey,
-    fake_upstream::FakeUpstream,
     proto::{
         self, accounts_client::AccountsClient, callers_client::CallersClient,
         credentials_client::CredentialsClient,
     },
 };
+use fake_upstream::FakeUpstream;
 use tonic::{Request, Status, metadata::MetadataValue, service::Interceptor, transport::Channel};
 
 const ADMIN_TOKEN: &str = "soak-admin-token-0123456789abcdef-xyz";

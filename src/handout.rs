@@ -1,58 +1,93 @@
 //! The door every unmasked secret leaves through: RevealAccount, AcquireLease,
 //! RenewLease and the tokens WatchCredentials delivers.
 //!
-//! A hand-out is charged first (a cost of 0 when something else already paid, such as
-//! the lease behind a renewal), then its audit event names every secret it hands out by
-//! hash, and the debit and the event are made durable together (one block write and one
-//! flush shared with concurrent hand-outs). Only then may the secret be answered. When
-//! anything after the charge fails, the credits are paid back and nothing is handed out.
-//! The caller itself is checked before, by whoever opens the door (authenticated on
-//! this call, its scopes covering the account).
+//! A hand-out first checks the caller as it is now (a caller disabled since the call
+//! was authenticated gets nothing), then charges it (a cost of 0 when something else
+//! already paid, such as the lease behind a renewal), then its audit event names every
+//! secret it hands out by hash, and the debit and the event are made durable together
+//! (one block write and one flush shared with concurrent hand-outs). Only then may the
+//! secret be answered. When anything after the charge fails, the credits are paid back
+//! and nothing is handed out. Whoever opens the door has checked the rest (the call
+//! authenticated, its scopes covering the account).
+//!
+//! The door counts what passed it, so a test can tell that an RPC handed its secret
+//! out through it and not around it.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 use crate::{
     audit::{AuditError, CallAudit},
-    callers::{CallerError, CallerService, Charge},
+    callers::{CallerError, CallerService, Charge, identity::AuthError},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandOutError {
+    /// The caller was disabled after this call was authenticated.
+    #[error(transparent)]
+    Refused(#[from] AuthError),
     #[error(transparent)]
     Caller(#[from] CallerError),
     #[error(transparent)]
     Audit(#[from] AuditError),
 }
 
-/// Charges `caller_id` `cost` credits and makes the charge and `audit` (naming
-/// `secrets`) durable; answers the charge (its `credits` are the balance after it).
-/// On `Err` nothing may be handed out, and nothing is owed.
-pub async fn hand_out(
-    callers: &CallerService,
-    audit: &CallAudit,
-    caller_id: &str,
-    cost: i64,
-    secrets: &[&str],
-) -> Result<Charge, HandOutError> {
-    let charge = callers.charge(caller_id, cost)?;
-    for secret in secrets {
-        audit.handed_out(secret);
-    }
-    let durable: Result<(), HandOutError> = async {
-        // A call that is not audited (none is, among hand-outs; a test may build one)
-        // still makes its debit durable.
-        if !audit.commit_durable().await? {
-            callers.flush().await?;
-        }
-        match charge.written() {
-            Some(true) => Ok(()),
-            _ => Err(CallerError::DebitUnwritten.into()),
+pub struct Door {
+    callers: Arc<CallerService>,
+    passed: AtomicU64,
+}
+
+impl Door {
+    pub fn new(callers: Arc<CallerService>) -> Self {
+        Self {
+            callers,
+            passed: AtomicU64::new(0),
         }
     }
-    .await;
-    if let Err(error) = durable {
-        if let Err(refund) = callers.refund(&charge).await {
-            tracing::error!(error = %refund, "refunding a failed hand-out failed");
-        }
-        return Err(error);
+
+    /// Secrets handed out through this door so far.
+    pub fn passed(&self) -> u64 {
+        self.passed.load(Ordering::SeqCst)
     }
-    Ok(charge)
+
+    /// Checks `caller_id`, charges it `cost` credits and makes the charge and `audit`
+    /// (naming `secrets`) durable; answers the charge (its `credits` are the balance
+    /// after it). On `Err` nothing may be handed out, and nothing is owed.
+    pub async fn hand_out(
+        &self,
+        audit: &CallAudit,
+        caller_id: &str,
+        cost: i64,
+        secrets: &[&str],
+    ) -> Result<Charge, HandOutError> {
+        self.callers.check_enabled(caller_id)?;
+        let callers = &self.callers;
+        let charge = callers.charge(caller_id, cost)?;
+        for secret in secrets {
+            audit.handed_out(secret);
+        }
+        let durable: Result<(), HandOutError> = async {
+            // A call that is not audited (none is, among hand-outs; a test may build
+            // one) still makes its debit durable.
+            if !audit.commit_durable().await? {
+                callers.flush().await?;
+            }
+            match charge.written() {
+                Some(true) => Ok(()),
+                _ => Err(CallerError::DebitUnwritten.into()),
+            }
+        }
+        .await;
+        if let Err(error) = durable {
+            if let Err(refund) = callers.refund(&charge).await {
+                tracing::error!(error = %refund, "refunding a failed hand-out failed");
+            }
+            return Err(error);
+        }
+        self.passed
+            .fetch_add(secrets.len() as u64, Ordering::SeqCst);
+        Ok(charge)
+    }
 }

@@ -45,7 +45,6 @@ pub mod config;
 pub mod crypto;
 pub mod events;
 pub mod exporter;
-pub mod fake_upstream;
 pub mod handout;
 pub mod hex;
 pub mod leases;

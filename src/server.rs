@@ -255,6 +255,7 @@ fn router(
         vault.accounts.clone(),
         vault.callers.clone(),
         services.leases.clone(),
+        vault.door.clone(),
         services.events.clone(),
         vault.fingerprints.clone(),
         vault.authenticator.clone(),
@@ -373,6 +374,7 @@ pub async fn run(
     let leases = LeaseService::start(
         vault.store.clone(),
         Arc::new(slots),
+        vault.door.clone(),
         vault.accounts.clone(),
         vault.callers.clone(),
         refresher.clone(),

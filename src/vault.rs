@@ -138,6 +138,8 @@ pub struct Vault {
     pub sealer: Arc<Sealer>,
     pub accounts: Arc<AccountService>,
     pub callers: Arc<CallerService>,
+    /// The one door unmasked secrets leave through.
+    pub door: Arc<crate::handout::Door>,
     pub authenticator: Arc<Authenticator>,
     pub providers: Arc<Providers>,
     pub refresh: RefreshSettings,
@@ -273,6 +275,7 @@ impl Vault {
             refresh: settings.refresh.clone(),
             lease_settings: settings.leases.clone(),
             limits: settings.limits.clone(),
+            door: Arc::new(crate::handout::Door::new(callers.clone())),
             callers,
             fingerprints,
             clock,

@@ -46,11 +46,10 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
     let key_file = write_key_file(dir.path());
     let data = dir.path().join("data");
     // An upstream to log in to, so the refresh paths run too.
-    let fake = credvault::fake_upstream::FakeUpstream::start(std::sync::Arc::new(
-        credvault::clock::SystemClock,
-    ))
-    .await
-    .unwrap();
+    let fake =
+        fake_upstream::FakeUpstream::start(std::sync::Arc::new(credvault::clock::SystemClock))
+            .await
+            .unwrap();
     fake.add_user("upstream@example.com", UPSTREAM_PASSWORD);
     fake.add_user("media@example.com", UPSTREAM_PASSWORD);
     let seeded_jwt = fake.add_jwt_account("eandb@example.com", 77);

@@ -646,6 +646,7 @@ async fn waiters_are_served_in_arrival_order() {
     let leases = LeaseService::start(
         vault.store.clone(),
         Arc::new(slots),
+        vault.door.clone(),
         vault.accounts.clone(),
         vault.callers.clone(),
         refresher.clone(),
@@ -712,7 +713,8 @@ async fn waiters_are_served_in_arrival_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_during_a_lease_reaches_the_holder() {
-    use credvault::{fake_upstream::FakeUpstream, providers::ProviderConfig};
+    use credvault::providers::ProviderConfig;
+    use fake_upstream::FakeUpstream;
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::at(START_MS);
     let fake = FakeUpstream::start(Arc::new(clock.clone())).await.unwrap();

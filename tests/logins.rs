@@ -12,10 +12,10 @@ use credvault::{
     accounts::{AccountKey, NewAccount},
     clock::{Clock, ManualClock},
     config::Config,
-    fake_upstream::FakeUpstream,
     providers::{ProviderConfig, ProviderKind},
     refresh::Refresher,
 };
+use fake_upstream::FakeUpstream;
 use support::{Auth, TestServer, proto, upstream_jwt, wait_until};
 use tonic::Code;
 

@@ -7,9 +7,9 @@ use std::{collections::HashMap, sync::Arc};
 
 use credvault::{
     clock::SystemClock,
-    fake_upstream::FakeUpstream,
     providers::{ProviderConfig, ProviderKind},
 };
+use fake_upstream::FakeUpstream;
 use support::{Auth, TestServer, pixverse, proto, upstream_jwt};
 use tonic::Code;
 

@@ -10,10 +10,10 @@ use std::{sync::Arc, time::Duration};
 
 use credvault::{
     clock::ManualClock,
-    fake_upstream::FakeUpstream,
     providers::{ProviderConfig, ProviderKind},
     timefmt::rfc3339_millis,
 };
+use fake_upstream::FakeUpstream;
 use support::{Auth, TestServer, proto};
 use tonic::Code;
 

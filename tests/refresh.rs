@@ -9,9 +9,9 @@ use std::{sync::Arc, time::Duration};
 use credvault::{
     clock::{Clock, ManualClock},
     config::Config,
-    fake_upstream::FakeUpstream,
     providers::{ProviderConfig, ProviderKind},
 };
+use fake_upstream::FakeUpstream;
 use support::{TestServer, pixverse, proto, wait_until};
 use tonic::Code;
 

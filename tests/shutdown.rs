@@ -5,7 +5,8 @@ mod support;
 
 use std::{sync::Arc, time::Duration};
 
-use credvault::{clock::SystemClock, fake_upstream::FakeUpstream, providers::ProviderConfig};
+use credvault::{clock::SystemClock, providers::ProviderConfig};
+use fake_upstream::FakeUpstream;
 use support::{TestServer, pixverse, proto, wait_until};
 
 const PASSWORD: &str = "upstream-password-1";

@@ -18,7 +18,7 @@ use crate::{
     callers::CallerService,
     crypto::{Fingerprinter, SecretString},
     events::Events,
-    handout,
+    handout::Door,
     leases::{AcquireRequest, DEFAULT_TTL_MS, Granted, LeaseService, MAX_TTL_MS, MAX_WAIT_MS},
     proto::{self, credentials_server::Credentials},
     validate::{self, FieldError},
@@ -34,6 +34,7 @@ pub struct CredentialsApi {
     accounts: Arc<AccountService>,
     callers: Arc<CallerService>,
     leases: Arc<LeaseService>,
+    door: Arc<Door>,
     events: Events,
     fingerprints: Arc<Fingerprinter>,
     /// Proves a watch's caller again while its stream lives.
@@ -45,6 +46,7 @@ impl CredentialsApi {
         accounts: Arc<AccountService>,
         callers: Arc<CallerService>,
         leases: Arc<LeaseService>,
+        door: Arc<Door>,
         events: Events,
         fingerprints: Arc<Fingerprinter>,
         authenticator: Arc<Authenticator>,
@@ -53,6 +55,7 @@ impl CredentialsApi {
             accounts,
             callers,
             leases,
+            door,
             events,
             fingerprints,
             authenticator,
@@ -143,7 +146,9 @@ impl Credentials for CredentialsApi {
         .flatten()
         .map(SecretString::expose)
         .collect();
-        let charge = handout::hand_out(&self.callers, &audit, &actor.id, cost, &handed)
+        let charge = self
+            .door
+            .hand_out(&audit, &actor.id, cost, &handed)
             .await
             .map_err(handout_error)?;
         tracing::info!(
@@ -240,6 +245,7 @@ impl Credentials for CredentialsApi {
         let watch = Watch {
             callers: self.callers.clone(),
             leases: self.leases.clone(),
+            door: self.door.clone(),
             events: self.events.clone(),
             proof,
             filter,

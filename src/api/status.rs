@@ -112,6 +112,7 @@ pub fn refresh_error(error: RefreshError) -> Status {
 
 pub fn handout_error(error: HandOutError) -> Status {
     match error {
+        HandOutError::Refused(error) => auth_error(error),
         HandOutError::Caller(error) => caller_error(error),
         HandOutError::Audit(error) => audit_error(error),
     }

@@ -19,7 +19,7 @@ use crate::{
     callers::CallerService,
     crypto::SecretString,
     events::{Event, EventKind, Events},
-    handout,
+    handout::Door,
     leases::LeaseService,
     proto,
 };
@@ -108,6 +108,7 @@ impl Filter {
 pub struct Watch {
     pub callers: Arc<CallerService>,
     pub leases: Arc<LeaseService>,
+    pub door: Arc<Door>,
     pub events: Events,
     pub proof: Proof,
     pub filter: Filter,
@@ -242,7 +243,8 @@ impl Watch {
             }
             None => self.callers.settings().reveal_cost,
         };
-        handout::hand_out(&self.callers, &audit, &caller.id, cost, &[token.expose()])
+        self.door
+            .hand_out(&audit, &caller.id, cost, &[token.expose()])
             .await
             .map(drop)
             .map_err(|error| handout_error(error).message().to_owned())

@@ -13,7 +13,7 @@ use std::{
     sync::{Arc, MutexGuard, OnceLock},
 };
 
-use super::{CallerCredits, CallerError, CallerService, CreditError};
+use super::{CallerCredits, CallerError, CallerService, CreditError, identity::AuthError};
 use crate::timefmt::rfc3339_millis;
 
 /// What a caller owes, not yet written, and the outcome its debits will share.
@@ -61,6 +61,17 @@ impl Charge {
 }
 
 impl CallerService {
+    /// Refuses a caller that is disabled now (it may have been since its call was
+    /// authenticated).
+    pub fn check_enabled(&self, caller_id: &str) -> Result<(), AuthError> {
+        match self.opened(caller_id) {
+            Ok(Some(opened)) if !opened.record.disabled => Ok(()),
+            Ok(Some(_)) => Err(AuthError::Disabled),
+            Ok(None) => Err(AuthError::MissingOrInvalid),
+            Err(error) => Err(error.into_auth(caller_id)),
+        }
+    }
+
     /// Whether the caller's credits may be used now: within their validity window (an
     /// unmetered caller's always are). The balance is not looked at: for free calls.
     pub fn check_credit_window(&self, caller_id: &str) -> Result<(), CallerError> {

@@ -62,7 +62,9 @@ impl CallerService {
             .expect(Tree::Callers, BOOTSTRAP_ADMIN_ID.as_bytes(), Expect::Absent)
             .put(Tree::Callers, BOOTSTRAP_ADMIN_ID.as_bytes(), &bytes);
         match self.store.commit(txn).await? {
-            Outcome::Committed(_) => self.remember(BOOTSTRAP_ADMIN_ID, bytes, record),
+            Outcome::Committed(revision) => {
+                self.remember(BOOTSTRAP_ADMIN_ID, bytes, record, revision);
+            }
             // Created meanwhile (another node): take what is stored.
             Outcome::Conflict(_) => {
                 self.read_afresh(BOOTSTRAP_ADMIN_ID).await?;
@@ -178,9 +180,9 @@ impl CallerService {
         txn.writes.push(email_index.clone());
         txn.writes.push(index.clone());
         match self.store.commit(txn).await? {
-            Outcome::Committed(_) => {
-                self.took(&[email_index, index]);
-                self.remember(&id, bytes, record.clone());
+            Outcome::Committed(revision) => {
+                self.took(&[email_index, index], revision);
+                self.remember(&id, bytes, record.clone(), revision);
                 Ok(record)
             }
             Outcome::Conflict(_) => Err(CallerError::Contended(email.to_owned())),

@@ -251,6 +251,7 @@ impl CallerService {
                         Ok(change) => {
                             let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
                             view.apply_change(&self.sealer, &change);
+                            view.forget_tombstones(change.tree, change.revision);
                             self.seen.fetch_max(change.revision, Ordering::SeqCst);
                             self.changed.send_modify(|count| *count += 1);
                         }
@@ -289,26 +290,29 @@ impl CallerService {
 
     /// The record as the store holds it now, opened; the view takes it too.
     async fn read_afresh(&self, id: &str) -> Result<Option<Arc<Opened>>, CallerError> {
+        // Read before the value: the value is at least this recent.
+        let at = self.store.revision();
         let Some(bytes) = self.store.get(Tree::Callers, id.as_bytes()).await? else {
             return Ok(None);
         };
         let record: CallerRecord =
             sealed::open(&self.sealer, Tree::Callers, id.as_bytes(), &bytes.value)
                 .map_err(|source| CallerError::unopened(id, source))?;
-        self.remember(id, bytes.value.clone(), record.clone());
+        self.remember(id, bytes.value.clone(), record.clone(), at);
         Ok(Some(Arc::new(Opened {
             bytes: bytes.value,
             record,
         })))
     }
 
-    /// Keeps a record written (or read) here, with the debits it shows written.
-    fn remember(&self, id: &str, bytes: Vec<u8>, record: CallerRecord) {
+    /// Keeps a record written (or read) here as of `revision`, with the debits it
+    /// shows written.
+    fn remember(&self, id: &str, bytes: Vec<u8>, record: CallerRecord, revision: Revision) {
         let mut pending = self.pending_debits();
         self.view
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remember(id, bytes, record);
+            .remember(id, bytes, record, revision);
         credits::written(&mut pending, id);
     }
 
@@ -370,9 +374,9 @@ impl CallerService {
                 )
                 .put(Tree::Callers, id.as_bytes(), &new);
             txn.writes.extend(also.iter().cloned());
-            if let Outcome::Committed(_) = self.store.commit(txn).await? {
-                self.took(&also);
-                self.remember(id, new, record.clone());
+            if let Outcome::Committed(revision) = self.store.commit(txn).await? {
+                self.took(&also, revision);
+                self.remember(id, new, record.clone(), revision);
                 self.changed.send_modify(|count| *count += 1);
                 return Ok(record);
             }
@@ -382,10 +386,11 @@ impl CallerService {
     }
 
     /// Index entries this process just wrote.
-    fn took(&self, writes: &[Write]) {
+    fn took(&self, writes: &[Write], revision: Revision) {
         let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
         for write in writes {
-            view.apply(&self.sealer, write.tree, &write.key, write.value.as_deref());
+            let value = write.value.as_deref();
+            view.apply(&self.sealer, write.tree, &write.key, value, revision);
         }
     }
 

@@ -3,6 +3,11 @@
 //! no decryption. It is loaded whole at open (callers number in the hundreds, not
 //! millions), takes this process's own writes as they commit, and follows the store's
 //! watch for the rest (a re-sealed record, another node's write).
+//!
+//! Each entry remembers the revision it was written at, and a deleted one leaves a
+//! tombstone with its revision, so a change arriving late through the watch (older
+//! than what this process already took from its own commit) is ignored: a removed API
+//! key never comes back, not even for a moment.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -32,9 +37,11 @@ enum Held {
 
 #[derive(Default)]
 pub(super) struct View {
-    records: HashMap<String, Held>,
-    emails: HashMap<String, String>,
-    keys: HashMap<String, String>,
+    records: HashMap<String, (Held, Revision)>,
+    emails: HashMap<String, (String, Revision)>,
+    keys: HashMap<String, (String, Revision)>,
+    /// Deleted keys and the revision of their deletion, until the watch has passed it.
+    gone: HashMap<(Tree, Vec<u8>), Revision>,
 }
 
 impl View {
@@ -50,7 +57,7 @@ impl View {
                     .at(Some(at));
                 let page = store.scan(range).await?;
                 for (key, value) in page.entries {
-                    view.apply(sealer, tree, &key, Some(&value));
+                    view.apply(sealer, tree, &key, Some(&value), at);
                     after = Some(key);
                 }
                 if !page.more {
@@ -63,7 +70,7 @@ impl View {
 
     /// The record of `id`: `Ok(None)` when there is none, an error when it is damaged.
     pub fn record(&self, sealer: &Sealer, id: &str) -> Result<Option<Arc<Opened>>, CallerError> {
-        match self.records.get(id) {
+        match self.records.get(id).map(|(held, _)| held) {
             None => Ok(None),
             Some(Held::Opened(opened)) => Ok(Some(opened.clone())),
             Some(Held::Damaged(bytes)) => {
@@ -80,31 +87,63 @@ impl View {
     }
 
     pub fn id_by_email(&self, email: &str) -> Option<&str> {
-        self.emails.get(email).map(String::as_str)
+        self.emails.get(email).map(|(id, _)| id.as_str())
     }
 
     pub fn id_by_key(&self, key_id: &str) -> Option<&str> {
-        self.keys.get(key_id).map(String::as_str)
+        self.keys.get(key_id).map(|(id, _)| id.as_str())
     }
 
-    /// Keeps a record this process just wrote (or read afresh).
-    pub fn remember(&mut self, id: &str, bytes: Vec<u8>, record: CallerRecord) {
-        self.records.insert(
-            id.to_owned(),
-            Held::Opened(Arc::new(Opened { bytes, record })),
-        );
+    /// Keeps a record as of `revision`: one this process just wrote (or read afresh).
+    pub fn remember(&mut self, id: &str, bytes: Vec<u8>, record: CallerRecord, revision: Revision) {
+        if revision < self.revision_of(Tree::Callers, id.as_bytes()) {
+            return;
+        }
+        self.gone.remove(&(Tree::Callers, id.as_bytes().to_vec()));
+        let held = Held::Opened(Arc::new(Opened { bytes, record }));
+        self.records.insert(id.to_owned(), (held, revision));
     }
 
-    /// Takes one change from the store. A record is replaced only by a higher version,
-    /// or by other bytes at the same version (a re-seal): a change older than what this
-    /// process wrote since does not undo it.
-    pub fn apply(&mut self, sealer: &Sealer, tree: Tree, key: &[u8], value: Option<&[u8]>) {
+    /// The revision the view holds `key` at (0: never seen).
+    fn revision_of(&self, tree: Tree, key: &[u8]) -> Revision {
+        let text = String::from_utf8_lossy(key);
+        let held = match tree {
+            Tree::Callers => self.records.get(text.as_ref()).map(|(_, at)| *at),
+            Tree::CallerEmails => self.emails.get(text.as_ref()).map(|(_, at)| *at),
+            Tree::ApiKeys => self.keys.get(text.as_ref()).map(|(_, at)| *at),
+            _ => None,
+        };
+        held.or_else(|| self.gone.get(&(tree, key.to_vec())).copied())
+            .unwrap_or(0)
+    }
+
+    /// Takes one change the store made at `revision`, unless the view already holds
+    /// the key as of a later one.
+    pub fn apply(
+        &mut self,
+        sealer: &Sealer,
+        tree: Tree,
+        key: &[u8],
+        value: Option<&[u8]>,
+        revision: Revision,
+    ) {
+        if !TREES.contains(&tree) || revision < self.revision_of(tree, key) {
+            return;
+        }
         let text = String::from_utf8_lossy(key).into_owned();
-        match (tree, value) {
-            (Tree::Callers, None) => {
-                self.records.remove(&text);
+        let Some(bytes) = value else {
+            match tree {
+                Tree::Callers => drop(self.records.remove(&text)),
+                Tree::CallerEmails => drop(self.emails.remove(&text)),
+                _ => drop(self.keys.remove(&text)),
             }
-            (Tree::Callers, Some(bytes)) => {
+            self.gone.insert((tree, key.to_vec()), revision);
+            return;
+        };
+        self.gone.remove(&(tree, key.to_vec()));
+        let id = || String::from_utf8_lossy(bytes).into_owned();
+        match tree {
+            Tree::Callers => {
                 let held = match sealed::open::<CallerRecord>(sealer, tree, key, bytes) {
                     Ok(record) => Held::Opened(Arc::new(Opened {
                         bytes: bytes.to_vec(),
@@ -115,32 +154,25 @@ impl View {
                         Held::Damaged(bytes.to_vec())
                     }
                 };
-                let newer = match (self.records.get(&text), &held) {
-                    (Some(Held::Opened(kept)), Held::Opened(new)) => {
-                        kept.record.version < new.record.version
-                            || (kept.record.version == new.record.version
-                                && kept.bytes != new.bytes)
-                    }
-                    _ => true,
-                };
-                if newer {
-                    self.records.insert(text, held);
-                }
+                self.records.insert(text, (held, revision));
             }
-            (Tree::CallerEmails, value) => set(&mut self.emails, text, value),
-            (Tree::ApiKeys, value) => set(&mut self.keys, text, value),
-            _ => {}
+            Tree::CallerEmails => drop(self.emails.insert(text, (id(), revision))),
+            _ => drop(self.keys.insert(text, (id(), revision))),
         }
     }
 
     pub fn apply_change(&mut self, sealer: &Sealer, change: &Change) {
-        self.apply(sealer, change.tree, &change.key, change.value.as_deref());
+        self.apply(
+            sealer,
+            change.tree,
+            &change.key,
+            change.value.as_deref(),
+            change.revision,
+        );
     }
-}
 
-fn set(index: &mut HashMap<String, String>, key: String, value: Option<&[u8]>) {
-    match value {
-        Some(id) => index.insert(key, String::from_utf8_lossy(id).into_owned()),
-        None => index.remove(&key),
-    };
+    /// Tombstones of `tree` its watch has passed: no older change can arrive.
+    pub fn forget_tombstones(&mut self, tree: Tree, upto: Revision) {
+        self.gone.retain(|(t, _), at| *t != tree || *at > upto);
+    }
 }

@@ -15,7 +15,6 @@ use crate::{
     audit::CallAudit,
     auth::Caller,
     crypto::{RngError, random_below, random_bytes},
-    handout,
     providers::ProviderKind,
     timefmt::rfc3339_millis,
     validate,
@@ -327,7 +326,9 @@ impl LeaseService {
             let token: Vec<&str> = account.secrets.token.iter().map(|t| t.expose()).collect();
             // The door's one flush makes the lease durable too, with the debit and the
             // audit event; when it fails, the credits are paid back.
-            handout::hand_out(&self.callers, audit, &record.caller_id, cost, &token).await?;
+            self.door
+                .hand_out(audit, &record.caller_id, cost, &token)
+                .await?;
             Ok(account)
         }
         .await;

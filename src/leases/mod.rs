@@ -39,7 +39,7 @@ use crate::{
     clock::Clock,
     crypto::RngError,
     events::{Event, EventKind, Events},
-    handout::{self, HandOutError},
+    handout::{Door, HandOutError},
     providers::Providers,
     refresh::Refresher,
     sealed::SealedError,
@@ -138,6 +138,7 @@ pub struct LeaseService {
     clock: Arc<dyn Clock>,
     settings: LeaseSettings,
     slots: Arc<dyn SlotTable>,
+    door: Arc<Door>,
     waiters: Waiters,
     tickets: AtomicU64,
     reaper: Notify,
@@ -153,6 +154,7 @@ impl LeaseService {
     pub async fn start(
         store: Arc<dyn Store>,
         slots: Arc<dyn SlotTable>,
+        door: Arc<Door>,
         accounts: Arc<AccountService>,
         callers: Arc<CallerService>,
         refresher: Arc<Refresher>,
@@ -172,6 +174,7 @@ impl LeaseService {
             clock,
             settings,
             slots,
+            door,
             waiters: Waiters::default(),
             tickets: AtomicU64::new(0),
             reaper: Notify::new(),
@@ -267,7 +270,9 @@ impl LeaseService {
         // The lease paid when it was acquired: the renewal's hand-out is free, and
         // audited like every other.
         let token: Vec<&str> = account.secrets.token.iter().map(|t| t.expose()).collect();
-        handout::hand_out(&self.callers, audit, &record.caller_id, 0, &token).await?;
+        self.door
+            .hand_out(audit, &record.caller_id, 0, &token)
+            .await?;
         Ok(Granted {
             lease: record,
             account,

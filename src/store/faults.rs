@@ -115,6 +115,13 @@ impl Store for FaultyStore {
         }
     }
 
+    fn value<'a>(&'a self, tree: Tree, key: &'a [u8]) -> StoreFuture<'a, Option<Vec<u8>>> {
+        match self.plan.check() {
+            Ok(()) => self.inner.value(tree, key),
+            Err(error) => Self::failed(error),
+        }
+    }
+
     fn scan<'a>(&'a self, range: Range<'a>) -> StoreFuture<'a, Page> {
         match self.plan.check() {
             Ok(()) => self.inner.scan(range),

@@ -42,7 +42,8 @@ pub trait Engine: Send + Sync + 'static {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError>;
-    fn apply(&self, writes: &[Write]) -> Result<(), StoreError>;
+    /// Writes all of `writes` or none; answers what each key held before.
+    fn apply(&self, writes: &[Write]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
     fn count(&self, tree: Tree) -> Result<u64, StoreError>;
     fn last_key(&self, tree: Tree) -> Result<Option<Vec<u8>>, StoreError>;
     fn flush(&self) -> FlushFuture<'_>;
@@ -153,18 +154,7 @@ impl<E: Engine> Journaled<E> {
         if txn.writes.is_empty() {
             return Ok(Outcome::Committed(state.revision));
         }
-        let mut prevs = Vec::with_capacity(txn.writes.len());
-        for write in &txn.writes {
-            let compared = txn
-                .compares
-                .iter()
-                .position(|c| c.tree == write.tree && c.key == write.key);
-            prevs.push(match compared {
-                Some(i) => current[i].take().map(|v| v.value),
-                None => self.engine.get(write.tree, &write.key)?,
-            });
-        }
-        self.engine.apply(&txn.writes)?;
+        let prevs = self.engine.apply(&txn.writes)?;
         state.revision += 1;
         let revision = state.revision;
         self.revision.store(revision, Ordering::Release);
@@ -277,6 +267,12 @@ impl<E: Engine> Journaled<E> {
 impl<E: Engine> Store for Journaled<E> {
     fn get<'a>(&'a self, tree: Tree, key: &'a [u8]) -> StoreFuture<'a, Option<Versioned>> {
         let found = self.engine.get(tree, key).map(|v| v.map(Versioned::new));
+        Box::pin(async move { found })
+    }
+
+    fn value<'a>(&'a self, tree: Tree, key: &'a [u8]) -> StoreFuture<'a, Option<Vec<u8>>> {
+        // No version wanted: no digest made.
+        let found = self.engine.get(tree, key);
         Box::pin(async move { found })
     }
 

@@ -56,16 +56,17 @@ impl Engine for Maps {
             .collect())
     }
 
-    fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+    fn apply(&self, writes: &[Write]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         let mut trees = self.trees.write().unwrap_or_else(|e| e.into_inner());
+        let mut prevs = Vec::with_capacity(writes.len());
         for write in writes {
             let map = trees.entry(write.tree).or_default();
-            match &write.value {
+            prevs.push(match &write.value {
                 Some(value) => map.insert(write.key.clone(), value.clone()),
                 None => map.remove(&write.key),
-            };
+            });
         }
-        Ok(())
+        Ok(prevs)
     }
 
     fn count(&self, tree: Tree) -> Result<u64, StoreError> {

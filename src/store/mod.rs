@@ -200,6 +200,11 @@ pub trait Store: Send + Sync + 'static {
     /// The value under `key` and its version.
     fn get<'a>(&'a self, tree: Tree, key: &'a [u8]) -> StoreFuture<'a, Option<Versioned>>;
 
+    /// The value under `key`, without its version (which may cost a backend work).
+    fn value<'a>(&'a self, tree: Tree, key: &'a [u8]) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move { Ok(self.get(tree, key).await?.map(|v| v.value)) })
+    }
+
     /// Up to `range.limit` entries in key order.
     fn scan<'a>(&'a self, range: Range<'a>) -> StoreFuture<'a, Page>;
 
@@ -230,11 +235,6 @@ pub trait Store: Send + Sync + 'static {
 
 /// Shorthands over [`Store`] for the common one-key cases.
 pub trait StoreExt: Store {
-    /// The value under `key`, without its version.
-    fn value<'a>(&'a self, tree: Tree, key: &'a [u8]) -> StoreFuture<'a, Option<Vec<u8>>> {
-        Box::pin(async move { Ok(self.get(tree, key).await?.map(|v| v.value)) })
-    }
-
     /// Replaces `expected` by `new` under `key` (`None` meaning absent on either side).
     fn swap<'a>(
         &'a self,

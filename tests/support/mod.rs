@@ -59,6 +59,8 @@ pub struct TestServer {
     pub addr: Option<SocketAddr>,
     pub socket: Option<PathBuf>,
     pub metrics: Option<SocketAddr>,
+    /// The door unmasked secrets leave through, to count what passed it.
+    pub door: Arc<credvault::handout::Door>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -101,6 +103,7 @@ impl TestServer {
         let addr = listeners.tcp_addr();
         let socket = listeners.socket_path().map(Path::to_owned);
         let (stop, stopped) = oneshot::channel();
+        let door = vault.door.clone();
         let task = tokio::spawn(server::run(
             vault,
             listeners,
@@ -113,6 +116,7 @@ impl TestServer {
             addr,
             socket,
             metrics,
+            door,
             stop: Some(stop),
             task: Some(task),
         }

@@ -148,14 +148,15 @@ impl Engine for SledEngine {
         Ok(out)
     }
 
-    fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
-        if let [write] = writes {
+    fn apply(&self, writes: &[Write]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let prevs = if let [write] = writes {
             let tree = self.tree(write.tree);
-            match &write.value {
+            let prev = match &write.value {
                 Some(value) => tree.insert(write.key.as_slice(), value.as_slice()),
                 None => tree.remove(write.key.as_slice()),
             }
             .map_err(engine_error)?;
+            vec![prev.map(|v| v.to_vec())]
         } else {
             // Several keys, maybe in several trees: one sled transaction, so that a
             // crash keeps all of them or none.
@@ -166,24 +167,26 @@ impl Engine for SledEngine {
             trees
                 .as_slice()
                 .transaction(|txs| {
+                    let mut prevs = Vec::with_capacity(writes.len());
                     for write in writes {
                         let at = involved
                             .binary_search(&write.tree)
                             .expect("collected above");
-                        match &write.value {
+                        let prev = match &write.value {
                             Some(value) => txs[at].insert(write.key.as_slice(), value.as_slice()),
                             None => txs[at].remove(write.key.as_slice()),
                         }?;
+                        prevs.push(prev.map(|v| v.to_vec()));
                     }
-                    Ok::<(), ConflictableTransactionError<()>>(())
+                    Ok::<_, ConflictableTransactionError<()>>(prevs)
                 })
                 .map_err(|error| match error {
                     TransactionError::Storage(error) => engine_error(error),
                     TransactionError::Abort(()) => StoreError::Engine("transaction aborted".into()),
-                })?;
-        }
+                })?
+        };
         self.flush.wrote();
-        Ok(())
+        Ok(prevs)
     }
 
     fn count(&self, tree: Tree) -> Result<u64, StoreError> {

@@ -1,9 +1,10 @@
-//! A fake upstream on loopback for demos: `cargo run --bin fake-upstream -- --help`.
+//! A fake upstream on loopback for demos: `cargo run -p fake-upstream -- --help`.
 
 use std::{net::SocketAddr, sync::Arc};
 
 use clap::Parser;
-use credvault::{clock::SystemClock, fake_upstream::FakeUpstream};
+use credvault::clock::SystemClock;
+use fake_upstream::FakeUpstream;
 
 #[derive(Parser)]
 #[command(about = "A fake upstream that speaks credvault's four provider styles, for demos")]

@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::clock::Clock;
+use credvault::clock::Clock;
 
 const SIGNING_SECRET: &[u8] = b"fake-upstream-signing-secret";
 const MAX_BODY: usize = 64 * 1024;

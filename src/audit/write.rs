@@ -1,0 +1,233 @@
+//! Writing the trail: numbering and queueing events, writing them as sealed blocks,
+//! and the durable commit a hand-out waits for.
+
+use std::{
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::watch;
+
+use super::{
+    AuditError, AuditEvent, AuditLog, BLOCK_BYTES, BLOCK_MAX, BeforeFlush, Queue, WRITE_EVERY,
+    Written, block, seq_of,
+};
+use crate::{
+    clock::Clock,
+    crypto::{Fingerprinter, Sealer},
+    sealed,
+    store::{Store, StoreError, StoreExt, Tree},
+};
+
+impl AuditLog {
+    pub async fn open(
+        store: Arc<dyn Store>,
+        sealer: Arc<Sealer>,
+        hasher: Arc<Fingerprinter>,
+        clock: Arc<dyn Clock>,
+        retention: Option<Duration>,
+    ) -> Result<Self, StoreError> {
+        let mut log = Self {
+            store,
+            sealer,
+            hasher,
+            clock,
+            next_seq: AtomicU64::new(1),
+            queue: Mutex::new(Queue::default()),
+            writer: tokio::sync::Mutex::new(()),
+            writes: AtomicU64::new(0),
+            durable_through: AtomicU64::new(0),
+            committing: tokio::sync::Mutex::new(()),
+            before_flush: OnceLock::new(),
+            retention,
+        };
+        // The last block's key is its first event's number; the next follows its last.
+        // A block that does not open (tampered) does not stop the vault: reading the
+        // trail reports it, and numbering continues past any number it could hold.
+        if let Some(key) = log.store.last_key(Tree::Audit).await?
+            && let Some(value) = log.store.value(Tree::Audit, &key).await?
+        {
+            let first = seq_of(&key).unwrap_or(0);
+            let next = match log.open_block(&key, &value) {
+                Ok(events) => {
+                    events
+                        .iter()
+                        .map(|e| e.seq)
+                        .max()
+                        .unwrap_or(first)
+                        .max(first)
+                        + 1
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the last audit block does not open");
+                    first + BLOCK_MAX as u64
+                }
+            };
+            log.next_seq = AtomicU64::new(next);
+        }
+        Ok(log)
+    }
+
+    /// The audit hash of a secret value.
+    pub fn hash(&self, secret: &str) -> String {
+        self.hasher.hash(secret)
+    }
+
+    /// Queues one event (its `seq` and time are assigned here) and logs it. It is
+    /// written with the next block: [`AuditLog::commit`] waits for that.
+    pub fn append(&self, event: AuditEvent) -> u64 {
+        self.enqueue(event).0
+    }
+
+    /// Appends one event and waits until the block holding it is written (not yet
+    /// durable: the caller's next store flush makes it so).
+    pub async fn commit(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        let (seq, written) = self.enqueue(event);
+        if written.get().is_none() {
+            self.write_queued().await;
+        }
+        match written.get() {
+            Some(Some(_)) => Ok(seq),
+            _ => Err(AuditError::Unwritten),
+        }
+    }
+
+    /// Appends one event and waits until it is durable, together with every store
+    /// write that completed before this call (a hand-out's debit and lease). Concurrent
+    /// callers share the block write and the flush.
+    pub async fn commit_durable(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        let (seq, written) = self.enqueue(event);
+        let _turn = self.committing.lock().await;
+        // A flush that ran while this call waited may have covered its event already.
+        if let Some(outcome) = written.get() {
+            match outcome {
+                None => return Err(AuditError::Unwritten),
+                Some(n) if *n <= self.durable_through.load(Ordering::SeqCst) => return Ok(seq),
+                Some(_) => {}
+            }
+        }
+        self.write_queued().await;
+        let Some(Some(_)) = written.get() else {
+            return Err(AuditError::Unwritten);
+        };
+        let covers = self.writes.load(Ordering::SeqCst);
+        self.run_before_flush().await;
+        self.store.flush().await?;
+        self.durable_through.fetch_max(covers, Ordering::SeqCst);
+        Ok(seq)
+    }
+
+    /// Sets what every durable commit writes just before its flush (once; later calls
+    /// are ignored).
+    pub fn before_flush(&self, write: BeforeFlush) {
+        let _ = self.before_flush.set(write);
+    }
+
+    /// Numbers, logs and queues an event. Numbers are taken under the queue's lock, so
+    /// the queue (and every block written from it) is in order.
+    fn enqueue(&self, mut event: AuditEvent) -> (u64, Written) {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        event.seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        event.at_ms = self.clock.now_ms();
+        let seq = event.seq;
+        tracing::info!(
+            target: "audit",
+            seq,
+            request_id = %event.request_id,
+            caller = %event.caller_id,
+            rpc = %event.rpc,
+            provider = %event.provider,
+            email = %if event.email.is_empty() { String::new() } else { self.hasher.tag(&event.email) },
+            target_id = %event.target,
+            outcome = %event.outcome,
+            secret_hashes = %event.secret_hashes.join(","),
+            "audit"
+        );
+        queue.events.push(event);
+        (seq, queue.written.clone())
+    }
+
+    /// Writes every queued event, as blocks of at most `BLOCK_MAX` events and
+    /// `BLOCK_BYTES` bytes; answers false if a block could not be written (its events
+    /// are lost, and their committers told).
+    pub async fn write_queued(&self) -> bool {
+        let _writer = self.writer.lock().await;
+        let Queue { events, written } =
+            std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut ok = true;
+        for block in block::encode_blocks(&events, BLOCK_MAX, BLOCK_BYTES) {
+            ok &= self
+                .write_block(events[block.first].seq, block.count, &block.bytes)
+                .await;
+        }
+        let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        let _ = written.set(ok.then_some(n));
+        ok
+    }
+
+    /// Seals and writes one encoded block of `count` events, keyed by its first `seq`.
+    async fn write_block(&self, seq: u64, count: usize, plaintext: &[u8]) -> bool {
+        let key = seq.to_be_bytes();
+        let result = match sealed::seal_raw(&self.sealer, Tree::Audit, &key, plaintext) {
+            Ok(bytes) => (self.store.swap(Tree::Audit, &key, None, Some(&bytes)).await)
+                .map_err(AuditError::from),
+            Err(error) => Err(error.into()),
+        };
+        match result {
+            Ok(_) => true,
+            Err(error) => {
+                metrics::counter!("credvault_audit_write_failures_total").increment(count as u64);
+                tracing::error!(%error, events = count, "writing audit events failed");
+                false
+            }
+        }
+    }
+
+    /// Writes what is pending every [`WRITE_EVERY`] until `stop` (shutdown writes the
+    /// rest once the calls have drained).
+    pub async fn keep_written(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(WRITE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => return,
+                _ = tick.tick() => {}
+            }
+            self.write_pending().await;
+        }
+    }
+
+    /// Writes the queued events and what the durable commits write before their flush
+    /// (debits a cancelled hand-out left pending, too). Not flushed.
+    pub async fn write_pending(&self) {
+        if !self.queue_is_empty() {
+            self.write_queued().await;
+        }
+        self.run_before_flush().await;
+    }
+
+    async fn run_before_flush(&self) {
+        if let Some(before_flush) = self.before_flush.get() {
+            before_flush().await;
+        }
+    }
+
+    fn queue_is_empty(&self) -> bool {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .events
+            .is_empty()
+    }
+
+    /// Writes the queued events, then flushes the store.
+    pub async fn flush(&self) -> Result<(), AuditError> {
+        if !self.write_queued().await {
+            return Err(AuditError::Unwritten);
+        }
+        Ok(self.store.flush().await?)
+    }
+}

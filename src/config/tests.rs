@@ -1,0 +1,116 @@
+use std::{fs, os::unix::fs::PermissionsExt};
+
+use super::*;
+
+fn base(dir: &Path) -> Config {
+    Config {
+        data_dir: dir.to_owned(),
+        ..Config::default()
+    }
+}
+
+#[test]
+fn toml_text_parses_or_names_the_problem() {
+    let config = Config::from_toml("listen = \"none\"\n[limits]\ncall_timeout_secs = 5\n").unwrap();
+    assert_eq!(config.listen, "none");
+    assert_eq!(config.limits.call_timeout_secs, 5);
+    let error = Config::from_toml("lisen = \"none\"")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("lisen"), "{error}");
+    let error = Config::from_toml("[limits]\nmax_request_bytes = \"big\"")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("max_request_bytes"), "{error}");
+}
+
+#[test]
+fn production_needs_a_master_key_and_an_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = base(dir.path()).resolve().unwrap_err();
+    assert!(matches!(error, ConfigError::NoMasterKey), "{error}");
+
+    let mut config = base(dir.path());
+    config.master_key = Some(
+        MasterKey::generate()
+            .unwrap()
+            .to_base64()
+            .to_string()
+            .into(),
+    );
+    assert!(matches!(
+        config.resolve().unwrap_err(),
+        ConfigError::NoAdminToken
+    ));
+
+    let mut config = base(dir.path());
+    config.master_key = Some(
+        MasterKey::generate()
+            .unwrap()
+            .to_base64()
+            .to_string()
+            .into(),
+    );
+    config.admin_token = Some(SecretString::from("short".to_owned()));
+    assert!(matches!(
+        config.resolve().unwrap_err(),
+        ConfigError::WeakAdminToken
+    ));
+}
+
+#[test]
+fn dev_creates_a_private_key_file_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = base(dir.path());
+    config.dev = true;
+    let first = config.resolve().unwrap();
+    let path = dir.path().join(DEV_KEY_FILE);
+    assert_eq!(first.dev_key_file.as_deref(), Some(path.as_path()));
+    assert_eq!(
+        fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(first.admin_token_generated);
+
+    let mut again = base(dir.path());
+    again.dev = true;
+    let second = again.resolve().unwrap();
+    assert_eq!(first.master_key.key_id(), second.master_key.key_id());
+    assert_ne!(first.admin_token, second.admin_token);
+}
+
+#[test]
+fn bad_fields_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = base(dir.path());
+    config.listen = "localhost".into();
+    assert_eq!(
+        config.resolve().unwrap_err().to_string(),
+        "listen: \"localhost\" is not an address like 127.0.0.1:50051 (or \"none\")"
+    );
+    let mut config = base(dir.path());
+    config.socket_mode = "rw".into();
+    assert!(matches!(
+        config.resolve().unwrap_err(),
+        ConfigError::SocketMode(_)
+    ));
+    let mut config = base(dir.path());
+    config.listen = "none".into();
+    assert!(matches!(
+        config.resolve().unwrap_err(),
+        ConfigError::NoListener
+    ));
+}
+
+#[test]
+fn debug_shows_no_secret() {
+    let config = Config {
+        master_key: Some(SecretString::from("bWFzdGVyLWtleS1zZWNyZXQ=".to_owned())),
+        admin_token: Some(SecretString::from("admin-token-secret-value".to_owned())),
+        ..Config::default()
+    };
+    let text = format!("{config:?}");
+    assert!(
+        !text.contains("bWFzdGVyLWtleS1zZWNyZXQ=") && !text.contains("admin-token-secret-value")
+    );
+}

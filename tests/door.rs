@@ -1,0 +1,168 @@
+//! Every RPC that hands out an unmasked secret does so through the one door (which
+//! checks the caller as it is now, charges, audits and makes both durable): each is
+//! counted by the door as it answers, and one that went around it would not be. A
+//! caller disabled after its call was authenticated gets nothing through it.
+
+mod support;
+
+use std::{sync::Arc, time::Duration};
+
+use credvault::clock::ManualClock;
+use support::{Auth, TestServer, leasable, proto, upstream_jwt};
+use tonic::Code;
+
+const SECRET: &str = "door-review-secret-0123456789abcdef";
+const START_MS: i64 = 1_767_225_600_000;
+
+fn reveal() -> proto::RevealAccountRequest {
+    proto::RevealAccountRequest {
+        provider: "pixverse".into(),
+        email: "job@example.com".into(),
+    }
+}
+
+#[tokio::test]
+async fn every_secret_bearing_rpc_hands_out_through_the_door() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(START_MS);
+    let config = support::config(dir.path(), &support::new_key());
+    let server = TestServer::start_with_clock(config, Arc::new(clock.clone())).await;
+    server
+        .accounts()
+        .await
+        .create_account(leasable("job@example.com", "pw-123456", 2))
+        .await
+        .unwrap();
+    let (_, key) = support::unmetered_consumer(&server, "door@example.com", SECRET).await;
+    let auth = || Auth::api_key(&key, SECRET);
+    let mut credentials = server.credentials(auth()).await;
+    let passed = || server.door.passed();
+
+    // RevealAccount: the password and the token, two secrets.
+    let before = passed();
+    let revealed = credentials
+        .reveal_account(reveal())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revealed.password, "pw-123456");
+    assert_eq!(passed() - before, 2);
+
+    // AcquireLease: the token.
+    let before = passed();
+    let lease = credentials
+        .acquire_lease(proto::AcquireLeaseRequest {
+            provider: "pixverse".into(),
+            email: "job@example.com".into(),
+            ttl: Some(prost_types::Duration {
+                seconds: 300,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(passed() - before, 1);
+    let lease_id = lease.lease_id;
+
+    // RenewLease: the token again.
+    let before = passed();
+    credentials
+        .renew_lease(proto::RenewLeaseRequest {
+            lease_id: lease_id.clone(),
+            ttl: Some(prost_types::Duration {
+                seconds: 300,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap();
+    assert_eq!(passed() - before, 1);
+
+    // WatchCredentials: a rotated token delivered to the lease holder.
+    let mut stream = credentials
+        .watch_credentials(proto::WatchCredentialsRequest {
+            provider: "pixverse".into(),
+            email: "job@example.com".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let before = passed();
+    let token = upstream_jwt(1_950_000_000, "door-rotated");
+    server
+        .accounts()
+        .await
+        .update_account(proto::UpdateAccountRequest {
+            provider: "pixverse".into(),
+            email: "job@example.com".into(),
+            jwt: Some(proto::JwtInput {
+                token: token.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the rotation arrives")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (event.token.as_str(), event.token_masked),
+        (token.as_str(), false),
+        "the holder gets the token unmasked: {event:?}"
+    );
+    assert_eq!(passed() - before, 1);
+    drop(stream);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_caller_disabled_since_it_authenticated_gets_nothing_through_the_door() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &support::new_key()).await;
+    server
+        .accounts()
+        .await
+        .create_account(leasable("job@example.com", "pw-123456", 2))
+        .await
+        .unwrap();
+    let (id, _) = support::unmetered_consumer(&server, "late@example.com", SECRET).await;
+    let mut admin = server.callers(Auth::admin()).await;
+    admin
+        .update_caller(proto::UpdateCallerRequest {
+            caller_id: id.clone(),
+            disabled: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // The call layer authenticated the caller before the update; the door, which
+    // reads the caller as it is now, refuses.
+    let door = server.door.clone();
+    let before = door.passed();
+    let audit = credvault::audit::CallAudit::none();
+    let refused = door.hand_out(&audit, &id, 0, &["a-secret"]).await;
+    assert!(
+        matches!(
+            refused,
+            Err(credvault::handout::HandOutError::Refused(
+                credvault::auth::AuthError::Disabled
+            ))
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(door.passed(), before);
+    // Through the API, a disabled caller is refused at the call layer already.
+    let error = server
+        .credentials(Auth::basic("late@example.com", SECRET))
+        .await
+        .reveal_account(reveal())
+        .await
+        .unwrap_err();
+    assert_ne!(error.code(), Code::Ok);
+    server.stop().await;
+}
