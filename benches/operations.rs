@@ -11,10 +11,10 @@ use std::{
 
 use credvault::{
     accounts::{NewAccount, SessionInput},
-    backup,
     clock::SystemClock,
     config::Config,
     crypto::{MasterKey, SecretString},
+    ops::backup,
     vault::Vault,
 };
 use tokio::task::JoinSet;

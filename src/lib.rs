@@ -2,28 +2,48 @@
 //!
 //! # Layout
 //!
-//! - [`server`]: listeners, the router and graceful shutdown; `main.rs` only calls it.
-//! - [`api`]: the gRPC services, the auth layer, and the one error-to-status mapping.
-//! - [`auth`]: who a caller is (bootstrap token, API key + secret, JWT, Basic) and
-//!   what its roles permit.
-//! - [`callers`]: credvault's own callers: keys, JWTs, sessions, scopes, credits.
-//! - [`leases`]: job leases within each account's `maxJobs`, durable, reaped at expiry.
-//! - [`events`]: credential events for WatchCredentials streams.
-//! - [`accounts`]: upstream accounts: validation, sealed records, masking, CRUD.
-//! - [`sealed`]: whole records under AEAD, bound to their tree and key.
-//! - [`store`]: the storage seam (transactions, scans at a revision, watches), the
-//!   embedded backend (group-commit flushes) and an in-memory one.
-//! - [`crypto`]: secret types, the master key and its HKDF sub-keys, record sealing.
-//! - [`vault`]: opening a data directory: format and key checks, wiring the services.
-//! - [`config`] and [`cli`]: layered configuration (defaults, TOML, env, flags).
-//! - [`refresh`]: the refresh engine (schedule, single flight, backoff) and the
-//!   provider adapters that log accounts in upstream.
+//! Serving:
+//! - [`server`]: listeners, TLS, the probe port, the router, serving and shutdown;
+//!   it builds the services a [`vault::Vault`] holds and owns their background tasks.
+//! - [`api`]: the thin gRPC services (parse, call one domain function, convert), the
+//!   call layer (request id, authentication, audit, metrics), the one error-to-status
+//!   map, and the WatchCredentials stream.
+//! - [`auth`]: proving a request's credential (bootstrap token, API key + secret, JWT,
+//!   Basic, socket peer) into a [`auth::Caller`].
 //! - [`limits`]: request size, call deadline and per-connection concurrency.
+//!
+//! The domain:
+//! - [`accounts`]: upstream accounts: validation, the sealed record format, masking,
+//!   the directory, reads and writes.
+//! - [`callers`]: credvault's own callers: identity and permissions, keys, JWTs,
+//!   sessions, scopes, the in-memory view authentication reads, credits.
+//! - [`leases`]: job leases: the slot table (`maxJobs`, behind a trait), waiters,
+//!   AcquireLease's choice and refusals, the reaper.
+//! - [`refresh`]: the refresh engine (schedule, login flight, budget, backoff, staged
+//!   swap) and the provider adapters that log accounts in upstream.
+//! - [`handout`]: the one door every unmasked secret leaves through.
+//! - [`audit`]: the audit trail (sealed blocks, the durable commit, reads, pruning).
+//! - [`events`]: the event bus WatchCredentials streams read.
 //! - [`providers`]: the configured upstream providers and their `maxJobs` ranges.
 //! - [`validate`]: field checks shared by every service, in the reference wording.
-//! - [`clock`], [`timefmt`], [`telemetry`], [`hex`]: time, timestamps, logging, hex.
-//! - [`fake_upstream`]: a scriptable HTTP upstream for tests and the README demo.
-//! - [`proto`]: generated code for `credvault.v1`.
+//!
+//! Keeping it:
+//! - [`store`]: the storage seam (multi-key transactions, scans at a revision,
+//!   watches), the journal the local backends share, sled and in-memory backends, the
+//!   fault injector.
+//! - [`sealed`]: whole records under AEAD, bound to their tree and key.
+//! - [`crypto`]: secret types, the master key and its HKDF sub-keys, sealing.
+//! - [`vault`]: opening a store: format and key checks, the services it holds.
+//! - [`ops`]: backup and restore, master-key rotation, secret-file reloads, the
+//!   metrics exporter.
+//! - [`commands`]: the maintenance commands run while the daemon is stopped, and the
+//!   exit codes every command shares.
+//! - [`config`] and [`cli`]: layered configuration (defaults, TOML, env, flags).
+//! - [`clock`], [`timefmt`], [`telemetry`], [`hex`], [`proto`]: time, timestamps,
+//!   logging, hex, and the generated code of `credvault.v1`.
+//!
+//! The fake upstream the tests and the README demo use is its own crate
+//! (`fake-upstream/`), outside the daemon.
 
 #![forbid(unsafe_code)]
 
@@ -37,24 +57,21 @@ pub mod accounts;
 pub mod api;
 pub mod audit;
 pub mod auth;
-pub mod backup;
 pub mod callers;
 pub mod cli;
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod crypto;
 pub mod events;
-pub mod exporter;
 pub mod handout;
 pub mod hex;
 pub mod leases;
 pub mod limits;
-pub mod progress;
+pub mod ops;
 pub mod proto;
 pub mod providers;
 pub mod refresh;
-pub mod rekey;
-pub mod reload;
 pub mod sealed;
 pub mod server;
 pub mod store;

@@ -36,8 +36,8 @@ use crate::{
     },
     config::Settings,
     events::Events,
-    exporter,
     leases::LeaseService,
+    ops::exporter,
     proto::{
         FILE_DESCRIPTOR_SET, accounts_server::AccountsServer, audit_server::AuditServer,
         callers_server::CallersServer, credentials_server::CredentialsServer,
@@ -397,7 +397,7 @@ pub async fn run(
     tokio::spawn(vault.audit.clone().keep_pruned(stop_rx.clone()));
     tokio::spawn(vault.callers.clone().follow(stop_rx.clone()));
     let audit_writer = tokio::spawn(vault.audit.clone().keep_written(stop_rx.clone()));
-    let reloader = crate::reload::Reloader {
+    let reloader = crate::ops::reload::Reloader {
         files: vault.secret_files.clone(),
         authenticator: vault.authenticator.clone(),
         sealer: vault.sealer.clone(),

@@ -12,10 +12,10 @@ use crate::{
     config::Settings,
     crypto::{Fingerprinter, MasterKey, Purpose, RngError, SealError, Sealer, SubKey},
     leases::LeaseSettings,
+    ops::rekey::Rekey,
+    ops::reload::SecretFiles,
     providers::Providers,
     refresh::RefreshSettings,
-    rekey::Rekey,
-    reload::SecretFiles,
     sealed,
     store::{FaultPlan, FaultyStore, Store, StoreError, StoreExt, Swap, Tree},
 };

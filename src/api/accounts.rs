@@ -83,24 +83,8 @@ impl Accounts for AccountsApi {
             labels: req.labels.into_iter().collect(),
             disabled: req.disabled,
         };
-        let account = self.accounts.create(input).await.map_err(account_error)?;
+        let account = self.refresher.admit(input).await.map_err(account_error)?;
         tracing::info!(caller = %caller.id, version = account.meta.version, "account created");
-        let key = account.meta.key();
-        // Without a token, log in now and answer with what came of it: the token, or
-        // the reason in statusReason.
-        let account = if account.secrets.token.is_none() && self.refresher.refreshes(&key.provider)
-        {
-            if let Err(error) = self.refresher.refresh_now(&key).await {
-                tracing::info!(reason = %error, "first login of a new account failed");
-            }
-            self.accounts
-                .get(&key.provider, &key.email)
-                .await
-                .map_err(account_error)?
-        } else {
-            self.refresher.account_changed(&key, Some(&account.meta));
-            account
-        };
         Ok(Response::new(self.view(&account)))
     }
 

@@ -8,9 +8,9 @@ use super::{authorized, call_audit, status::field_error};
 use crate::{
     auth::Permission,
     callers::CallerService,
-    crypto::{MasterKey, Sealer},
+    crypto::Sealer,
+    ops::rekey::{Phase, Rekey, RotateError},
     proto::{self, key_rotation::Phase as ProtoPhase, keys_server::Keys},
-    rekey::{Phase, Rekey},
     validate,
 };
 
@@ -71,27 +71,14 @@ impl Keys for KeysApi {
         let path = request.into_inner().new_key_file;
         validate::text("new_key_file", &path, validate::MAX_PATH_LEN, true).map_err(field_error)?;
         audit.target(&path);
-        let key = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read {path}: {e}"))
-            .and_then(|text| {
-                MasterKey::from_base64(text.trim()).map_err(|e| format!("the key in {path}: {e}"))
-            })
-            .map_err(Status::invalid_argument)?;
-        if self.rekey.phase() == Phase::Running {
-            return Err(Status::failed_precondition(
-                "a master key rotation is already running; see RotationStatus",
-            ));
-        }
-        if !self.sealer.rotate_to(&key) {
-            return Err(Status::failed_precondition(
-                "that key is already current, or a previous key is still held (an earlier rotation has not finished; see RotationStatus)",
-            ));
-        }
-        tracing::warn!(
-            key_id = %self.sealer.key_id(),
-            "master key rotation requested: set master_key_file to the new key (and previous_master_key_file to the old one until it completes) before the next start"
-        );
-        tokio::spawn(self.rekey.clone().in_background(self.callers.clone()));
+        self.rekey
+            .rotate_to_file(&path, self.callers.clone())
+            .map_err(|error| match error {
+                RotateError::BadKey(_) => Status::invalid_argument(error.to_string()),
+                RotateError::Running | RotateError::NotNow => {
+                    Status::failed_precondition(error.to_string())
+                }
+            })?;
         Ok(Response::new(self.status()))
     }
 }

@@ -3,7 +3,7 @@
 //! three live), short-lived sessions, roles and scopes, and a credit balance that
 //! credential hand-outs draw on.
 
-mod auth;
+mod authenticate;
 mod credits;
 mod error;
 pub mod identity;

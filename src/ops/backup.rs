@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     crypto::{KeyId, SealError, Sealer},
-    progress::Progress,
+    ops::progress::Progress,
     store::{Entry, Range, Store, StoreError, StoreExt, Swap, Tree},
 };
 

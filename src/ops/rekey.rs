@@ -16,8 +16,8 @@ use std::sync::{
 use crate::{
     accounts::record,
     callers::CallerService,
-    crypto::Sealer,
-    progress::Progress,
+    crypto::{MasterKey, Sealer},
+    ops::progress::Progress,
     sealed,
     store::{
         Store, StoreError, StoreExt, Swap, Tree,
@@ -51,6 +51,20 @@ pub enum Phase {
     Running,
     Done,
     Failed(String),
+}
+
+/// Why RotateMasterKey did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    /// The key file does not read or does not hold a key (the reason names the path).
+    #[error("{0}")]
+    BadKey(String),
+    #[error("a master key rotation is already running; see RotationStatus")]
+    Running,
+    #[error(
+        "that key is already current, or a previous key is still held (an earlier rotation has not finished; see RotationStatus)"
+    )]
+    NotNow,
 }
 
 pub struct Rekey {
@@ -90,6 +104,34 @@ impl Rekey {
 
     fn set_phase(&self, phase: Phase) {
         *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+    }
+
+    /// RotateMasterKey's domain work: reads the new key from `path`, makes it current
+    /// (the old one is kept to read what is not re-sealed yet) and re-seals everything
+    /// in the background.
+    pub fn rotate_to_file(
+        self: &Arc<Self>,
+        path: &str,
+        callers: Arc<CallerService>,
+    ) -> Result<(), RotateError> {
+        let key = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {path}: {e}"))
+            .and_then(|text| {
+                MasterKey::from_base64(text.trim()).map_err(|e| format!("the key in {path}: {e}"))
+            })
+            .map_err(RotateError::BadKey)?;
+        if self.phase() == Phase::Running {
+            return Err(RotateError::Running);
+        }
+        if !self.sealer.rotate_to(&key) {
+            return Err(RotateError::NotNow);
+        }
+        tracing::warn!(
+            key_id = %self.sealer.key_id(),
+            "master key rotation requested: set master_key_file to the new key (and previous_master_key_file to the old one until it completes) before the next start"
+        );
+        tokio::spawn(self.clone().in_background(callers));
+        Ok(())
     }
 
     /// Re-seals every record under the new master key while serving (which retires the

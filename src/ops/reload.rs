@@ -19,7 +19,7 @@ use crate::{
     callers::CallerService,
     config,
     crypto::Sealer,
-    rekey::{Phase, Rekey},
+    ops::rekey::{Phase, Rekey},
 };
 
 /// How often the files are looked at between SIGHUPs.

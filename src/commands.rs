@@ -1,0 +1,268 @@
+//! The maintenance commands, run while the daemon is stopped: `backup`, `restore`,
+//! `rotate-signing-key`, `rotate-key` and `keygen`, with the exit codes every command
+//! shares.
+
+use std::process::ExitCode;
+
+use crate::{
+    cli::{BackupArgs, OfflineArgs, RestoreArgs, RotateKeyArgs},
+    config::{Config, LogFormat, Settings},
+    crypto::{MasterKey, Sealer, SecretString},
+    ops::backup,
+    telemetry,
+    vault::{OpenError, Vault},
+};
+
+/// EX_USAGE: bad flags, configuration or keys.
+pub const EXIT_CONFIG: u8 = 64;
+/// EX_IOERR: the data on disk is damaged or has lost acknowledged writes.
+pub const EXIT_DAMAGED: u8 = 74;
+/// What an operator does about a damaged store.
+const RESTORE_ADVICE: &str = "this store will not be served (it could answer records that were changed or revoked since); restore the latest backup into a new, empty data directory with `credvault restore --data-dir NEW_DIR --from BACKUP_FILE` (same master key), start credvault on it, and keep the damaged directory for inspection";
+
+/// Runs a maintenance command on a runtime of its own (one thread: nothing else runs).
+pub fn offline(command: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(command),
+        Err(error) => {
+            eprintln!("credvault: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The daemon's configuration, for a command that runs while it is stopped. Such a
+/// command authenticates nobody, so it needs no admin token: a random one stands in.
+fn offline_settings(args: &OfflineArgs) -> Result<Settings, ExitCode> {
+    let fail = |error: &dyn std::fmt::Display| {
+        eprintln!("credvault: configuration error: {error}");
+        ExitCode::from(EXIT_CONFIG)
+    };
+    let mut config =
+        Config::load(args.config.as_deref(), args.overrides()).map_err(|e| fail(&e))?;
+    if config.admin_token.is_none() && config.admin_token_file.is_none() {
+        let stand_in = MasterKey::generate().map_err(|e| fail(&e))?;
+        config.admin_token = Some(SecretString::from(stand_in.to_base64().to_string()));
+    }
+    config.resolve().map_err(|e| fail(&e))
+}
+
+async fn open_offline(settings: &Settings) -> Result<Vault, ExitCode> {
+    Vault::open(settings)
+        .await
+        .map_err(|error| open_failed(&error))
+}
+
+fn open_failed(error: &OpenError) -> ExitCode {
+    if error.is_damage() {
+        eprintln!(
+            "credvault: the data directory is damaged: {}",
+            with_advice(error)
+        );
+    } else {
+        eprintln!("credvault: cannot open the data directory (is the daemon stopped?): {error}");
+    }
+    exit_for(error)
+}
+
+/// The error, followed by the way out when the store is damaged.
+pub fn with_advice(error: &OpenError) -> String {
+    if error.is_damage() {
+        format!("{error}; {RESTORE_ADVICE}")
+    } else {
+        error.to_string()
+    }
+}
+
+/// The exit code for a vault that did not open.
+pub fn exit_for(error: &OpenError) -> ExitCode {
+    if error.is_configuration() {
+        ExitCode::from(EXIT_CONFIG)
+    } else if error.is_damage() {
+        ExitCode::from(EXIT_DAMAGED)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn backup_failed(what: &str, error: &backup::BackupError) -> ExitCode {
+    eprintln!("credvault: {what} failed: {error}");
+    if error.is_usage() {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+pub async fn backup(args: &BackupArgs) -> ExitCode {
+    let settings = match offline_settings(&args.offline) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    telemetry::init(LogFormat::Text, &settings.log_filter);
+    let vault = match open_offline(&settings).await {
+        Ok(vault) => vault,
+        Err(code) => return code,
+    };
+    match backup::backup(vault.store.as_ref(), &vault.sealer, &args.out).await {
+        Ok(summary) => {
+            println!(
+                "backup written to {}: {} entries, {} bytes, sealed with master key {}",
+                args.out.display(),
+                summary.entries,
+                summary.bytes,
+                vault.sealer.key_id()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => backup_failed("backup", &error),
+    }
+}
+
+pub async fn restore(args: &RestoreArgs) -> ExitCode {
+    let settings = match offline_settings(&args.offline) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    telemetry::init(LogFormat::Text, &settings.log_filter);
+    let sealer = Sealer::new(&settings.master_key);
+    let db_dir = settings.data_dir.join("db");
+    let restored = match crate::store::open_embedded(&db_dir) {
+        Ok(store) => backup::restore(&args.from, &sealer, store.as_ref(), &db_dir).await,
+        Err(error) => Err(error.into()),
+    };
+    let summary = match restored {
+        Ok(summary) => summary,
+        Err(error) => return backup_failed("restore", &error),
+    };
+    // Opening checks the store format and the key-check record, as start-up will.
+    let vault = match open_offline(&settings).await {
+        Ok(vault) => vault,
+        Err(code) => return code,
+    };
+    println!(
+        "restored {} entries ({} accounts) into {}",
+        summary.entries,
+        vault.accounts.count(),
+        settings.data_dir.display()
+    );
+    ExitCode::SUCCESS
+}
+
+pub async fn rotate_signing_key(args: &OfflineArgs) -> ExitCode {
+    let settings = match offline_settings(args) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    let vault = match open_offline(&settings).await {
+        Ok(vault) => vault,
+        Err(code) => return code,
+    };
+    let rotated = match vault.callers.rotate_signing_key().await {
+        Ok(kid) => vault.store.flush().await.map(|()| kid).map_err(Into::into),
+        Err(error) => Err(error),
+    };
+    match rotated {
+        Ok(kid) => {
+            println!(
+                "signing key {kid} is now current; tokens signed by earlier keys stay valid until they expire"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("credvault: rotating the signing key failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub async fn rotate_key(args: &RotateKeyArgs) -> ExitCode {
+    let mut settings = match offline_settings(&args.offline) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    telemetry::init(LogFormat::Text, &settings.log_filter);
+    let new_key = match std::fs::read_to_string(&args.new_key_file)
+        .map_err(|e| e.to_string())
+        .and_then(|text| MasterKey::from_base64(text.trim()).map_err(|e| e.to_string()))
+    {
+        Ok(key) => key,
+        Err(error) => {
+            eprintln!(
+                "credvault: the new key in {}: {error}",
+                args.new_key_file.display()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // The configured key becomes the previous one (still read), the new one current.
+    let old = std::mem::replace(&mut settings.master_key, new_key);
+    if settings.previous_master_key.is_none() {
+        settings.previous_master_key = Some(old);
+    }
+    let vault = match Vault::open(&settings).await {
+        Ok(vault) => vault,
+        Err(OpenError::Store {
+            source: crate::store::StoreError::Locked,
+            ..
+        }) => {
+            eprintln!(
+                "credvault: the daemon is running on this data directory. To rotate while it serves, restart it with master_key_file = {} and previous_master_key_file = the current key; it re-seals everything in the background (see Keys/RotationStatus).",
+                args.new_key_file.display()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(error) => return open_failed(&error),
+    };
+    let resealed = match vault.rekey.run().await {
+        Ok(resealed) => resealed,
+        Err(error) => {
+            let _ = vault.store.flush().await;
+            eprintln!(
+                "credvault: key rotation stopped: {error}; run the same command again to resume"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let signing = if resealed > 0 {
+        vault.callers.rotate_signing_key().await.map(Some)
+    } else {
+        Ok(None)
+    };
+    let finished = match signing {
+        Ok(kid) => vault.store.flush().await.map(|()| kid).map_err(Into::into),
+        Err(error) => Err(error),
+    };
+    match finished {
+        Ok(kid) => {
+            println!(
+                "{resealed} records re-sealed under master key {}{}; start credvault with --master-key-file {} from now on; the old key is no longer needed",
+                vault.sealer.key_id(),
+                kid.map(|kid| format!(", signing key {kid} current"))
+                    .unwrap_or_default(),
+                args.new_key_file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("credvault: finishing the key rotation failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn keygen() -> ExitCode {
+    match MasterKey::generate() {
+        Ok(key) => {
+            println!("{}", *key.to_base64());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("credvault: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

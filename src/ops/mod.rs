@@ -1,0 +1,9 @@
+//! Operations around the serving path: backup and restore, master-key rotation
+//! (re-sealing), secret files read again on change, the metrics exporter, and the
+//! progress lines long operations print.
+
+pub mod backup;
+pub mod exporter;
+pub mod progress;
+pub mod rekey;
+pub mod reload;
