@@ -396,6 +396,7 @@ pub async fn run(
     }
     tokio::spawn(vault.audit.clone().keep_pruned(stop_rx.clone()));
     tokio::spawn(vault.callers.clone().follow(stop_rx.clone()));
+    tokio::spawn(vault.accounts.clone().follow(stop_rx.clone()));
     let audit_writer = tokio::spawn(vault.audit.clone().keep_written(stop_rx.clone()));
     let reloader = crate::ops::reload::Reloader {
         files: vault.secret_files.clone(),

@@ -65,6 +65,7 @@ conformance!(
     a_slot_whose_lease_cannot_be_written_is_not_held,
     concurrent_hand_outs_take_exactly_the_balance,
     a_token_write_whose_fence_fails_stores_nothing,
+    a_directory_follows_writes_made_through_another_service,
 );
 
 const NOW: i64 = 1_800_000_000_000;
@@ -447,4 +448,78 @@ fn key_of(email: &str) -> AccountKey {
         provider: "pixverse".into(),
         email: email.to_owned(),
     }
+}
+
+/// Two account services over one store, as two nodes share one: the second's
+/// directory (what leases choose from) follows the first's creates, updates and deletes
+/// through the store's watch.
+async fn a_directory_follows_writes_made_through_another_service(backend: Backend) {
+    use credvault::{
+        accounts::{AccountService, AccountUpdate, NewAccount},
+        clock::ManualClock,
+        crypto::SecretString,
+        providers::Providers,
+    };
+    let open = || {
+        AccountService::open(
+            backend.store.clone(),
+            sealer(),
+            Arc::new(Providers::new(Default::default()).unwrap()),
+            Arc::new(ManualClock::at(NOW)),
+        )
+    };
+    let writer = open().await.unwrap();
+    let follower = Arc::new(open().await.unwrap());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let following = tokio::spawn(follower.clone().follow(stopped));
+    let max_jobs = |follower: &AccountService| {
+        follower
+            .provider_entries("pixverse")
+            .unwrap()
+            .iter()
+            .map(|entry| entry.meta.max_jobs)
+            .collect::<Vec<_>>()
+    };
+    // Polled with a deadline: the follower takes changes as the watch delivers them.
+    async fn until(mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the follower never caught up"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+    writer
+        .create(NewAccount {
+            provider: "pixverse".into(),
+            email: "shared@example.com".into(),
+            password: Some(SecretString::from("pw-123456".to_owned())),
+            max_jobs: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    until(|| max_jobs(&follower) == vec![2]).await;
+    writer
+        .update(
+            "pixverse",
+            "shared@example.com",
+            AccountUpdate {
+                max_jobs: Some(5),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    until(|| max_jobs(&follower) == vec![5]).await;
+    writer
+        .delete("pixverse", "shared@example.com", None)
+        .await
+        .unwrap();
+    until(|| max_jobs(&follower).is_empty()).await;
+    let _ = stop.send(true);
+    following.await.unwrap();
 }

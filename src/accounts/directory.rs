@@ -1,7 +1,8 @@
 //! The readable part of every account, kept in memory so that choosing an account for
-//! a lease reads no record. The store stays the truth: this process is its only
-//! writer, and every write updates the directory under the same lock as its
-//! compare-and-swap, so the two never disagree in an order a reader could see.
+//! a lease reads no record. The store stays the truth: this process's writes update the
+//! directory as they commit, and the store's watch brings the rest. Each entry keeps
+//! the revision it was written at, and a deleted one a tombstone, so a change that
+//! arrives late through the watch never undoes a newer one.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -9,6 +10,7 @@ use std::{
 };
 
 use super::{AccountKey, AccountMeta, Status};
+use crate::store::Revision;
 
 /// One account as the directory holds it: its key (made once, not per look-up) and its
 /// metadata. Nothing secret is in here.
@@ -16,6 +18,8 @@ use super::{AccountKey, AccountMeta, Status};
 pub struct Entry {
     pub key: AccountKey,
     pub meta: AccountMeta,
+    /// The store revision this entry was written at (0: not known).
+    pub revision: Revision,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -29,13 +33,30 @@ pub struct ProviderSummary {
 #[derive(Default)]
 pub struct Directory {
     by_provider: HashMap<String, BTreeMap<String, Arc<Entry>>>,
+    /// Deleted accounts and the revision of their deletion, until the watch passed it.
+    gone: HashMap<AccountKey, Revision>,
 }
 
 impl Directory {
-    pub fn put(&mut self, meta: AccountMeta) {
+    /// The revision the directory holds `key` at (0: never seen).
+    fn revision_of(&self, key: &AccountKey) -> Revision {
+        self.get(&key.provider, &key.email)
+            .map(|entry| entry.revision)
+            .or_else(|| self.gone.get(key).copied())
+            .unwrap_or(0)
+    }
+
+    /// Keeps `meta` as written at `revision`, unless a later change is held already.
+    pub fn put(&mut self, meta: AccountMeta, revision: Revision) {
+        let key = meta.key();
+        if revision < self.revision_of(&key) {
+            return;
+        }
+        self.gone.remove(&key);
         let entry = Arc::new(Entry {
-            key: meta.key(),
+            key,
             meta,
+            revision,
         });
         self.by_provider
             .entry(entry.key.provider.clone())
@@ -43,11 +64,36 @@ impl Directory {
             .insert(entry.key.email.clone(), entry);
     }
 
-    pub fn remove(&mut self, key: &AccountKey) {
+    /// Drops the account as deleted at `revision`, unless a later change is held.
+    pub fn remove(&mut self, key: &AccountKey, revision: Revision) {
+        if revision < self.revision_of(key) {
+            return;
+        }
         if let Some(accounts) = self.by_provider.get_mut(&key.provider) {
             accounts.remove(&key.email);
             if accounts.is_empty() {
                 self.by_provider.remove(&key.provider);
+            }
+        }
+        self.gone.insert(key.clone(), revision);
+    }
+
+    /// Tombstones the watch has passed: no older change can arrive any more.
+    pub fn forget_tombstones(&mut self, upto: Revision) {
+        self.gone.retain(|_, at| *at > upto);
+    }
+
+    /// Keeps what `newer` holds past `at` (writes made while this directory was read
+    /// at `at`).
+    pub fn take_newer(&mut self, newer: &Directory, at: Revision) {
+        for entry in newer.by_provider.values().flat_map(BTreeMap::values) {
+            if entry.revision > at {
+                self.put(entry.meta.clone(), entry.revision);
+            }
+        }
+        for (key, revision) in &newer.gone {
+            if *revision > at {
+                self.remove(key, *revision);
             }
         }
     }

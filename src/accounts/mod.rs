@@ -26,7 +26,7 @@ use crate::{
     clock::Clock,
     crypto::{Sealer, SecretString},
     providers::Providers,
-    store::{Compare, Expect, Outcome, Store, StoreError, StoreExt, Swap, Tree, Txn},
+    store::{Compare, Expect, Outcome, Range, Revision, Store, StoreError, StoreExt, Tree, Txn},
     validate,
 };
 
@@ -87,6 +87,8 @@ pub struct AccountService {
     /// Held from a write's store commit to its directory update, so that the directory
     /// takes the writes in the order the store did.
     writing: tokio::sync::Mutex<()>,
+    /// The revision the directory was read at, where its watch starts.
+    read_at: std::sync::atomic::AtomicU64,
 }
 
 impl AccountService {
@@ -97,17 +99,7 @@ impl AccountService {
         providers: Arc<Providers>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
-        let mut directory = Directory::default();
-        for (key, value) in store.entries(Tree::Accounts, b"", None, usize::MAX).await? {
-            match record::decode_meta_unauthenticated(&value) {
-                Ok(meta) => directory.put(meta),
-                // Not offered for leases; reading it answers DATA_LOSS as before.
-                Err(_) => tracing::error!(
-                    key = %String::from_utf8_lossy(&key).replace('\0', "/"),
-                    "a stored account's metadata does not parse; it is left out of the directory"
-                ),
-            }
-        }
+        let (directory, at) = read_directory(store.as_ref()).await?;
         Ok(Self {
             store,
             sealer,
@@ -115,7 +107,61 @@ impl AccountService {
             clock,
             directory: RwLock::new(directory),
             writing: tokio::sync::Mutex::new(()),
+            read_at: std::sync::atomic::AtomicU64::new(at),
         })
+    }
+
+    /// Follows the store's changes to accounts (another node's write) until `stop`;
+    /// when the watch ends, reads the directory afresh (keeping what this process
+    /// wrote meanwhile) and follows on.
+    pub async fn follow(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let from = self.read_at.load(Ordering::SeqCst);
+            let ended = match self.store.watch(Tree::Accounts, b"", from) {
+                Ok(mut watch) => loop {
+                    let change = tokio::select! {
+                        _ = stop.wait_for(|stop| *stop) => return,
+                        change = watch.next() => change,
+                    };
+                    let change = match change {
+                        Ok(change) => change,
+                        Err(error) => break error,
+                    };
+                    let Some(key) = model::key_of(&change.key) else {
+                        continue;
+                    };
+                    let meta = change
+                        .value
+                        .as_deref()
+                        .and_then(|value| record::decode_meta_unauthenticated(value).ok());
+                    let mut directory = self.directory_mut();
+                    match meta {
+                        Some(meta) => directory.put(meta, change.revision),
+                        // Deleted, or metadata that does not parse: not offered.
+                        None => directory.remove(&key, change.revision),
+                    }
+                    directory.forget_tombstones(change.revision.saturating_sub(1));
+                },
+                Err(error) => error,
+            };
+            tracing::debug!(%ended, "the accounts' watch ended; reading them afresh");
+            match read_directory(self.store.as_ref()).await {
+                Ok((mut fresh, at)) => {
+                    let mut directory = self.directory_mut();
+                    fresh.take_newer(&directory, at);
+                    *directory = fresh;
+                    self.read_at.store(at, Ordering::SeqCst);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "reading the accounts afresh failed; retrying");
+                    tokio::select! {
+                        _ = stop.wait_for(|stop| *stop) => return,
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
     }
 
     fn directory(&self) -> RwLockReadGuard<'_, Directory> {
@@ -170,4 +216,32 @@ fn lookup_key(provider: &str, email: &str) -> Result<AccountKey, FieldError> {
         provider: provider.to_owned(),
         email: email.to_lowercase(),
     })
+}
+
+/// Every account's metadata, read at one revision; answers the directory and it.
+async fn read_directory(store: &dyn Store) -> Result<(Directory, Revision), StoreError> {
+    const PAGE: usize = 1024;
+    let at = store.revision();
+    let mut directory = Directory::default();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let range = Range::new(Tree::Accounts, b"", PAGE)
+            .after(after.as_deref())
+            .at(Some(at));
+        let page = store.scan(range).await?;
+        for (key, value) in &page.entries {
+            match record::decode_meta_unauthenticated(value) {
+                Ok(meta) => directory.put(meta, at),
+                // Not offered for leases; reading it answers DATA_LOSS as before.
+                Err(_) => tracing::error!(
+                    key = %String::from_utf8_lossy(key).replace('\0', "/"),
+                    "a stored account's metadata does not parse; it is left out of the directory"
+                ),
+            }
+        }
+        after = page.entries.last().map(|(key, _)| key.clone());
+        if !page.more {
+            return Ok((directory, at));
+        }
+    }
 }

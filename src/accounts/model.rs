@@ -22,6 +22,16 @@ impl AccountKey {
     }
 }
 
+/// The account a storage key names (`provider \0 email`), if it is one.
+pub fn key_of(storage_key: &[u8]) -> Option<AccountKey> {
+    let text = std::str::from_utf8(storage_key).ok()?;
+    let (provider, email) = text.split_once('\0')?;
+    Some(AccountKey {
+        provider: provider.to_owned(),
+        email: email.to_owned(),
+    })
+}
+
 /// The key prefix under which all of one provider's accounts sort.
 pub fn provider_prefix(provider: &str) -> Vec<u8> {
     let mut prefix = Vec::with_capacity(provider.len() + 1);

@@ -96,7 +96,11 @@ impl AccountService {
         match self.store.value(Tree::Accounts, &key.storage_key()).await? {
             Some(bytes) => match record::decode_meta_unauthenticated(&bytes) {
                 Err(source) => Err(AccountError::DataLoss { key, source }),
-                Ok(meta) => Ok(Arc::new(Entry { key, meta })),
+                Ok(meta) => Ok(Arc::new(Entry {
+                    key,
+                    meta,
+                    revision: 0,
+                })),
             },
             None => Err(AccountError::NotFound(key)),
         }

@@ -42,14 +42,16 @@ impl AccountService {
         let key = account.meta.key();
         let bytes = self.encode(&key, &account)?;
         {
+            let storage_key = key.storage_key();
+            let txn = Txn::new()
+                .expect(Tree::Accounts, &storage_key, Expect::Absent)
+                .put(Tree::Accounts, &storage_key, &bytes);
             let _writing = self.writing.lock().await;
-            match self
-                .store
-                .swap(Tree::Accounts, &key.storage_key(), None, Some(&bytes))
-                .await?
-            {
-                Swap::Done => self.directory_mut().put(account.meta.clone()),
-                Swap::Conflict { .. } => return Err(AccountError::AlreadyExists(key)),
+            match self.store.commit(txn).await? {
+                Outcome::Committed(revision) => {
+                    self.directory_mut().put(account.meta.clone(), revision);
+                }
+                Outcome::Conflict(_) => return Err(AccountError::AlreadyExists(key)),
             }
         }
         self.store.flush().await?;
@@ -185,8 +187,8 @@ impl AccountService {
             txn.compares.extend(fence.cloned());
             let _writing = self.writing.lock().await;
             match self.store.commit(txn).await? {
-                Outcome::Committed(_) => {
-                    self.directory_mut().put(account.meta.clone());
+                Outcome::Committed(revision) => {
+                    self.directory_mut().put(account.meta.clone(), revision);
                     return Ok(account);
                 }
                 Outcome::Conflict(found) => {
@@ -229,23 +231,23 @@ impl AccountService {
                 })?;
                 check_version(&key, &meta, expected_version)?;
             }
-            let swapped = {
+            let txn = Txn::new()
+                .expect(Tree::Accounts, &storage_key, Expect::Value(current))
+                .delete(Tree::Accounts, &storage_key);
+            let outcome = {
                 let _writing = self.writing.lock().await;
-                let swapped = self
-                    .store
-                    .swap(Tree::Accounts, &storage_key, Some(&current), None)
-                    .await?;
-                if swapped == Swap::Done {
-                    self.directory_mut().remove(&key);
+                let outcome = self.store.commit(txn).await?;
+                if let Outcome::Committed(revision) = outcome {
+                    self.directory_mut().remove(&key, revision);
                 }
-                swapped
+                outcome
             };
-            match swapped {
-                Swap::Done => {
+            match outcome {
+                Outcome::Committed(_) => {
                     self.store.flush().await?;
                     return Ok(());
                 }
-                Swap::Conflict { .. } => continue,
+                Outcome::Conflict(_) => continue,
             }
         }
         Err(AccountError::Contended(key))

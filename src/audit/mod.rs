@@ -26,11 +26,13 @@ use serde::{Deserialize, Serialize};
 mod block;
 mod call;
 mod read;
+mod sequence;
 #[cfg(test)]
 mod tests;
 mod write;
 
 pub use call::CallAudit;
+pub use sequence::{AuditSequence, LocalSequence};
 
 use crate::{
     clock::Clock,
@@ -162,7 +164,8 @@ pub struct AuditLog {
     sealer: Arc<Sealer>,
     hasher: Arc<Fingerprinter>,
     clock: Arc<dyn Clock>,
-    next_seq: AtomicU64,
+    /// Numbers the events (taken under the queue's lock, so the queue is in order).
+    sequence: Box<dyn AuditSequence>,
     queue: Mutex<Queue>,
     /// Held while queued events are written: whoever gets it after a writer finds the
     /// events queued before it either written or failed.

@@ -12,8 +12,8 @@ use std::{
 use tokio::sync::watch;
 
 use super::{
-    AuditError, AuditEvent, AuditLog, BLOCK_BYTES, BLOCK_MAX, BeforeFlush, Queue, WRITE_EVERY,
-    Written, block, seq_of,
+    AuditError, AuditEvent, AuditLog, BLOCK_BYTES, BLOCK_MAX, BeforeFlush, LocalSequence, Queue,
+    WRITE_EVERY, Written, block, seq_of,
 };
 use crate::{
     clock::Clock,
@@ -35,7 +35,7 @@ impl AuditLog {
             sealer,
             hasher,
             clock,
-            next_seq: AtomicU64::new(1),
+            sequence: Box::new(LocalSequence::starting_at(1)),
             queue: Mutex::new(Queue::default()),
             writer: tokio::sync::Mutex::new(()),
             writes: AtomicU64::new(0),
@@ -66,7 +66,7 @@ impl AuditLog {
                     first + BLOCK_MAX as u64
                 }
             };
-            log.next_seq = AtomicU64::new(next);
+            log.sequence = Box::new(LocalSequence::starting_at(next));
         }
         Ok(log)
     }
@@ -130,7 +130,7 @@ impl AuditLog {
     /// the queue (and every block written from it) is in order.
     fn enqueue(&self, mut event: AuditEvent) -> (u64, Written) {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        event.seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        event.seq = self.sequence.next();
         event.at_ms = self.clock.now_ms();
         let seq = event.seq;
         tracing::info!(
