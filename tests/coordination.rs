@@ -66,6 +66,7 @@ conformance!(
     concurrent_hand_outs_take_exactly_the_balance,
     a_token_write_whose_fence_fails_stores_nothing,
     a_directory_follows_writes_made_through_another_service,
+    callers_and_signing_keys_follow_another_service,
 );
 
 const NOW: i64 = 1_800_000_000_000;
@@ -520,6 +521,63 @@ async fn a_directory_follows_writes_made_through_another_service(backend: Backen
         .await
         .unwrap();
     until(|| max_jobs(&follower).is_empty()).await;
+    let _ = stop.send(true);
+    following.await.unwrap();
+}
+
+/// Two caller services over one store: a token the first issues after rotating its
+/// signing key is accepted by the second once its view and its keys have followed the
+/// store (the caller record with the token's id, and the new key).
+async fn callers_and_signing_keys_follow_another_service(backend: Backend) {
+    use credvault::{
+        callers::{BOOTSTRAP_ADMIN_ID, CallerService, CallerSettings, keys::CallerMacs},
+        clock::ManualClock,
+    };
+    let master = MasterKey::generate().unwrap();
+    let open = || {
+        CallerService::open(
+            backend.store.clone(),
+            Arc::new(Sealer::new(&master)),
+            CallerMacs::new(&master),
+            Arc::new(ManualClock::at(NOW)),
+            CallerSettings::default(),
+        )
+    };
+    let first = open().await.unwrap();
+    let second = Arc::new(open().await.unwrap());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let following = tokio::spawn(second.clone().follow(stopped));
+    let kid = first.rotate_signing_key().await.unwrap();
+    let (jwt, claims) = first.issue_token(BOOTSTRAP_ADMIN_ID).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while second.authenticate_jwt(&jwt).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second never accepted the token"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        second.authenticate_jwt(&jwt).unwrap().id,
+        BOOTSTRAP_ADMIN_ID
+    );
+    assert!(
+        second
+            .token_keys()
+            .public_keys()
+            .iter()
+            .any(|(id, _)| *id == kid),
+        "the second holds the new key"
+    );
+    // A revocation on the first reaches the second the same way.
+    first.revoke(BOOTSTRAP_ADMIN_ID, &claims.jti).await.unwrap();
+    while second.authenticate_jwt(&jwt).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revocation never arrived"
+        );
+        tokio::task::yield_now().await;
+    }
     let _ = stop.send(true);
     following.await.unwrap();
 }

@@ -29,7 +29,7 @@ use crate::{
     clock::Clock,
     crypto::{Sealer, SecretString},
     sealed,
-    store::{Expect, Outcome, Revision, Store, Tree, Txn, Write},
+    store::{Expect, Outcome, Revision, Store, StoreError, Tree, Txn, Write},
 };
 use keys::CallerMacs;
 use view::{Opened, View};
@@ -232,22 +232,33 @@ impl CallerService {
         use std::sync::atomic::Ordering;
         loop {
             let from = self.seen.load(Ordering::SeqCst);
-            let watches: Result<Vec<_>, _> = view::TREES
+            let mut watches: Vec<_> = view::TREES
                 .iter()
-                .map(|tree| self.store.watch(*tree, b"", from))
-                .collect();
-            let ended = match watches {
-                Ok(mut watches) => loop {
-                    let [callers, emails, keys] = &mut watches[..] else {
-                        unreachable!("three trees")
-                    };
+                .map(|tree| (*tree, &b""[..]))
+                .chain([(Tree::Meta, tokens::SIGNING_KEYS_RECORD)])
+                .map(|(tree, prefix)| self.store.watch(tree, prefix, from))
+                .collect::<Result<_, _>>()
+                .unwrap_or_default();
+            let ended = match &mut watches[..] {
+                [callers, emails, keys, signing] => loop {
                     let change = tokio::select! {
                         _ = stop.wait_for(|stop| *stop) => return,
                         change = callers.next() => change,
                         change = emails.next() => change,
                         change = keys.next() => change,
+                        change = signing.next() => change,
                     };
                     match change {
+                        Ok(change) if change.tree == Tree::Meta => {
+                            // Another node rotated the signing keys.
+                            let taken = change.value.as_deref().map(|bytes| {
+                                self.tokens
+                                    .take_stored(&self.sealer, bytes, change.revision)
+                            });
+                            if let Some(Err(error)) = taken {
+                                tracing::error!(%error, "the stored signing keys do not open");
+                            }
+                        }
                         Ok(change) => {
                             let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
                             view.apply_change(&self.sealer, &change);
@@ -258,11 +269,21 @@ impl CallerService {
                         Err(error) => break error,
                     }
                 },
-                Err(error) => error,
+                // A watch could not start (history compacted): read afresh.
+                _ => StoreError::WatchEnded,
             };
             tracing::debug!(%ended, "the callers' watch ended; reading them afresh");
             match View::load(self.store.as_ref(), &self.sealer).await {
                 Ok((view, at)) => {
+                    let keys = self
+                        .store
+                        .value(Tree::Meta, tokens::SIGNING_KEYS_RECORD)
+                        .await;
+                    if let Ok(Some(bytes)) = keys
+                        && let Err(error) = self.tokens.take_stored(&self.sealer, &bytes, at)
+                    {
+                        tracing::error!(%error, "the stored signing keys do not open");
+                    }
                     let _pending = self.pending_debits();
                     *self.view.write().unwrap_or_else(|e| e.into_inner()) = view;
                     self.seen.store(at, Ordering::SeqCst);

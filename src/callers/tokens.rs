@@ -15,7 +15,7 @@ use super::model::TokenKind;
 use crate::{
     crypto::{RngError, Sealer, random_bytes},
     sealed::{self, SealedError},
-    store::{Store, StoreError, StoreExt, Swap, Tree},
+    store::{Expect, Outcome, Revision, Store, StoreError, StoreExt, Swap, Tree, Txn},
 };
 
 const KEYS_RECORD: &[u8] = b"signing-keys";
@@ -98,7 +98,13 @@ pub struct TokenKeys {
     audience: String,
     max_lifetime_secs: i64,
     set: RwLock<KeySet>,
+    /// The store revision the set was stored at (0: read at open), so that a change
+    /// arriving late through the watch does not undo a newer rotation.
+    set_at: std::sync::Mutex<Revision>,
 }
+
+/// Where the sealed signing keys are stored (in [`Tree::Meta`]), for their watch.
+pub const SIGNING_KEYS_RECORD: &[u8] = KEYS_RECORD;
 
 impl fmt::Debug for TokenKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -145,6 +151,7 @@ impl TokenKeys {
             audience: audience.to_owned(),
             max_lifetime_secs,
             set: RwLock::new(key_set(&stored)?),
+            set_at: std::sync::Mutex::new(0),
         })
     }
 
@@ -237,14 +244,35 @@ impl TokenKeys {
             }
             let stored = with_new_key(stored, now_ms)?;
             let bytes = sealed::seal(sealer, Tree::Meta, KEYS_RECORD, &stored)?;
-            let swapped = store
-                .swap(Tree::Meta, KEYS_RECORD, old.as_deref(), Some(&bytes))
-                .await?;
-            if swapped == Swap::Done {
+            let txn = Txn::new()
+                .expect(Tree::Meta, KEYS_RECORD, Expect::from_value(old.as_deref()))
+                .put(Tree::Meta, KEYS_RECORD, &bytes);
+            if let Outcome::Committed(revision) = store.commit(txn).await? {
                 let current = stored.current.clone();
-                *self.set.write().unwrap_or_else(|e| e.into_inner()) = key_set(&stored)?;
+                self.keep(key_set(&stored)?, revision);
                 return Ok(current);
             }
+        }
+    }
+
+    /// Takes the signing keys as another writer stored them at `revision` (a rotation
+    /// on another node), unless a later set is held.
+    pub fn take_stored(
+        &self,
+        sealer: &Sealer,
+        bytes: &[u8],
+        revision: Revision,
+    ) -> Result<(), KeysError> {
+        let stored = sealed::open::<StoredKeys>(sealer, Tree::Meta, KEYS_RECORD, bytes)?;
+        self.keep(key_set(&stored)?, revision);
+        Ok(())
+    }
+
+    fn keep(&self, set: KeySet, revision: Revision) {
+        let mut at = self.set_at.lock().unwrap_or_else(|e| e.into_inner());
+        if revision >= *at {
+            *self.set.write().unwrap_or_else(|e| e.into_inner()) = set;
+            *at = revision;
         }
     }
 
