@@ -20,7 +20,7 @@ use std::sync::{
 
 use crate::{
     audit::{AuditError, CallAudit},
-    callers::{CallerError, CallerService, Charge, identity::AuthError},
+    callers::{CallerError, Charge, Credits, identity::AuthError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -35,14 +35,14 @@ pub enum HandOutError {
 }
 
 pub struct Door {
-    callers: Arc<CallerService>,
+    credits: Arc<dyn Credits>,
     passed: AtomicU64,
 }
 
 impl Door {
-    pub fn new(callers: Arc<CallerService>) -> Self {
+    pub fn new(credits: Arc<dyn Credits>) -> Self {
         Self {
-            callers,
+            credits,
             passed: AtomicU64::new(0),
         }
     }
@@ -62,9 +62,9 @@ impl Door {
         cost: i64,
         secrets: &[&str],
     ) -> Result<Charge, HandOutError> {
-        self.callers.check_enabled(caller_id)?;
-        let callers = &self.callers;
-        let charge = callers.charge(caller_id, cost)?;
+        let credits = &self.credits;
+        credits.check_enabled(caller_id)?;
+        let charge = credits.charge(caller_id, cost)?;
         for secret in secrets {
             audit.handed_out(secret);
         }
@@ -72,7 +72,7 @@ impl Door {
             // A call that is not audited (none is, among hand-outs; a test may build
             // one) still makes its debit durable.
             if !audit.commit_durable().await? {
-                callers.flush().await?;
+                credits.durable().await?;
             }
             match charge.written() {
                 Some(true) => Ok(()),
@@ -81,7 +81,7 @@ impl Door {
         }
         .await;
         if let Err(error) = durable {
-            if let Err(refund) = callers.refund(&charge).await {
+            if let Err(refund) = credits.refund(&charge).await {
                 tracing::error!(error = %refund, "refunding a failed hand-out failed");
             }
             return Err(error);

@@ -10,11 +10,52 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
+    pin::Pin,
     sync::{Arc, MutexGuard, OnceLock},
 };
 
 use super::{CallerCredits, CallerError, CallerService, CreditError, identity::AuthError};
 use crate::timefmt::rfc3339_millis;
+
+/// What a hand-out draws on. What an implementation guarantees: a charge never takes a
+/// caller's balance below zero, counting every debit taken and not yet written or given
+/// back, however many hand-outs (on however many nodes) charge at once; a debit is
+/// written by the next `durable` call, and [`Charge::written`] then says whether it was.
+pub trait Credits: Send + Sync + 'static {
+    /// Refuses a caller that is disabled now.
+    fn check_enabled(&self, caller_id: &str) -> Result<(), AuthError>;
+    /// Takes `cost` credits, never below zero.
+    fn charge(&self, caller_id: &str, cost: i64) -> Result<Charge, CallerError>;
+    /// Makes every debit taken so far durable.
+    fn durable(&self) -> Pin<Box<dyn Future<Output = Result<(), CallerError>> + Send + '_>>;
+    /// Gives a debit back.
+    fn refund<'a>(
+        &'a self,
+        charge: &'a Charge,
+    ) -> Pin<Box<dyn Future<Output = Result<(), CallerError>> + Send + 'a>>;
+}
+
+impl Credits for CallerService {
+    fn check_enabled(&self, caller_id: &str) -> Result<(), AuthError> {
+        CallerService::check_enabled(self, caller_id)
+    }
+
+    fn charge(&self, caller_id: &str, cost: i64) -> Result<Charge, CallerError> {
+        CallerService::charge(self, caller_id, cost)
+    }
+
+    fn durable(&self) -> Pin<Box<dyn Future<Output = Result<(), CallerError>> + Send + '_>> {
+        Box::pin(self.flush())
+    }
+
+    fn refund<'a>(
+        &'a self,
+        charge: &'a Charge,
+    ) -> Pin<Box<dyn Future<Output = Result<(), CallerError>> + Send + 'a>> {
+        Box::pin(CallerService::refund(self, charge))
+    }
+}
 
 /// What a caller owes, not yet written, and the outcome its debits will share.
 #[derive(Default)]

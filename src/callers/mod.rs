@@ -20,7 +20,7 @@ use std::{
     sync::{Arc, Mutex, RwLock, RwLockReadGuard},
 };
 
-pub use credits::Charge;
+pub use credits::{Charge, Credits};
 pub use error::{CallerError, CreditError};
 pub use model::{ApiKeyEntry, CallerCredits, CallerRecord, Role, TokenEntry, TokenKind};
 pub use tokens::{Claims, KeysError, TokenError, TokenKeys};
