@@ -274,7 +274,7 @@ impl CallerService {
             };
             tracing::debug!(%ended, "the callers' watch ended; reading them afresh");
             match View::load(self.store.as_ref(), &self.sealer).await {
-                Ok((view, at)) => {
+                Ok((mut view, at)) => {
                     let keys = self
                         .store
                         .value(Tree::Meta, tokens::SIGNING_KEYS_RECORD)
@@ -285,7 +285,9 @@ impl CallerService {
                         tracing::error!(%error, "the stored signing keys do not open");
                     }
                     let _pending = self.pending_debits();
-                    *self.view.write().unwrap_or_else(|e| e.into_inner()) = view;
+                    let mut held = self.view.write().unwrap_or_else(|e| e.into_inner());
+                    view.take_newer(&held, at);
+                    *held = view;
                     self.seen.store(at, Ordering::SeqCst);
                     self.changed.send_modify(|count| *count += 1);
                 }

@@ -171,8 +171,68 @@ impl View {
         );
     }
 
+    /// Keeps what `newer` holds past `at` (writes made while this view was read at
+    /// `at`).
+    pub fn take_newer(&mut self, newer: &View, at: Revision) {
+        for (id, (held, revision)) in &newer.records {
+            if *revision > at
+                && let Held::Opened(opened) = held
+            {
+                let (bytes, record) = (opened.bytes.clone(), opened.record.clone());
+                self.remember(id, bytes, record, *revision);
+            }
+        }
+        for (tree, index) in [
+            (Tree::CallerEmails, &newer.emails),
+            (Tree::ApiKeys, &newer.keys),
+        ] {
+            for (key, (id, revision)) in index {
+                if *revision > at {
+                    let (key, id) = (key.as_bytes(), id.as_bytes());
+                    self.index(tree, key, Some(id), *revision);
+                }
+            }
+        }
+        for ((tree, key), revision) in &newer.gone {
+            if *revision > at {
+                self.index(*tree, key, None, *revision);
+            }
+        }
+    }
+
+    /// An index entry (or a record's deletion) as of `revision`.
+    fn index(&mut self, tree: Tree, key: &[u8], id: Option<&[u8]>, revision: Revision) {
+        if revision < self.revision_of(tree, key) {
+            return;
+        }
+        let text = String::from_utf8_lossy(key).into_owned();
+        let index = match tree {
+            Tree::CallerEmails => &mut self.emails,
+            Tree::ApiKeys => &mut self.keys,
+            _ => {
+                // Only deletions come here for records.
+                self.records.remove(&text);
+                self.gone.insert((tree, key.to_vec()), revision);
+                return;
+            }
+        };
+        match id {
+            Some(id) => {
+                index.insert(text, (String::from_utf8_lossy(id).into_owned(), revision));
+                self.gone.remove(&(tree, key.to_vec()));
+            }
+            None => {
+                index.remove(&text);
+                self.gone.insert((tree, key.to_vec()), revision);
+            }
+        }
+    }
+
     /// Tombstones of `tree` its watch has passed: no older change can arrive.
     pub fn forget_tombstones(&mut self, tree: Tree, upto: Revision) {
         self.gone.retain(|(t, _), at| *t != tree || *at > upto);
     }
 }
+
+#[cfg(test)]
+mod tests;
