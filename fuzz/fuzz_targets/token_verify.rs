@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use credvault::{
     callers::{TokenKeys, TokenKind},
     crypto::{MasterKey, Sealer},
-    store::SledStore,
+    store::MemoryStore,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -17,26 +17,30 @@ const NOW_MS: i64 = 1_767_225_600_000;
 struct Keys {
     keys: TokenKeys,
     issued: String,
-    _dir: tempfile::TempDir,
 }
 
 fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = MemoryStore::open();
         let sealer = Sealer::new(&MasterKey::generate().unwrap());
-        let keys =
-            TokenKeys::load_or_init(&store, &sealer, NOW_MS, "credvault", "credvault", 86_400)
-                .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let keys = runtime
+            .block_on(TokenKeys::load_or_init(
+                store.as_ref(),
+                &sealer,
+                NOW_MS,
+                "credvault",
+                "credvault",
+                86_400,
+            ))
+            .unwrap();
         let (issued, _) = keys
             .issue("caller-1", TokenKind::Access, NOW_MS, 3_600)
             .unwrap();
-        Keys {
-            keys,
-            issued,
-            _dir: dir,
-        }
+        Keys { keys, issued }
     })
 }
 
