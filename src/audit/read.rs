@@ -155,14 +155,12 @@ impl AuditLog {
     ) -> Result<(), AuditError> {
         self.write_queued().await;
         let mut after = start;
-        let mut at = None;
         loop {
-            let range = Range::new(Tree::Audit, b"", SCAN_BATCH)
-                .after(after.as_deref())
-                .at(at);
+            // Each page as the store is now, not at one revision: a walk of a long
+            // trail (AuditHash reads all of it) can outlast the store's history, and
+            // the trail only grows at its end and is pruned at its start.
+            let range = Range::new(Tree::Audit, b"", SCAN_BATCH).after(after.as_deref());
             let page = self.store.scan(range).await?;
-            // Every page at the first one's revision: one point in time.
-            at = Some(page.revision);
             let done = !page.more;
             for (key, value) in page.entries {
                 let events = self.open_block(&key, &value)?;
