@@ -166,10 +166,11 @@ impl<E: Engine> Journaled<E> {
                 value: write.value,
             };
             // A follower whose buffer is full has fallen behind: dropping its sender
-            // ends its watch once it has read what is buffered.
-            state
-                .followers
-                .retain(|f| !f.wants(&change) || f.tx.try_send(change.clone()).is_ok());
+            // ends its watch once it has read what is buffered. One whose watch was
+            // dropped goes too.
+            state.followers.retain(|f| {
+                !f.tx.is_closed() && (!f.wants(&change) || f.tx.try_send(change.clone()).is_ok())
+            });
             let record = Record { change, prev };
             state.history_bytes += record.bytes();
             state.history.push_back(record);
