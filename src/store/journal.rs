@@ -21,8 +21,8 @@ use std::{
 use tokio::sync::mpsc;
 
 use super::{
-    Entry, FlushFuture, Outcome, Page, Range, Revision, Store, StoreError, StoreFuture, Tree, Txn,
-    Versioned, Write,
+    Entry, FlushFuture, Outcome, Page, Range, Redacted, Revision, Store, StoreError, StoreFuture,
+    Tree, Txn, Versioned, Write,
 };
 
 /// How many bytes of recent changes (keys and both values) the history keeps.
@@ -51,13 +51,24 @@ pub trait Engine: Send + Sync + 'static {
 }
 
 /// One change, as a watch delivers it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Change {
     pub revision: Revision,
     pub tree: Tree,
     pub key: Vec<u8>,
     /// The new value; `None` when the key was deleted.
     pub value: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Change")
+            .field("revision", &self.revision)
+            .field("tree", &self.tree)
+            .field("key", &Redacted(&self.key))
+            .field("value", &self.value.as_deref().map(Redacted))
+            .finish()
+    }
 }
 
 /// The changes under one prefix, in commit order.
@@ -144,12 +155,13 @@ impl<E: Engine> Journaled<E> {
         let mut holds = true;
         for compare in &txn.compares {
             let value = self.engine.get(compare.tree, &compare.key)?;
-            let value = value.map(Versioned::new);
-            holds &= compare.expect.holds(value.as_ref());
+            holds &= compare.expect.holds_bytes(value.as_deref());
             current.push(value);
         }
         if !holds {
-            return Ok(Outcome::Conflict(current));
+            // Versions are made only for the answer to a conflict.
+            let found = current.into_iter().map(|v| v.map(Versioned::new));
+            return Ok(Outcome::Conflict(found.collect()));
         }
         if txn.writes.is_empty() {
             return Ok(Outcome::Committed(state.revision));

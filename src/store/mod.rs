@@ -30,7 +30,7 @@ pub use faults::{FaultPlan, FaultyStore};
 pub use journal::{Change, Watch};
 pub use memory::MemoryStore;
 pub use sled::{SledStore, mark};
-pub use txn::{Compare, Expect, Outcome, Txn, Version, Versioned, Write, version_of};
+pub use txn::{Compare, Expect, Outcome, Redacted, Txn, Version, Versioned, Write, version_of};
 
 /// Opens the embedded store in `dir` (created when missing).
 pub fn open_embedded(dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
@@ -134,7 +134,7 @@ impl StoreError {
 }
 
 /// The outcome of a single-key compare-and-swap that did not fail outright.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub enum Swap {
     Done,
     /// The stored value was not the expected one; here is what it is now.
@@ -143,10 +143,22 @@ pub enum Swap {
     },
 }
 
+impl std::fmt::Debug for Swap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Swap::Done => f.write_str("Done"),
+            Swap::Conflict { current } => f
+                .debug_struct("Conflict")
+                .field("current", &current.as_deref().map(Redacted))
+                .finish(),
+        }
+    }
+}
+
 pub type Entry = (Vec<u8>, Vec<u8>);
 
 /// One page of a scan, read at one revision.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Page {
     pub entries: Vec<Entry>,
     /// The revision the page was read at: pass it to the next page's scan to read the
@@ -156,8 +168,18 @@ pub struct Page {
     pub more: bool,
 }
 
+impl std::fmt::Debug for Page {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Page")
+            .field("entries", &self.entries.len())
+            .field("revision", &self.revision)
+            .field("more", &self.more)
+            .finish()
+    }
+}
+
 /// Where a scan starts and how much it reads.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct Range<'a> {
     pub tree: Tree,
     /// Only keys that start with this.
@@ -167,6 +189,18 @@ pub struct Range<'a> {
     pub limit: usize,
     /// Read as the store was at this revision; `None` reads now.
     pub at: Option<Revision>,
+}
+
+impl std::fmt::Debug for Range<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Range")
+            .field("tree", &self.tree)
+            .field("prefix", &Redacted(self.prefix))
+            .field("after", &self.after.map(Redacted))
+            .field("limit", &self.limit)
+            .field("at", &self.at)
+            .finish()
+    }
 }
 
 impl<'a> Range<'a> {

@@ -1,6 +1,9 @@
 //! Multi-key transactions: compares, then writes, all or nothing.
 
-use std::hash::{Hash, Hasher};
+use std::{
+    fmt,
+    hash::{Hash, Hasher},
+};
 
 use super::{Revision, Tree};
 
@@ -18,8 +21,18 @@ pub fn version_of(value: &[u8]) -> Version {
     hasher.finish()
 }
 
+/// Shows bytes by their length only: keys name accounts by email, and values are
+/// sealed records, neither of which belongs in a log or a panic message.
+pub struct Redacted<'a>(pub &'a [u8]);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
+}
+
 /// A stored value with its version.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Versioned {
     pub value: Vec<u8>,
     pub version: Version,
@@ -32,8 +45,17 @@ impl Versioned {
     }
 }
 
+impl fmt::Debug for Versioned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Versioned")
+            .field("value", &Redacted(&self.value))
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
 /// What a compare expects a key to hold.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Expect {
     Absent,
     Value(Vec<u8>),
@@ -49,6 +71,18 @@ impl Expect {
         }
     }
 
+    /// Whether a key holding the bytes `current` meets this expectation, for a backend
+    /// whose versions are [`version_of`] its values (the digest is made only for a
+    /// version compare).
+    pub fn holds_bytes(&self, current: Option<&[u8]>) -> bool {
+        match (self, current) {
+            (Expect::Absent, None) => true,
+            (Expect::Value(want), Some(current)) => want.as_slice() == current,
+            (Expect::Version(want), Some(current)) => *want == version_of(current),
+            _ => false,
+        }
+    }
+
     /// Whether a key holding `current` meets this expectation.
     pub fn holds(&self, current: Option<&Versioned>) -> bool {
         match (self, current) {
@@ -60,20 +94,50 @@ impl Expect {
     }
 }
 
+impl fmt::Debug for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expect::Absent => f.write_str("Absent"),
+            Expect::Value(value) => f.debug_tuple("Value").field(&Redacted(value)).finish(),
+            Expect::Version(version) => f.debug_tuple("Version").field(version).finish(),
+        }
+    }
+}
+
 /// One key a transaction compares.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Compare {
     pub tree: Tree,
     pub key: Vec<u8>,
     pub expect: Expect,
 }
 
+impl fmt::Debug for Compare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Compare")
+            .field("tree", &self.tree)
+            .field("key", &Redacted(&self.key))
+            .field("expect", &self.expect)
+            .finish()
+    }
+}
+
 /// One key a transaction writes: `value` is the new value, `None` deletes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Write {
     pub tree: Tree,
     pub key: Vec<u8>,
     pub value: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for Write {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Write")
+            .field("tree", &self.tree)
+            .field("key", &Redacted(&self.key))
+            .field("value", &self.value.as_deref().map(Redacted))
+            .finish()
+    }
 }
 
 /// Compares, then writes. The writes happen only if every compare holds, and then all
@@ -130,5 +194,38 @@ pub enum Outcome {
 impl Outcome {
     pub fn committed(&self) -> bool {
         matches!(self, Outcome::Committed(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_lengths_not_keys_or_values() {
+        let txn = Txn::new()
+            .expect(
+                Tree::Accounts,
+                b"pixverse\0a@example.com",
+                Expect::Value(b"sealed-secret".to_vec()),
+            )
+            .put(Tree::Accounts, b"pixverse\0a@example.com", b"sealed-secret");
+        let outcome = Outcome::Conflict(vec![Some(Versioned::new(b"sealed-secret".to_vec()))]);
+        for shown in [format!("{txn:?}"), format!("{outcome:?}")] {
+            assert!(
+                !shown.contains("example.com") && !shown.contains("secret"),
+                "{shown}"
+            );
+            assert!(shown.contains("bytes>"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_version_compare_on_bytes_is_a_digest_compare() {
+        let held = b"value".as_slice();
+        assert!(Expect::Version(version_of(held)).holds_bytes(Some(held)));
+        assert!(!Expect::Version(version_of(b"other")).holds_bytes(Some(held)));
+        assert!(Expect::Absent.holds_bytes(None));
+        assert!(!Expect::Value(held.to_vec()).holds_bytes(None));
     }
 }
