@@ -12,51 +12,12 @@ use credvault::{
     accounts::AccountKey,
     crypto::{MasterKey, Sealer},
     leases::{LeaseRecord, LocalSlots, slots::SlotTable},
-    store::{FaultPlan, FaultyStore, MemoryStore, Store, Tree},
+    store::{FaultPlan, FaultyStore, Store, Tree},
 };
 
-struct Backend {
-    store: Arc<dyn Store>,
-    _dir: Option<tempfile::TempDir>,
-}
+mod support;
 
-impl Backend {
-    fn memory() -> Self {
-        Backend {
-            store: MemoryStore::open(),
-            _dir: None,
-        }
-    }
-
-    fn sled() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        Backend {
-            store: credvault::store::open_embedded(dir.path()).unwrap(),
-            _dir: Some(dir),
-        }
-    }
-}
-
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Backend::memory()).await
-                }
-            )*
-        }
-        mod sled {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Backend::sled()).await
-                }
-            )*
-        }
-    };
-}
+use support::backends::{Backend, conformance};
 
 conformance!(
     concurrent_takers_never_exceed_max_jobs,

@@ -8,53 +8,13 @@ use std::{
 };
 
 use credvault::store::{
-    Change, Expect, FaultPlan, FaultyStore, MemoryStore, Outcome, Range, Store, StoreError,
-    StoreExt, Swap, Tree, Txn, Versioned,
+    Change, Expect, FaultPlan, FaultyStore, Outcome, Range, Store, StoreError, StoreExt, Swap,
+    Tree, Txn, Versioned,
 };
 
-/// A store under test, with whatever keeps it alive.
-struct Backend {
-    store: Arc<dyn Store>,
-    _dir: Option<tempfile::TempDir>,
-}
+mod support;
 
-impl Backend {
-    fn memory() -> Self {
-        Backend {
-            store: MemoryStore::open(),
-            _dir: None,
-        }
-    }
-
-    fn sled() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        Backend {
-            store: credvault::store::open_embedded(dir.path()).unwrap(),
-            _dir: Some(dir),
-        }
-    }
-}
-
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Backend::memory()).await
-                }
-            )*
-        }
-        mod sled {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Backend::sled()).await
-                }
-            )*
-        }
-    };
-}
+use support::backends::{Backend, conformance};
 
 conformance!(
     reads_writes_and_versions,
