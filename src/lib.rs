@@ -21,7 +21,9 @@
 //!   AcquireLease's choice and refusals, the reaper.
 //! - [`refresh`]: the refresh engine (schedule, login flight, budget, backoff, staged
 //!   swap) and the provider adapters that log accounts in upstream.
-//! - [`handout`]: the one door every unmasked secret leaves through.
+//! - [`handout`]: the one door every unmasked secret leaves through; it writes the
+//!   audit event of the call it hands out in, from the call the domain is given
+//!   ([`audit::Call`]), and RevealAccount.
 //! - [`audit`]: the audit trail (sealed blocks, the durable commit, reads, pruning).
 //! - [`events`]: the event bus WatchCredentials streams read.
 //! - [`providers`]: the configured upstream providers and their `maxJobs` ranges.

@@ -260,6 +260,7 @@ impl Vault {
             Box::pin(async move { callers.settle().await })
         }));
         let rekey = Arc::new(Rekey::new(store.clone(), sealer.clone()));
+        let door = Arc::new(crate::handout::Door::new(callers.clone(), audit.clone()));
         Ok(Self {
             store,
             audit,
@@ -275,7 +276,7 @@ impl Vault {
             refresh: settings.refresh.clone(),
             lease_settings: settings.leases.clone(),
             limits: settings.limits.clone(),
-            door: Arc::new(crate::handout::Door::new(callers.clone())),
+            door,
             callers,
             fingerprints,
             clock,

@@ -657,3 +657,81 @@ async fn pruned_space_on_the_embedded_store_is_reused_so_it_stays_bounded() {
         "KiB on disk after each round: {sizes:?}"
     );
 }
+
+#[tokio::test]
+async fn a_hand_out_the_door_refuses_is_one_event_naming_its_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &support::new_key()).await;
+    account(
+        &server,
+        "Broke@Example.com",
+        &upstream_jwt(1_900_000_000, "broke"),
+    )
+    .await;
+    let (caller_id, _, auth) = consumer(&server, "poor@example.com").await;
+    let balance = remaining(&server, auth.clone()).await;
+    server
+        .callers(Auth::admin())
+        .await
+        .update_caller(proto::UpdateCallerRequest {
+            caller_id: caller_id.clone(),
+            add_credits: -balance,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // The reveal is refused at the charge, after the account was read.
+    let reveal = server
+        .credentials(auth.clone())
+        .await
+        .reveal_account(proto::RevealAccountRequest {
+            provider: "pixverse".into(),
+            email: "broke@example.com".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reveal.code(),
+        Code::ResourceExhausted,
+        "{}",
+        reveal.message()
+    );
+    // The lease is refused at the charge, after its slot was taken (and given back).
+    let lease = server
+        .credentials(auth.clone())
+        .await
+        .acquire_lease(proto::AcquireLeaseRequest {
+            provider: "pixverse".into(),
+            ttl: secs(60),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(lease.code(), Code::ResourceExhausted, "{}", lease.message());
+
+    let all = events(
+        &server,
+        proto::ListEventsRequest {
+            caller_id: caller_id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let reveal = only(&all, "RevealAccount");
+    assert_eq!(reveal.outcome, "RESOURCE_EXHAUSTED");
+    assert_eq!(
+        (reveal.provider.as_str(), reveal.email.as_str()),
+        ("pixverse", "broke@example.com")
+    );
+    assert!(reveal.secret_hashes.is_empty(), "{reveal:?}");
+    let lease = only(&all, "AcquireLease");
+    assert_eq!(lease.outcome, "RESOURCE_EXHAUSTED");
+    assert_eq!(lease.email, "broke@example.com");
+    assert!(
+        lease.target.starts_with("l_"),
+        "the lease that was given back: {lease:?}"
+    );
+    assert!(lease.secret_hashes.is_empty(), "{lease:?}");
+    server.stop().await;
+}

@@ -144,8 +144,10 @@ async fn a_caller_disabled_since_it_authenticated_gets_nothing_through_the_door(
     // reads the caller as it is now, refuses.
     let door = server.door.clone();
     let before = door.passed();
-    let audit = credvault::audit::CallAudit::none();
-    let refused = door.hand_out(&audit, &id, 0, &["a-secret"]).await;
+    let call = credvault::audit::Call::new("late-call", "Credentials/RevealAccount", &id);
+    let refused = door
+        .hand_out(&call, Default::default(), &id, 0, &["a-secret"])
+        .await;
     assert!(
         matches!(
             refused,

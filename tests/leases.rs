@@ -6,7 +6,7 @@ mod support;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use credvault::{audit::CallAudit, clock::ManualClock};
+use credvault::{audit::Call, clock::ManualClock};
 use support::{
     Auth, TestServer, active_jobs, eventually, pixverse, proto, upstream_jwt, wait_until,
 };
@@ -680,7 +680,11 @@ async fn waiters_are_served_in_arrival_order() {
         ..Default::default()
     };
     let holder = leases
-        .acquire(&admin, request(0), &CallAudit::none())
+        .acquire(
+            &admin,
+            request(0),
+            &Call::new("fifo", "Credentials/AcquireLease", &admin.id),
+        )
         .await
         .unwrap();
 
@@ -690,7 +694,11 @@ async fn waiters_are_served_in_arrival_order() {
         let (service, admin, served) = (leases.clone(), admin.clone(), served.clone());
         waiters.push(tokio::spawn(async move {
             let granted = service
-                .acquire(&admin, request(30_000), &CallAudit::none())
+                .acquire(
+                    &admin,
+                    request(30_000),
+                    &Call::new("fifo", "Credentials/AcquireLease", &admin.id),
+                )
                 .await
                 .unwrap();
             served.lock().unwrap().push(i);

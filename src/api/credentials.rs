@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     authorized, call_audit, convert, layer,
-    status::{account_error, denied, handout_error, lease_error},
+    status::{lease_error, reveal_error},
     text_field,
     watch::{Filter, Proof, Watch},
 };
@@ -16,7 +16,7 @@ use crate::{
     accounts::AccountService,
     auth::{Authenticator, Permission},
     callers::CallerService,
-    crypto::{Fingerprinter, SecretString},
+    crypto::Fingerprinter,
     events::Events,
     handout::Door,
     leases::{AcquireRequest, DEFAULT_TTL_MS, Granted, LeaseService, MAX_TTL_MS, MAX_WAIT_MS},
@@ -125,38 +125,18 @@ impl Credentials for CredentialsApi {
         let audit = call_audit(&request);
         let req = request.into_inner();
         audit.account(&req.provider, &req.email);
-        actor
-            .require_reach(&req.provider, &req.email.to_lowercase())
-            .map_err(denied)?;
-        // Read first: an account that does not exist costs nothing.
-        let account = self
-            .accounts
-            .get(&req.provider, &req.email)
-            .await
-            .map_err(account_error)?;
         let cost = self.callers.settings().reveal_cost;
-        let secrets = &account.secrets;
-        let handed: Vec<&str> = [
-            &secrets.password,
-            &secrets.api_key,
-            &secrets.secret,
-            &secrets.token,
-        ]
-        .into_iter()
-        .flatten()
-        .map(SecretString::expose)
-        .collect();
-        let charge = self
+        let account = self
             .door
-            .hand_out(&audit, &actor.id, cost, &handed)
+            .reveal(
+                &self.accounts,
+                audit.call(),
+                &actor,
+                (&req.provider, &req.email),
+                cost,
+            )
             .await
-            .map_err(handout_error)?;
-        tracing::info!(
-            caller = %actor.id,
-            cost,
-            remaining = charge.credits.map(|c| c.remaining),
-            "account revealed"
-        );
+            .map_err(reveal_error)?;
         let active = self.leases.active_jobs(&account.meta.key());
         Ok(Response::new(convert::revealed_account(&account, active)))
     }
@@ -178,10 +158,10 @@ impl Credentials for CredentialsApi {
         };
         let granted = self
             .leases
-            .acquire(&actor, acquire, &audit)
+            .acquire(&actor, acquire, audit.call())
             .await
             .map_err(lease_error)?;
-        tracing::info!(caller = %actor.id, lease = %granted.lease.id, email = %self.fingerprints.tag(&granted.lease.email), "lease acquired");
+        tracing::debug!(caller = %actor.id, lease = %granted.lease.id, email = %self.fingerprints.tag(&granted.lease.email), "lease acquired");
         Ok(Response::new(lease(&granted)))
     }
 
@@ -195,9 +175,10 @@ impl Credentials for CredentialsApi {
         let req = request.into_inner();
         lease_id(&req.lease_id)?;
         let ttl = millis("ttl", req.ttl, DEFAULT_TTL_MS, 1_000, MAX_TTL_MS)?;
+        audit.target(&req.lease_id);
         let granted = self
             .leases
-            .renew(&actor, &req.lease_id, ttl, &audit)
+            .renew(&actor, &req.lease_id, ttl, audit.call())
             .await
             .map_err(lease_error)?;
         Ok(Response::new(lease(&granted)))
@@ -216,7 +197,7 @@ impl Credentials for CredentialsApi {
             .release(&actor, &req.lease_id)
             .await
             .map_err(lease_error)?;
-        tracing::info!(caller = %actor.id, "lease released");
+        tracing::debug!(caller = %actor.id, "lease released");
         Ok(Response::new(()))
     }
 

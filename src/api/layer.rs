@@ -19,8 +19,9 @@ use tonic::{Code, Status, body::Body, transport::server::UdsConnectInfo};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+use super::call_audit::CallAudit;
 use crate::{
-    audit::{AuditEvent, AuditLog, CallAudit},
+    audit::{AuditEvent, AuditLog},
     auth::Authenticator,
     crypto::random_bytes,
     ops::exporter,

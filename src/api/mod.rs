@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod call_audit;
 pub mod callers;
 mod convert;
 pub mod credentials;
@@ -15,7 +16,7 @@ mod watch;
 use tonic::{Request, Status};
 
 use crate::{
-    audit::CallAudit,
+    api::call_audit::CallAudit,
     auth::{Caller, Permission},
 };
 

@@ -12,7 +12,7 @@ use crate::{
     audit::AuditError,
     auth::{AuthError, Denied},
     callers::{CallerError, CreditError, MAX_KEYS},
-    handout::HandOutError,
+    handout::{HandOutError, RevealError},
     leases::LeaseError,
     refresh::RefreshError,
     store::StoreError,
@@ -115,6 +115,14 @@ pub fn handout_error(error: HandOutError) -> Status {
         HandOutError::Refused(error) => auth_error(error),
         HandOutError::Caller(error) => caller_error(error),
         HandOutError::Audit(error) => audit_error(error),
+    }
+}
+
+pub fn reveal_error(error: RevealError) -> Status {
+    match error {
+        RevealError::Denied(error) => denied(error),
+        RevealError::Account(error) => account_error(error),
+        RevealError::HandOut(error) => handout_error(error),
     }
 }
 

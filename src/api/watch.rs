@@ -14,7 +14,8 @@ use super::{
 };
 use crate::{
     accounts::{AccountKey, mask},
-    audit::CallAudit,
+    api::call_audit::CallAudit,
+    audit::Subject,
     auth::{Authenticator, Caller, Permission, SECRET_HEADER},
     callers::CallerService,
     crypto::SecretString,
@@ -233,18 +234,22 @@ impl Watch {
         key: &AccountKey,
         token: &SecretString,
     ) -> Result<(), String> {
-        let audit = self.audit.another();
-        audit.account(&key.provider, &key.email);
+        let call = self.audit.call().another();
+        let mut subject = Subject {
+            provider: key.provider.clone(),
+            email: key.email.clone(),
+            target: String::new(),
+        };
         let cost = match self.leases.held_by(key, &caller.id) {
             // The lease paid for the account's tokens while it lives.
             Some(lease_id) => {
-                audit.target(&lease_id);
+                subject.target = lease_id;
                 0
             }
             None => self.callers.settings().reveal_cost,
         };
         self.door
-            .hand_out(&audit, &caller.id, cost, &[token.expose()])
+            .hand_out(&call, subject, &caller.id, cost, &[token.expose()])
             .await
             .map(drop)
             .map_err(|error| handout_error(error).message().to_owned())

@@ -1,124 +1,95 @@
-//! The audit record of one call in progress.
+//! The call an audit event belongs to, as the domain sees it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, Ordering},
+};
 
-use super::{AuditError, AuditEvent, AuditLog};
+use super::AuditEvent;
 
-/// The audit record of one call in progress: the layer makes it, the handler adds what
-/// the call is about and what it handed out, and the layer writes it when the answer
-/// is known — unless the handler already committed it (hand-outs that must not be
-/// answered unaudited).
-#[derive(Clone)]
-pub struct CallAudit {
-    log: Option<Arc<AuditLog>>,
-    event: Arc<Mutex<(AuditEvent, bool)>>,
+/// What a hand-out is about: the account whose secrets leave, and the lease (or other
+/// object) it hands them out for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Subject {
+    pub provider: String,
+    pub email: String,
+    pub target: String,
 }
 
-impl CallAudit {
-    pub fn new(log: Arc<AuditLog>, request_id: &str, rpc: &str, caller_id: &str) -> Self {
+/// One call, for the audit trail: who made it, which RPC, under which request id.
+///
+/// The call layer makes it and writes the call's event when the answer is known. A
+/// hand-out writes that event itself, before the secret may be answered; it marks the
+/// call written, and the layer then adds nothing. What the hand-out was about stays
+/// on the call, so the event the layer writes when the hand-out failed names it too.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub request_id: String,
+    pub rpc: String,
+    pub caller_id: String,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    written: AtomicBool,
+    subject: Mutex<Option<Subject>>,
+}
+
+impl Call {
+    pub fn new(request_id: &str, rpc: &str, caller_id: &str) -> Self {
         Self {
-            log: Some(log),
-            event: Arc::new(Mutex::new((
-                AuditEvent {
-                    request_id: request_id.to_owned(),
-                    rpc: rpc.to_owned(),
-                    caller_id: caller_id.to_owned(),
-                    ..AuditEvent::default()
-                },
-                false,
-            ))),
+            request_id: request_id.to_owned(),
+            rpc: rpc.to_owned(),
+            caller_id: caller_id.to_owned(),
+            shared: Arc::default(),
         }
     }
 
-    /// A new event for the same call (request id, rpc, caller): a stream that hands
-    /// out more than once audits each hand-out on its own.
+    /// The same call, with an event of its own: a stream that hands out more than once
+    /// audits each hand-out apart from the call that opened it.
     pub fn another(&self) -> Self {
-        let guard = self.event.lock().unwrap_or_else(|e| e.into_inner());
-        match &self.log {
-            Some(log) => Self::new(
-                log.clone(),
-                &guard.0.request_id,
-                &guard.0.rpc,
-                &guard.0.caller_id,
-            ),
-            None => Self::none(),
+        Self::new(&self.request_id, &self.rpc, &self.caller_id)
+    }
+
+    /// The call's event with this outcome, naming `subject` (when known).
+    pub fn event(&self, outcome: &str) -> AuditEvent {
+        let subject = self.subject().unwrap_or_default();
+        AuditEvent {
+            request_id: self.request_id.clone(),
+            rpc: self.rpc.clone(),
+            caller_id: self.caller_id.clone(),
+            outcome: outcome.to_owned(),
+            provider: subject.provider,
+            email: subject.email,
+            target: subject.target,
+            ..AuditEvent::default()
         }
     }
 
-    /// For calls that are not audited: every method does nothing.
-    pub fn none() -> Self {
-        Self {
-            log: None,
-            event: Arc::new(Mutex::new((AuditEvent::default(), true))),
-        }
+    /// Records what a hand-out in this call is about.
+    pub fn about(&self, subject: Subject) {
+        *self
+            .shared
+            .subject
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(subject);
     }
 
-    fn with(&self, change: impl FnOnce(&mut AuditEvent)) {
-        let mut guard = self.event.lock().unwrap_or_else(|e| e.into_inner());
-        change(&mut guard.0);
+    pub fn subject(&self) -> Option<Subject> {
+        self.shared
+            .subject
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    pub fn account(&self, provider: &str, email: &str) {
-        self.with(|e| {
-            e.provider = provider.to_owned();
-            e.email = email.to_lowercase();
-        });
+    /// Marks the call's event written; answers whether it was already.
+    pub fn mark_written(&self) -> bool {
+        self.shared.written.swap(true, Ordering::SeqCst)
     }
 
-    pub fn target(&self, target: &str) {
-        self.with(|e| e.target = target.to_owned());
-    }
-
-    /// Records that the call hands out (or issues) this secret value, as its hash.
-    pub fn handed_out(&self, secret: &str) {
-        if let Some(log) = &self.log {
-            let hash = log.hash(secret);
-            self.with(|e| e.secret_hashes.push(hash));
-        }
-    }
-
-    /// Writes the event now with outcome OK. A hand-out calls this before its answer
-    /// is made durable, and does not answer when it fails.
-    pub async fn commit(&self) -> Result<(), AuditError> {
-        match (&self.log, self.take("OK")) {
-            (Some(log), Some(event)) => log.commit(event).await.map(drop),
-            _ => Ok(()),
-        }
-    }
-
-    /// Writes the event now with outcome OK and waits until it is durable, together
-    /// with every store write the call made before (see [`AuditLog::commit_durable`]).
-    /// A hand-out does not answer when it fails. Answers false when there was nothing
-    /// to commit (a call not audited, or committed already): then the caller flushes.
-    pub async fn commit_durable(&self) -> Result<bool, AuditError> {
-        match (&self.log, self.take("OK")) {
-            (Some(log), Some(event)) => log.commit_durable(event).await.map(|_| true),
-            _ => Ok(false),
-        }
-    }
-
-    /// Queues the event with this outcome unless it was already committed; answers
-    /// whether it did.
-    pub fn finish(&self, outcome: &str) -> bool {
-        match (&self.log, self.take(outcome)) {
-            (Some(log), Some(event)) => {
-                log.append(event);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// The event with this outcome, once: later calls answer `None`.
-    fn take(&self, outcome: &str) -> Option<AuditEvent> {
-        self.log.as_ref()?;
-        let mut guard = self.event.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.1 {
-            return None;
-        }
-        guard.1 = true;
-        let mut event = guard.0.clone();
-        event.outcome = outcome.to_owned();
-        Some(event)
+    pub fn written(&self) -> bool {
+        self.shared.written.load(Ordering::SeqCst)
     }
 }

@@ -31,7 +31,7 @@ mod sequence;
 mod tests;
 mod write;
 
-pub use call::CallAudit;
+pub use call::{Call, Subject};
 pub use sequence::{AuditSequence, LocalSequence};
 
 use crate::{

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     accounts::{AccountKey, AccountMeta, Entry, Status},
-    audit::CallAudit,
+    audit::Call,
     auth::Caller,
     crypto::{RngError, random_below, random_bytes},
     providers::ProviderKind,
@@ -67,7 +67,7 @@ impl LeaseService {
         &self,
         caller: &Caller,
         request: AcquireRequest,
-        audit: &CallAudit,
+        call: &Call,
     ) -> Result<Granted, LeaseError> {
         validate::text(
             "provider",
@@ -127,7 +127,7 @@ impl LeaseService {
                             self.waiters.leave(&queue, ticket);
                             queued = false;
                         }
-                        break self.complete(record, audit).await;
+                        break self.complete(record, call).await;
                     }
                     // Taken by someone else meanwhile: look again.
                     Ok(false) => continue,
@@ -313,21 +313,15 @@ impl LeaseService {
 
     /// Reads the token to hand out for a lease whose slot is taken, and hands it out.
     /// Any failure gives the slot back.
-    async fn complete(
-        &self,
-        record: LeaseRecord,
-        audit: &CallAudit,
-    ) -> Result<Granted, LeaseError> {
+    async fn complete(&self, record: LeaseRecord, call: &Call) -> Result<Granted, LeaseError> {
         let cost = self.callers.settings().lease_cost;
         let result = async {
             let account = self.accounts.get(&record.provider, &record.email).await?;
-            audit.account(&record.provider, &record.email);
-            audit.target(&record.id);
             let token: Vec<&str> = account.secrets.token.iter().map(|t| t.expose()).collect();
             // The door's one flush makes the lease durable too, with the debit and the
             // audit event; when it fails, the credits are paid back.
             self.door
-                .hand_out(audit, &record.caller_id, cost, &token)
+                .hand_out(call, record.subject(), &record.caller_id, cost, &token)
                 .await?;
             Ok(account)
         }

@@ -33,7 +33,7 @@ use waiters::Waiters;
 
 use crate::{
     accounts::{Account, AccountError, AccountKey, AccountService},
-    audit::{AuditError, CallAudit},
+    audit::{AuditError, Call},
     auth::{Caller, Denied},
     callers::{CallerError, CallerService},
     clock::Clock,
@@ -228,9 +228,8 @@ impl LeaseService {
         caller: &Caller,
         id: &str,
         ttl_ms: i64,
-        audit: &CallAudit,
+        call: &Call,
     ) -> Result<Granted, LeaseError> {
-        audit.target(id);
         let now = self.clock.now_ms();
         let held = self
             .slots
@@ -266,12 +265,11 @@ impl LeaseService {
             .ok_or_else(|| LeaseError::NotFound(id.to_owned()))?;
         self.wake_reaper_for(record.expires_at_ms);
         let account = self.accounts.get(&record.provider, &record.email).await?;
-        audit.account(&record.provider, &record.email);
         // The lease paid when it was acquired: the renewal's hand-out is free, and
         // audited like every other.
         let token: Vec<&str> = account.secrets.token.iter().map(|t| t.expose()).collect();
         self.door
-            .hand_out(audit, &record.caller_id, 0, &token)
+            .hand_out(call, record.subject(), &record.caller_id, 0, &token)
             .await?;
         Ok(Granted {
             lease: record,

@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::accounts::AccountKey;
+use crate::{accounts::AccountKey, audit::Subject};
 
 /// A lease as stored (sealed) and held in memory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +22,15 @@ impl LeaseRecord {
         AccountKey {
             provider: self.provider.clone(),
             email: self.email.clone(),
+        }
+    }
+
+    /// What handing out this lease's token is about, for its audit event.
+    pub fn subject(&self) -> Subject {
+        Subject {
+            provider: self.provider.clone(),
+            email: self.email.clone(),
+            target: self.id.clone(),
         }
     }
 }

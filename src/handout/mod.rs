@@ -13,13 +13,17 @@
 //! The door counts what passed it, so a test can tell that an RPC handed its secret
 //! out through it and not around it.
 
+mod reveal;
+
+pub use reveal::RevealError;
+
 use std::sync::{
     Arc,
     atomic::{AtomicU64, Ordering},
 };
 
 use crate::{
-    audit::{AuditError, CallAudit},
+    audit::{AuditError, AuditLog, Call, Subject},
     callers::{CallerError, Charge, Credits, identity::AuthError},
 };
 
@@ -36,13 +40,15 @@ pub enum HandOutError {
 
 pub struct Door {
     credits: Arc<dyn Credits>,
+    audit: Arc<AuditLog>,
     passed: AtomicU64,
 }
 
 impl Door {
-    pub fn new(credits: Arc<dyn Credits>) -> Self {
+    pub fn new(credits: Arc<dyn Credits>, audit: Arc<AuditLog>) -> Self {
         Self {
             credits,
+            audit,
             passed: AtomicU64::new(0),
         }
     }
@@ -52,28 +58,33 @@ impl Door {
         self.passed.load(Ordering::SeqCst)
     }
 
-    /// Checks `caller_id`, charges it `cost` credits and makes the charge and `audit`
-    /// (naming `secrets`) durable; answers the charge (its `credits` are the balance
-    /// after it). On `Err` nothing may be handed out, and nothing is owed.
+    /// Checks `payer` (the caller of `call`, or the holder of the lease it renews),
+    /// charges it `cost` credits, and makes the charge and the call's audit event
+    /// (about `subject`, naming `secrets` by hash) durable;
+    /// answers the charge (its `credits` are the balance after it). On `Err` nothing
+    /// may be handed out, and nothing is owed.
     pub async fn hand_out(
         &self,
-        audit: &CallAudit,
-        caller_id: &str,
+        call: &Call,
+        subject: Subject,
+        payer: &str,
         cost: i64,
         secrets: &[&str],
     ) -> Result<Charge, HandOutError> {
         let credits = &self.credits;
-        credits.check_enabled(caller_id)?;
-        let charge = credits.charge(caller_id, cost)?;
-        for secret in secrets {
-            audit.handed_out(secret);
-        }
+        call.about(Subject {
+            email: subject.email.to_lowercase(),
+            ..subject
+        });
+        credits.check_enabled(payer)?;
+        let charge = credits.charge(payer, cost)?;
+        let mut event = call.event("OK");
+        event.secret_hashes = secrets.iter().map(|s| self.audit.hash(s)).collect();
         let durable: Result<(), HandOutError> = async {
-            // A call that is not audited (none is, among hand-outs; a test may build
-            // one) still makes its debit durable.
-            if !audit.commit_durable().await? {
-                credits.durable().await?;
-            }
+            // Whatever happens next, the call's event is this one: the call layer
+            // does not write another (a failure below is told by the error).
+            call.mark_written();
+            self.audit.commit_durable(event).await?;
             match charge.written() {
                 Some(true) => Ok(()),
                 _ => Err(CallerError::DebitUnwritten.into()),
