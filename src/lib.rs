@@ -32,7 +32,7 @@
 //! Keeping it:
 //! - [`store`]: the storage seam (multi-key transactions, scans at a revision,
 //!   watches), the journal the local backends share, sled and in-memory backends, the
-//!   fault injector.
+//!   etcd backend, the fault injector.
 //! - [`sealed`]: whole records under AEAD, bound to their tree and key.
 //! - [`crypto`]: secret types, the master key and its HKDF sub-keys, sealing.
 //! - [`vault`]: opening a store: format and key checks, the services it holds.

@@ -118,7 +118,7 @@ impl AccountService {
         use std::sync::atomic::Ordering;
         loop {
             let from = self.read_at.load(Ordering::SeqCst);
-            let ended = match self.store.watch(Tree::Accounts, b"", from) {
+            let ended = match self.store.watch(Tree::Accounts, b"", from).await {
                 Ok(mut watch) => loop {
                     let change = tokio::select! {
                         _ = stop.wait_for(|stop| *stop) => return,

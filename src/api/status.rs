@@ -203,7 +203,7 @@ pub const STORAGE_UNAVAILABLE: &str = "storage is unavailable; retry later";
 
 fn store_error(error: &StoreError) -> Status {
     match error {
-        StoreError::Io(_) => {
+        StoreError::Io(_) | StoreError::Unavailable(_) => {
             tracing::error!(%error, "storage failed");
             Status::unavailable(STORAGE_UNAVAILABLE)
         }

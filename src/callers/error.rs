@@ -92,7 +92,7 @@ impl CallerError {
             CallerError::Store(error) => {
                 tracing::error!(%error, "store unreadable during authentication");
                 match error {
-                    StoreError::Io(_) => AuthError::Unavailable,
+                    StoreError::Io(_) | StoreError::Unavailable(_) => AuthError::Unavailable,
                     StoreError::Corrupted(_) => AuthError::DataLoss,
                     _ => AuthError::Internal,
                 }

@@ -232,13 +232,20 @@ impl CallerService {
         use std::sync::atomic::Ordering;
         loop {
             let from = self.seen.load(Ordering::SeqCst);
-            let mut watches: Vec<_> = view::TREES
+            let mut watches = Vec::new();
+            let wanted = view::TREES
                 .iter()
                 .map(|tree| (*tree, &b""[..]))
-                .chain([(Tree::Meta, tokens::SIGNING_KEYS_RECORD)])
-                .map(|(tree, prefix)| self.store.watch(tree, prefix, from))
-                .collect::<Result<_, _>>()
-                .unwrap_or_default();
+                .chain([(Tree::Meta, tokens::SIGNING_KEYS_RECORD)]);
+            for (tree, prefix) in wanted {
+                match self.store.watch(tree, prefix, from).await {
+                    Ok(watch) => watches.push(watch),
+                    Err(_) => {
+                        watches.clear();
+                        break;
+                    }
+                }
+            }
             let ended = match &mut watches[..] {
                 [callers, emails, keys, signing] => loop {
                     let change = tokio::select! {

@@ -140,9 +140,11 @@ impl Store for FaultyStore {
         }
     }
 
-    fn watch(&self, tree: Tree, prefix: &[u8], from: Revision) -> Result<Watch, StoreError> {
-        self.plan.check()?;
-        self.inner.watch(tree, prefix, from)
+    fn watch<'a>(&'a self, tree: Tree, prefix: &'a [u8], from: Revision) -> StoreFuture<'a, Watch> {
+        match self.plan.check() {
+            Ok(()) => self.inner.watch(tree, prefix, from),
+            Err(error) => Self::failed(error),
+        }
     }
 
     fn revision(&self) -> Revision {

@@ -299,8 +299,9 @@ impl<E: Engine> Store for Journaled<E> {
         Box::pin(async move { outcome })
     }
 
-    fn watch(&self, tree: Tree, prefix: &[u8], from: Revision) -> Result<Watch, StoreError> {
-        self.watch_now(tree, prefix, from)
+    fn watch<'a>(&'a self, tree: Tree, prefix: &'a [u8], from: Revision) -> StoreFuture<'a, Watch> {
+        let watch = self.watch_now(tree, prefix, from);
+        Box::pin(async move { watch })
     }
 
     fn revision(&self) -> Revision {

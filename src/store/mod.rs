@@ -18,6 +18,7 @@
 //!   backend's business: sled groups the writes of concurrent callers into one flush,
 //!   a quorum store is durable at commit.
 
+mod etcd;
 pub mod faults;
 mod journal;
 pub mod memory;
@@ -26,6 +27,7 @@ mod txn;
 
 use std::{future::Future, path::Path, pin::Pin, sync::Arc};
 
+pub use etcd::{EtcdOptions, EtcdStore, EtcdTls};
 pub use faults::{FaultPlan, FaultyStore};
 pub use journal::{Change, Watch};
 pub use memory::MemoryStore;
@@ -105,6 +107,10 @@ pub enum StoreError {
     Engine(String),
     #[error("the data directory is in use by another credvault process")]
     Locked,
+    /// A shared store could not be reached, or did not answer in time. Nothing may be
+    /// granted on what this node last knew.
+    #[error("the shared store is unavailable: {0}")]
+    Unavailable(String),
     /// The engine read bytes whose checksum failed.
     #[error("the store is damaged: {0}")]
     Corrupted(String),
@@ -246,7 +252,8 @@ pub trait Store: Send + Sync + 'static {
     fn commit(&self, txn: Txn) -> StoreFuture<'_, Outcome>;
 
     /// Every change under `prefix` in `tree` after revision `from`, in commit order.
-    fn watch(&self, tree: Tree, prefix: &[u8], from: Revision) -> Result<Watch, StoreError>;
+    /// [`StoreError::Compacted`] when the store no longer keeps what follows `from`.
+    fn watch<'a>(&'a self, tree: Tree, prefix: &'a [u8], from: Revision) -> StoreFuture<'a, Watch>;
 
     /// The revision of the last commit.
     fn revision(&self) -> Revision;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod etcd;
 
 use std::{
     io::{BufRead, BufReader, Read},
