@@ -11,8 +11,8 @@ use std::sync::{
 use credvault::{
     accounts::AccountKey,
     crypto::{MasterKey, Sealer},
-    leases::{LeaseRecord, LocalSlots, slots::SlotTable},
-    store::{FaultPlan, FaultyStore, Store, Tree},
+    leases::LeaseRecord,
+    store::{FaultPlan, Tree},
 };
 
 mod support;
@@ -58,11 +58,7 @@ fn key(email: &str) -> AccountKey {
 /// can; a counter raised after each take and lowered before each release never passes
 /// 3, and the table never says more than 3 either.
 async fn concurrent_takers_never_exceed_max_jobs(backend: Backend) {
-    let slots = Arc::new(
-        LocalSlots::load(backend.store.clone(), sealer(), NOW)
-            .await
-            .unwrap(),
-    );
+    let slots = backend.slot_table(sealer(), NOW, None).await;
     let holding = Arc::new(AtomicUsize::new(0));
     let most = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
@@ -106,9 +102,7 @@ async fn concurrent_takers_never_exceed_max_jobs(backend: Backend) {
 
 async fn slots_survive_a_reload_and_expire_on_time(backend: Backend) {
     let sealer = sealer();
-    let slots = LocalSlots::load(backend.store.clone(), sealer.clone(), NOW)
-        .await
-        .unwrap();
+    let slots = backend.slot_table(sealer.clone(), NOW, None).await;
     assert!(
         slots
             .take(lease("l_1", "a@x", NOW + 1_000), 2)
@@ -138,9 +132,7 @@ async fn slots_survive_a_reload_and_expire_on_time(backend: Backend) {
     drop(slots);
 
     // Reloaded after l_1's expiry: it is gone (from the store too), the rest held.
-    let reloaded = LocalSlots::load(backend.store.clone(), sealer.clone(), NOW + 2_000)
-        .await
-        .unwrap();
+    let reloaded = backend.slot_table(sealer.clone(), NOW + 2_000, None).await;
     assert_eq!(reloaded.held(&key("a@x")), 1);
     assert_eq!(reloaded.get("l_2").unwrap().expires_at_ms, NOW + 5_000);
     assert!(reloaded.get("l_1").is_none());
@@ -168,9 +160,7 @@ async fn slots_survive_a_reload_and_expire_on_time(backend: Backend) {
 }
 
 async fn renew_release_and_the_news_of_freed_slots(backend: Backend) {
-    let slots = LocalSlots::load(backend.store.clone(), sealer(), NOW)
-        .await
-        .unwrap();
+    let slots = backend.slot_table(sealer(), NOW, None).await;
     let mut freed = slots.freed();
     assert!(
         slots
@@ -203,9 +193,8 @@ async fn renew_release_and_the_news_of_freed_slots(backend: Backend) {
 /// A take whose lease record cannot be written fails and leaves the slot free.
 async fn a_slot_whose_lease_cannot_be_written_is_not_held(backend: Backend) {
     let plan = Arc::new(FaultPlan::default());
-    let store: Arc<dyn Store> = Arc::new(FaultyStore::new(backend.store.clone(), plan.clone()));
-    let slots = LocalSlots::load(store, sealer(), NOW).await.unwrap();
-    plan.fail_writes(Tree::Leases, true);
+    let slots = backend.slot_table(sealer(), NOW, Some(plan.clone())).await;
+    backend.break_writes(&plan, Tree::Leases, true);
     assert!(
         slots
             .take(lease("l_1", "a@x", NOW + 1_000), 1)
@@ -213,7 +202,7 @@ async fn a_slot_whose_lease_cannot_be_written_is_not_held(backend: Backend) {
             .is_err()
     );
     assert_eq!(slots.held(&key("a@x")), 0);
-    plan.fail_writes(Tree::Leases, false);
+    backend.break_writes(&plan, Tree::Leases, false);
     assert!(
         slots
             .take(lease("l_2", "a@x", NOW + 1_000), 1)
@@ -541,4 +530,105 @@ async fn callers_and_signing_keys_follow_another_service(backend: Backend) {
     }
     let _ = stop.send(true);
     following.await.unwrap();
+}
+
+/// Two processes' slot tables on one etcd cluster (as two credvault processes have):
+/// together they never hold more than `maxJobs`, a lowered `maxJobs` holds for both
+/// even while slots past it are still held, and each follows the other's takes and
+/// frees through the watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_max_jobs_on_etcd() {
+    use credvault::{
+        clock::ManualClock,
+        crypto::Fingerprinter,
+        leases::{ClusterSlots, slots::SlotTable},
+    };
+    use std::time::{Duration, Instant};
+
+    let backend = Backend::etcd().await;
+    let store = backend.etcd_store().unwrap();
+    let master = MasterKey::generate().unwrap();
+    let sealer = Arc::new(Sealer::new(&master));
+    let fingerprints = Arc::new(Fingerprinter::new(&master));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut processes = Vec::new();
+    for _ in 0..2 {
+        let slots = Arc::new(
+            ClusterSlots::open(
+                store.clone(),
+                sealer.clone(),
+                fingerprints.clone(),
+                Arc::new(ManualClock::at(NOW)),
+            )
+            .await
+            .unwrap(),
+        );
+        tokio::spawn(slots.clone().follow(stopped.clone()));
+        processes.push(slots);
+    }
+    let (a, b) = (processes[0].clone(), processes[1].clone());
+
+    // 2 × 8 tasks race for 3 slots of one account.
+    let holding = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..16 {
+        let slots = processes[task % 2].clone();
+        let (holding, most) = (holding.clone(), most.clone());
+        tasks.spawn(async move {
+            let mut taken = 0;
+            for round in 0..15 {
+                let id = format!("l_{task}_{round}");
+                if slots
+                    .take(lease(&id, "a@x", NOW + 60_000), 3)
+                    .await
+                    .unwrap()
+                {
+                    let now = holding.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    taken += 1;
+                    tokio::task::yield_now().await;
+                    holding.fetch_sub(1, Ordering::SeqCst);
+                    assert!(slots.release(&id).await.unwrap().is_some());
+                }
+            }
+            taken
+        });
+    }
+    let mut taken = 0;
+    while let Some(done) = tasks.join_next().await {
+        taken += done.unwrap();
+    }
+    assert!(most.load(Ordering::SeqCst) <= 3, "{most:?} held at once");
+    assert!(taken > 3, "{taken} takes");
+    assert_eq!(backend.store.count(Tree::Leases).await.unwrap(), 0);
+
+    // maxJobs 3 → 2 while A holds three slots: B cannot take until fewer than two
+    // remain, counting those past the new limit.
+    for n in 0..3 {
+        let id = format!("l_low_{n}");
+        assert!(a.take(lease(&id, "b@x", NOW + 60_000), 3).await.unwrap());
+    }
+    assert!(!b.take(lease("l_b1", "b@x", NOW + 60_000), 2).await.unwrap());
+    a.release("l_low_0").await.unwrap();
+    assert!(
+        !b.take(lease("l_b2", "b@x", NOW + 60_000), 2).await.unwrap(),
+        "two held, one of them past the lowered limit"
+    );
+    a.release("l_low_2").await.unwrap();
+    assert!(b.take(lease("l_b3", "b@x", NOW + 60_000), 2).await.unwrap());
+
+    // Each follows the other: A learns of B's take, and B of A's release.
+    let mut freed = b.freed();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.get("l_b3").is_none() {
+        assert!(Instant::now() < deadline, "A never saw B's take");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.held(&key("b@x")), 2);
+    a.release("l_low_1").await.unwrap();
+    let news = tokio::time::timeout(Duration::from_secs(10), freed.recv()).await;
+    assert_eq!(news.unwrap().unwrap(), key("b@x"));
+    assert!(b.get("l_low_1").is_none());
+    let _ = stop.send(true);
 }

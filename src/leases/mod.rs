@@ -7,6 +7,7 @@
 //! when they named one) and are woken by freed slots ([`waiters`]).
 
 mod acquire;
+mod cluster;
 mod local;
 mod refusal;
 pub mod slots;
@@ -23,6 +24,7 @@ use std::{
 
 use tokio::sync::{Notify, broadcast::error::RecvError, watch};
 
+pub use cluster::ClusterSlots;
 pub use local::LocalSlots;
 use refusal::jobs_running;
 pub use refusal::{Cause, Unserved};

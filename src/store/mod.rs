@@ -18,7 +18,7 @@
 //!   backend's business: sled groups the writes of concurrent callers into one flush,
 //!   a quorum store is durable at commit.
 
-mod etcd;
+pub mod etcd;
 pub mod faults;
 mod journal;
 pub mod memory;

@@ -8,8 +8,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use credvault::store::{
-    EtcdOptions, EtcdStore, MemoryStore, Revision, Store, StoreError, Tree, Txn,
+use credvault::{
+    clock::ManualClock,
+    crypto::{Fingerprinter, MasterKey, Sealer},
+    leases::{ClusterSlots, LocalSlots, slots::SlotTable},
+    store::{
+        EtcdOptions, EtcdStore, FaultPlan, FaultyStore, MemoryStore, Revision, Store, StoreError,
+        Tree, Txn,
+    },
 };
 
 use super::etcd::EtcdCluster;
@@ -18,8 +24,8 @@ use super::etcd::EtcdCluster;
 pub struct Backend {
     pub store: Arc<dyn Store>,
     _dir: Option<tempfile::TempDir>,
-    /// The etcd cluster, for an etcd store.
-    etcd: Option<EtcdCluster>,
+    /// The etcd cluster and the store on it, for an etcd store.
+    etcd: Option<(EtcdCluster, Arc<EtcdStore>)>,
 }
 
 impl Backend {
@@ -49,10 +55,11 @@ impl Backend {
             prefix: format!("/test-{}", credvault::hex::encode(&rand_bytes())),
             ..EtcdOptions::default()
         };
+        let store = Arc::new(EtcdStore::connect(&options).await.unwrap());
         Backend {
-            store: Arc::new(EtcdStore::connect(&options).await.unwrap()),
+            store: store.clone(),
             _dir: None,
-            etcd: Some(cluster),
+            etcd: Some((cluster, store)),
         }
     }
 
@@ -61,7 +68,7 @@ impl Backend {
     /// writes push it out; etcd keeps what it has not compacted, so it is compacted.
     pub async fn forget_history(&self, from: Revision) {
         let store = &self.store;
-        if let Some(cluster) = &self.etcd {
+        if let Some((cluster, _)) = &self.etcd {
             store
                 .commit(Txn::new().put(Tree::Audit, b"after", b"x"))
                 .await
@@ -86,6 +93,65 @@ impl Backend {
                 Err(other) => panic!("unexpected {other}"),
                 Ok(_) => {}
             }
+        }
+    }
+}
+
+impl Backend {
+    /// The slot table a process opens on this store at `now_ms` (its reaper's first
+    /// pass included): the local one, or the cluster-wide one on etcd. `plan` injects
+    /// faults into a local store's writes; on etcd, [`Backend::break_writes`] freezes
+    /// the cluster instead.
+    pub async fn slot_table(
+        &self,
+        sealer: Arc<Sealer>,
+        now_ms: i64,
+        plan: Option<Arc<FaultPlan>>,
+    ) -> Arc<dyn SlotTable> {
+        if let Some((_, store)) = &self.etcd {
+            // One fingerprint key for every process of a test, as for a cluster sharing
+            // its master key.
+            static FINGERPRINTS: std::sync::OnceLock<Arc<Fingerprinter>> =
+                std::sync::OnceLock::new();
+            let fingerprints = FINGERPRINTS
+                .get_or_init(|| Arc::new(Fingerprinter::new(&MasterKey::generate().unwrap())));
+            let slots = ClusterSlots::open(
+                store.clone(),
+                sealer,
+                fingerprints.clone(),
+                Arc::new(ManualClock::at(now_ms)),
+            )
+            .await
+            .unwrap();
+            slots.expire(now_ms).await.unwrap();
+            return Arc::new(slots);
+        }
+        let store: Arc<dyn Store> = match plan {
+            Some(plan) => Arc::new(FaultyStore::new(self.store.clone(), plan)),
+            None => self.store.clone(),
+        };
+        Arc::new(LocalSlots::load(store, sealer, now_ms).await.unwrap())
+    }
+
+    /// The etcd store, for an etcd backend.
+    pub fn etcd_store(&self) -> Option<Arc<EtcdStore>> {
+        self.etcd.as_ref().map(|(_, store)| store.clone())
+    }
+
+    /// Makes writes to `tree` fail (`broken`) or work again: through the fault plan on
+    /// a local store, by freezing every etcd member (SIGSTOP) on etcd.
+    pub fn break_writes(&self, plan: &FaultPlan, tree: Tree, broken: bool) {
+        match &self.etcd {
+            Some((cluster, _)) => {
+                for member in 0..cluster.size() {
+                    if broken {
+                        cluster.pause(member);
+                    } else {
+                        cluster.resume(member);
+                    }
+                }
+            }
+            None => plan.fail_writes(tree, broken),
         }
     }
 }

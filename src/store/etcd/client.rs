@@ -169,6 +169,41 @@ impl Connection {
         }
     }
 
+    /// A new etcd lease of `ttl_secs`; its id. Granting twice is harmless (an unused
+    /// lease ends at its TTL), so it is retried like a read.
+    pub async fn grant(&self, ttl_secs: i64) -> Result<i64, StoreError> {
+        let first = self.preferred.load(Ordering::SeqCst);
+        let mut last = None;
+        for n in first..first + self.members.len() {
+            let mut lease = self.member(n).lease_client();
+            match tokio::time::timeout(self.request_timeout, lease.grant(ttl_secs, None)).await {
+                Ok(Ok(answer)) => return Ok(answer.id()),
+                Ok(Err(error)) => last = Some(store_error(&error)),
+                Err(_) => last = Some(self.timed_out()),
+            }
+            self.move_on(n);
+        }
+        Err(last.unwrap_or_else(|| self.timed_out()))
+    }
+
+    /// Ends an etcd lease and the keys bound to it (idempotent, so retried).
+    pub async fn revoke(&self, id: i64) -> Result<(), StoreError> {
+        let first = self.preferred.load(Ordering::SeqCst);
+        let mut last = None;
+        for n in first..first + self.members.len() {
+            let mut lease = self.member(n).lease_client();
+            match tokio::time::timeout(self.request_timeout, lease.revoke(id)).await {
+                Ok(Ok(_)) => return Ok(()),
+                // Already gone (expired or revoked): nothing left to end.
+                Ok(Err(error)) if error.to_string().contains("lease not found") => return Ok(()),
+                Ok(Err(error)) => last = Some(store_error(&error)),
+                Err(_) => last = Some(self.timed_out()),
+            }
+            self.move_on(n);
+        }
+        Err(last.unwrap_or_else(|| self.timed_out()))
+    }
+
     /// Opens a watch on the preferred member (the first answer it gives tells it is
     /// alive; the caller reads it).
     pub async fn watch(

@@ -19,6 +19,7 @@
 //! paging.
 
 mod client;
+pub mod slots;
 mod watch;
 
 use std::sync::{
