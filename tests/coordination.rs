@@ -278,8 +278,8 @@ async fn concurrent_hand_outs_take_exactly_the_balance(backend: Backend) {
 async fn one_login_flight_per_account_with_growing_fences() {
     use credvault::refresh::flight::{LocalFlights, LoginFlights};
     let flights = Arc::new(LocalFlights::default());
-    let first = flights.board(&key("a@x")).await;
-    let other = flights.board(&key("b@x")).await;
+    let first = flights.board(&key("a@x")).await.unwrap();
+    let other = flights.board(&key("b@x")).await.unwrap();
     assert!(other.fence.number > first.fence.number);
     assert!(
         first.fence.compare.is_none(),
@@ -287,7 +287,7 @@ async fn one_login_flight_per_account_with_growing_fences() {
     );
     let second = {
         let flights = flights.clone();
-        tokio::spawn(async move { flights.board(&key("a@x")).await.fence.number })
+        tokio::spawn(async move { flights.board(&key("a@x")).await.unwrap().fence.number })
     };
     // However long it is given, the second boarding does not land while the first
     // holds the flight.
@@ -631,4 +631,124 @@ async fn two_processes_share_max_jobs_on_etcd() {
     assert_eq!(news.unwrap().unwrap(), key("b@x"));
     assert!(b.get("l_low_1").is_none());
     let _ = stop.send(true);
+}
+
+/// Login flights of two processes on one etcd cluster: one login per account
+/// cluster-wide; the next holder gets a greater fence; a holder whose lock lease ended
+/// (paused past its TTL) cannot store a token, while the new holder can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_login_per_account_across_processes_on_etcd() {
+    use credvault::{
+        accounts::{AccountError, AccountService, FreshSession, NewAccount, Refreshed},
+        clock::ManualClock,
+        crypto::{Fingerprinter, SecretString},
+        providers::Providers,
+        refresh::{cluster_flight::ClusterFlights, flight::LoginFlights},
+    };
+    use std::time::Duration;
+
+    let backend = Backend::etcd().await;
+    let store = backend.etcd_store().unwrap();
+    let fingerprints = Arc::new(Fingerprinter::new(&MasterKey::generate().unwrap()));
+    let a = Arc::new(ClusterFlights::new(
+        store.clone(),
+        fingerprints.clone(),
+        "node-a",
+    ));
+    let b = Arc::new(ClusterFlights::new(
+        store.clone(),
+        fingerprints.clone(),
+        "node-b",
+    ));
+
+    let first = a.board(&key_of("one@x")).await.unwrap();
+    assert!(
+        first.fence.compare.is_some(),
+        "a cluster flight can be lost"
+    );
+    let second = {
+        let b = b.clone();
+        tokio::spawn(async move { b.board(&key_of("one@x")).await.unwrap() })
+    };
+    // Another account boards at once meanwhile.
+    let other = b.board(&key_of("two@x")).await.unwrap();
+    // Not an event to wait for but its absence: 1.5 s is more than B's waiter takes
+    // between tries (1 s), so a lock that did not hold would have let it through.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!second.is_finished(), "two logins of one account at once");
+    let first_fence = first.fence.number;
+    drop(first);
+    let second = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the second boarding lands once the first is dropped")
+        .unwrap();
+    assert!(second.fence.number > first_fence);
+    drop((second, other));
+
+    // A holder whose lock lease ends loses the flight, and its fence with it.
+    let accounts = AccountService::open(
+        backend.store.clone(),
+        sealer(),
+        Arc::new(Providers::new(Default::default()).unwrap()),
+        Arc::new(ManualClock::at(NOW)),
+    )
+    .await
+    .unwrap();
+    accounts
+        .create(NewAccount {
+            provider: "pixverse".into(),
+            email: "fenced@example.com".into(),
+            password: Some(SecretString::from("pw-123456".to_owned())),
+            max_jobs: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let account = key_of("fenced@example.com");
+    let refreshed = |token: &str| Refreshed {
+        session: Some(FreshSession {
+            token: SecretString::from(token.to_owned()),
+            account_id: None,
+            username: None,
+            expire_time: NOW / 1000 + 3600,
+        }),
+        credits: None,
+        activated: false,
+        revoked_previous: false,
+    };
+    let paused = a.board(&account).await.unwrap();
+    // As if node A were paused past the TTL: etcd ends its lease.
+    let mut client = etcd_client::Client::connect(store_endpoints(&backend), None)
+        .await
+        .unwrap();
+    for lease in client.leases().await.unwrap().leases() {
+        client.lease_revoke(lease.id()).await.unwrap();
+    }
+    let taken = tokio::time::timeout(Duration::from_secs(10), b.board(&account))
+        .await
+        .expect("B boards once A's lock is gone")
+        .unwrap();
+    let late = accounts
+        .store_refresh(
+            &account,
+            refreshed("late-from-a"),
+            0,
+            paused.fence.compare.as_ref(),
+        )
+        .await;
+    assert!(matches!(late, Err(AccountError::Contended(_))), "{late:?}");
+    let stored = accounts
+        .store_refresh(
+            &account,
+            refreshed("from-b"),
+            0,
+            taken.fence.compare.as_ref(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.secrets.token.unwrap().expose(), "from-b");
+}
+
+fn store_endpoints(backend: &Backend) -> Vec<String> {
+    backend.etcd_endpoints().unwrap()
 }

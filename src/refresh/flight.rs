@@ -17,7 +17,10 @@ use std::{
     },
 };
 
-use crate::{accounts::AccountKey, store::Compare};
+use crate::{
+    accounts::AccountKey,
+    store::{Compare, StoreError},
+};
 
 /// What a token write checks to be sure its login still holds the flight.
 #[derive(Clone, Debug)]
@@ -34,10 +37,18 @@ pub struct Boarded {
     _held: Box<dyn Send + Sync>,
 }
 
-pub type Boarding<'a> = Pin<Box<dyn Future<Output = Boarded> + Send + 'a>>;
+impl Boarded {
+    /// The right, held until `held` is dropped.
+    pub fn new(fence: Fence, held: Box<dyn Send + Sync>) -> Self {
+        Boarded { fence, _held: held }
+    }
+}
+
+pub type Boarding<'a> = Pin<Box<dyn Future<Output = Result<Boarded, StoreError>> + Send + 'a>>;
 
 pub trait LoginFlights: Send + Sync + 'static {
-    /// Waits until no other login of `key` is under way, then holds the right.
+    /// Waits until no other login of `key` is under way, then holds the right. A
+    /// shared backend that cannot be reached answers an error: nobody logs in then.
     fn board<'a>(&'a self, key: &'a AccountKey) -> Boarding<'a>;
 }
 
@@ -100,7 +111,7 @@ impl LoginFlights for LocalFlights {
                 .clone();
             let guard = lock.lock_owned().await;
             let number = self.shared.boardings.fetch_add(1, Ordering::SeqCst) + 1;
-            Boarded {
+            Ok(Boarded {
                 fence: Fence {
                     number,
                     compare: None,
@@ -110,7 +121,7 @@ impl LoginFlights for LocalFlights {
                     key: key.clone(),
                     guard: Some(guard),
                 }),
-            }
+            })
         })
     }
 }

@@ -7,6 +7,10 @@ use std::sync::{Arc, atomic::Ordering};
 use tokio::sync::watch;
 
 use super::{Inner, LoginOutcome, Next, RefreshError, flight, stage};
+
+/// A login that could not board its flight (the shared store out of reach) is tried
+/// again this much later.
+const BOARDING_RETRY_MS: i64 = 5_000;
 use crate::{
     accounts::{Account, AccountError, AccountKey, Status},
     events::{Event, EventKind},
@@ -45,8 +49,14 @@ impl Inner {
                     let mut stop = self.stop.clone();
                     tokio::spawn(async move {
                         let flown = async {
-                            let boarded = me.flights.board(&key).await;
-                            me.login(&key, force, &boarded.fence).await
+                            match me.flights.board(&key).await {
+                                Ok(boarded) => me.login(&key, force, &boarded.fence).await,
+                                // The shared store is out of reach: try again later.
+                                Err(error) => (
+                                    Err(AccountError::Store(error).into()),
+                                    Next::At(me.clock.now_ms() + BOARDING_RETRY_MS),
+                                ),
+                            }
                         };
                         let (outcome, next) = tokio::select! {
                             done = flown => done,

@@ -7,6 +7,7 @@
 //! in one atomic write; transient failures retry with capped, jittered exponential
 //! backoff; permanent ones set NEEDS_ATTENTION and wait for an operator.
 
+pub mod cluster_flight;
 pub mod flight;
 mod login;
 pub mod providers;

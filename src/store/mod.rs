@@ -1,5 +1,5 @@
-//! Storage: the seam every backend implements, and the two that ship — sled, the
-//! embedded default, and an in-memory one for tests. Values are opaque bytes here;
+//! Storage: the seam every backend implements, and the backends — sled, the embedded
+//! default; etcd, shared by several processes; and an in-memory one for tests. Values are opaque bytes here;
 //! sealing happens above this layer, so nothing in `store/` sees a plaintext secret or
 //! a protobuf type.
 //!

@@ -138,6 +138,11 @@ impl Backend {
         self.etcd.as_ref().map(|(_, store)| store.clone())
     }
 
+    /// The etcd cluster's client URLs, for an etcd backend.
+    pub fn etcd_endpoints(&self) -> Option<Vec<String>> {
+        self.etcd.as_ref().map(|(cluster, _)| cluster.endpoints())
+    }
+
     /// Makes writes to `tree` fail (`broken`) or work again: through the fault plan on
     /// a local store, by freezing every etcd member (SIGSTOP) on etcd.
     pub fn break_writes(&self, plan: &FaultPlan, tree: Tree, broken: bool) {

@@ -195,7 +195,8 @@ impl EtcdCluster {
             .env("CREDVAULT_ETCD_LOG", &log)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            // The shell's own job notices ("Killed"); the member logs to its file.
+            .stderr(Stdio::null())
             .spawn()
             .expect("starting etcd");
         let mut line = String::new();

@@ -186,6 +186,31 @@ impl Connection {
         Err(last.unwrap_or_else(|| self.timed_out()))
     }
 
+    /// Renews an etcd lease once: its TTL left, 0 when it has ended.
+    pub async fn keep_alive(&self, id: i64) -> Result<i64, StoreError> {
+        let n = self.preferred.load(Ordering::SeqCst);
+        let mut lease = self.member(n).lease_client();
+        let renewed = async {
+            let (mut keeper, mut answers) = lease.keep_alive(id).await?;
+            keeper.keep_alive().await?;
+            answers.message().await
+        };
+        match tokio::time::timeout(self.request_timeout, renewed).await {
+            Ok(Ok(Some(answer))) => Ok(answer.ttl()),
+            Ok(Ok(None)) => Err(StoreError::Unavailable(
+                "etcd ended the keepalive stream".into(),
+            )),
+            Ok(Err(error)) => {
+                self.move_on(n);
+                Err(store_error(&error))
+            }
+            Err(_) => {
+                self.move_on(n);
+                Err(self.timed_out())
+            }
+        }
+    }
+
     /// Ends an etcd lease and the keys bound to it (idempotent, so retried).
     pub async fn revoke(&self, id: i64) -> Result<(), StoreError> {
         let first = self.preferred.load(Ordering::SeqCst);

@@ -19,6 +19,7 @@
 //! paging.
 
 mod client;
+pub mod lock;
 pub mod slots;
 mod watch;
 
