@@ -1,7 +1,7 @@
 //! Storage: the seam every backend implements, and the backends — sled, the embedded
-//! default; etcd, shared by several processes; and an in-memory one for tests. Values are opaque bytes here;
-//! sealing happens above this layer, so nothing in `store/` sees a plaintext secret or
-//! a protobuf type.
+//! default; etcd, shared by several processes; and an in-memory one for tests. Values
+//! are opaque bytes here; sealing happens above this layer, so nothing in `store/` sees
+//! a plaintext secret or a protobuf type.
 //!
 //! The seam is shaped after what both a local engine and etcd offer, so that each maps
 //! onto it without pretending:
