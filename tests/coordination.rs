@@ -25,6 +25,7 @@ conformance!(
     renew_release_and_the_news_of_freed_slots,
     a_slot_whose_lease_cannot_be_written_is_not_held,
     concurrent_hand_outs_take_exactly_the_balance,
+    two_processes_never_overspend_one_balance,
     a_token_write_whose_fence_fails_stores_nothing,
     a_directory_follows_writes_made_through_another_service,
     callers_and_signing_keys_follow_another_service,
@@ -270,6 +271,78 @@ async fn concurrent_hand_outs_take_exactly_the_balance(backend: Backend) {
     }
     assert_eq!(granted, 25);
     assert_eq!(callers.get(&id).unwrap().credits.unwrap().remaining, 0);
+}
+
+/// Two processes' caller services over one store, each with its own view of a balance
+/// of 25, take 60 debits of 1 between them: each view alone would allow 25, but the
+/// writes decide, so exactly 25 are written and the stored balance ends at 0, never
+/// below. A debit the balance no longer covers is refused and owes nothing.
+async fn two_processes_never_overspend_one_balance(backend: Backend) {
+    use credvault::{
+        callers::{
+            CallerError, CallerService, CallerSettings, MIN_SECRET_LEN, NewCaller, keys::CallerMacs,
+        },
+        clock::ManualClock,
+        crypto::SecretString,
+    };
+    let master = MasterKey::generate().unwrap();
+    let open = || {
+        CallerService::open(
+            backend.store.clone(),
+            Arc::new(Sealer::new(&master)),
+            CallerMacs::new(&master),
+            Arc::new(ManualClock::at(NOW)),
+            CallerSettings {
+                default_credits: 25,
+                ..CallerSettings::default()
+            },
+        )
+    };
+    let a = Arc::new(open().await.unwrap());
+    let admin = a.bootstrap_admin().unwrap();
+    let id = a
+        .create(
+            &admin,
+            NewCaller {
+                email: "shared@example.com".into(),
+                secret: SecretString::from("s".repeat(MIN_SECRET_LEN)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .caller
+        .id;
+    let b = Arc::new(open().await.unwrap());
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..60 {
+        let callers = if n % 2 == 0 { a.clone() } else { b.clone() };
+        let id = id.clone();
+        tasks.spawn(async move {
+            let charge = match callers.charge(&id, 1) {
+                Ok(charge) => charge,
+                Err(CallerError::Credits(_)) => return false,
+                Err(other) => panic!("{other}"),
+            };
+            callers.flush().await.unwrap();
+            match charge.written() {
+                Some(true) => true,
+                Some(false) => {
+                    callers.refund(&charge).await.unwrap();
+                    false
+                }
+                None => panic!("a flushed debit is decided"),
+            }
+        });
+    }
+    let mut granted = 0;
+    while let Some(done) = tasks.join_next().await {
+        granted += usize::from(done.unwrap());
+    }
+    assert_eq!(granted, 25);
+    // As a third process reads it from the store.
+    let stored = open().await.unwrap().get(&id).unwrap();
+    assert_eq!(stored.credits.unwrap().remaining, 0);
 }
 
 /// The login flight: a second boarding for the same account waits until the first

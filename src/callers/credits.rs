@@ -1,6 +1,10 @@
 //! Credits: a hand-out takes its debit in memory, never below zero counting the debits
 //! not yet written; the group commit that makes the hand-out durable writes each
-//! caller's sum with one compare-and-swap ([`CallerService::settle`]).
+//! caller's sum with one compare-and-swap ([`CallerService::settle`]). When the store
+//! is shared, another process may have spent from the same balance meanwhile: the
+//! compare-and-swap then reads the balance afresh and writes only the debits it still
+//! covers; the others are refused (their hand-outs answer nothing and owe nothing), so
+//! a balance is never overspent across processes.
 //!
 //! A caller's debits are in one of three states: pending (taken, not yet written), in
 //! flight (a settle is writing them) or written. The balance a charge sees is the
@@ -57,13 +61,19 @@ impl Credits for CallerService {
     }
 }
 
-/// What a caller owes, not yet written, and the outcome its debits will share.
+/// What a caller owes, not yet written: each debit with the outcome its hand-out
+/// waits for.
 #[derive(Default)]
 pub(super) struct PendingDebit {
-    amount: i64,
-    written: Arc<OnceLock<bool>>,
+    charges: Vec<(i64, Arc<OnceLock<bool>>)>,
     /// Being written by a settle now.
     in_flight: i64,
+}
+
+impl PendingDebit {
+    fn amount(&self) -> i64 {
+        self.charges.iter().map(|(cost, _)| cost).sum()
+    }
 }
 
 pub(super) type Pending = HashMap<String, PendingDebit>;
@@ -157,40 +167,53 @@ impl CallerService {
             .into());
         }
         credits.remaining -= cost;
+        let written = Arc::new(OnceLock::new());
         let entry = pending.entry(caller_id.to_owned()).or_default();
-        entry.amount += cost;
+        entry.charges.push((cost, written.clone()));
         Ok(Charge {
             caller_id: caller_id.to_owned(),
             cost,
-            written: Some(entry.written.clone()),
+            written: Some(written),
             credits: Some(credits),
         })
     }
 
     /// Writes every pending debit: one compare-and-swap per caller for the sum it owes,
-    /// under that caller's stripe lock. Not flushed: the durable commit that runs it
-    /// flushes next.
+    /// under that caller's stripe lock. The debits the stored balance no longer covers
+    /// (another process spent from it) are refused, the others written. Not flushed:
+    /// the durable commit that runs it flushes next.
     pub async fn settle(&self) {
         let _settling = self.settling.lock().await;
         let owing: Vec<String> = self.pending_debits().keys().cloned().collect();
         for id in owing {
             let _stripe = self.stripe(&id).lock().await;
-            let (amount, written) = {
+            let batch = {
                 let mut pending = self.pending_debits();
                 let Some(debit) = pending.get_mut(&id) else {
                     continue;
                 };
-                debit.in_flight = std::mem::take(&mut debit.amount);
-                (debit.in_flight, std::mem::take(&mut debit.written))
+                debit.in_flight = debit.amount();
+                std::mem::take(&mut debit.charges)
             };
+            // Which debits the balance covers, decided afresh on every read of it.
+            let mut covered = vec![true; batch.len()];
             let result = self
                 .modify_locked(&id, None, Vec::new(), |record| {
+                    covered.fill(true);
                     let Some(credits) = record.credits.as_mut() else {
                         // Made unmetered since: nothing is owed.
                         return Ok(false);
                     };
-                    credits.remaining -= amount;
-                    Ok(amount != 0)
+                    let mut taken = 0;
+                    for (n, (cost, _)) in batch.iter().enumerate() {
+                        if credits.remaining - taken >= *cost {
+                            taken += cost;
+                        } else {
+                            covered[n] = false;
+                        }
+                    }
+                    credits.remaining -= taken;
+                    Ok(taken != 0)
                 })
                 .await;
             if let Err(error) = &result {
@@ -202,12 +225,18 @@ impl CallerService {
                 let mut pending = self.pending_debits();
                 if let Some(debit) = pending.get_mut(&id) {
                     debit.in_flight = 0;
-                    if debit.amount == 0 {
+                    if debit.charges.is_empty() {
                         pending.remove(&id);
                     }
                 }
             }
-            let _ = written.set(result.is_ok());
+            let refused = covered.iter().filter(|c| !**c).count();
+            if refused > 0 && result.is_ok() {
+                tracing::info!(caller = %id, refused, "debits refused: the balance was spent elsewhere");
+            }
+            for ((_, written), covered) in batch.iter().zip(covered) {
+                let _ = written.set(result.is_ok() && covered);
+            }
         }
     }
 
@@ -228,10 +257,8 @@ impl CallerService {
         let _stripe = self.stripe(&charge.caller_id).lock().await;
         match written.get() {
             None => {
-                if let Some(debit) = self.pending_debits().get_mut(&charge.caller_id)
-                    && Arc::ptr_eq(&debit.written, written)
-                {
-                    debit.amount -= charge.cost;
+                if let Some(debit) = self.pending_debits().get_mut(&charge.caller_id) {
+                    debit.charges.retain(|(_, w)| !Arc::ptr_eq(w, written));
                 }
                 Ok(())
             }
@@ -257,7 +284,7 @@ impl CallerService {
 
 /// What a caller owes in debits not yet written.
 pub(super) fn owed(debit: &PendingDebit) -> i64 {
-    debit.amount + debit.in_flight
+    debit.amount() + debit.in_flight
 }
 
 /// A record that includes the in-flight debits is being kept: they are written.
