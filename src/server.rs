@@ -37,6 +37,7 @@ use crate::{
     config::Settings,
     events::Events,
     leases::LeaseService,
+    leases::{ClusterSlots, slots::SlotTable},
     ops::exporter,
     proto::{
         FILE_DESCRIPTOR_SET, accounts_server::AccountsServer, audit_server::AuditServer,
@@ -44,6 +45,10 @@ use crate::{
         keys_server::KeysServer,
     },
     refresh::Refresher,
+    refresh::{
+        cluster_flight::ClusterFlights,
+        flight::{LocalFlights, LoginFlights},
+    },
     vault::Vault,
 };
 
@@ -315,6 +320,37 @@ fn no_delay(
 }
 
 /// The whole server (`""`) and each service, as probes ask for them.
+/// The login flights and the slot table: this process's own with the embedded store;
+/// shared through etcd (its slot mirror followed until `stop`) in etcd mode.
+async fn coordination(
+    vault: &Vault,
+    stop: &watch::Receiver<bool>,
+) -> Result<(Arc<dyn LoginFlights>, Arc<dyn SlotTable>), ServeError> {
+    let Some(etcd) = &vault.etcd else {
+        let slots = crate::leases::LocalSlots::load(
+            vault.store.clone(),
+            vault.sealer.clone(),
+            vault.clock.now_ms(),
+        )
+        .await
+        .map_err(ServeError::Leases)?;
+        return Ok((Arc::new(LocalFlights::default()), Arc::new(slots)));
+    };
+    let slots = Arc::new(
+        ClusterSlots::open(
+            etcd.clone(),
+            vault.sealer.clone(),
+            vault.fingerprints.clone(),
+            vault.clock.clone(),
+        )
+        .await
+        .map_err(ServeError::Leases)?,
+    );
+    tokio::spawn(slots.clone().follow(stop.clone()));
+    let flights = ClusterFlights::new(etcd.clone(), vault.fingerprints.clone(), &vault.node_id);
+    Ok((Arc::new(flights), slots))
+}
+
 async fn set_health(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {
     let services = [
         "",
@@ -353,27 +389,22 @@ pub async fn run(
     };
 
     let events = Events::default();
+    let (flights, slots) = coordination(&vault, &stop_rx).await?;
     let refresher = Arc::new(
-        Refresher::start(
+        Refresher::start_with_flights(
             vault.accounts.clone(),
             &vault.providers,
             vault.clock.clone(),
             vault.refresh.clone(),
             events.clone(),
+            flights,
         )
         .await
         .map_err(ServeError::Refresher)?,
     );
-    let slots = crate::leases::LocalSlots::load(
-        vault.store.clone(),
-        vault.sealer.clone(),
-        vault.clock.now_ms(),
-    )
-    .await
-    .map_err(ServeError::Leases)?;
     let leases = LeaseService::start(
         vault.store.clone(),
-        Arc::new(slots),
+        slots,
         vault.door.clone(),
         vault.accounts.clone(),
         vault.callers.clone(),

@@ -1,6 +1,9 @@
 //! Opening a vault: the store, the key check, and the services built on them.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use crate::{
     accounts::AccountService,
@@ -9,7 +12,7 @@ use crate::{
     callers::keys::CallerMacs,
     callers::{CallerError, CallerService},
     clock::{Clock, SystemClock},
-    config::Settings,
+    config::{Settings, StoreSettings},
     crypto::{Fingerprinter, MasterKey, Purpose, RngError, SealError, Sealer, SubKey},
     leases::LeaseSettings,
     ops::rekey::Rekey,
@@ -17,7 +20,9 @@ use crate::{
     providers::Providers,
     refresh::RefreshSettings,
     sealed,
-    store::{FaultPlan, FaultyStore, Store, StoreError, StoreExt, Swap, Tree},
+    store::{
+        EtcdStore, FaultPlan, FaultyStore, Store, StoreError, StoreExt, Swap, Tree, split::Split,
+    },
 };
 
 /// The layout of the data this build writes. Bumped when builds before it could not
@@ -147,6 +152,11 @@ pub struct Vault {
     pub limits: crate::limits::LimitSettings,
     pub clock: Arc<dyn Clock>,
     pub fingerprints: Arc<Fingerprinter>,
+    /// The shared etcd store, in etcd mode: slots and login flights are coordinated
+    /// through it.
+    pub etcd: Option<Arc<EtcdStore>>,
+    /// This process's name in logs and lock values.
+    pub node_id: String,
 }
 
 impl Vault {
@@ -176,11 +186,11 @@ impl Vault {
         faults: Option<Arc<FaultPlan>>,
     ) -> Result<Self, OpenError> {
         let db_path = settings.data_dir.join("db");
+        let (backend, etcd, where_) = open_backend(settings, &db_path).await?;
         let store_error = |source| OpenError::Store {
-            path: db_path.clone(),
+            path: where_.clone(),
             source,
         };
-        let backend = crate::store::open_embedded(&db_path).map_err(store_error)?;
         let store: Arc<dyn Store> = match faults {
             Some(plan) => Arc::new(FaultyStore::new(backend, plan)),
             None => backend,
@@ -190,13 +200,18 @@ impl Vault {
             sealer = sealer.with_previous(previous);
         }
         let sealer = Arc::new(sealer);
-        let format = check_format(store.as_ref(), &settings.data_dir)
+        // Where the data is, as the refusals below name it.
+        let data = match &etcd {
+            Some(_) => where_.clone(),
+            None => settings.data_dir.clone(),
+        };
+        let format = check_format(store.as_ref(), &data)
             .await
             .map_err(|e| match e {
                 CheckError::Store(source) => store_error(source),
                 CheckError::Open(error) => error,
             })?;
-        check_key(store.as_ref(), &sealer, &settings.data_dir)
+        check_key(store.as_ref(), &sealer, &data)
             .await
             .map_err(|e| match e {
                 CheckError::Store(source) => store_error(source),
@@ -259,7 +274,11 @@ impl Vault {
             let callers = settling.clone();
             Box::pin(async move { callers.settle().await })
         }));
-        let rekey = Arc::new(Rekey::new(store.clone(), sealer.clone()));
+        let rekey = Arc::new(Rekey::with_sharing(
+            store.clone(),
+            sealer.clone(),
+            etcd.is_some(),
+        ));
         let door = Arc::new(crate::handout::Door::new(callers.clone(), audit.clone()));
         Ok(Self {
             store,
@@ -280,7 +299,43 @@ impl Vault {
             callers,
             fingerprints,
             clock,
+            etcd,
+            node_id: settings.node_id.clone(),
         })
+    }
+}
+
+/// The store the settings name, the etcd store when it is shared, and where the data
+/// is (for messages): the data directory's `db`, or etcd's endpoints and prefix.
+async fn open_backend(
+    settings: &Settings,
+    db_path: &Path,
+) -> Result<(Arc<dyn Store>, Option<Arc<EtcdStore>>, PathBuf), OpenError> {
+    let local = |path: &Path| {
+        crate::store::open_embedded(path).map_err(|source| OpenError::Store {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    match &settings.store {
+        StoreSettings::Sled => Ok((local(db_path)?, None, db_path.to_owned())),
+        StoreSettings::Etcd(options) => {
+            let where_ = PathBuf::from(format!(
+                "etcd {} under {}",
+                options.endpoints.join(","),
+                options.prefix
+            ));
+            let etcd = EtcdStore::connect(options)
+                .await
+                .map_err(|source| OpenError::Store {
+                    path: where_.clone(),
+                    source,
+                })?;
+            let etcd = Arc::new(etcd);
+            // The audit trail stays on this node, in its data directory.
+            let split = Split::new(etcd.clone(), local(db_path)?, &[Tree::Audit]);
+            Ok((Arc::new(split), Some(etcd), where_))
+        }
     }
 }
 

@@ -75,7 +75,7 @@ impl Keys for KeysApi {
             .rotate_to_file(&path, self.callers.clone())
             .map_err(|error| match error {
                 RotateError::BadKey(_) => Status::invalid_argument(error.to_string()),
-                RotateError::Running | RotateError::NotNow => {
+                RotateError::Running | RotateError::NotNow | RotateError::Shared => {
                     Status::failed_precondition(error.to_string())
                 }
             })?;

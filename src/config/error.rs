@@ -22,6 +22,8 @@ pub enum ConfigError {
     MetricsListen(String),
     #[error("tls: set tls_cert_file and tls_key_file together (tls_client_ca_file needs both)")]
     Tls,
+    #[error("{0}")]
+    Store(String),
     #[error("socket_peers: {0:?} is not a uid (a number) mapped to a caller id")]
     SocketPeer(String),
     #[error("nothing to serve on: set listen or socket")]

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 mod checks;
 mod error;
 mod secrets;
+mod store;
 #[cfg(test)]
 mod tests;
 
@@ -27,6 +28,7 @@ pub use secrets::{
     SecretBytes, TlsFiles, generate_token, read_admin_token_file, read_master_key_file,
 };
 use secrets::{admin_token, create_private_dir, master_key, optional_addr, read_pem};
+pub use store::{BackendKind, EtcdConfig, StoreConfig, StoreSettings};
 
 use crate::{
     callers::CallerSettings,
@@ -43,8 +45,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEV_KEY_FILE: &str = "dev-master.key";
 
 /// Environment variables read, beyond nested provider settings (`CREDVAULT_PROVIDERS__…`).
-const ENV_KEYS: [&str; 20] = [
+const ENV_KEYS: [&str; 21] = [
     "listen",
+    "node_id",
     "socket",
     "socket_mode",
     "data_dir",
@@ -130,6 +133,10 @@ pub struct Config {
     pub leases: LeaseSettings,
     /// Request size, call deadline and per-connection concurrency.
     pub limits: LimitSettings,
+    /// Where the records live: sled (default) or etcd.
+    pub store: StoreConfig,
+    /// This process's name in logs and lock values; empty: the host name.
+    pub node_id: String,
 }
 
 impl Default for Config {
@@ -161,6 +168,8 @@ impl Default for Config {
             refresh: RefreshSettings::default(),
             leases: LeaseSettings::default(),
             limits: LimitSettings::default(),
+            store: StoreConfig::default(),
+            node_id: String::new(),
         }
     }
 }
@@ -218,6 +227,8 @@ pub struct Settings {
     pub refresh: RefreshSettings,
     pub leases: LeaseSettings,
     pub limits: LimitSettings,
+    pub store: StoreSettings,
+    pub node_id: String,
 }
 
 impl Config {
@@ -249,6 +260,7 @@ impl Config {
                     || key.starts_with("leases__")
                     || key.starts_with("limits__")
                     || key.starts_with("socket_peers__")
+                    || key.starts_with("store__")
             })
             .split("__");
         figment
@@ -292,6 +304,15 @@ impl Config {
             .filter(|mode| *mode <= 0o777)
             .ok_or_else(|| ConfigError::SocketMode(self.socket_mode.clone()))?;
         let providers = Providers::new(self.providers)?;
+        let store = self.store.resolve()?;
+        let rotating =
+            self.previous_master_key.is_some() || self.previous_master_key_file.is_some();
+        if rotating && matches!(store, StoreSettings::Etcd(_)) {
+            return Err(ConfigError::Store(
+                "previous_master_key: master-key rotation is not available with the etcd backend (every process shares the records); start with the current key only".into(),
+            ));
+        }
+        let node_id = store::node_id(&self.node_id)?;
         check_callers(&self.callers)?;
         check_refresh(&self.refresh)?;
         if self.leases.min_token_validity_secs < 0 {
@@ -345,6 +366,8 @@ impl Config {
             refresh: self.refresh,
             leases: self.leases,
             limits: self.limits,
+            store,
+            node_id,
         })
     }
 }

@@ -114,3 +114,74 @@ fn debug_shows_no_secret() {
         !text.contains("bWFzdGVyLWtleS1zZWNyZXQ=") && !text.contains("admin-token-secret-value")
     );
 }
+
+#[test]
+fn the_etcd_store_is_checked_and_takes_endpoints_as_a_list_or_commas() {
+    let listed = Config::from_toml(
+        "[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"http://10.0.0.1:2379\", \"http://10.0.0.2:2379\"]\n",
+    )
+    .unwrap();
+    // The environment's form: one comma-separated string.
+    let commas = Config::from_toml(
+        "[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = \"http://10.0.0.1:2379, http://10.0.0.2:2379\"\n",
+    )
+    .unwrap();
+    assert_eq!(listed.store.etcd.endpoints, commas.store.etcd.endpoints);
+    let StoreSettings::Etcd(options) = commas.store.resolve().unwrap() else {
+        panic!("etcd was asked for")
+    };
+    assert_eq!(options.endpoints.len(), 2);
+    assert_eq!(options.prefix, "/credvault");
+    assert!(matches!(
+        Config::default().store.resolve().unwrap(),
+        StoreSettings::Sled
+    ));
+
+    let refused = |toml: &str| {
+        Config::from_toml(&format!(
+            "[store]\nbackend = \"etcd\"\n[store.etcd]\n{toml}"
+        ))
+        .unwrap()
+        .store
+        .resolve()
+        .unwrap_err()
+        .to_string()
+    };
+    assert!(refused("").contains("at least one endpoint"));
+    assert!(refused("endpoints = \"10.0.0.1:2379\"").contains("not a URL"));
+    let one = "endpoints = \"http://10.0.0.1:2379\"\n";
+    assert!(refused(&format!("{one}prefix = \"credvault\"")).contains("must start with /"));
+    assert!(refused(&format!("{one}cert_file = \"c.pem\"")).contains("together"));
+    assert!(refused(&format!("{one}username = \"u\"")).contains("together"));
+    assert!(refused(&format!("{one}request_timeout_ms = 0")).contains("above 0"));
+    let error = refused(&format!(
+        "{one}username = \"u\"\npassword_file = \"/nonexistent/pw\""
+    ));
+    assert!(error.contains("cannot read"), "{error}");
+    assert!(
+        Config::from_toml("[store]\nbackend = \"zookeeper\"").is_err(),
+        "an unknown backend is refused"
+    );
+    // A rotation in progress cannot be carried onto a shared store.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rotating = base(dir.path());
+    rotating.store = commas.store.clone();
+    rotating.previous_master_key = Some(SecretString::from(
+        crate::crypto::MasterKey::generate()
+            .unwrap()
+            .to_base64()
+            .to_string(),
+    ));
+    let error = rotating.resolve().unwrap_err().to_string();
+    assert!(
+        error.contains("not available with the etcd backend"),
+        "{error}"
+    );
+}
+
+#[test]
+fn node_id_defaults_to_the_host_name_and_refuses_control_characters() {
+    assert!(!store::node_id("").unwrap().is_empty());
+    assert_eq!(store::node_id(" node-a ").unwrap(), "node-a");
+    assert!(store::node_id("bad\nid").is_err());
+}

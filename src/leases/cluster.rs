@@ -495,4 +495,8 @@ impl SlotTable for ClusterSlots {
     fn version(&self) -> u64 {
         self.version.load(Ordering::SeqCst)
     }
+
+    fn shared(&self) -> bool {
+        true
+    }
 }

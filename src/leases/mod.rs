@@ -333,7 +333,13 @@ impl LeaseService {
             // While the next expiry is worked out, any new lease wakes the reaper (it
             // keeps the wake-up for the next wait).
             self.reaper_at.store(i64::MAX, Ordering::SeqCst);
-            let next = self.slots.next_expiry();
+            let mut next = self.slots.next_expiry();
+            if self.slots.shared() {
+                // Another process's lease past its deadline is freed here too, within
+                // a second, should that process have died.
+                let soon = self.clock.now_ms() + 1_000;
+                next = Some(next.map_or(soon, |at| at.min(soon)));
+            }
             self.reaper_at
                 .store(next.unwrap_or(i64::MAX), Ordering::SeqCst);
             let sleep = match next {

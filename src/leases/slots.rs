@@ -52,4 +52,10 @@ pub trait SlotTable: Send + Sync + 'static {
     /// Counts slot changes: read before a choice, and compared after queueing, it tells
     /// whether a slot may have been freed in between.
     fn version(&self) -> u64;
+
+    /// Whether other processes take slots too: then slots appear that this process's
+    /// reaper was not told of, and it looks at least every second.
+    fn shared(&self) -> bool {
+        false
+    }
 }

@@ -65,11 +65,19 @@ pub enum RotateError {
         "that key is already current, or a previous key is still held (an earlier rotation has not finished; see RotationStatus)"
     )]
     NotNow,
+    /// On a store shared by several processes, re-sealing under a key the others do not
+    /// hold would lock them out of every record.
+    #[error(
+        "master-key rotation is not available with the etcd backend: every process shares the records, and those without the new key could not read them; keep the current key (see README, \"The etcd backend\")"
+    )]
+    Shared,
 }
 
 pub struct Rekey {
     store: Arc<dyn Store>,
     sealer: Arc<Sealer>,
+    /// The store is shared with other processes: rotation is refused.
+    shared: bool,
     examined: AtomicU64,
     resealed: AtomicU64,
     phase: Mutex<Phase>,
@@ -77,9 +85,15 @@ pub struct Rekey {
 
 impl Rekey {
     pub fn new(store: Arc<dyn Store>, sealer: Arc<Sealer>) -> Self {
+        Self::with_sharing(store, sealer, false)
+    }
+
+    /// `shared`: other processes use the same records (etcd); rotation is refused.
+    pub fn with_sharing(store: Arc<dyn Store>, sealer: Arc<Sealer>, shared: bool) -> Self {
         Self {
             store,
             sealer,
+            shared,
             examined: AtomicU64::new(0),
             resealed: AtomicU64::new(0),
             phase: Mutex::new(Phase::Idle),
@@ -88,6 +102,11 @@ impl Rekey {
 
     pub fn needed(&self) -> bool {
         self.sealer.previous_key_id().is_some()
+    }
+
+    /// Whether rotation is refused (a shared store).
+    pub fn shared(&self) -> bool {
+        self.shared
     }
 
     pub fn phase(&self) -> Phase {
@@ -120,6 +139,9 @@ impl Rekey {
                 MasterKey::from_base64(text.trim()).map_err(|e| format!("the key in {path}: {e}"))
             })
             .map_err(RotateError::BadKey)?;
+        if self.shared {
+            return Err(RotateError::Shared);
+        }
         if self.phase() == Phase::Running {
             return Err(RotateError::Running);
         }

@@ -19,7 +19,7 @@ use crate::{
     callers::CallerService,
     config,
     crypto::Sealer,
-    ops::rekey::{Phase, Rekey},
+    ops::rekey::{Phase, Rekey, RotateError},
 };
 
 /// How often the files are looked at between SIGHUPs.
@@ -104,6 +104,10 @@ impl Reloader {
             }
         };
         if key.key_id() == self.sealer.key_id() {
+            return;
+        }
+        if self.rekey.shared() {
+            tracing::error!(error = %RotateError::Shared, "the master key file holds a new key; it is not used");
             return;
         }
         if self.rekey.phase() == Phase::Running || !self.sealer.rotate_to(&key) {

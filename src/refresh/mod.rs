@@ -120,13 +120,28 @@ pub struct Refresher {
 }
 
 impl Refresher {
-    /// Rebuilds the schedule from the store and starts the scheduler task.
+    /// Rebuilds the schedule from the store and starts the scheduler task; logins
+    /// take this process's flights.
     pub async fn start(
         accounts: Arc<AccountService>,
         providers: &Providers,
         clock: Arc<dyn Clock>,
         settings: RefreshSettings,
         events: Events,
+    ) -> Result<Self, AccountError> {
+        let flights = Arc::new(flight::LocalFlights::default());
+        Self::start_with_flights(accounts, providers, clock, settings, events, flights).await
+    }
+
+    /// As [`Refresher::start`], with the login flights given (shared ones in etcd
+    /// mode).
+    pub async fn start_with_flights(
+        accounts: Arc<AccountService>,
+        providers: &Providers,
+        clock: Arc<dyn Clock>,
+        settings: RefreshSettings,
+        events: Events,
+        flights: Arc<dyn flight::LoginFlights>,
     ) -> Result<Self, AccountError> {
         let adapters = providers
             .iter()
@@ -143,7 +158,7 @@ impl Refresher {
             settings,
             clock,
             inflight: Mutex::new(HashMap::new()),
-            flights: Arc::new(flight::LocalFlights::default()),
+            flights,
             attempts: Mutex::new(HashMap::new()),
             commands,
             stop: stop_rx,

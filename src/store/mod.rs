@@ -23,6 +23,7 @@ pub mod faults;
 mod journal;
 pub mod memory;
 mod sled;
+pub mod split;
 mod txn;
 
 use std::{future::Future, path::Path, pin::Pin, sync::Arc};

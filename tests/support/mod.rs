@@ -294,6 +294,10 @@ impl TestServer {
         proto::credentials_client::CredentialsClient::with_interceptor(self.channel().await, auth)
     }
 
+    pub async fn keys(&self, auth: Auth) -> proto::keys_client::KeysClient<Authed> {
+        proto::keys_client::KeysClient::with_interceptor(self.channel().await, auth)
+    }
+
     pub async fn accounts_with(&self, auth: Auth) -> AccountsClient<Authed> {
         AccountsClient::with_interceptor(self.channel().await, auth)
     }

@@ -1,0 +1,184 @@
+//! Two credvault servers on one real 3-member etcd cluster, as two replicas' sidecars
+//! are: what one writes the other serves, `maxJobs` holds across both, a waiter on one
+//! is served by a release on the other, and a token revoked on one is refused by the
+//! other within a second.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use credvault::config::{BackendKind, Config};
+use support::{Auth, TestServer, etcd::EtcdCluster, leasable, proto};
+use tonic::Code;
+
+const SECRET: &str = "etcd-nodes-secret-0123456789abcdef";
+
+fn node_config(dir: &std::path::Path, key: &str, cluster: &EtcdCluster, node: &str) -> Config {
+    let mut config = support::config(dir, key);
+    config.store.backend = BackendKind::Etcd;
+    config.store.etcd.endpoints = cluster.endpoints();
+    config.store.etcd.prefix = "/credvault-test".into();
+    config.node_id = node.into();
+    config
+}
+
+fn acquire(wait_secs: i64) -> proto::AcquireLeaseRequest {
+    proto::AcquireLeaseRequest {
+        provider: "pixverse".into(),
+        email: "shared@example.com".into(),
+        ttl: Some(prost_types::Duration {
+            seconds: 300,
+            nanos: 0,
+        }),
+        wait_timeout: Some(prost_types::Duration {
+            seconds: wait_secs,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Polls `check` until it holds or `within` has passed; answers how long it took.
+async fn within<F, Fut>(within: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < within, "not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_accounts_slots_and_revocations() {
+    let cluster = EtcdCluster::start(3).await;
+    let key = support::new_key();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestServer::start_with(node_config(dir_a.path(), &key, &cluster, "node-a")).await;
+    let b = TestServer::start_with(node_config(dir_b.path(), &key, &cluster, "node-b")).await;
+
+    // Created once, on A.
+    a.accounts()
+        .await
+        .create_account(leasable("shared@example.com", "pw-123456", 2))
+        .await
+        .unwrap();
+    let (_, api_key) = support::unmetered_consumer(&a, "svc@example.com", SECRET).await;
+    let auth = || Auth::api_key(&api_key, SECRET);
+
+    // B serves the account and the caller A created.
+    within(Duration::from_secs(5), || async {
+        b.credentials(auth())
+            .await
+            .reveal_account(proto::RevealAccountRequest {
+                provider: "pixverse".into(),
+                email: "shared@example.com".into(),
+            })
+            .await
+            .is_ok()
+    })
+    .await;
+
+    // maxJobs 2 across both: one lease on each, then neither has a third.
+    let on_a = a.credentials(auth()).await.acquire_lease(acquire(0)).await;
+    let on_b = b.credentials(auth()).await.acquire_lease(acquire(0)).await;
+    let (on_a, on_b) = (on_a.unwrap().into_inner(), on_b.unwrap().into_inner());
+    for server in [&a, &b] {
+        let third = server
+            .credentials(auth())
+            .await
+            .acquire_lease(acquire(0))
+            .await
+            .unwrap_err();
+        assert_eq!(third.code(), Code::ResourceExhausted, "{}", third.message());
+    }
+
+    // A waiter on B is served by a release on A.
+    let waiter = {
+        let mut client = b.credentials(auth()).await;
+        tokio::spawn(async move { client.acquire_lease(acquire(20)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "no slot is free yet");
+    a.credentials(auth())
+        .await
+        .release_lease(proto::ReleaseLeaseRequest {
+            lease_id: on_a.lease_id.clone(),
+        })
+        .await
+        .unwrap();
+    let served = tokio::time::timeout(Duration::from_secs(15), waiter)
+        .await
+        .expect("the waiter is served")
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    assert_ne!(served.lease_id, on_b.lease_id);
+
+    // A JWT issued on A works on B until A revokes it; B refuses it within a second.
+    let issued = a
+        .callers(auth())
+        .await
+        .issue_token(proto::IssueTokenRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    within(Duration::from_secs(5), || async {
+        b.callers(Auth::bearer(&issued.jwt))
+            .await
+            .get_caller_info(proto::GetCallerInfoRequest {})
+            .await
+            .is_ok()
+    })
+    .await;
+    a.callers(auth())
+        .await
+        .revoke_token(proto::RevokeTokenRequest {
+            jti: issued.jti.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let took = within(Duration::from_secs(1), || async {
+        let answer = b
+            .callers(Auth::bearer(&issued.jwt))
+            .await
+            .get_caller_info(proto::GetCallerInfoRequest {})
+            .await;
+        matches!(answer, Err(status) if status.code() == Code::Unauthenticated)
+    })
+    .await;
+    println!("revocation on A refused on B after {took:?}");
+
+    // Master-key rotation would lock the other node out of every record: refused.
+    let new_key = dir_a.path().join("new.key");
+    std::fs::write(&new_key, support::new_key()).unwrap();
+    let refused = a
+        .keys(Auth::admin())
+        .await
+        .rotate_master_key(proto::RotateMasterKeyRequest {
+            new_key_file: new_key.display().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("etcd backend"),
+        "{}",
+        refused.message()
+    );
+    // The records still open with the one key both nodes hold.
+    b.credentials(auth())
+        .await
+        .reveal_account(proto::RevealAccountRequest {
+            provider: "pixverse".into(),
+            email: "shared@example.com".into(),
+        })
+        .await
+        .unwrap();
+    a.stop().await;
+    b.stop().await;
+}
