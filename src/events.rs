@@ -90,3 +90,72 @@ impl Events {
         self.0.subscribe()
     }
 }
+
+/// Publishes what another process did to an account (as its watch brings it) to this
+/// process's watchers: a new token, a disabled or deleted account. `changed` is told
+/// of every such change first (the refresh engine plans from it). Runs until `stop`.
+pub async fn relay_foreign(
+    accounts: Arc<crate::accounts::AccountService>,
+    events: Events,
+    clock: Arc<dyn crate::clock::Clock>,
+    changed: impl Fn(&AccountKey, Option<&crate::accounts::AccountMeta>),
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut foreign = accounts.foreign_changes();
+    loop {
+        let change = tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            change = foreign.recv() => change,
+        };
+        let change = match change {
+            Ok(change) => change,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "fell behind other processes' account changes");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        changed(&change.key, change.after.as_ref());
+        let at_ms = clock.now_ms();
+        let publish = |kind| {
+            events.publish(Event {
+                key: change.key.clone(),
+                kind,
+                at_ms,
+            })
+        };
+        let (before, after) = (change.before.as_ref(), change.after.as_ref());
+        let Some(after) = after else {
+            if before.is_some() {
+                publish(EventKind::AccountDeleted);
+            }
+            continue;
+        };
+        if after.disabled && !before.is_some_and(|b| b.disabled) {
+            publish(EventKind::AccountDisabled);
+        }
+        let generation = |meta: Option<&crate::accounts::AccountMeta>| {
+            meta.and_then(|m| m.session.as_ref())
+                .map_or(0, |s| s.generation)
+        };
+        if generation(Some(after)) > generation(before) {
+            let key = &change.key;
+            match accounts.get(&key.provider, &key.email).await {
+                Ok(account) => {
+                    if let (Some(session), Some(token)) =
+                        (&account.meta.session, &account.secrets.token)
+                    {
+                        publish(EventKind::TokenRotated {
+                            generation: session.generation,
+                            token: token.clone(),
+                            expire_time: session.expire_time,
+                        });
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "reading an account another process changed failed");
+                }
+            }
+        }
+    }
+}

@@ -416,6 +416,18 @@ pub async fn run(
     )
     .await
     .map_err(ServeError::Leases)?;
+    if vault.etcd.is_some() {
+        // Other processes' token rotations, disables and deletes reach this one's
+        // watchers and refresh plan.
+        let planner = refresher.clone();
+        tokio::spawn(crate::events::relay_foreign(
+            vault.accounts.clone(),
+            events.clone(),
+            vault.clock.clone(),
+            move |key, meta| planner.account_changed(key, meta),
+            stop_rx.clone(),
+        ));
+    }
     let services = Services {
         refresher: refresher.clone(),
         leases: leases.clone(),

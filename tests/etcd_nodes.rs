@@ -1,7 +1,8 @@
 //! Two credvault servers on one real 3-member etcd cluster, as two replicas' sidecars
 //! are: what one writes the other serves, `maxJobs` holds across both, a waiter on one
-//! is served by a release on the other, and a token revoked on one is refused by the
-//! other within a second.
+//! is served by a release on the other, a token revoked on one is refused by the
+//! other within a second, and a watcher on one hears of a token rotated through the
+//! other.
 
 mod support;
 
@@ -152,6 +153,50 @@ async fn two_nodes_share_accounts_slots_and_revocations() {
     })
     .await;
     println!("revocation on A refused on B after {took:?}");
+
+    // A watcher on B sees a token rotation made through A.
+    let mut events = b
+        .credentials(auth())
+        .await
+        .watch_credentials(proto::WatchCredentialsRequest {
+            provider: "pixverse".into(),
+            email: "shared@example.com".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let token = support::upstream_jwt(1_950_000_000, "rotated-on-a");
+    a.accounts()
+        .await
+        .update_account(proto::UpdateAccountRequest {
+            provider: "pixverse".into(),
+            email: "shared@example.com".into(),
+            jwt: Some(proto::JwtInput {
+                token: token.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let asked = Instant::now();
+    let rotated = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let event = events
+                .message()
+                .await
+                .unwrap()
+                .expect("the stream stays open");
+            if event.kind == proto::credential_event::Kind::TokenRotated as i32 {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("B's watcher hears of A's rotation");
+    println!("rotation on A heard on B after {:?}", asked.elapsed());
+    assert!(!rotated.token_masked, "{}", rotated.masked_reason);
+    assert_eq!(rotated.token, token);
 
     // Master-key rotation would lock the other node out of every record: refused.
     let new_key = dir_a.path().join("new.key");

@@ -39,7 +39,8 @@ pub struct Directory {
 
 impl Directory {
     /// The revision the directory holds `key` at (0: never seen).
-    fn revision_of(&self, key: &AccountKey) -> Revision {
+    /// The revision of what is held for `key` (an entry or a tombstone); 0 when none.
+    pub fn revision_of(&self, key: &AccountKey) -> Revision {
         self.get(&key.provider, &key.email)
             .map(|entry| entry.revision)
             .or_else(|| self.gone.get(key).copied())

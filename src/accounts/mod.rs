@@ -89,6 +89,17 @@ pub struct AccountService {
     writing: tokio::sync::Mutex<()>,
     /// The revision the directory was read at, where its watch starts.
     read_at: std::sync::atomic::AtomicU64,
+    /// Changes another process made, as the watch brings them.
+    foreign: tokio::sync::broadcast::Sender<Foreign>,
+}
+
+/// An account changed by another process (on a shared store): what this process held
+/// before, and what the account is now (`None`: deleted).
+#[derive(Clone, Debug)]
+pub struct Foreign {
+    pub key: AccountKey,
+    pub before: Option<AccountMeta>,
+    pub after: Option<AccountMeta>,
 }
 
 impl AccountService {
@@ -108,6 +119,7 @@ impl AccountService {
             directory: RwLock::new(directory),
             writing: tokio::sync::Mutex::new(()),
             read_at: std::sync::atomic::AtomicU64::new(at),
+            foreign: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
@@ -136,6 +148,17 @@ impl AccountService {
                         .as_deref()
                         .and_then(|value| record::decode_meta_unauthenticated(value).ok());
                     let mut directory = self.directory_mut();
+                    // Newer than what this process holds: another process wrote it.
+                    if change.revision > directory.revision_of(&key) {
+                        let before = directory
+                            .get(&key.provider, &key.email)
+                            .map(|entry| entry.meta.clone());
+                        let _ = self.foreign.send(Foreign {
+                            key: key.clone(),
+                            before,
+                            after: meta.clone(),
+                        });
+                    }
                     match meta {
                         Some(meta) => directory.put(meta, change.revision),
                         // Deleted, or metadata that does not parse: not offered.
@@ -162,6 +185,11 @@ impl AccountService {
                 }
             }
         }
+    }
+
+    /// Accounts other processes change, from now on.
+    pub fn foreign_changes(&self) -> tokio::sync::broadcast::Receiver<Foreign> {
+        self.foreign.subscribe()
     }
 
     fn directory(&self) -> RwLockReadGuard<'_, Directory> {
