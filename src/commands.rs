@@ -50,6 +50,20 @@ fn offline_settings(args: &OfflineArgs) -> Result<Settings, ExitCode> {
     config.resolve().map_err(|e| fail(&e))
 }
 
+/// Refuses a maintenance command that works on the embedded store only, when the
+/// records live in etcd: it would see the node's audit trail and nothing else.
+fn embedded_only(settings: &Settings, command: &str) -> Result<(), ExitCode> {
+    match settings.store {
+        crate::config::StoreSettings::Sled => Ok(()),
+        crate::config::StoreSettings::Etcd(_) => {
+            eprintln!(
+                "credvault: {command} is not available with the etcd backend yet: the records are in etcd, and this command reads and writes only the node's data directory (see README, \"The etcd backend\")"
+            );
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
 async fn open_offline(settings: &Settings) -> Result<Vault, ExitCode> {
     Vault::open(settings)
         .await
@@ -98,7 +112,9 @@ fn backup_failed(what: &str, error: &backup::BackupError) -> ExitCode {
 }
 
 pub async fn backup(args: &BackupArgs) -> ExitCode {
-    let settings = match offline_settings(&args.offline) {
+    let settings = match offline_settings(&args.offline)
+        .and_then(|s| embedded_only(&s, "backup").map(|()| s))
+    {
         Ok(settings) => settings,
         Err(code) => return code,
     };
@@ -123,7 +139,9 @@ pub async fn backup(args: &BackupArgs) -> ExitCode {
 }
 
 pub async fn restore(args: &RestoreArgs) -> ExitCode {
-    let settings = match offline_settings(&args.offline) {
+    let settings = match offline_settings(&args.offline)
+        .and_then(|s| embedded_only(&s, "restore").map(|()| s))
+    {
         Ok(settings) => settings,
         Err(code) => return code,
     };
@@ -180,7 +198,9 @@ pub async fn rotate_signing_key(args: &OfflineArgs) -> ExitCode {
 }
 
 pub async fn rotate_key(args: &RotateKeyArgs) -> ExitCode {
-    let mut settings = match offline_settings(&args.offline) {
+    let mut settings = match offline_settings(&args.offline)
+        .and_then(|s| embedded_only(&s, "rotate-key").map(|()| s))
+    {
         Ok(settings) => settings,
         Err(code) => return code,
     };
