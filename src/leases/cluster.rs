@@ -318,11 +318,16 @@ impl ClusterSlots {
         }
     }
 
-    /// Frees one mirrored slot in etcd (if it is still the one mirrored) and ends its
+    /// Frees one mirrored slot in etcd (if it is still the one mirrored: slot indexes
+    /// are reused, and a later take must not be freed) and ends its
     /// etcd lease. A failure is logged: the slot then frees at its TTL, and any
     /// process's reaper frees it past its deadline.
     async fn free(&self, slot: &Slot) {
-        if let Err(error) = self.store.free_slot(&slot.key, slot.mod_revision).await {
+        if let Err(error) = self
+            .store
+            .delete_if(Tree::Leases, &slot.key, slot.mod_revision)
+            .await
+        {
             tracing::warn!(%error, "freeing a slot failed; it frees at its deadline");
             return;
         }

@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use etcd_client::{Client, ConnectOptions, KvClient, TxnResponse, WatchOptions, WatchStream};
+use etcd_client::{
+    Client, ConnectOptions, GetOptions, GetResponse, KvClient, TxnResponse, WatchOptions,
+    WatchStream,
+};
 
 use crate::{
     crypto::SecretString,
@@ -146,6 +149,19 @@ impl Connection {
             self.move_on(n);
         }
         Err(last.unwrap_or_else(|| self.timed_out()))
+    }
+
+    /// Reads `key` (a range with `options`), retried on each member in turn.
+    pub async fn range(
+        &self,
+        key: &[u8],
+        options: Option<GetOptions>,
+    ) -> Result<GetResponse, StoreError> {
+        self.read(|mut kv| {
+            let (key, options) = (key.to_vec(), options.clone());
+            async move { kv.get(key, options).await }
+        })
+        .await
     }
 
     /// Runs a transaction once. A transaction that timed out may have committed, so it

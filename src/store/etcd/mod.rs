@@ -118,13 +118,7 @@ impl Store for EtcdStore {
     fn get<'a>(&'a self, tree: Tree, key: &'a [u8]) -> StoreFuture<'a, Option<Versioned>> {
         Box::pin(async move {
             let full = self.full_key(tree, key);
-            let answer = self
-                .connection
-                .read(|mut kv| {
-                    let full = full.clone();
-                    async move { kv.get(full, None).await }
-                })
-                .await?;
+            let answer = self.connection.range(&full, None).await?;
             self.seen(answer.header());
             Ok(answer.kvs().first().map(versioned))
         })
@@ -145,19 +139,16 @@ impl Store for EtcdStore {
             if let Some(at) = range.at {
                 options = options.with_revision(at as i64);
             }
-            let answer = self
-                .connection
-                .read(|mut kv| {
-                    let (start, options) = (start.clone(), options.clone());
-                    async move { kv.get(start, Some(options)).await }
-                })
-                .await
-                .map_err(|error| match (error, range.at) {
-                    (StoreError::Compacted { oldest, .. }, Some(asked)) => {
-                        StoreError::Compacted { asked, oldest }
-                    }
-                    (error, _) => error,
-                });
+            let answer =
+                self.connection
+                    .range(&start, Some(options))
+                    .await
+                    .map_err(|error| match (error, range.at) {
+                        (StoreError::Compacted { oldest, .. }, Some(asked)) => {
+                            StoreError::Compacted { asked, oldest }
+                        }
+                        (error, _) => error,
+                    });
             let answer = match answer {
                 Err(StoreError::Compacted { asked, .. }) => {
                     let oldest = self.connection.oldest_revision(&self.root).await?;
@@ -260,13 +251,7 @@ impl Store for EtcdStore {
             let options = GetOptions::new()
                 .with_range(prefix_end(&root))
                 .with_count_only();
-            let answer = self
-                .connection
-                .read(|mut kv| {
-                    let (root, options) = (root.clone(), options.clone());
-                    async move { kv.get(root, Some(options)).await }
-                })
-                .await?;
+            let answer = self.connection.range(&root, Some(options)).await?;
             self.seen(answer.header());
             Ok(answer.count().max(0) as u64)
         })
@@ -280,13 +265,7 @@ impl Store for EtcdStore {
                 .with_sort(SortTarget::Key, SortOrder::Descend)
                 .with_limit(1)
                 .with_keys_only();
-            let answer = self
-                .connection
-                .read(|mut kv| {
-                    let (root, options) = (root.clone(), options.clone());
-                    async move { kv.get(root, Some(options)).await }
-                })
-                .await?;
+            let answer = self.connection.range(&root, Some(options)).await?;
             self.seen(answer.header());
             Ok(answer
                 .kvs()

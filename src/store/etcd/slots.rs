@@ -115,22 +115,6 @@ impl EtcdStore {
         Ok(answer.succeeded().then_some(revision))
     }
 
-    /// Frees a slot if it is still what was read at `mod_revision` (a slot index is
-    /// reused: a later take of it must not be freed). Answers whether it did.
-    pub async fn free_slot(&self, key: &[u8], mod_revision: Revision) -> Result<bool, StoreError> {
-        let slot = self.full_key(Tree::Leases, key);
-        let txn = etcd_client::Txn::new()
-            .when([Compare::mod_revision(
-                slot.clone(),
-                CompareOp::Equal,
-                mod_revision as i64,
-            )])
-            .and_then([TxnOp::delete(slot, None)]);
-        let answer = self.connection.commit(txn).await?;
-        self.seen(answer.header());
-        Ok(answer.succeeded())
-    }
-
     /// Every held slot (of one account when `account` is given), and the revision read
     /// at.
     pub async fn held_slots(
@@ -151,13 +135,7 @@ impl EtcdStore {
             if at > 0 {
                 options = options.with_revision(at);
             }
-            let answer = self
-                .connection
-                .read(|mut kv| {
-                    let (from, options) = (from.clone(), options.clone());
-                    async move { kv.get(from, Some(options)).await }
-                })
-                .await?;
+            let answer = self.connection.range(&from, Some(options)).await?;
             let revision = self.seen(answer.header());
             if at == 0 {
                 at = revision as i64;

@@ -35,12 +35,7 @@ pub async fn open(
             .with_range(prefix_end(&key))
             .with_revision(from as i64)
             .with_count_only();
-        let read = connection
-            .read(|mut kv| {
-                let (key, options) = (key.clone(), options.clone());
-                async move { kv.get(key, Some(options)).await }
-            })
-            .await;
+        let read = connection.range(&key, Some(options)).await;
         match read {
             Ok(_) => {}
             Err(StoreError::Compacted { .. }) => {
