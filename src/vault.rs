@@ -6,7 +6,7 @@ use std::{
 };
 
 use crate::{
-    accounts::AccountService,
+    accounts::{AccountService, Names},
     audit::AuditLog,
     auth::Authenticator,
     callers::keys::CallerMacs,
@@ -21,7 +21,8 @@ use crate::{
     refresh::RefreshSettings,
     sealed,
     store::{
-        EtcdStore, FaultPlan, FaultyStore, Store, StoreError, StoreExt, Swap, Tree, split::Split,
+        EtcdStore, FaultPlan, FaultyStore, Naming, Store, StoreError, StoreExt, Swap, Tree,
+        split::Split,
     },
 };
 
@@ -231,10 +232,21 @@ impl Vault {
             })?;
 
         let providers = Arc::new(settings.providers.clone());
+        let fingerprints = Arc::new(Fingerprinter::from_key(&audit_hmac));
+        // A shared store never sees an email: records are named by keyed fingerprint.
+        let naming = match etcd {
+            Some(_) => Naming::Fingerprints,
+            None => Naming::Emails,
+        };
+        let names = Names {
+            naming,
+            fingerprints: fingerprints.clone(),
+        };
         let accounts = Arc::new(
             AccountService::open(
                 store.clone(),
                 sealer.clone(),
+                names,
                 providers.clone(),
                 clock.clone(),
             )
@@ -246,6 +258,7 @@ impl Vault {
                 store.clone(),
                 sealer.clone(),
                 CallerMacs::from_key(&caller_hmac),
+                naming,
                 clock.clone(),
                 settings.callers.clone(),
             )
@@ -256,7 +269,6 @@ impl Vault {
             callers.clone(),
             settings.socket_peers.clone(),
         )?);
-        let fingerprints = Arc::new(Fingerprinter::from_key(&audit_hmac));
         let audit = Arc::new(
             AuditLog::open(
                 store.clone(),

@@ -228,6 +228,7 @@ async fn concurrent_hand_outs_take_exactly_the_balance(backend: Backend) {
             backend.store.clone(),
             Arc::new(Sealer::new(&master)),
             CallerMacs::new(&master),
+            backend.names().naming,
             Arc::new(ManualClock::at(NOW)),
             CallerSettings {
                 default_credits: 25,
@@ -291,6 +292,7 @@ async fn two_processes_never_overspend_one_balance(backend: Backend) {
             backend.store.clone(),
             Arc::new(Sealer::new(&master)),
             CallerMacs::new(&master),
+            backend.names().naming,
             Arc::new(ManualClock::at(NOW)),
             CallerSettings {
                 default_credits: 25,
@@ -387,6 +389,7 @@ async fn a_token_write_whose_fence_fails_stores_nothing(backend: Backend) {
     let accounts = AccountService::open(
         backend.store.clone(),
         sealer(),
+        backend.names(),
         Arc::new(Providers::new(Default::default()).unwrap()),
         Arc::new(ManualClock::at(NOW)),
     )
@@ -484,10 +487,13 @@ async fn a_directory_follows_writes_made_through_another_service(backend: Backen
         crypto::SecretString,
         providers::Providers,
     };
+    // Nodes of one cluster share the master key.
+    let sealer = sealer();
     let open = || {
         AccountService::open(
             backend.store.clone(),
-            sealer(),
+            sealer.clone(),
+            backend.names(),
             Arc::new(Providers::new(Default::default()).unwrap()),
             Arc::new(ManualClock::at(NOW)),
         )
@@ -562,6 +568,7 @@ async fn callers_and_signing_keys_follow_another_service(backend: Backend) {
             backend.store.clone(),
             Arc::new(Sealer::new(&master)),
             CallerMacs::new(&master),
+            backend.names().naming,
             Arc::new(ManualClock::at(NOW)),
             CallerSettings::default(),
         )
@@ -762,6 +769,7 @@ async fn one_login_per_account_across_processes_on_etcd() {
     let accounts = AccountService::open(
         backend.store.clone(),
         sealer(),
+        backend.names(),
         Arc::new(Providers::new(Default::default()).unwrap()),
         Arc::new(ManualClock::at(NOW)),
     )

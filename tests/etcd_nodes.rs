@@ -227,3 +227,118 @@ async fn two_nodes_share_accounts_slots_and_revocations() {
     a.stop().await;
     b.stop().await;
 }
+
+/// etcd holds no email and no secret: account records are keyed by a keyed
+/// fingerprint with their metadata sealed, the caller-email index is keyed by a MAC,
+/// and everything else was sealed already. Read straight from etcd, every key and value
+/// under the prefix is searched for each email and secret this test wrote. Listing
+/// still pages in (provider, email) order, from the directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_sees_no_email_and_no_secret() {
+    let cluster = EtcdCluster::start(3).await;
+    let key = support::new_key();
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestServer::start_with(node_config(dir.path(), &key, &cluster, "node-a")).await;
+    let emails = ["zoe@example.com", "adam@example.com", "mia@example.com"];
+    for email in emails {
+        node.accounts()
+            .await
+            .create_account(leasable(email, &format!("pw-of-{email}"), 2))
+            .await
+            .unwrap();
+    }
+    let (_, api_key) = support::unmetered_consumer(&node, "svc@example.com", SECRET).await;
+    let auth = || Auth::api_key(&api_key, SECRET);
+    let jwt = node
+        .callers(auth())
+        .await
+        .issue_token(proto::IssueTokenRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .jwt;
+    node.credentials(auth())
+        .await
+        .acquire_lease(proto::AcquireLeaseRequest {
+            email: "mia@example.com".into(),
+            ..acquire(0)
+        })
+        .await
+        .unwrap();
+
+    // Pages in email order, one account a page.
+    let mut listed = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = node
+            .accounts()
+            .await
+            .list_accounts(proto::ListAccountsRequest {
+                page_size: 1,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        listed.extend(page.accounts.into_iter().map(|account| account.email));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(
+        listed,
+        ["adam@example.com", "mia@example.com", "zoe@example.com"]
+    );
+
+    let mut client = etcd_client::Client::connect(cluster.endpoints(), None)
+        .await
+        .unwrap();
+    let everything = client
+        .get(
+            "/credvault-test",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert!(
+        everything.kvs().len() > 10,
+        "{} keys",
+        everything.kvs().len()
+    );
+    let mut needles: Vec<String> = emails
+        .iter()
+        .flat_map(|email| [email.to_string(), format!("pw-of-{email}")])
+        .collect();
+    needles.extend(["svc@example.com".into(), SECRET.into(), api_key.clone()]);
+    needles.push(jwt);
+    // The upstream JWTs' payload and signature parts.
+    needles.extend(emails.iter().flat_map(|email| {
+        let token = support::upstream_jwt(1_900_000_000, email);
+        token
+            .split('.')
+            .skip(1)
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    }));
+    for kv in everything.kvs() {
+        let (key, value) = (
+            String::from_utf8_lossy(kv.key()),
+            String::from_utf8_lossy(kv.value()),
+        );
+        for needle in &needles {
+            assert!(!key.contains(needle.as_str()), "{needle} in the key {key}");
+            assert!(
+                !value.contains(needle.as_str()),
+                "{needle} in the value of {key}"
+            );
+        }
+        assert!(
+            !value.contains("@example.com"),
+            "an email in the value of {key}"
+        );
+        assert!(!key.contains("@example.com"), "an email in the key {key}");
+    }
+    node.stop().await;
+}

@@ -5,7 +5,7 @@
 //! arrives late through the watch never undoes a newer one.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
 };
 
@@ -35,6 +35,9 @@ pub struct Directory {
     by_provider: HashMap<String, BTreeMap<String, Arc<Entry>>>,
     /// Deleted accounts and the revision of their deletion, until the watch passed it.
     gone: HashMap<AccountKey, Revision>,
+    /// Records stored but left out because their metadata does not open (or names
+    /// another place), by record key: listing their provider reports them.
+    damaged: BTreeSet<Vec<u8>>,
 }
 
 impl Directory {
@@ -79,6 +82,25 @@ impl Directory {
         self.gone.insert(key.clone(), revision);
     }
 
+    /// Notes (or clears) that the record stored under `record_key` is damaged.
+    pub fn set_damaged(&mut self, record_key: &[u8], damaged: bool) {
+        if damaged {
+            self.damaged.insert(record_key.to_vec());
+        } else if !self.damaged.is_empty() {
+            self.damaged.remove(record_key);
+        }
+    }
+
+    /// A damaged record of `provider` (any provider when empty), if one is known.
+    pub fn damaged(&self, provider: &str) -> Option<&[u8]> {
+        self.damaged
+            .iter()
+            .find(|key| {
+                provider.is_empty() || key.split(|b| *b == 0).next() == Some(provider.as_bytes())
+            })
+            .map(Vec::as_slice)
+    }
+
     /// Tombstones the watch has passed: no older change can arrive any more.
     pub fn forget_tombstones(&mut self, upto: Revision) {
         self.gone.retain(|_, at| *at > upto);
@@ -101,6 +123,39 @@ impl Directory {
 
     pub fn get(&self, provider: &str, email: &str) -> Option<Arc<Entry>> {
         self.by_provider.get(provider)?.get(email).cloned()
+    }
+
+    /// Up to `limit` accounts after `after`, in (provider, email) order; `provider`
+    /// empty means all providers.
+    pub fn page(
+        &self,
+        provider: &str,
+        after: Option<&AccountKey>,
+        limit: usize,
+    ) -> Vec<Arc<Entry>> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let mut providers: Vec<&String> = self
+            .by_provider
+            .keys()
+            .filter(|name| provider.is_empty() || name.as_str() == provider)
+            .filter(|name| after.is_none_or(|after| name.as_str() >= after.provider.as_str()))
+            .collect();
+        providers.sort();
+        let mut page = Vec::with_capacity(limit.min(1024));
+        for name in providers {
+            let accounts = &self.by_provider[name];
+            let from = match after {
+                Some(after) if after.provider == *name => Excluded(after.email.as_str()),
+                _ => Unbounded,
+            };
+            for (_, entry) in accounts.range::<str, _>((from, Unbounded)) {
+                if page.len() == limit {
+                    return page;
+                }
+                page.push(entry.clone());
+            }
+        }
+        page
     }
 
     /// Every account of one provider, in email order.

@@ -24,9 +24,11 @@ pub use record::RecordError;
 
 use crate::{
     clock::Clock,
-    crypto::{Sealer, SecretString},
+    crypto::{Fingerprinter, Sealer, SecretString},
     providers::Providers,
-    store::{Compare, Expect, Outcome, Range, Revision, Store, StoreError, StoreExt, Tree, Txn},
+    store::{
+        Compare, Expect, Naming, Outcome, Range, Revision, Store, StoreError, StoreExt, Tree, Txn,
+    },
     validate,
 };
 
@@ -81,6 +83,9 @@ pub struct Page {
 pub struct AccountService {
     store: Arc<dyn Store>,
     sealer: Arc<Sealer>,
+    /// How records are keyed and written: by email with readable metadata, or by
+    /// keyed fingerprint with sealed metadata (a shared store).
+    names: Names,
     providers: Arc<Providers>,
     clock: Arc<dyn Clock>,
     directory: RwLock<Directory>,
@@ -102,18 +107,62 @@ pub struct Foreign {
     pub after: Option<AccountMeta>,
 }
 
+/// How account records are named: [`Naming`], with the key that makes fingerprints.
+#[derive(Clone)]
+pub struct Names {
+    pub naming: Naming,
+    pub fingerprints: Arc<Fingerprinter>,
+}
+
+impl Names {
+    /// Where `key`'s record is stored: `provider \0 email`, or, on a shared store,
+    /// `provider \0 fingerprint`.
+    pub fn record_key(&self, key: &AccountKey) -> Vec<u8> {
+        match self.naming {
+            Naming::Emails => key.storage_key(),
+            Naming::Fingerprints => {
+                let mut out = model::provider_prefix(&key.provider);
+                out.extend_from_slice(key.fingerprint(&self.fingerprints).as_bytes());
+                out
+            }
+        }
+    }
+
+    fn seals_meta(&self) -> bool {
+        self.naming == Naming::Fingerprints
+    }
+
+    /// The metadata of the record stored under `record_key`, without its secrets; a
+    /// record whose metadata names another account than the one stored there is
+    /// refused as unauthentic.
+    pub fn meta(
+        &self,
+        sealer: &Sealer,
+        record_key: &[u8],
+        bytes: &[u8],
+    ) -> Result<AccountMeta, RecordError> {
+        let meta = record::decode_meta(sealer, record_key, bytes)?;
+        if self.record_key(&meta.key()) != record_key {
+            return Err(RecordError::Unauthentic);
+        }
+        Ok(meta)
+    }
+}
+
 impl AccountService {
     /// Reads the metadata of every stored account into the in-memory directory.
     pub async fn open(
         store: Arc<dyn Store>,
         sealer: Arc<Sealer>,
+        names: Names,
         providers: Arc<Providers>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
-        let (directory, at) = read_directory(store.as_ref()).await?;
+        let (directory, at) = read_directory(store.as_ref(), &sealer, &names).await?;
         Ok(Self {
             store,
             sealer,
+            names,
             providers,
             clock,
             directory: RwLock::new(directory),
@@ -140,14 +189,19 @@ impl AccountService {
                         Ok(change) => change,
                         Err(error) => break error,
                     };
-                    let Some(key) = model::key_of(&change.key) else {
-                        continue;
-                    };
                     let meta = change
                         .value
                         .as_deref()
-                        .and_then(|value| record::decode_meta_unauthenticated(value).ok());
+                        .map(|value| self.names.meta(&self.sealer, &change.key, value));
+                    let damaged = matches!(meta, Some(Err(_)));
+                    let meta = meta.and_then(Result::ok);
+                    let named = meta.as_ref().map(AccountMeta::key);
+                    let named = named.or_else(|| self.named(&change.key));
                     let mut directory = self.directory_mut();
+                    directory.set_damaged(&change.key, damaged);
+                    let Some(key) = named else {
+                        continue;
+                    };
                     // Newer than what this process holds: another process wrote it.
                     if change.revision > directory.revision_of(&key) {
                         let before = directory
@@ -169,7 +223,7 @@ impl AccountService {
                 Err(error) => error,
             };
             tracing::debug!(%ended, "the accounts' watch ended; reading them afresh");
-            match read_directory(self.store.as_ref()).await {
+            match read_directory(self.store.as_ref(), &self.sealer, &self.names).await {
                 Ok((mut fresh, at)) => {
                     let mut directory = self.directory_mut();
                     fresh.take_newer(&directory, at);
@@ -201,34 +255,45 @@ impl AccountService {
         self.directory.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn encode(&self, key: &AccountKey, account: &Account) -> Result<Vec<u8>, AccountError> {
-        record::encode(&self.sealer, &key.storage_key(), account).map_err(|source| {
-            AccountError::Encode {
-                key: key.clone(),
-                source,
+    fn record_key(&self, key: &AccountKey) -> Vec<u8> {
+        self.names.record_key(key)
+    }
+
+    /// The account whose record is stored under `record_key`, if the directory holds
+    /// it (for a deletion, or a record that no longer opens, which carry no readable
+    /// name on a shared store).
+    fn named(&self, record_key: &[u8]) -> Option<AccountKey> {
+        match self.names.naming {
+            Naming::Emails => model::key_of(record_key),
+            Naming::Fingerprints => {
+                let provider = record_key.split(|b| *b == 0).next()?;
+                let provider = std::str::from_utf8(provider).ok()?;
+                let directory = self.directory();
+                directory
+                    .provider(provider)
+                    .find(|entry| self.record_key(&entry.key) == record_key)
+                    .map(|entry| entry.key.clone())
             }
+        }
+    }
+
+    fn encode(&self, key: &AccountKey, account: &Account) -> Result<Vec<u8>, AccountError> {
+        record::encode(
+            &self.sealer,
+            &self.record_key(key),
+            account,
+            self.names.seals_meta(),
+        )
+        .map_err(|source| AccountError::Encode {
+            key: key.clone(),
+            source,
         })
     }
 
     fn decode(&self, key: &AccountKey, bytes: &[u8]) -> Result<Account, AccountError> {
-        record::decode(&self.sealer, &key.storage_key(), bytes).map_err(|source| {
+        record::decode(&self.sealer, &self.record_key(key), bytes).map_err(|source| {
             AccountError::DataLoss {
                 key: key.clone(),
-                source,
-            }
-        })
-    }
-
-    /// Decodes a record found by a scan, naming it by its storage key.
-    fn decode_stored(&self, storage_key: &[u8], bytes: &[u8]) -> Result<Account, AccountError> {
-        record::decode(&self.sealer, storage_key, bytes).map_err(|source| {
-            let text = String::from_utf8_lossy(storage_key);
-            let (provider, email) = text.split_once('\0').unwrap_or((&text, ""));
-            AccountError::DataLoss {
-                key: AccountKey {
-                    provider: provider.to_owned(),
-                    email: email.to_owned(),
-                },
                 source,
             }
         })
@@ -247,7 +312,11 @@ fn lookup_key(provider: &str, email: &str) -> Result<AccountKey, FieldError> {
 }
 
 /// Every account's metadata, read at one revision; answers the directory and it.
-async fn read_directory(store: &dyn Store) -> Result<(Directory, Revision), StoreError> {
+async fn read_directory(
+    store: &dyn Store,
+    sealer: &Sealer,
+    names: &Names,
+) -> Result<(Directory, Revision), StoreError> {
     const PAGE: usize = 1024;
     let at = store.revision();
     let mut directory = Directory::default();
@@ -258,13 +327,16 @@ async fn read_directory(store: &dyn Store) -> Result<(Directory, Revision), Stor
             .at(Some(at));
         let page = store.scan(range).await?;
         for (key, value) in &page.entries {
-            match record::decode_meta_unauthenticated(value) {
+            match names.meta(sealer, key, value) {
                 Ok(meta) => directory.put(meta, at),
                 // Not offered for leases; reading it answers DATA_LOSS as before.
-                Err(_) => tracing::error!(
-                    key = %String::from_utf8_lossy(key).replace('\0', "/"),
-                    "a stored account's metadata does not parse; it is left out of the directory"
-                ),
+                Err(_) => {
+                    tracing::error!(
+                        key = %String::from_utf8_lossy(key).replace('\0', "/"),
+                        "a stored account's metadata does not open; it is left out of the directory"
+                    );
+                    directory.set_damaged(key, true);
+                }
             }
         }
         after = page.entries.last().map(|(key, _)| key.clone());

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, fmt};
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::SecretString;
+use crate::crypto::{Fingerprinter, SecretString};
 
 /// Accounts are keyed by (provider, email); the email is stored lower-cased.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -19,6 +19,15 @@ impl AccountKey {
         let mut key = provider_prefix(&self.provider);
         key.extend_from_slice(self.email.as_bytes());
         key
+    }
+
+    /// A keyed fingerprint of the account (128 bits of HMAC-SHA256 over
+    /// `provider \0 email`, in hex): how a shared store names it without its email.
+    pub fn fingerprint(&self, fingerprints: &Fingerprinter) -> String {
+        let name = String::from_utf8_lossy(&self.storage_key()).into_owned();
+        let mut hash = fingerprints.hash(&name);
+        hash.truncate(32);
+        hash
     }
 }
 

@@ -8,13 +8,15 @@ impl AccountService {
         let key = lookup_key(provider, email)?;
         let bytes = self
             .store
-            .value(Tree::Accounts, &key.storage_key())
+            .value(Tree::Accounts, &self.record_key(&key))
             .await?
             .ok_or_else(|| AccountError::NotFound(key.clone()))?;
         self.decode(&key, &bytes)
     }
 
-    /// Accounts in (provider, email) order; `provider` empty means all providers.
+    /// Accounts in (provider, email) order; `provider` empty means all providers. The
+    /// directory gives the order (on a shared store the records are keyed by
+    /// fingerprint, which sorts nowhere useful); each record is then read and opened.
     pub async fn list(
         &self,
         provider: &str,
@@ -32,32 +34,58 @@ impl AccountService {
                 .into());
             }
         } as usize;
-        let prefix = if provider.is_empty() {
-            Vec::new()
-        } else {
+        if !provider.is_empty() {
             validate::text("provider", provider, validate::MAX_PROVIDER_LEN, true)?;
-            model::provider_prefix(provider)
-        };
+        }
         let after = decode_page_token(page_token, provider)?;
+        self.check_damaged(provider).await?;
 
         // One extra entry tells whether another page follows.
-        let mut entries = self
-            .store
-            .entries(Tree::Accounts, &prefix, after.as_deref(), limit + 1)
-            .await?;
+        let mut entries = self.directory().page(provider, after.as_ref(), limit + 1);
         let more = entries.len() > limit;
         entries.truncate(limit);
         let next_page_token = match (more, entries.last()) {
-            (true, Some((last, _))) => encode_page_token(provider, last),
+            (true, Some(last)) => encode_page_token(provider, &last.key.storage_key()),
             _ => String::new(),
         };
-        let accounts = entries
-            .iter()
-            .map(|(key, value)| self.decode_stored(key, value))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut accounts = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let stored = self
+                .store
+                .value(Tree::Accounts, &self.record_key(&entry.key))
+                .await?;
+            // Deleted since the directory was read: not listed.
+            if let Some(bytes) = stored {
+                accounts.push(self.decode(&entry.key, &bytes)?);
+            }
+        }
         Ok(Page {
             accounts,
             next_page_token,
+        })
+    }
+
+    /// A record of `provider` left out of the directory as damaged fails the listing,
+    /// as reading it would, until it is deleted (or repaired by a restore).
+    async fn check_damaged(&self, provider: &str) -> Result<(), AccountError> {
+        let Some(record_key) = self.directory().damaged(provider).map(<[u8]>::to_vec) else {
+            return Ok(());
+        };
+        let Some(bytes) = self.store.value(Tree::Accounts, &record_key).await? else {
+            return Ok(());
+        };
+        // Repaired since: listed as any other.
+        let Err(source) = self.names.meta(&self.sealer, &record_key, &bytes) else {
+            return Ok(());
+        };
+        let text = String::from_utf8_lossy(&record_key);
+        let (provider, name) = text.split_once('\0').unwrap_or((&text, ""));
+        Err(AccountError::DataLoss {
+            key: AccountKey {
+                provider: provider.to_owned(),
+                email: name.to_owned(),
+            },
+            source,
         })
     }
 
@@ -76,7 +104,8 @@ impl AccountService {
         Ok(entries
             .into_iter()
             .filter_map(|(key, value)| {
-                record::decode_meta_unauthenticated(&value)
+                self.names
+                    .meta(&self.sealer, &key, &value)
                     .ok()
                     .map(|meta| (key, meta))
             })
@@ -93,8 +122,9 @@ impl AccountService {
         }
         // Only a record whose metadata does not parse is stored but left out of the
         // directory: tell that apart from an account that does not exist.
-        match self.store.value(Tree::Accounts, &key.storage_key()).await? {
-            Some(bytes) => match record::decode_meta_unauthenticated(&bytes) {
+        let record_key = self.record_key(&key);
+        match self.store.value(Tree::Accounts, &record_key).await? {
+            Some(bytes) => match self.names.meta(&self.sealer, &record_key, &bytes) {
                 Err(source) => Err(AccountError::DataLoss { key, source }),
                 Ok(meta) => Ok(Arc::new(Entry {
                     key,
@@ -131,9 +161,9 @@ fn encode_page_token(provider: &str, last: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(token)
 }
 
-/// The key to list after, from a token [`encode_page_token`] made under the same
+/// The account to list after, from a token [`encode_page_token`] made under the same
 /// filter; anything else is refused.
-fn decode_page_token(token: &str, provider: &str) -> Result<Option<Vec<u8>>, FieldError> {
+fn decode_page_token(token: &str, provider: &str) -> Result<Option<AccountKey>, FieldError> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -158,5 +188,5 @@ fn decode_page_token(token: &str, provider: &str) -> Result<Option<Vec<u8>>, Fie
     if !key_ok {
         return Err(FieldError::PageToken);
     }
-    Ok(Some(after.to_vec()))
+    model::key_of(after).map(Some).ok_or(FieldError::PageToken)
 }

@@ -1,9 +1,13 @@
-//! The stored form of an account.
+//! The stored form of an account, in one of two formats:
 //!
-//! Layout: `b"CVA" | format (1 byte) | meta length (u32 BE) | meta JSON | sealed secrets`.
-//! The sealed secrets' associated data is the tree, the record key and the exact meta
-//! bytes, so a flipped byte anywhere, a ciphertext moved to another record, or an edited
-//! `maxJobs` all fail to open.
+//! - format 1, readable metadata (the embedded store, on the node's own disk):
+//!   `b"CVA" | 1 | meta length (u32 BE) | meta JSON | sealed secrets`;
+//! - format 2, sealed metadata (a shared store such as etcd, which must see no email):
+//!   `b"CVA" | 2 | sealed meta length (u32 BE) | sealed meta JSON | sealed secrets`.
+//!
+//! The sealed secrets' associated data is the record key and the exact meta JSON, so a
+//! flipped byte anywhere, a ciphertext moved to another record, or an edited `maxJobs`
+//! all fail to open. In format 2 the metadata is sealed too, bound to the record key.
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -12,8 +16,10 @@ use super::model::{Account, AccountMeta, AccountSecrets};
 use crate::crypto::{SealError, Sealer, SecretString};
 
 const MAGIC: &[u8; 3] = b"CVA";
-/// The record format this build writes and reads.
+/// Readable metadata.
 pub const FORMAT: u8 = 1;
+/// Sealed metadata.
+pub const SEALED_META_FORMAT: u8 = 2;
 const HEADER_LEN: usize = MAGIC.len() + 1 + 4;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +57,13 @@ struct SealedFields<S> {
     previous_token: Option<S>,
 }
 
-pub fn encode(sealer: &Sealer, key: &[u8], account: &Account) -> Result<Vec<u8>, RecordError> {
+/// The record of `account` under `key`, its metadata readable or sealed.
+pub fn encode(
+    sealer: &Sealer,
+    key: &[u8],
+    account: &Account,
+    seal_meta: bool,
+) -> Result<Vec<u8>, RecordError> {
     let meta = serde_json::to_vec(&account.meta).map_err(|_| RecordError::Malformed)?;
     let secrets = &account.secrets;
     let fields = SealedFields {
@@ -64,23 +76,33 @@ pub fn encode(sealer: &Sealer, key: &[u8], account: &Account) -> Result<Vec<u8>,
     let plaintext =
         Zeroizing::new(serde_json::to_vec(&fields).map_err(|_| RecordError::Malformed)?);
     let sealed = sealer.seal(&context(key, &meta), &plaintext)?;
+    let (format, stored_meta) = if seal_meta {
+        let sealed_meta = sealer.seal(&meta_context(key), &meta)?;
+        (SEALED_META_FORMAT, sealed_meta)
+    } else {
+        (FORMAT, meta)
+    };
+    assemble(format, &stored_meta, &sealed)
+}
 
+fn assemble(format: u8, meta: &[u8], sealed: &[u8]) -> Result<Vec<u8>, RecordError> {
     let meta_len = u32::try_from(meta.len()).map_err(|_| RecordError::Malformed)?;
     let mut out = Vec::with_capacity(HEADER_LEN + meta.len() + sealed.len());
     out.extend_from_slice(MAGIC);
-    out.push(FORMAT);
+    out.push(format);
     out.extend_from_slice(&meta_len.to_be_bytes());
-    out.extend_from_slice(&meta);
-    out.extend_from_slice(&sealed);
+    out.extend_from_slice(meta);
+    out.extend_from_slice(sealed);
     Ok(out)
 }
 
 /// Opens a record completely. Secrets are returned only if everything authenticates.
 pub fn decode(sealer: &Sealer, key: &[u8], bytes: &[u8]) -> Result<Account, RecordError> {
-    let (meta_bytes, sealed) = split(bytes)?;
-    let plaintext = sealer.open(&context(key, meta_bytes), sealed)?;
+    let parts = split(bytes)?;
+    let meta_bytes = parts.meta_json(sealer, key)?;
+    let plaintext = sealer.open(&context(key, &meta_bytes), parts.sealed)?;
     let meta: AccountMeta =
-        serde_json::from_slice(meta_bytes).map_err(|_| RecordError::Malformed)?;
+        serde_json::from_slice(&meta_bytes).map_err(|_| RecordError::Malformed)?;
     let fields: SealedFields<String> =
         serde_json::from_slice(&plaintext).map_err(|_| RecordError::Malformed)?;
     let secret = |s: Option<String>| s.map(SecretString::from);
@@ -99,39 +121,73 @@ pub fn decode(sealer: &Sealer, key: &[u8], bytes: &[u8]) -> Result<Account, Reco
 /// The record with its secrets sealed again under the sealer's current key (the
 /// readable part unchanged), or `None` when it already is (key rotation).
 pub fn reseal(sealer: &Sealer, key: &[u8], bytes: &[u8]) -> Result<Option<Vec<u8>>, RecordError> {
-    let (meta_bytes, sealed) = split(bytes)?;
-    let Some(resealed) = sealer.reseal(&context(key, meta_bytes), sealed)? else {
-        return Ok(None);
+    let parts = split(bytes)?;
+    let meta_json = parts.meta_json(sealer, key)?;
+    let secrets = sealer.reseal(&context(key, &meta_json), parts.sealed)?;
+    let meta = match parts.format {
+        SEALED_META_FORMAT => sealer.reseal(&meta_context(key), parts.meta)?,
+        _ => None,
     };
-    let mut out = bytes[..bytes.len() - sealed.len()].to_vec();
-    out.extend_from_slice(&resealed);
-    Ok(Some(out))
+    if secrets.is_none() && meta.is_none() {
+        return Ok(None);
+    }
+    assemble(
+        parts.format,
+        meta.as_deref().unwrap_or(parts.meta),
+        secrets.as_deref().unwrap_or(parts.sealed),
+    )
+    .map(Some)
 }
 
-/// Reads the metadata without authenticating it. Only for decisions that hand out
-/// nothing, such as deleting a record that no longer opens.
-pub fn decode_meta_unauthenticated(bytes: &[u8]) -> Result<AccountMeta, RecordError> {
-    let (meta_bytes, _) = split(bytes)?;
-    serde_json::from_slice(meta_bytes).map_err(|_| RecordError::Malformed)
+/// Reads the metadata without opening the secrets: authenticated (bound to `key`) in
+/// the sealed-metadata format, unauthenticated in the readable one. Only for decisions
+/// that hand out nothing (choosing, planning, deleting a record that no longer opens):
+/// whatever is handed out is read with [`decode`].
+pub fn decode_meta(sealer: &Sealer, key: &[u8], bytes: &[u8]) -> Result<AccountMeta, RecordError> {
+    let meta_json = split(bytes)?.meta_json(sealer, key)?;
+    serde_json::from_slice(&meta_json).map_err(|_| RecordError::Malformed)
 }
 
 fn expose(secret: &Option<SecretString>) -> Option<&str> {
     secret.as_ref().map(SecretString::expose)
 }
 
-fn split(bytes: &[u8]) -> Result<(&[u8], &[u8]), RecordError> {
+/// A record cut into its parts, nothing opened yet.
+struct Parts<'a> {
+    format: u8,
+    /// The meta JSON (format 1) or its sealed form (format 2).
+    meta: &'a [u8],
+    sealed: &'a [u8],
+}
+
+impl Parts<'_> {
+    fn meta_json(&self, sealer: &Sealer, key: &[u8]) -> Result<Zeroizing<Vec<u8>>, RecordError> {
+        match self.format {
+            SEALED_META_FORMAT => Ok(sealer.open(&meta_context(key), self.meta)?),
+            _ => Ok(Zeroizing::new(self.meta.to_vec())),
+        }
+    }
+}
+
+fn split(bytes: &[u8]) -> Result<Parts<'_>, RecordError> {
     if bytes.len() < HEADER_LEN || &bytes[..3] != MAGIC {
         return Err(RecordError::Malformed);
     }
-    if bytes[3] != FORMAT {
-        return Err(RecordError::UnsupportedFormat(bytes[3]));
+    let format = bytes[3];
+    if format != FORMAT && format != SEALED_META_FORMAT {
+        return Err(RecordError::UnsupportedFormat(format));
     }
     let meta_len = u32::from_be_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
     let rest = &bytes[HEADER_LEN..];
     if rest.len() < meta_len {
         return Err(RecordError::Malformed);
     }
-    Ok(rest.split_at(meta_len))
+    let (meta, sealed) = rest.split_at(meta_len);
+    Ok(Parts {
+        format,
+        meta,
+        sealed,
+    })
 }
 
 /// Associated data: the record's place and its readable part.
@@ -141,6 +197,15 @@ fn context(key: &[u8], meta: &[u8]) -> Vec<u8> {
     ctx.extend_from_slice(&(key.len() as u32).to_be_bytes());
     ctx.extend_from_slice(key);
     ctx.extend_from_slice(meta);
+    ctx
+}
+
+/// Associated data of the sealed metadata: the record's place.
+fn meta_context(key: &[u8]) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(32 + key.len());
+    ctx.extend_from_slice(b"credvault/accounts/meta/v2\0");
+    ctx.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    ctx.extend_from_slice(key);
     ctx
 }
 

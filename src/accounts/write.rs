@@ -42,14 +42,16 @@ impl AccountService {
         let key = account.meta.key();
         let bytes = self.encode(&key, &account)?;
         {
-            let storage_key = key.storage_key();
+            let storage_key = self.record_key(&key);
             let txn = Txn::new()
                 .expect(Tree::Accounts, &storage_key, Expect::Absent)
                 .put(Tree::Accounts, &storage_key, &bytes);
             let _writing = self.writing.lock().await;
             match self.store.commit(txn).await? {
                 Outcome::Committed(revision) => {
-                    self.directory_mut().put(account.meta.clone(), revision);
+                    let mut directory = self.directory_mut();
+                    directory.put(account.meta.clone(), revision);
+                    directory.set_damaged(&storage_key, false);
                 }
                 Outcome::Conflict(_) => return Err(AccountError::AlreadyExists(key)),
             }
@@ -168,7 +170,7 @@ impl AccountService {
         fence: Option<&Compare>,
         mut change: impl FnMut(&mut Account) -> Result<(), AccountError>,
     ) -> Result<Account, AccountError> {
-        let storage_key = key.storage_key();
+        let storage_key = self.record_key(key);
         for _ in 0..MAX_CAS_ATTEMPTS {
             let current = self
                 .store
@@ -188,7 +190,9 @@ impl AccountService {
             let _writing = self.writing.lock().await;
             match self.store.commit(txn).await? {
                 Outcome::Committed(revision) => {
-                    self.directory_mut().put(account.meta.clone(), revision);
+                    let mut directory = self.directory_mut();
+                    directory.put(account.meta.clone(), revision);
+                    directory.set_damaged(&storage_key, false);
                     return Ok(account);
                 }
                 Outcome::Conflict(found) => {
@@ -215,7 +219,7 @@ impl AccountService {
         expected_version: Option<u64>,
     ) -> Result<(), AccountError> {
         let key = lookup_key(provider, email)?;
-        let storage_key = key.storage_key();
+        let storage_key = self.record_key(&key);
         for _ in 0..MAX_CAS_ATTEMPTS {
             let current = self
                 .store
@@ -223,12 +227,13 @@ impl AccountService {
                 .await?
                 .ok_or_else(|| AccountError::NotFound(key.clone()))?;
             if expected_version.is_some() {
-                let meta = record::decode_meta_unauthenticated(&current).map_err(|source| {
-                    AccountError::DataLoss {
+                let meta = self
+                    .names
+                    .meta(&self.sealer, &storage_key, &current)
+                    .map_err(|source| AccountError::DataLoss {
                         key: key.clone(),
                         source,
-                    }
-                })?;
+                    })?;
                 check_version(&key, &meta, expected_version)?;
             }
             let txn = Txn::new()
@@ -238,7 +243,9 @@ impl AccountService {
                 let _writing = self.writing.lock().await;
                 let outcome = self.store.commit(txn).await?;
                 if let Outcome::Committed(revision) = outcome {
-                    self.directory_mut().remove(&key, revision);
+                    let mut directory = self.directory_mut();
+                    directory.remove(&key, revision);
+                    directory.set_damaged(&storage_key, false);
                 }
                 outcome
             };

@@ -49,9 +49,7 @@ impl CallerService {
     /// Proves `email:secret` from a Basic header (CreateSession only).
     pub fn authenticate_basic(&self, email: &str, secret: &str) -> Result<Caller, AuthError> {
         let id = self
-            .view()
             .id_by_email(&email.to_lowercase())
-            .map(str::to_owned)
             .ok_or(AuthError::MissingOrInvalid)?;
         let opened = self.record_for_auth(&id)?;
         let record = &opened.record;

@@ -317,7 +317,7 @@ mod debit_tests {
         },
         clock::ManualClock,
         crypto::{MasterKey, Sealer, SecretString},
-        store::{FaultPlan, FaultyStore, MemoryStore, Store, Tree},
+        store::{FaultPlan, FaultyStore, MemoryStore, Naming, Store, Tree},
     };
 
     /// A service over a (breakable) store, and a consumer holding `credits`.
@@ -329,6 +329,7 @@ mod debit_tests {
             Arc::new(FaultyStore::new(memory, plan.clone())),
             Arc::new(Sealer::new(&master)),
             CallerMacs::new(&master),
+            Naming::Emails,
             Arc::new(ManualClock::at(1_800_000_000_000)),
             CallerSettings {
                 default_credits: credits,

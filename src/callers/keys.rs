@@ -55,6 +55,8 @@ impl fmt::Debug for CallerMacs {
 
 pub const SECRET_LABEL: &str = "secret";
 pub const KEY_LABEL: &str = "api-key";
+/// The email index's keys on a shared store.
+pub const EMAIL_LABEL: &str = "email";
 
 /// A new API key: `cvk_<key id>_<32 random bytes>`. The key id is public (it names
 /// the key in logs and finds it in the index); the rest is the secret part.

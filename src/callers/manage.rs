@@ -93,7 +93,7 @@ impl CallerService {
             activated_at_ms: None,
         };
 
-        let existing = self.view().id_by_email(&email).map(str::to_owned);
+        let existing = self.id_by_email(&email);
         let caller = match existing {
             Some(id) => {
                 if actor.id != id {
@@ -168,13 +168,14 @@ impl CallerService {
             version: 1,
         };
         let bytes = self.seal(&record)?;
+        let email_key = self.email_key(email);
         let email_index = Write {
             tree: Tree::CallerEmails,
-            key: email.as_bytes().to_vec(),
+            key: email_key.as_bytes().to_vec(),
             value: Some(id.as_bytes().to_vec()),
         };
         let mut txn = Txn::new()
-            .expect(Tree::CallerEmails, email.as_bytes(), Expect::Absent)
+            .expect(Tree::CallerEmails, email_key.as_bytes(), Expect::Absent)
             .expect(Tree::Callers, id.as_bytes(), Expect::Absent)
             .put(Tree::Callers, id.as_bytes(), &bytes);
         txn.writes.push(email_index.clone());

@@ -29,7 +29,7 @@ use crate::{
     clock::Clock,
     crypto::{Sealer, SecretString},
     sealed,
-    store::{Expect, Outcome, Revision, Store, StoreError, Tree, Txn, Write},
+    store::{Expect, Naming, Outcome, Revision, Store, StoreError, Tree, Txn, Write},
 };
 use keys::CallerMacs;
 use view::{Opened, View};
@@ -117,6 +117,8 @@ pub struct CallerService {
     sealer: Arc<Sealer>,
     clock: Arc<dyn Clock>,
     macs: CallerMacs,
+    /// How the email index is keyed.
+    naming: Naming,
     tokens: TokenKeys,
     settings: CallerSettings,
     /// Serialises read-modify-write per caller in this process, so that concurrent
@@ -144,6 +146,7 @@ impl CallerService {
         store: Arc<dyn Store>,
         sealer: Arc<Sealer>,
         macs: CallerMacs,
+        naming: Naming,
         clock: Arc<dyn Clock>,
         settings: CallerSettings,
     ) -> Result<Self, CallerError> {
@@ -164,6 +167,7 @@ impl CallerService {
             sealer,
             clock,
             macs,
+            naming,
             tokens,
             settings,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -213,11 +217,29 @@ impl CallerService {
     pub fn find_by_email(&self, email: &str) -> Result<CallerRecord, CallerError> {
         let email = email.to_lowercase();
         let id = self
-            .view()
             .id_by_email(&email)
-            .map(str::to_owned)
             .ok_or_else(|| CallerError::NotFound(email.clone()))?;
         self.get(&id)
+    }
+
+    /// The key of `email` (lower-cased) in the email index: the email itself, or, on a
+    /// shared store, its keyed fingerprint (128 bits of HMAC-SHA256 in hex).
+    fn email_key(&self, email: &str) -> String {
+        match self.naming {
+            Naming::Emails => email.to_owned(),
+            Naming::Fingerprints => {
+                let mut mac = self.macs.mac(keys::EMAIL_LABEL, email);
+                mac.truncate(32);
+                mac
+            }
+        }
+    }
+
+    /// The caller with this (lower-cased) email, from the index.
+    fn id_by_email(&self, email: &str) -> Option<String> {
+        self.view()
+            .id_by_email(&self.email_key(email))
+            .map(str::to_owned)
     }
 
     /// Changes each time a caller record is changed here (roles, scopes, tokens

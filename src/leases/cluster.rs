@@ -155,8 +155,7 @@ impl ClusterSlots {
     /// The account's part of its slot keys: a keyed fingerprint, so etcd never holds
     /// an email.
     fn account(&self, key: &AccountKey) -> String {
-        let storage = String::from_utf8_lossy(&key.storage_key()).into_owned();
-        self.fingerprints.hash(&storage)[..32].to_owned()
+        key.fingerprint(&self.fingerprints)
     }
 
     fn open_slot(&self, held: &HeldSlot) -> Option<LeaseRecord> {

@@ -45,8 +45,7 @@ impl ClusterFlights {
     }
 
     fn lock_key(&self, key: &AccountKey) -> Vec<u8> {
-        let storage = String::from_utf8_lossy(&key.storage_key()).into_owned();
-        format!("flights/{}", &self.fingerprints.hash(&storage)[..32]).into_bytes()
+        format!("flights/{}", key.fingerprint(&self.fingerprints)).into_bytes()
     }
 
     /// Waits until the lock may have been freed after `revision`.

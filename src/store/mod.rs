@@ -83,6 +83,18 @@ impl Tree {
     }
 }
 
+/// How records that name a person (an account's email, a caller's) are keyed and
+/// written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Naming {
+    /// By email, with account metadata readable: the embedded store, on the node's own
+    /// disk (the layout it always had).
+    Emails,
+    /// By keyed fingerprint (HMAC-SHA256 under the vault's stored fingerprint key),
+    /// with account metadata sealed: a shared store (etcd), which never sees an email.
+    Fingerprints,
+}
+
 /// The vault-wide records of [`Tree::Meta`], by key (what they hold is the vault's
 /// business; re-keying walks them too).
 pub mod meta {

@@ -9,16 +9,26 @@ use std::{
 };
 
 use credvault::{
+    accounts::Names,
     clock::ManualClock,
     crypto::{Fingerprinter, MasterKey, Sealer},
     leases::{ClusterSlots, LocalSlots, slots::SlotTable},
     store::{
-        EtcdOptions, EtcdStore, FaultPlan, FaultyStore, MemoryStore, Revision, Store, StoreError,
-        Tree, Txn,
+        EtcdOptions, EtcdStore, FaultPlan, FaultyStore, MemoryStore, Naming, Revision, Store,
+        StoreError, Tree, Txn,
     },
 };
 
 use super::etcd::EtcdCluster;
+
+/// One fingerprint key for every process of a test, as for a cluster sharing its
+/// master key.
+fn fingerprints() -> Arc<Fingerprinter> {
+    static FINGERPRINTS: std::sync::OnceLock<Arc<Fingerprinter>> = std::sync::OnceLock::new();
+    FINGERPRINTS
+        .get_or_init(|| Arc::new(Fingerprinter::new(&MasterKey::generate().unwrap())))
+        .clone()
+}
 
 /// A store under test, with whatever keeps it alive.
 pub struct Backend {
@@ -109,16 +119,10 @@ impl Backend {
         plan: Option<Arc<FaultPlan>>,
     ) -> Arc<dyn SlotTable> {
         if let Some((_, store)) = &self.etcd {
-            // One fingerprint key for every process of a test, as for a cluster sharing
-            // its master key.
-            static FINGERPRINTS: std::sync::OnceLock<Arc<Fingerprinter>> =
-                std::sync::OnceLock::new();
-            let fingerprints = FINGERPRINTS
-                .get_or_init(|| Arc::new(Fingerprinter::new(&MasterKey::generate().unwrap())));
             let slots = ClusterSlots::open(
                 store.clone(),
                 sealer,
-                fingerprints.clone(),
+                fingerprints(),
                 Arc::new(ManualClock::at(now_ms)),
             )
             .await
@@ -131,6 +135,18 @@ impl Backend {
             None => self.store.clone(),
         };
         Arc::new(LocalSlots::load(store, sealer, now_ms).await.unwrap())
+    }
+
+    /// How a process names account records on this store: by fingerprint on etcd,
+    /// which must see no email.
+    pub fn names(&self) -> Names {
+        Names {
+            naming: match self.etcd {
+                Some(_) => Naming::Fingerprints,
+                None => Naming::Emails,
+            },
+            fingerprints: fingerprints(),
+        }
     }
 
     /// The etcd store, for an etcd backend.
