@@ -134,6 +134,9 @@ impl Listeners {
         };
         let reporter = HealthReporter::new();
         set_health(&reporter, ServingStatus::NotServing).await;
+        reporter
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
         let (stop, stop_rx) = watch::channel(false);
         let (addr, task) = match settings.health_listen {
             Some(addr) => {
@@ -351,7 +354,17 @@ async fn coordination(
     Ok((Arc::new(flights), slots))
 }
 
-async fn set_health(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {
+/// The health service name that answers liveness: SERVING from the moment the probe
+/// port is bound until the process ends, whatever the store's state (an etcd outage
+/// makes a node unready, never a restart candidate). Every other name (`""` and each
+/// credvault service) answers readiness.
+pub const LIVENESS: &str = "liveness";
+
+/// Sets readiness: `""` and every credvault service.
+pub(crate) async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    status: ServingStatus,
+) {
     let services = [
         "",
         <AccountsServer<AccountsApi> as NamedService>::NAME,
@@ -439,6 +452,17 @@ pub async fn run(
     }
     tokio::spawn(vault.audit.clone().keep_pruned(stop_rx.clone()));
     tokio::spawn(vault.callers.clone().follow(stop_rx.clone()));
+    // On a shared store, readiness and authentication follow the view's freshness.
+    let (confirm_stop, confirm_stopped) = watch::channel(false);
+    let confirming = vault.etcd.is_some().then(|| {
+        vault.callers.follows_shared_store();
+        tokio::spawn(crate::ops::readiness::keep_confirming(
+            vault.callers.clone(),
+            vault.node_id.clone(),
+            health_reporter.clone(),
+            confirm_stopped,
+        ))
+    });
     tokio::spawn(vault.accounts.clone().follow(stop_rx.clone()));
     let audit_writer = tokio::spawn(vault.audit.clone().keep_written(stop_rx.clone()));
     let reloader = crate::ops::reload::Reloader {
@@ -490,7 +514,12 @@ pub async fn run(
             tracing::error!("a listener stopped unexpectedly; shutting down");
         }
     }
-    // Probes see the drain before connections are closed.
+    // Probes see the drain before connections are closed (and nothing turns them
+    // back).
+    let _ = confirm_stop.send(true);
+    if let Some(confirming) = confirming {
+        let _ = confirming.await;
+    }
     set_health(&health_reporter, ServingStatus::NotServing).await;
     let _ = stop_tx.send(true);
     let drain = async {

@@ -342,3 +342,135 @@ async fn etcd_sees_no_email_and_no_secret() {
     }
     node.stop().await;
 }
+
+/// A node cut off from etcd (every member behind a proxy that stops forwarding, the
+/// connections left open, as in a partition) fails closed: its hand-outs answer
+/// UNAVAILABLE, its readiness turns NOT_SERVING while liveness stays SERVING, and the
+/// other node serves on. Restored, it is ready and serves again without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_etcd_fails_closed_and_recovers() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let cluster = EtcdCluster::start(3).await;
+    let key = support::new_key();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestServer::start_with(node_config(dir_a.path(), &key, &cluster, "node-a")).await;
+    let mut proxies = Vec::new();
+    for member in 0..cluster.size() {
+        let target = cluster.endpoint(member);
+        let target = target.trim_start_matches("http://").parse().unwrap();
+        proxies.push(support::proxy::Proxy::start(target).await);
+    }
+    let mut config_b = node_config(dir_b.path(), &key, &cluster, "node-b");
+    config_b.store.etcd.endpoints = proxies.iter().map(|proxy| proxy.url()).collect();
+    let b = TestServer::start_with(config_b).await;
+
+    a.accounts()
+        .await
+        .create_account(leasable("shared@example.com", "pw-123456", 2))
+        .await
+        .unwrap();
+    let (_, api_key) = support::unmetered_consumer(&a, "svc@example.com", SECRET).await;
+    let auth = || Auth::api_key(&api_key, SECRET);
+    within(Duration::from_secs(5), || async {
+        reveal(&b, auth()).await.is_ok()
+    })
+    .await;
+    assert_eq!(health(&b, "").await, ServingStatus::Serving as i32);
+
+    for proxy in &proxies {
+        proxy.cut(true);
+    }
+    let cut_at = Instant::now();
+    // Hand-outs on B fail closed, each within its deadline.
+    let refused = reveal(&b, auth()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
+    println!(
+        "cut off: reveal refused after {:?}: {}",
+        cut_at.elapsed(),
+        refused.message()
+    );
+    let leased = b
+        .credentials(auth())
+        .await
+        .acquire_lease(acquire(0))
+        .await
+        .unwrap_err();
+    assert_eq!(leased.code(), Code::Unavailable, "{}", leased.message());
+    // Readiness turns NOT_SERVING (the view goes unconfirmed for 10 s); liveness stays.
+    within(Duration::from_secs(20), || async {
+        health(&b, "").await == ServingStatus::NotServing as i32
+    })
+    .await;
+    println!("cut off: NOT_SERVING after {:?}", cut_at.elapsed());
+    assert_eq!(health(&b, "liveness").await, ServingStatus::Serving as i32);
+    // Now even a credential alone is refused: B cannot vouch for its view.
+    let stale = b
+        .callers(auth())
+        .await
+        .get_caller_info(proto::GetCallerInfoRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::Unavailable);
+    assert!(
+        stale.message().contains("cannot confirm"),
+        "{}",
+        stale.message()
+    );
+    // The admin token is configuration, not the view: an operator can still look.
+    b.callers(Auth::admin())
+        .await
+        .get_caller_info(proto::GetCallerInfoRequest {})
+        .await
+        .unwrap();
+    // A, which still reaches etcd, serves on.
+    reveal(&a, auth()).await.unwrap();
+    assert_eq!(health(&a, "").await, ServingStatus::Serving as i32);
+
+    for proxy in &proxies {
+        proxy.cut(false);
+    }
+    let restored_at = Instant::now();
+    within(Duration::from_secs(20), || async {
+        health(&b, "").await == ServingStatus::Serving as i32
+    })
+    .await;
+    println!("restored: SERVING after {:?}", restored_at.elapsed());
+    within(Duration::from_secs(10), || async {
+        reveal(&b, auth()).await.is_ok()
+    })
+    .await;
+    b.credentials(auth())
+        .await
+        .acquire_lease(acquire(0))
+        .await
+        .unwrap();
+    a.stop().await;
+    b.stop().await;
+}
+
+/// RevealAccount of the shared account, with a 10 s deadline.
+async fn reveal(
+    server: &TestServer,
+    auth: Auth,
+) -> Result<tonic::Response<proto::Account>, tonic::Status> {
+    let mut client = server.credentials(auth).await;
+    let mut request = tonic::Request::new(proto::RevealAccountRequest {
+        provider: "pixverse".into(),
+        email: "shared@example.com".into(),
+    });
+    request.set_timeout(Duration::from_secs(10));
+    client.reveal_account(request).await
+}
+
+/// The health status of `service` on the server's port.
+async fn health(server: &TestServer, service: &str) -> i32 {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    HealthClient::new(server.channel().await)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}

@@ -33,6 +33,7 @@ pub fn auth_error(error: AuthError) -> Status {
         AuthError::Disabled => Status::permission_denied(message),
         AuthError::DataLoss => Status::data_loss(message),
         AuthError::Unavailable => Status::unavailable(STORAGE_UNAVAILABLE),
+        AuthError::Stale(_) => Status::unavailable(message),
         AuthError::Internal => Status::internal(INTERNAL_MESSAGE),
     }
 }

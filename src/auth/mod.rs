@@ -86,7 +86,34 @@ impl Authenticator {
 
     /// Proves the caller of one request. `peer_uid` is the uid of a Unix-socket peer;
     /// a mapped uid stands in for a credential only when the request carries none.
+    /// Who is calling. A credential the caller view decides (everything but the
+    /// bootstrap admin token, which is configuration) is refused while that view
+    /// cannot be confirmed current (see [`crate::callers::freshness`]).
     pub fn authenticate(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        peer_uid: Option<u32>,
+    ) -> Result<Caller, AuthError> {
+        let caller = self.identify(path, headers, peer_uid)?;
+        if let Some(unconfirmed) = self.callers.stale_for()
+            && !self.is_bootstrap(headers)
+        {
+            return Err(AuthError::Stale(unconfirmed.as_secs()));
+        }
+        Ok(caller)
+    }
+
+    fn is_bootstrap(&self, headers: &HeaderMap) -> bool {
+        let Some((scheme, value)) = credentials(headers.get(AUTHORIZATION)) else {
+            return false;
+        };
+        let bootstrap = *self.bootstrap_tag.read().unwrap_or_else(|e| e.into_inner());
+        scheme.eq_ignore_ascii_case("bearer")
+            && hmac::verify(&self.key, value.as_bytes(), bootstrap.as_ref()).is_ok()
+    }
+
+    fn identify(
         &self,
         path: &str,
         headers: &HeaderMap,
@@ -110,8 +137,7 @@ impl Authenticator {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(AuthError::MissingOrInvalid);
         }
-        let bootstrap = *self.bootstrap_tag.read().unwrap_or_else(|e| e.into_inner());
-        if hmac::verify(&self.key, value.as_bytes(), bootstrap.as_ref()).is_ok() {
+        if self.is_bootstrap(headers) {
             return self.callers.bootstrap_admin();
         }
         if keys::looks_like_api_key(value) {

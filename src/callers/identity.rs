@@ -175,4 +175,10 @@ pub enum AuthError {
     /// Anything else that failed; the detail is logged where it happened.
     #[error("authentication could not be completed")]
     Internal,
+    /// This process cannot confirm that its view of callers is current (a shared
+    /// store it has not heard from), so it trusts no credential that view decides.
+    #[error(
+        "this credvault node cannot confirm its view of callers is current (no word from the shared store for {0} s); try another node or retry later"
+    )]
+    Stale(u64),
 }

@@ -6,6 +6,7 @@
 mod authenticate;
 mod credits;
 mod error;
+pub mod freshness;
 pub mod identity;
 pub mod keys;
 mod manage;
@@ -136,7 +137,9 @@ pub struct CallerService {
     /// to check its caller again at once.
     changed: tokio::sync::watch::Sender<u64>,
     /// The revision the view has taken every change up to.
-    seen: std::sync::atomic::AtomicU64,
+    seen: tokio::sync::watch::Sender<Revision>,
+    /// Whether the view may be trusted (see [`freshness`]).
+    freshness: freshness::Freshness,
 }
 
 impl CallerService {
@@ -175,7 +178,8 @@ impl CallerService {
             pending: Mutex::new(HashMap::new()),
             settling: tokio::sync::Mutex::new(()),
             changed: tokio::sync::watch::Sender::new(0),
-            seen: std::sync::atomic::AtomicU64::new(seen),
+            seen: tokio::sync::watch::Sender::new(seen),
+            freshness: freshness::Freshness::default(),
         };
         service.ensure_bootstrap_admin().await?;
         Ok(service)
@@ -251,9 +255,8 @@ impl CallerService {
     /// Follows the store's changes to callers (a re-sealed record, another node's
     /// write) until `stop`; when the watch ends, reads everything afresh and follows on.
     pub async fn follow(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        use std::sync::atomic::Ordering;
         loop {
-            let from = self.seen.load(Ordering::SeqCst);
+            let from = self.seen();
             let mut watches = Vec::new();
             let wanted = view::TREES
                 .iter()
@@ -289,11 +292,20 @@ impl CallerService {
                             }
                         }
                         Ok(change) => {
-                            let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
-                            view.apply_change(&self.sealer, &change);
-                            view.forget_tombstones(change.tree, change.revision);
-                            self.seen.fetch_max(change.revision, Ordering::SeqCst);
-                            self.changed.send_modify(|count| *count += 1);
+                            let pulse = change.key.starts_with(freshness::PULSE_PREFIX);
+                            if !pulse {
+                                let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
+                                view.apply_change(&self.sealer, &change);
+                                view.forget_tombstones(change.tree, change.revision);
+                            }
+                            self.seen.send_if_modified(|seen| {
+                                let newer = change.revision > *seen;
+                                *seen = (*seen).max(change.revision);
+                                newer
+                            });
+                            if !pulse {
+                                self.changed.send_modify(|count| *count += 1);
+                            }
                         }
                         Err(error) => break error,
                     }
@@ -317,7 +329,7 @@ impl CallerService {
                     let mut held = self.view.write().unwrap_or_else(|e| e.into_inner());
                     view.take_newer(&held, at);
                     *held = view;
-                    self.seen.store(at, Ordering::SeqCst);
+                    self.seen.send_replace(at);
                     self.changed.send_modify(|count| *count += 1);
                 }
                 Err(error) => {
@@ -448,6 +460,6 @@ impl CallerService {
 
     /// The revision the view has followed the store to.
     pub fn seen(&self) -> Revision {
-        self.seen.load(std::sync::atomic::Ordering::SeqCst)
+        *self.seen.borrow()
     }
 }

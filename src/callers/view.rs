@@ -130,6 +130,10 @@ impl View {
         if !TREES.contains(&tree) || revision < self.revision_of(tree, key) {
             return;
         }
+        // A node's pulse (see `freshness`), not a caller.
+        if tree == Tree::Callers && key.starts_with(super::freshness::PULSE_PREFIX) {
+            return;
+        }
         let text = String::from_utf8_lossy(key).into_owned();
         let Some(bytes) = value else {
             match tree {

@@ -5,5 +5,6 @@
 pub mod backup;
 pub mod exporter;
 pub mod progress;
+pub mod readiness;
 pub mod rekey;
 pub mod reload;

@@ -5,6 +5,7 @@
 
 pub mod backends;
 pub mod etcd;
+pub mod proxy;
 
 use std::{
     io::{BufRead, BufReader, Read},
