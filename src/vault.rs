@@ -278,7 +278,8 @@ impl Vault {
                 settings.audit_retention,
             )
             .await
-            .map_err(store_error)?,
+            .map_err(store_error)?
+            .tagged(&settings.node_id, settings.audit_log_lines),
         );
         // Hand-outs take their credits in memory; each group commit writes them.
         let settling = callers.clone();

@@ -71,6 +71,9 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
             ("CREDVAULT_ADMIN_TOKEN", ADMIN_TOKEN),
             ("CREDVAULT_METRICS_LISTEN", "127.0.0.1:0"),
             ("RUST_LOG", "trace"),
+            // Audit events as log lines too, searched with the rest.
+            ("CREDVAULT_AUDIT__LOG_LINES", "true"),
+            ("CREDVAULT_NODE_ID", "sweep-node"),
             // Named like its style: no kind needed, and maxJobs stays 1–8.
             ("CREDVAULT_PROVIDERS__PIXVERSE__BASE_URL", &base_url),
             ("CREDVAULT_PROVIDERS__MEDIA__KIND", "basic-session"),
@@ -456,6 +459,10 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
         "trace logging was on"
     );
     assert!(output.contains("account revealed"), "reveals are logged");
+    assert!(
+        output.contains("\"target\":\"audit\"") && output.contains("\"node\":\"sweep-node\""),
+        "audit events are log lines, tagged with the node"
+    );
     let api_key = created.api_key.as_str();
     // `cvk_<key id>_<secret>`; the secret (base64url) may itself hold underscores.
     let key_secret_part = api_key.splitn(3, '_').nth(2).unwrap();

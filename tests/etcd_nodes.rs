@@ -224,6 +224,22 @@ async fn two_nodes_share_accounts_slots_and_revocations() {
         })
         .await
         .unwrap();
+    // Each node keeps its own trail, every event tagged with the node that served it.
+    for (server, node) in [(&a, "node-a"), (&b, "node-b")] {
+        let events = server
+            .audit(Auth::admin())
+            .await
+            .list_events(proto::ListEventsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        assert!(!events.is_empty());
+        assert!(
+            events.iter().all(|event| event.node_id == node),
+            "{events:?}"
+        );
+    }
     a.stop().await;
     b.stop().await;
 }

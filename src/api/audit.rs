@@ -34,6 +34,7 @@ fn event(event: AuditEvent) -> proto::AuditEvent {
         target: event.target,
         outcome: event.outcome,
         secret_hashes: event.secret_hashes,
+        node_id: event.node_id,
     }
 }
 

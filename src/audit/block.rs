@@ -54,6 +54,9 @@ struct EventRecord {
     /// Any other hash text, kept as it is; listed after those above.
     #[prost(string, repeated, tag = "11")]
     hash_texts: Vec<String>,
+    /// The node that served the call; left out when it is the event before's.
+    #[prost(string, optional, tag = "13")]
+    node_id: Option<String>,
 }
 
 /// Consecutive events encoded as one block.
@@ -86,10 +89,10 @@ pub(super) fn encode_blocks(
         bytes: Vec::new(),
     };
     let mut event_bytes = Vec::with_capacity(256);
-    let (mut seq, mut at_ms) = (0u64, 0i64);
+    let mut before = Before::default();
     for (i, event) in events.iter().enumerate() {
         event_bytes.clear();
-        encode_event(event, seq, at_ms, &mut event_bytes);
+        encode_event(event, &before, &mut event_bytes);
         let framed = 1 + encoding::encoded_len_varint(event_bytes.len() as u64) + event_bytes.len();
         if block.count > 0 && (block.count == max_events || block.bytes.len() + framed > max_bytes)
         {
@@ -101,9 +104,13 @@ pub(super) fn encode_blocks(
             blocks.push(std::mem::replace(&mut block, next));
             // The first event of a block counts from zero, not from the one before.
             event_bytes.clear();
-            encode_event(event, 0, 0, &mut event_bytes);
+            encode_event(event, &Before::default(), &mut event_bytes);
         }
-        (seq, at_ms) = (event.seq, event.at_ms);
+        before = Before {
+            seq: event.seq,
+            at_ms: event.at_ms,
+            node_id: &event.node_id,
+        };
         encoding::encode_key(1, WireType::LengthDelimited, &mut block.bytes);
         encoding::encode_varint(event_bytes.len() as u64, &mut block.bytes);
         block.bytes.extend_from_slice(&event_bytes);
@@ -115,12 +122,23 @@ pub(super) fn encode_blocks(
     blocks
 }
 
-fn encode_event(event: &AuditEvent, seq: u64, at_ms: i64, out: &mut Vec<u8>) {
-    let seq_step = event.seq.wrapping_sub(seq);
+/// What an event is encoded against: the one before it in its block.
+#[derive(Default)]
+struct Before<'a> {
+    seq: u64,
+    at_ms: i64,
+    node_id: &'a str,
+}
+
+fn encode_event(event: &AuditEvent, before: &Before<'_>, out: &mut Vec<u8>) {
+    let seq_step = event.seq.wrapping_sub(before.seq);
     if seq_step != 0 {
         encoding::uint64::encode(1, &seq_step, out);
     }
-    let at_ms_step = event.at_ms.wrapping_sub(at_ms);
+    if event.node_id != before.node_id {
+        encoding::string::encode(13, &event.node_id, out);
+    }
+    let at_ms_step = event.at_ms.wrapping_sub(before.at_ms);
     if at_ms_step != 0 {
         encoding::sint64::encode(2, &at_ms_step, out);
     }
@@ -163,13 +181,16 @@ fn put_text(tag: u32, text: &str, out: &mut Vec<u8>) {
 /// The events of a block; `None` when the bytes are not one.
 pub(super) fn decode(bytes: &[u8]) -> Option<Vec<AuditEvent>> {
     let block = BlockRecord::decode(bytes).ok()?;
-    let (mut seq, mut at_ms) = (0u64, 0i64);
+    let (mut seq, mut at_ms, mut node_id) = (0u64, 0i64, String::new());
     let events = block
         .events
         .into_iter()
         .map(|record| {
             seq = seq.wrapping_add(record.seq_step);
             at_ms = at_ms.wrapping_add(record.at_ms_step);
+            if let Some(node) = record.node_id {
+                node_id = node;
+            }
             let mut secret_hashes: Vec<String> = record
                 .hashes
                 .iter()
@@ -190,6 +211,7 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Vec<AuditEvent>> {
                 target: record.target,
                 outcome: record.outcome,
                 secret_hashes,
+                node_id: node_id.clone(),
             }
         })
         .collect();

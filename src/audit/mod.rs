@@ -1,6 +1,7 @@
-//! The audit trail: one event per audited call, logged as a line with target `audit`
-//! and appended to its own tree of the store in sealed blocks (compact protobuf, see
-//! [`block`]).
+//! The audit trail: one event per audited call, tagged with the node that served it,
+//! appended to its own tree of the store in sealed blocks (compact protobuf, see
+//! [`block`]) and, when `audit.log_lines` is on, logged as a line with target `audit`
+//! (for a log pipeline that collects every node's).
 //!
 //! Appending only queues the event. Queued events are written together, as blocks of
 //! at most 256 events and 6 KiB (each sealed, keyed by the sequence number of its first
@@ -90,6 +91,10 @@ pub struct AuditEvent {
     /// "OK" or the gRPC status code name.
     pub outcome: String,
     pub secret_hashes: Vec<String>,
+    /// The `node_id` of the process that served the call (empty in events written
+    /// before events carried it).
+    #[serde(default)]
+    pub node_id: String,
 }
 
 /// What ListEvents may filter on; empty strings and `None` match everything.
@@ -124,14 +129,14 @@ impl Filter {
 #[serde(untagged)]
 enum Stored {
     Block { events: Vec<AuditEvent> },
-    Single(AuditEvent),
+    Single(Box<AuditEvent>),
 }
 
 impl Stored {
     fn into_events(self) -> Vec<AuditEvent> {
         match self {
             Stored::Block { events } => events,
-            Stored::Single(event) => vec![event],
+            Stored::Single(event) => vec![*event],
         }
     }
 }
@@ -180,6 +185,10 @@ pub struct AuditLog {
     /// other services batch for the same flush (the callers' pending debits).
     before_flush: OnceLock<BeforeFlush>,
     retention: Option<Duration>,
+    /// Tags every event.
+    node_id: String,
+    /// Logs every event as a line with target `audit`.
+    log_lines: bool,
 }
 
 fn seq_of(key: &[u8]) -> Option<u64> {

@@ -43,6 +43,8 @@ impl AuditLog {
             committing: tokio::sync::Mutex::new(()),
             before_flush: OnceLock::new(),
             retention,
+            node_id: String::new(),
+            log_lines: false,
         };
         // The last block's key is its first event's number; the next follows its last.
         // A block that does not open (tampered) does not stop the vault: reading the
@@ -120,6 +122,14 @@ impl AuditLog {
         Ok(seq)
     }
 
+    /// Tags every event with `node_id`; with `log_lines`, also logs each as a line with
+    /// target `audit`.
+    pub fn tagged(mut self, node_id: &str, log_lines: bool) -> Self {
+        self.node_id = node_id.to_owned();
+        self.log_lines = log_lines;
+        self
+    }
+
     /// Sets what every durable commit writes just before its flush (once; later calls
     /// are ignored).
     pub fn before_flush(&self, write: BeforeFlush) {
@@ -132,10 +142,22 @@ impl AuditLog {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         event.seq = self.sequence.next();
         event.at_ms = self.clock.now_ms();
+        event.node_id.clone_from(&self.node_id);
         let seq = event.seq;
+        if self.log_lines {
+            self.log_line(&event);
+        }
+        queue.events.push(event);
+        (seq, queue.written.clone())
+    }
+
+    /// The event as a log line (the email as its fingerprint, secrets as their hashes).
+    fn log_line(&self, event: &AuditEvent) {
         tracing::info!(
             target: "audit",
-            seq,
+            seq = event.seq,
+            at_ms = event.at_ms,
+            node = %event.node_id,
             request_id = %event.request_id,
             caller = %event.caller_id,
             rpc = %event.rpc,
@@ -146,8 +168,6 @@ impl AuditLog {
             secret_hashes = %event.secret_hashes.join(","),
             "audit"
         );
-        queue.events.push(event);
-        (seq, queue.written.clone())
     }
 
     /// Writes every queued event, as blocks of at most `BLOCK_MAX` events and

@@ -137,6 +137,17 @@ pub struct Config {
     pub store: StoreConfig,
     /// This process's name in logs and lock values; empty: the host name.
     pub node_id: String,
+    /// The audit trail's options beside its retention.
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Also log every audit event as a line with target `audit` (as JSON with
+    /// `log_format = "json"`), for a log pipeline that collects every node's trail.
+    pub log_lines: bool,
 }
 
 impl Default for Config {
@@ -170,6 +181,7 @@ impl Default for Config {
             limits: LimitSettings::default(),
             store: StoreConfig::default(),
             node_id: String::new(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -229,6 +241,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub store: StoreSettings,
     pub node_id: String,
+    pub audit_log_lines: bool,
 }
 
 impl Config {
@@ -261,6 +274,7 @@ impl Config {
                     || key.starts_with("limits__")
                     || key.starts_with("socket_peers__")
                     || key.starts_with("store__")
+                    || key.starts_with("audit__")
             })
             .split("__");
         figment
@@ -368,6 +382,7 @@ impl Config {
             limits: self.limits,
             store,
             node_id,
+            audit_log_lines: self.audit.log_lines,
         })
     }
 }

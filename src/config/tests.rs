@@ -185,3 +185,12 @@ fn node_id_defaults_to_the_host_name_and_refuses_control_characters() {
     assert_eq!(store::node_id(" node-a ").unwrap(), "node-a");
     assert!(store::node_id("bad\nid").is_err());
 }
+
+#[test]
+fn audit_log_lines_are_off_unless_asked_for() {
+    assert!(!Config::default().audit.log_lines);
+    let on = Config::from_toml("[audit]\nlog_lines = true\n").unwrap();
+    assert!(on.audit.log_lines);
+    let typo = Config::from_toml("[audit]\nlog_line = true\n").unwrap_err();
+    assert!(typo.to_string().contains("log_line"), "{typo}");
+}

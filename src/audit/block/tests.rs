@@ -12,6 +12,7 @@ fn reveal(seq: u64, at_ms: i64) -> AuditEvent {
         target: "a_0123456789abcdef01234567".into(),
         outcome: "OK".into(),
         secret_hashes: vec!["ab".repeat(32), "cd".repeat(32)],
+        node_id: "node-a".into(),
     }
 }
 
@@ -28,6 +29,8 @@ fn events_come_back_as_they_went_in() {
         ..AuditEvent::default()
     };
     events[7].rpc = "other.Service/Method".into();
+    // Another node, and back (events[5] has none at all).
+    events[9].node_id = "node-b".into();
     events[8].rpc = PACKAGE.into();
     events[6].secret_hashes = vec!["ABCD".into(), "".into(), "00ff".into(), "odd".into()];
     let decoded = decode(&encode(&events)).unwrap();
