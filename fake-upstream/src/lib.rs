@@ -291,6 +291,18 @@ impl State {
     }
 }
 
+/// A login in progress at the fake, until dropped.
+struct InFlight<'a> {
+    server: &'a Server,
+    username: &'a str,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.server.with(|s| s.login_ended(self.username));
+    }
+}
+
 #[derive(Clone)]
 struct Server {
     state: Arc<Mutex<State>>,
@@ -388,12 +400,16 @@ impl Server {
             Some(_) => {}
         }
         self.with(|s| s.login_started(&username));
+        // Ends the login's count whether it answers or its client goes away mid-login.
+        let _in_flight = InFlight {
+            server: self,
+            username: &username,
+        };
         if latency > 0 {
             tokio::time::sleep(Duration::from_millis(latency)).await;
         }
         let now = self.clock.now_ms() / 1000;
         let answer = self.with(|s| {
-            s.login_ended(&username);
             if let Some((code, msg, n)) = s.errcode_next.as_mut() {
                 let answer = envelope(*code, msg);
                 *n -= 1;

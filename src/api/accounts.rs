@@ -215,12 +215,29 @@ impl Accounts for AccountsApi {
             return Ok(Response::new(view));
         }
         let key = account.meta.key();
-        let account = if req.force {
+        let refreshed = if req.force {
             self.refresher.refresh_forced(&key).await
         } else {
             self.refresher.refresh_now(&key).await
-        }
-        .map_err(refresh_error)?;
+        };
+        let account = match refreshed {
+            // Another process logged the account in while this call waited for the
+            // account's login lock: its token is the fresh one this call wanted.
+            Err(error @ crate::refresh::RefreshError::Budget { .. }) => {
+                let account = self
+                    .accounts
+                    .get(&req.provider, &req.email)
+                    .await
+                    .map_err(account_error)?;
+                let Some(reason) = self.refresher.needless_login(&account) else {
+                    return Err(refresh_error(error));
+                };
+                let mut view = self.view(&account);
+                view.status_reason = reason;
+                return Ok(Response::new(view));
+            }
+            other => other.map_err(refresh_error)?,
+        };
         tracing::info!(caller = %caller.id, forced = req.force, "account refreshed on request");
         Ok(Response::new(self.view(&account)))
     }

@@ -65,7 +65,7 @@ impl Credits for CallerService {
 /// waits for.
 #[derive(Default)]
 pub(super) struct PendingDebit {
-    charges: Vec<(i64, Arc<OnceLock<bool>>)>,
+    charges: Vec<(i64, Arc<OnceLock<Settled>>)>,
     /// Being written by a settle now.
     in_flight: i64,
 }
@@ -78,14 +78,27 @@ impl PendingDebit {
 
 pub(super) type Pending = HashMap<String, PendingDebit>;
 
+/// What became of a debit's write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    Written,
+    /// Refused: the stored balance no longer covered it (another process spent from
+    /// it); `remaining` is what the balance held after the debits it did cover.
+    Spent {
+        remaining: i64,
+    },
+    /// Its batch could not be written.
+    Lost,
+}
+
 /// A debit taken by [`CallerService::charge`].
 #[derive(Debug)]
 pub struct Charge {
     caller_id: String,
     cost: i64,
-    /// Set when the batch holding this debit is written (true) or lost (false); `None`
-    /// for free calls and unmetered callers, which owe nothing.
-    written: Option<Arc<OnceLock<bool>>>,
+    /// Set when the batch holding this debit is settled; `None` for free calls and
+    /// unmetered callers, which owe nothing.
+    written: Option<Arc<OnceLock<Settled>>>,
     /// The caller's credits once this debit (and those before it) are taken.
     pub credits: Option<CallerCredits>,
 }
@@ -94,8 +107,14 @@ impl Charge {
     /// Answers whether the debit is written (nothing owed counts as written). After a
     /// durable commit it is known; before, `None`.
     pub fn written(&self) -> Option<bool> {
+        self.settled().map(|settled| settled == Settled::Written)
+    }
+
+    /// What became of the debit (nothing owed counts as written); `None` before the
+    /// durable commit.
+    pub fn settled(&self) -> Option<Settled> {
         match &self.written {
-            None => Some(true),
+            None => Some(Settled::Written),
             Some(written) => written.get().copied(),
         }
     }
@@ -197,6 +216,7 @@ impl CallerService {
             };
             // Which debits the balance covers, decided afresh on every read of it.
             let mut covered = vec![true; batch.len()];
+            let mut left = 0;
             let result = self
                 .modify_locked(&id, None, Vec::new(), |record| {
                     covered.fill(true);
@@ -213,6 +233,7 @@ impl CallerService {
                         }
                     }
                     credits.remaining -= taken;
+                    left = credits.remaining;
                     Ok(taken != 0)
                 })
                 .await;
@@ -235,7 +256,11 @@ impl CallerService {
                 tracing::info!(caller = %id, refused, "debits refused: the balance was spent elsewhere");
             }
             for ((_, written), covered) in batch.iter().zip(covered) {
-                let _ = written.set(result.is_ok() && covered);
+                let _ = written.set(match (result.is_ok(), covered) {
+                    (true, true) => Settled::Written,
+                    (true, false) => Settled::Spent { remaining: left },
+                    (false, _) => Settled::Lost,
+                });
             }
         }
     }
@@ -262,8 +287,8 @@ impl CallerService {
                 }
                 Ok(())
             }
-            Some(false) => Ok(()),
-            Some(true) => {
+            Some(Settled::Spent { .. } | Settled::Lost) => Ok(()),
+            Some(Settled::Written) => {
                 self.modify_locked(&charge.caller_id, None, Vec::new(), |record| {
                     let Some(credits) = record.credits.as_mut() else {
                         return Ok(false);

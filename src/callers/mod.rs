@@ -21,7 +21,7 @@ use std::{
     sync::{Arc, Mutex, RwLock, RwLockReadGuard},
 };
 
-pub use credits::{Charge, Credits};
+pub use credits::{Charge, Credits, Settled};
 pub use error::{CallerError, CreditError};
 pub use model::{ApiKeyEntry, CallerCredits, CallerRecord, Role, TokenEntry, TokenKind};
 pub use tokens::{Claims, KeysError, TokenError, TokenKeys};

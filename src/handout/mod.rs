@@ -24,7 +24,7 @@ use std::sync::{
 
 use crate::{
     audit::{AuditError, AuditLog, Call, Subject},
-    callers::{CallerError, Charge, Credits, identity::AuthError},
+    callers::{CallerError, Charge, CreditError, Credits, Settled, identity::AuthError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +85,12 @@ impl Door {
             // does not write another (a failure below is told by the error).
             call.mark_written();
             self.audit.commit_durable(event).await?;
-            match charge.written() {
-                Some(true) => Ok(()),
+            match charge.settled() {
+                Some(Settled::Written) => Ok(()),
+                // Another process spent the balance first: refused as exhausted.
+                Some(Settled::Spent { remaining }) => {
+                    Err(CallerError::Credits(CreditError::Exhausted { remaining, cost }).into())
+                }
                 _ => Err(CallerError::DebitUnwritten.into()),
             }
         }

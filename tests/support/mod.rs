@@ -127,12 +127,7 @@ impl TestServer {
     }
 
     pub async fn channel(&self) -> Channel {
-        let addr = self.addr.expect("server listens on TCP");
-        Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connects")
+        Reach::channel(self).await
     }
 
     /// An Accounts client presenting `token` (none when `None`).
@@ -283,16 +278,71 @@ impl Interceptor for Auth {
 
 pub type Authed = InterceptedService<Channel, Auth>;
 
+/// A credvault reached over TCP: a [`TestServer`] in this process or a [`Remote`] one
+/// (a child process); the helpers below work with either.
+#[allow(async_fn_in_trait)]
+pub trait Reach {
+    fn tcp(&self) -> SocketAddr;
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.tcp()))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connects")
+    }
+
+    async fn callers(&self, auth: Auth) -> proto::callers_client::CallersClient<Authed> {
+        proto::callers_client::CallersClient::with_interceptor(self.channel().await, auth)
+    }
+
+    async fn credentials(
+        &self,
+        auth: Auth,
+    ) -> proto::credentials_client::CredentialsClient<Authed> {
+        proto::credentials_client::CredentialsClient::with_interceptor(self.channel().await, auth)
+    }
+
+    async fn accounts_with(&self, auth: Auth) -> AccountsClient<Authed> {
+        AccountsClient::with_interceptor(self.channel().await, auth)
+    }
+
+    async fn audit(&self, auth: Auth) -> proto::audit_client::AuditClient<Authed> {
+        proto::audit_client::AuditClient::with_interceptor(self.channel().await, auth)
+    }
+}
+
+impl Reach for TestServer {
+    fn tcp(&self) -> SocketAddr {
+        self.addr.expect("server listens on TCP")
+    }
+}
+
+impl<T: Reach> Reach for Arc<T> {
+    fn tcp(&self) -> SocketAddr {
+        T::tcp(self)
+    }
+}
+
+/// A credvault in another process, by its TCP address.
+pub struct Remote(pub SocketAddr);
+
+impl Reach for Remote {
+    fn tcp(&self) -> SocketAddr {
+        self.0
+    }
+}
+
 impl TestServer {
     pub async fn callers(&self, auth: Auth) -> proto::callers_client::CallersClient<Authed> {
-        proto::callers_client::CallersClient::with_interceptor(self.channel().await, auth)
+        Reach::callers(self, auth).await
     }
 
     pub async fn credentials(
         &self,
         auth: Auth,
     ) -> proto::credentials_client::CredentialsClient<Authed> {
-        proto::credentials_client::CredentialsClient::with_interceptor(self.channel().await, auth)
+        Reach::credentials(self, auth).await
     }
 
     pub async fn keys(&self, auth: Auth) -> proto::keys_client::KeysClient<Authed> {
@@ -300,18 +350,18 @@ impl TestServer {
     }
 
     pub async fn accounts_with(&self, auth: Auth) -> AccountsClient<Authed> {
-        AccountsClient::with_interceptor(self.channel().await, auth)
+        Reach::accounts_with(self, auth).await
     }
 
     pub async fn audit(&self, auth: Auth) -> proto::audit_client::AuditClient<Authed> {
-        proto::audit_client::AuditClient::with_interceptor(self.channel().await, auth)
+        Reach::audit(self, auth).await
     }
 }
 
 /// A caller created by the admin and activated with its first key; returns its id and
 /// the key.
 pub async fn activated_caller(
-    server: &TestServer,
+    server: &impl Reach,
     request: proto::CreateCallerRequest,
 ) -> (String, String) {
     let secret = request.secret.clone();
@@ -361,7 +411,7 @@ pub fn leasable(email: &str, password: &str, max_jobs: i32) -> proto::CreateAcco
 /// A consumer of every pixverse account that pays no credits, created by the admin and
 /// activated; returns its id and API key (used with `secret`).
 pub async fn unmetered_consumer(
-    server: &TestServer,
+    server: &impl Reach,
     email: &str,
     secret: &str,
 ) -> (String, String) {
@@ -375,7 +425,7 @@ pub async fn unmetered_consumer(
 /// A consumer of every pixverse account, created by the admin and activated, then
 /// updated by the admin with `terms` (credits, metering); returns its id and API key.
 pub async fn pixverse_consumer(
-    server: &TestServer,
+    server: &impl Reach,
     email: &str,
     secret: &str,
     terms: proto::UpdateCallerRequest,
