@@ -1,8 +1,10 @@
 //! The deploy/ files, checked offline: every Kubernetes manifest passes
 //! `kubernetes-validate --strict` (from PyPI) against 1.29 and the newest schema it
 //! carries; every container is hardened; the sidecar is a native sidecar probed over
-//! gRPC; the config files in the ConfigMaps are ones credvault reads; the Dockerfile
-//! runs as 65532 with `credvault serve`. (No container engine or cluster runs here.)
+//! gRPC; the deployments on etcd run 3 replicas with rolling updates and liveness on
+//! its own health name; the config files in the ConfigMaps are ones credvault reads;
+//! the Dockerfile runs as 65532 with `credvault serve`. (No container engine or
+//! cluster runs here.)
 
 mod support;
 
@@ -14,7 +16,7 @@ use serde_json::Value;
 fn manifests() -> Vec<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
     let mut files = Vec::new();
-    for dir in ["sidecar", "standalone"] {
+    for dir in ["sidecar", "standalone", "standalone-ha", "etcd"] {
         for entry in std::fs::read_dir(root.join(dir)).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "yaml") {
@@ -23,7 +25,7 @@ fn manifests() -> Vec<PathBuf> {
         }
     }
     files.sort();
-    assert!(files.len() >= 8, "{files:?}");
+    assert!(files.len() >= 10, "{files:?}");
     files
 }
 
@@ -84,10 +86,13 @@ fn manifests_validate_strictly_and_every_container_is_hardened() {
     assert!(!ok, "a misspelt field is refused");
 
     let docs = documents(&bin, &files);
-    let deployments: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Deployment").collect();
-    assert_eq!(deployments.len(), 2);
+    let workloads: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Deployment" || d["kind"] == "StatefulSet")
+        .collect();
+    assert_eq!(workloads.len(), 4);
     let mut credvaults = 0;
-    for deployment in deployments {
+    for deployment in workloads {
         let pod = &deployment["spec"]["template"]["spec"];
         assert_eq!(pod["automountServiceAccountToken"], false, "{deployment}");
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
@@ -95,8 +100,16 @@ fn manifests_validate_strictly_and_every_container_is_hardened() {
             pod["securityContext"]["seccompProfile"]["type"],
             "RuntimeDefault"
         );
-        assert_eq!(deployment["spec"]["replicas"], 1);
-        assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+        // sled admits one process per data directory; on etcd, three replicas roll.
+        let (replicas, strategy) = match deployment["metadata"]["name"].as_str().unwrap() {
+            "credvault" => (1, "Recreate"),
+            "etcd" => (3, ""),
+            _ => (3, "RollingUpdate"),
+        };
+        assert_eq!(deployment["spec"]["replicas"], replicas, "{deployment}");
+        if !strategy.is_empty() {
+            assert_eq!(deployment["spec"]["strategy"]["type"], strategy);
+        }
         let containers = pod["containers"]
             .as_array()
             .unwrap()
@@ -127,6 +140,8 @@ fn manifests_validate_strictly_and_every_container_is_hardened() {
                 for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
                     assert_eq!(container[probe]["grpc"]["port"], 8081, "{probe}");
                 }
+                // An etcd outage makes a replica unready, never a restart candidate.
+                assert_eq!(container["livenessProbe"]["grpc"]["service"], "liveness");
                 let keys = container["volumeMounts"]
                     .as_array()
                     .unwrap()
@@ -137,7 +152,14 @@ fn manifests_validate_strictly_and_every_container_is_hardened() {
             }
         }
     }
-    assert_eq!(credvaults, 2);
+    assert_eq!(credvaults, 3);
+    let budget = |name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == "PodDisruptionBudget" && d["metadata"]["name"] == name)
+            .map(|d| d["spec"]["minAvailable"].clone())
+    };
+    assert_eq!(budget("credvault-ha"), Some(serde_json::json!(2)));
+    assert_eq!(budget("etcd"), Some(serde_json::json!(2)));
 
     // The sidecar is native: an init container that keeps running, sharing its socket
     // through a memory-backed emptyDir.
