@@ -106,7 +106,9 @@ async fn main() {
     let sealer = credvault::crypto::Sealer::new(&restore_settings.master_key);
     let db_dir = restored.join("db");
     let store = credvault::store::open_embedded(&db_dir).unwrap();
-    backup::restore(&out, &sealer, store.as_ref(), &db_dir)
+    let target = db_dir.display().to_string();
+    let naming = credvault::store::Naming::Emails;
+    backup::restore(&out, &sealer, store.as_ref(), &target, naming)
         .await
         .unwrap();
     drop(store);

@@ -27,12 +27,16 @@ pub enum Command {
     /// with its configuration). Tokens signed by earlier keys stay valid until they
     /// expire.
     RotateSigningKey(OfflineArgs),
-    /// Write an encrypted snapshot of the data directory to a new file (run while the
-    /// daemon is stopped, with its configuration).
+    /// Write an encrypted snapshot of the store to a new file, with the daemon's
+    /// configuration: of the data directory (daemon stopped), or of the etcd prefix at
+    /// one revision (nodes may serve meanwhile).
     Backup(BackupArgs),
-    /// Restore a snapshot into an empty data directory, with the master key the
-    /// snapshot was made with.
+    /// Restore a snapshot into an empty data directory or an empty etcd prefix, with
+    /// the master key the snapshot was made with.
     Restore(RestoreArgs),
+    /// Copy an embedded store (a data directory, its daemon stopped) into the empty etcd
+    /// prefix the configuration names, sealed records as they are, then verify.
+    Migrate(MigrateArgs),
     /// Re-seal every record under a new master key (run while the daemon is stopped,
     /// with its configuration; to rotate while serving, start the daemon with the new
     /// key and previous_master_key_file instead). Rotates the signing key too.
@@ -55,6 +59,15 @@ pub struct BackupArgs {
     /// The file to create (it must not exist).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub offline: OfflineArgs,
+    /// The data directory to copy from (its daemon stopped); it is only read.
+    #[arg(long, value_name = "DIR")]
+    pub from_data_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

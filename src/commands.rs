@@ -1,16 +1,19 @@
-//! The maintenance commands, run while the daemon is stopped: `backup`, `restore`,
-//! `rotate-signing-key`, `rotate-key` and `keygen`, with the exit codes every command
-//! shares.
+//! The maintenance commands: `backup`, `restore`, `migrate`, `rotate-signing-key`,
+//! `rotate-key` and `keygen`, with the exit codes every command shares. On the
+//! embedded store they run while the daemon is stopped; backup and restore also work
+//! on an etcd prefix.
 
 use std::process::ExitCode;
 
 use crate::{
-    cli::{BackupArgs, OfflineArgs, RestoreArgs, RotateKeyArgs},
-    config::{Config, LogFormat, Settings},
+    accounts::Names,
+    cli::{BackupArgs, MigrateArgs, OfflineArgs, RestoreArgs, RotateKeyArgs},
+    config::{Config, LogFormat, Settings, StoreSettings},
     crypto::{MasterKey, Sealer, SecretString},
-    ops::backup,
+    ops::{backup, migrate},
+    store::{EtcdStore, Naming},
     telemetry,
-    vault::{OpenError, Vault},
+    vault::{self, OpenError, Vault},
 };
 
 /// EX_USAGE: bad flags, configuration or keys.
@@ -112,25 +115,37 @@ fn backup_failed(what: &str, error: &backup::BackupError) -> ExitCode {
 }
 
 pub async fn backup(args: &BackupArgs) -> ExitCode {
-    let settings = match offline_settings(&args.offline)
-        .and_then(|s| embedded_only(&s, "backup").map(|()| s))
-    {
+    let settings = match offline_settings(&args.offline) {
         Ok(settings) => settings,
         Err(code) => return code,
     };
     telemetry::init(LogFormat::Text, &settings.log_filter);
-    let vault = match open_offline(&settings).await {
-        Ok(vault) => vault,
-        Err(code) => return code,
+    let backed_up = match &settings.store {
+        StoreSettings::Sled => {
+            let vault = match open_offline(&settings).await {
+                Ok(vault) => vault,
+                Err(code) => return code,
+            };
+            backup::backup(vault.store.as_ref(), &vault.sealer, &args.out).await
+        }
+        // The shared records at one revision (nodes may serve meanwhile), without
+        // what lives only as long as a process (slots, locks, pulses).
+        StoreSettings::Etcd(options) => {
+            let (etcd, sealer) = match open_shared(&settings, options, true).await {
+                Ok(opened) => opened,
+                Err(code) => return code,
+            };
+            backup::backup_where(&etcd, &sealer, &args.out, backup::durable).await
+        }
     };
-    match backup::backup(vault.store.as_ref(), &vault.sealer, &args.out).await {
+    match backed_up {
         Ok(summary) => {
             println!(
                 "backup written to {}: {} entries, {} bytes, sealed with master key {}",
                 args.out.display(),
                 summary.entries,
                 summary.bytes,
-                vault.sealer.key_id()
+                Sealer::new(&settings.master_key).key_id()
             );
             ExitCode::SUCCESS
         }
@@ -138,18 +153,45 @@ pub async fn backup(args: &BackupArgs) -> ExitCode {
     }
 }
 
+/// The etcd store the settings name and the sealer; with `existing`, the store must
+/// hold a vault sealed with this key (checked without writing anything).
+async fn open_shared(
+    settings: &Settings,
+    options: &crate::store::EtcdOptions,
+    existing: bool,
+) -> Result<(EtcdStore, Sealer), ExitCode> {
+    let place = vault::etcd_place(options);
+    let etcd = EtcdStore::connect(options).await.map_err(|source| {
+        open_failed(&OpenError::Store {
+            path: place.clone(),
+            source,
+        })
+    })?;
+    let sealer = Sealer::new(&settings.master_key);
+    if existing {
+        vault::verify_key(&etcd, &sealer, &place)
+            .await
+            .map_err(|error| open_failed(&error))?;
+    }
+    Ok((etcd, sealer))
+}
+
 pub async fn restore(args: &RestoreArgs) -> ExitCode {
-    let settings = match offline_settings(&args.offline)
-        .and_then(|s| embedded_only(&s, "restore").map(|()| s))
-    {
+    let settings = match offline_settings(&args.offline) {
         Ok(settings) => settings,
         Err(code) => return code,
     };
     telemetry::init(LogFormat::Text, &settings.log_filter);
+    if let StoreSettings::Etcd(options) = &settings.store {
+        return restore_shared(args, &settings, options).await;
+    }
     let sealer = Sealer::new(&settings.master_key);
     let db_dir = settings.data_dir.join("db");
+    let target = format!("the data directory {}", db_dir.display());
     let restored = match crate::store::open_embedded(&db_dir) {
-        Ok(store) => backup::restore(&args.from, &sealer, store.as_ref(), &db_dir).await,
+        Ok(store) => {
+            backup::restore(&args.from, &sealer, store.as_ref(), &target, Naming::Emails).await
+        }
         Err(error) => Err(error.into()),
     };
     let summary = match restored {
@@ -168,6 +210,95 @@ pub async fn restore(args: &RestoreArgs) -> ExitCode {
         settings.data_dir.display()
     );
     ExitCode::SUCCESS
+}
+
+/// Restores into an empty etcd prefix, then checks the key as a node's start would.
+async fn restore_shared(
+    args: &RestoreArgs,
+    settings: &Settings,
+    options: &crate::store::EtcdOptions,
+) -> ExitCode {
+    let (etcd, sealer) = match open_shared(settings, options, false).await {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
+    let place = vault::etcd_place(options);
+    let target = place.display().to_string();
+    let restored = backup::restore(&args.from, &sealer, &etcd, &target, Naming::Fingerprints).await;
+    let summary = match restored {
+        Ok(summary) => summary,
+        Err(error) => return backup_failed("restore", &error),
+    };
+    if let Err(error) = vault::verify_key(&etcd, &sealer, &place).await {
+        return open_failed(&error);
+    }
+    println!("restored {} entries into {target}", summary.entries);
+    ExitCode::SUCCESS
+}
+
+pub async fn migrate(args: &MigrateArgs) -> ExitCode {
+    let mut settings = match offline_settings(&args.offline) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    telemetry::init(LogFormat::Text, &settings.log_filter);
+    let StoreSettings::Etcd(options) = std::mem::replace(&mut settings.store, StoreSettings::Sled)
+    else {
+        eprintln!(
+            "credvault: migrate copies a data directory into etcd: configure [store] backend = \"etcd\" and [store.etcd] endpoints (or CREDVAULT_STORE__BACKEND and CREDVAULT_STORE__ETCD__ENDPOINTS)"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    // The source: the data directory, opened as its daemon would (it must exist; an
+    // empty one would be created).
+    if !args.from_data_dir.join("db").is_dir() {
+        eprintln!(
+            "credvault: {} holds no credvault data (no db directory)",
+            args.from_data_dir.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    settings.data_dir = args.from_data_dir.clone();
+    let source = match open_offline(&settings).await {
+        Ok(vault) => vault,
+        Err(code) => return code,
+    };
+    let (etcd, _) = match open_shared(&settings, &options, false).await {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
+    let names = Names {
+        naming: Naming::Emails,
+        fingerprints: source.fingerprints.clone(),
+    };
+    let from = migrate::Source {
+        store: source.store.as_ref(),
+        sealer: &source.sealer,
+        names: &names,
+        callers: &source.callers,
+    };
+    let target = vault::etcd_place(&options).display().to_string();
+    match migrate::migrate(from, &etcd, &target).await {
+        Ok(done) => {
+            println!(
+                "migrated {} records ({} accounts) into {target} and verified them; left behind: {} live leases (not carried), {} audit blocks (they stay in {}: use it as that node's --data-dir to keep them)",
+                done.records,
+                done.accounts,
+                done.leases_left,
+                done.audit_left,
+                args.from_data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("credvault: migrate failed: {error}");
+            if error.is_usage() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
 }
 
 pub async fn rotate_signing_key(args: &OfflineArgs) -> ExitCode {

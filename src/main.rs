@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Command::Backup(args) => offline(commands::backup(&args)),
         Command::Restore(args) => offline(commands::restore(&args)),
         Command::RotateKey(args) => offline(commands::rotate_key(&args)),
+        Command::Migrate(args) => offline(commands::migrate(&args)),
     }
 }
 

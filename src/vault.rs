@@ -107,6 +107,8 @@ pub enum OpenError {
     UnsupportedFormat { path: PathBuf, found: String },
     #[error("the stored HMAC keys do not open: {0}")]
     HmacKeys(String),
+    #[error("{0} holds no credvault data")]
+    Empty(PathBuf),
     #[error("opening the callers: {0}")]
     Callers(#[from] CallerError),
     #[error("initialising the key check: {0}")]
@@ -120,7 +122,7 @@ impl OpenError {
     pub fn is_configuration(&self) -> bool {
         matches!(
             self,
-            OpenError::WrongKey(_) | OpenError::UnsupportedFormat { .. }
+            OpenError::WrongKey(_) | OpenError::UnsupportedFormat { .. } | OpenError::Empty(_)
         )
     }
 
@@ -333,11 +335,7 @@ async fn open_backend(
     match &settings.store {
         StoreSettings::Sled => Ok((local(db_path)?, None, db_path.to_owned())),
         StoreSettings::Etcd(options) => {
-            let where_ = PathBuf::from(format!(
-                "etcd {} under {}",
-                options.endpoints.join(","),
-                options.prefix
-            ));
+            let where_ = etcd_place(options);
             let etcd = EtcdStore::connect(options)
                 .await
                 .map_err(|source| OpenError::Store {
@@ -404,6 +402,34 @@ async fn upgrade_format(store: &dyn Store, found: u32) -> Result<(), StoreError>
         "store format upgraded; builds that read only the older format refuse this data now"
     );
     Ok(())
+}
+
+/// Where an etcd store's data is, as messages name it.
+pub fn etcd_place(options: &crate::store::EtcdOptions) -> PathBuf {
+    PathBuf::from(format!(
+        "etcd {} under {}",
+        options.endpoints.join(","),
+        options.prefix
+    ))
+}
+
+/// Checks, writing nothing, that `store` (at `place`) holds a vault sealed with
+/// `sealer`'s key: for commands that read or copy a store without opening a vault.
+pub async fn verify_key(store: &dyn Store, sealer: &Sealer, place: &Path) -> Result<(), OpenError> {
+    let stored = store
+        .value(Tree::Meta, KEY_CHECK_KEY)
+        .await
+        .map_err(|source| OpenError::Store {
+            path: place.to_owned(),
+            source,
+        })?;
+    match stored {
+        None => Err(OpenError::Empty(place.to_owned())),
+        Some(sealed) => match sealer.open(KEY_CHECK_CONTEXT, &sealed) {
+            Ok(plain) if plain.as_slice() == KEY_CHECK_PLAINTEXT => Ok(()),
+            _ => Err(OpenError::WrongKey(place.to_owned())),
+        },
+    }
 }
 
 /// A sealed constant: if it opens, this is the key the data was written with.

@@ -149,6 +149,23 @@ impl Names {
     }
 }
 
+/// The record stored under `record_key` as `from` names it, opened and sealed again as
+/// `to` names it: its new key and bytes (for `credvault migrate`). The secrets are
+/// opened in memory only.
+pub fn rename_record(
+    sealer: &Sealer,
+    from: &Names,
+    to: &Names,
+    record_key: &[u8],
+    bytes: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), RecordError> {
+    from.meta(sealer, record_key, bytes)?;
+    let account = record::decode(sealer, record_key, bytes)?;
+    let key = to.record_key(&account.meta.key());
+    let renamed = record::encode(sealer, &key, &account, to.seals_meta())?;
+    Ok((key, renamed))
+}
+
 impl AccountService {
     /// Reads the metadata of every stored account into the in-memory directory.
     pub async fn open(

@@ -231,12 +231,15 @@ impl CallerService {
     fn email_key(&self, email: &str) -> String {
         match self.naming {
             Naming::Emails => email.to_owned(),
-            Naming::Fingerprints => {
-                let mut mac = self.macs.mac(keys::EMAIL_LABEL, email);
-                mac.truncate(32);
-                mac
-            }
+            Naming::Fingerprints => self.keyed_email(email),
         }
+    }
+
+    /// The email index's key for `email` on a shared store (for `credvault migrate`).
+    pub fn keyed_email(&self, email: &str) -> String {
+        let mut mac = self.macs.mac(keys::EMAIL_LABEL, email);
+        mac.truncate(32);
+        mac
     }
 
     /// The caller with this (lower-cased) email, from the index.

@@ -23,7 +23,7 @@ use zeroize::Zeroizing;
 use crate::{
     crypto::{KeyId, SealError, Sealer},
     ops::progress::Progress,
-    store::{Entry, Range, Store, StoreError, StoreExt, Swap, Tree},
+    store::{Entry, Naming, Range, Store, StoreError, StoreExt, Swap, Tree},
 };
 
 /// Entries read per page.
@@ -69,8 +69,17 @@ pub enum BackupError {
         "{path} failed authentication under this master key (altered after it was written); nothing was restored"
     )]
     Unauthentic { path: PathBuf },
-    #[error("the data directory {0} already holds a store; restore only into an empty one")]
-    NotEmpty(PathBuf),
+    #[error("{0} already holds a store; restore only into an empty one")]
+    NotEmpty(String),
+    #[error(
+        "{path} holds a store whose records are named for {found} ({hint}); it cannot be restored into {into}"
+    )]
+    Naming {
+        path: PathBuf,
+        found: &'static str,
+        into: &'static str,
+        hint: &'static str,
+    },
     #[error("{path} already exists; choose another output file")]
     Exists { path: PathBuf },
 }
@@ -83,6 +92,19 @@ impl BackupError {
             self,
             BackupError::Io { .. } | BackupError::Store(_) | BackupError::Seal(_)
         )
+    }
+}
+
+/// Whether a record of a shared (etcd) store outlives the processes that wrote it: not
+/// the slots (bound to etcd leases, each ending with its job lease), the login locks
+/// (bound to a session lease) or the nodes' pulses. Backups of a shared store carry the
+/// durable ones only, and the audit trails stay with their nodes.
+pub fn durable(tree: Tree, key: &[u8]) -> bool {
+    match tree {
+        Tree::Leases | Tree::Audit => false,
+        Tree::Meta => !key.starts_with(crate::refresh::cluster_flight::FLIGHTS_PREFIX),
+        Tree::Callers => !key.starts_with(crate::callers::freshness::PULSE_PREFIX),
+        _ => true,
     }
 }
 
@@ -100,17 +122,36 @@ pub async fn backup(
     sealer: &Sealer,
     out: &Path,
 ) -> Result<Summary, BackupError> {
+    backup_where(store, sealer, out, |_, _| true).await
+}
+
+/// [`backup`] of the entries `keep` keeps.
+pub async fn backup_where(
+    store: &dyn Store,
+    sealer: &Sealer,
+    out: &Path,
+    keep: fn(Tree, &[u8]) -> bool,
+) -> Result<Summary, BackupError> {
+    if out.exists() {
+        return Err(BackupError::Exists {
+            path: out.to_owned(),
+        });
+    }
     let mut trees = Vec::new();
     let mut total = 0u64;
     let at = store.revision();
     for tree in Tree::ALL {
-        let mut entries = Vec::new();
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
         loop {
-            let after = entries.last().map(|(key, _): &Entry| key.as_slice());
-            let range = Range::new(tree, b"", SCAN_PAGE).after(after).at(Some(at));
+            let range = Range::new(tree, b"", SCAN_PAGE)
+                .after(after.as_deref())
+                .at(Some(at));
             let page = store.scan(range).await?;
-            entries.extend(page.entries);
-            if !page.more {
+            after = page.entries.last().map(|(key, _)| key.clone());
+            let more = page.more;
+            entries.extend(page.entries.into_iter().filter(|(key, _)| keep(tree, key)));
+            if !more {
                 break;
             }
         }
@@ -147,13 +188,14 @@ pub async fn backup(
     })
 }
 
-/// Checks `from` and writes its entries into `store`, which must be empty (`db_dir`
-/// names it in errors).
+/// Checks `from` and writes its entries into `store`, which must be empty (`target`
+/// names it in errors) and name its records as `naming` does.
 pub async fn restore(
     from: &Path,
     sealer: &Sealer,
     store: &dyn Store,
-    db_dir: &Path,
+    target: &str,
+    naming: Naming,
 ) -> Result<Summary, BackupError> {
     let bytes = std::fs::read(from).map_err(|source| BackupError::Io {
         action: "reading",
@@ -165,9 +207,31 @@ pub async fn restore(
         path: from.to_owned(),
     })?;
 
+    if let Some(found) = naming_of(&trees)
+        && found != naming
+    {
+        let (found, into, hint) = match found {
+            Naming::Emails => (
+                "the embedded store",
+                "a shared (etcd) store",
+                "copy a data directory into etcd with `credvault migrate --from-data-dir`",
+            ),
+            Naming::Fingerprints => (
+                "a shared (etcd) store",
+                "an embedded store",
+                "restore it into an etcd prefix",
+            ),
+        };
+        return Err(BackupError::Naming {
+            path: from.to_owned(),
+            found,
+            into,
+            hint,
+        });
+    }
     for tree in Tree::ALL {
         if !store.entries(tree, b"", None, 1).await?.is_empty() {
-            return Err(BackupError::NotEmpty(db_dir.to_owned()));
+            return Err(BackupError::NotEmpty(target.to_owned()));
         }
     }
     let total = trees.iter().map(|(_, entries)| entries.len() as u64).sum();
@@ -188,6 +252,30 @@ pub async fn restore(
         entries: total,
         bytes: bytes.len() as u64,
     })
+}
+
+/// How the backed-up records are named, where it shows: an account record's format
+/// (readable metadata on the embedded store, sealed on a shared one), else the caller
+/// email index's keys (emails, or their MACs).
+fn naming_of(trees: &Parsed<'_>) -> Option<Naming> {
+    let entries = |wanted: Tree| {
+        trees
+            .iter()
+            .filter(move |(tree, _)| *tree == wanted)
+            .flat_map(|(_, entries)| entries.iter())
+    };
+    if let Some((_, value)) = entries(Tree::Accounts).next() {
+        return match value.get(3) {
+            Some(&crate::accounts::record::SEALED_META_FORMAT) => Some(Naming::Fingerprints),
+            _ => Some(Naming::Emails),
+        };
+    }
+    entries(Tree::CallerEmails)
+        .next()
+        .map(|(key, _)| match key.contains(&b'@') {
+            true => Naming::Emails,
+            false => Naming::Fingerprints,
+        })
 }
 
 fn open(path: &Path, bytes: &[u8], sealer: &Sealer) -> Result<Zeroizing<Vec<u8>>, BackupError> {

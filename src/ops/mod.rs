@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod exporter;
+pub mod migrate;
 pub mod progress;
 pub mod readiness;
 pub mod rekey;

@@ -28,6 +28,9 @@ const RENEW_EVERY: Duration = Duration::from_secs(3);
 /// A waiter tries again at least this often, watch or not.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
+/// Where the login locks are, in the meta tree: `flights/{account fingerprint}`.
+pub const FLIGHTS_PREFIX: &[u8] = b"flights/";
+
 pub struct ClusterFlights {
     store: Arc<EtcdStore>,
     fingerprints: Arc<Fingerprinter>,
@@ -45,7 +48,9 @@ impl ClusterFlights {
     }
 
     fn lock_key(&self, key: &AccountKey) -> Vec<u8> {
-        format!("flights/{}", key.fingerprint(&self.fingerprints)).into_bytes()
+        let mut lock = FLIGHTS_PREFIX.to_vec();
+        lock.extend_from_slice(key.fingerprint(&self.fingerprints).as_bytes());
+        lock
     }
 
     /// Waits until the lock may have been freed after `revision`.

@@ -1,0 +1,275 @@
+//! Operations on the etcd backend, through the binary: `credvault migrate` copies a
+//! data directory with 1,000 accounts and a caller into an empty etcd prefix (renamed
+//! so that etcd sees no email, verified); a node on that prefix serves all of it;
+//! `credvault backup` snapshots the prefix at one revision while the node serves;
+//! `credvault restore` puts it into a fresh prefix, which a node then serves; every
+//! refusal (a non-empty prefix, a backup of the other backend's naming, a wrong key)
+//! exits 64 naming why.
+
+mod support;
+
+use std::{
+    path::Path,
+    process::Command,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use credvault::{
+    accounts::NewAccount,
+    callers::{NewCaller, Role},
+    config::{BackendKind, Config},
+    crypto::SecretString,
+};
+use support::{Auth, TestServer, etcd::EtcdCluster, proto};
+
+const CALLER_SECRET: &str = "migrated-caller-secret-0123456789";
+
+/// Runs a maintenance command of the binary against the cluster under `prefix`;
+/// answers its exit code and what it printed.
+fn command(
+    args: &[&str],
+    cluster: &EtcdCluster,
+    prefix: &str,
+    key_file: &Path,
+    scratch: &Path,
+) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_credvault"))
+        .args(args)
+        .args([
+            "--master-key-file",
+            key_file.to_str().unwrap(),
+            "--data-dir",
+            scratch.to_str().unwrap(),
+        ])
+        .env_remove("RUST_LOG")
+        .env("CREDVAULT_STORE__BACKEND", "etcd")
+        .env(
+            "CREDVAULT_STORE__ETCD__ENDPOINTS",
+            cluster.endpoints().join(","),
+        )
+        .env("CREDVAULT_STORE__ETCD__PREFIX", prefix)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), text)
+}
+
+fn node_config(dir: &Path, key: &str, cluster: &EtcdCluster, prefix: &str) -> Config {
+    let mut config = support::config(dir, key);
+    config.store.backend = BackendKind::Etcd;
+    config.store.etcd.endpoints = cluster.endpoints();
+    config.store.etcd.prefix = prefix.into();
+    config.node_id = "ops-node".into();
+    config
+}
+
+/// What a node on the prefix must serve: every account, the caller's email login, a
+/// revealed password.
+async fn serves_everything(node: &TestServer) {
+    let listed = node
+        .accounts()
+        .await
+        .list_accounts(proto::ListAccountsRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.accounts.len(), 1000);
+    assert!(listed.next_page_token.is_empty());
+    assert_eq!(listed.accounts[0].email, "acct0000@example.com");
+    let revealed = node
+        .credentials(Auth::admin())
+        .await
+        .reveal_account(proto::RevealAccountRequest {
+            provider: "pixverse".into(),
+            email: "acct0777@example.com".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revealed.password, "pw-of-0777");
+    // The caller-email index came across renamed: Basic email:secret still finds it.
+    node.callers(Auth::basic("ops@example.com", CALLER_SECRET))
+        .await
+        .create_session(proto::CreateSessionRequest {})
+        .await
+        .unwrap();
+}
+
+/// No email in any key or value under the prefix, read straight from etcd.
+async fn no_email_under(cluster: &EtcdCluster, prefix: &str) {
+    let mut client = etcd_client::Client::connect(cluster.endpoints(), None)
+        .await
+        .unwrap();
+    let everything = client
+        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert!(everything.kvs().len() > 1000);
+    for kv in everything.kvs() {
+        for part in [kv.key(), kv.value()] {
+            assert!(
+                !String::from_utf8_lossy(part).contains("@example.com"),
+                "an email under {}",
+                String::from_utf8_lossy(kv.key())
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_then_back_up_and_restore_an_etcd_prefix() {
+    let cluster = EtcdCluster::start(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = support::new_key();
+    let key_file = dir.path().join("master.key");
+    std::fs::write(&key_file, &key).unwrap();
+    let scratch = dir.path().join("scratch");
+
+    // A data directory with 1,000 accounts and a caller, its daemon stopped.
+    let data = dir.path().join("sled");
+    {
+        let settings = support::config(&data, &key).resolve().unwrap();
+        let vault = support::open_vault(&settings, Arc::new(credvault::clock::SystemClock)).await;
+        for n in 0..1000 {
+            vault
+                .accounts
+                .create(NewAccount {
+                    provider: "pixverse".into(),
+                    email: format!("acct{n:04}@example.com"),
+                    password: Some(SecretString::from(format!("pw-of-{n:04}"))),
+                    max_jobs: 2,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        let admin = vault.callers.bootstrap_admin().unwrap();
+        let created = vault
+            .callers
+            .create(
+                &admin,
+                NewCaller {
+                    email: "ops@example.com".into(),
+                    secret: SecretString::from(CALLER_SECRET.to_owned()),
+                    roles: [Role::Consumer].into(),
+                    scopes: vec!["pixverse".into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        vault
+            .callers
+            .activate(&created.caller.id, &created.key_id)
+            .await
+            .unwrap();
+        vault.store.flush().await.unwrap();
+    }
+
+    let started = Instant::now();
+    let (code, out) = command(
+        &["migrate", "--from-data-dir", data.to_str().unwrap()],
+        &cluster,
+        "/migrated",
+        &key_file,
+        &scratch,
+    );
+    println!(
+        "migrate of 1,000 accounts took {:?}: {out}",
+        started.elapsed()
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("(1000 accounts)") && out.contains("verified"),
+        "{out}"
+    );
+    no_email_under(&cluster, "/migrated").await;
+    // Not twice into one prefix.
+    let (code, out) = command(
+        &["migrate", "--from-data-dir", data.to_str().unwrap()],
+        &cluster,
+        "/migrated",
+        &key_file,
+        &scratch,
+    );
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("already holds a store"), "{out}");
+
+    let node_dir = tempfile::tempdir().unwrap();
+    let node =
+        TestServer::start_with(node_config(node_dir.path(), &key, &cluster, "/migrated")).await;
+    serves_everything(&node).await;
+
+    // A backup of the prefix while the node serves, restored into a fresh prefix.
+    let snapshot = dir.path().join("etcd.cvb");
+    let (code, out) = command(
+        &["backup", "--out", snapshot.to_str().unwrap()],
+        &cluster,
+        "/migrated",
+        &key_file,
+        &scratch,
+    );
+    assert_eq!(code, 0, "{out}");
+    node.stop().await;
+    let (code, out) = command(
+        &["restore", "--from", snapshot.to_str().unwrap()],
+        &cluster,
+        "/restored",
+        &key_file,
+        &scratch,
+    );
+    assert_eq!(code, 0, "{out}");
+    let restored_dir = tempfile::tempdir().unwrap();
+    let restored = TestServer::start_with(node_config(
+        restored_dir.path(),
+        &key,
+        &cluster,
+        "/restored",
+    ))
+    .await;
+    serves_everything(&restored).await;
+    restored.stop().await;
+
+    // Refusals: a non-empty prefix; the etcd snapshot into a data directory (its
+    // records are named for etcd); a prefix with another key.
+    let (code, out) = command(
+        &["restore", "--from", snapshot.to_str().unwrap()],
+        &cluster,
+        "/restored",
+        &key_file,
+        &scratch,
+    );
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("already holds a store"), "{out}");
+    let output = Command::new(env!("CARGO_BIN_EXE_credvault"))
+        .args(["restore", "--from", snapshot.to_str().unwrap()])
+        .args(["--master-key-file", key_file.to_str().unwrap()])
+        .args(["--data-dir", dir.path().join("fresh").to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{text}");
+    assert!(text.contains("named for a shared (etcd) store"), "{text}");
+    let other_key = dir.path().join("other.key");
+    std::fs::write(&other_key, support::new_key()).unwrap();
+    let (code, out) = command(
+        &[
+            "backup",
+            "--out",
+            dir.path().join("x.cvb").to_str().unwrap(),
+        ],
+        &cluster,
+        "/migrated",
+        &other_key,
+        &scratch,
+    );
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("master key does not match"), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(600));
+}
