@@ -35,6 +35,12 @@ use tonic::{
 };
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+#[path = "credentials/etcd.rs"]
+mod etcd;
+#[allow(dead_code)]
+#[path = "../tests/support/etcd.rs"]
+mod etcd_cluster;
+
 const CONNECTIONS: usize = 4;
 const IN_FLIGHT: usize = 16;
 const WINDOW: Duration = Duration::from_secs(3);
@@ -278,6 +284,135 @@ async fn create_accounts(vault: &Vault, provider: &'static str, n: usize) {
     while tasks.join_next().await.is_some() {}
 }
 
+/// A credvault serving, with its caller's credential.
+struct Bench {
+    addr: std::net::SocketAddr,
+    auth: Auth,
+    store: std::sync::Arc<dyn credvault::store::Store>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<Result<(), server::ServeError>>,
+}
+
+/// credvault on `settings`: 1,000 pixverse accounts for reveals, 100 pool accounts
+/// (maxJobs 8) for leases, and a metered consumer and operator of both with credits to
+/// spare.
+async fn serve(settings: &credvault::config::Settings) -> Bench {
+    // credvault: 1,000 pixverse accounts for reveals, 100 pool accounts (maxJobs 8) for leases.
+    let vault = Vault::open(settings).await.unwrap();
+    create_accounts(&vault, "pixverse", 1_000).await;
+    create_accounts(&vault, "pool", 100).await;
+    let admin = vault.callers.bootstrap_admin().unwrap();
+    let created = vault
+        .callers
+        .create(
+            &admin,
+            credvault::callers::NewCaller {
+                email: "bench@example.com".into(),
+                secret: SecretString::from(SECRET.to_owned()),
+                // Operator too, for the masked GetAccount row (a floor under reveals).
+                roles: [Role::Consumer, Role::Operator].into(),
+                scopes: vec!["pixverse".into(), "pool".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    vault
+        .callers
+        .activate(&created.caller.id, &created.key_id)
+        .await
+        .unwrap();
+    vault
+        .callers
+        .update(
+            &created.caller.id,
+            credvault::callers::CallerUpdate {
+                add_credits: 1_000_000_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let auth = Auth(vec![
+        (
+            "authorization",
+            format!("Bearer {}", created.api_key.expose()),
+        ),
+        ("x-credvault-secret", SECRET.to_owned()),
+    ]);
+    let store = vault.store.clone();
+    let listeners = Listeners::bind(settings).await.unwrap();
+    let addr = listeners.tcp_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server::run(
+        vault,
+        listeners,
+        Duration::from_secs(5),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Bench {
+        addr,
+        auth,
+        store,
+        stop,
+        serving,
+    }
+}
+
+/// What one load's call answers: the latency to record.
+type CallFuture = std::pin::Pin<Box<dyn Future<Output = Result<Duration, Status>> + Send>>;
+
+/// RevealAccount of `prefix{i % accounts}@example.com` (pixverse).
+fn reveal(auth: Auth) -> impl Fn(Channel, u64) -> CallFuture + Clone + Send + 'static {
+    move |channel: Channel, i: u64| {
+        let auth = auth.clone();
+        Box::pin(async move {
+            let mut client = CredentialsClient::with_interceptor(channel, auth);
+            let request = proto::RevealAccountRequest {
+                provider: "pixverse".into(),
+                email: format!("user{}@example.com", i % 1000),
+            };
+            let at = Instant::now();
+            client.reveal_account(request).await?;
+            Ok(at.elapsed())
+        })
+    }
+}
+
+/// Each call acquires a lease of the pool then releases it; the latency recorded is
+/// the AcquireLease's.
+fn lease(auth: Auth) -> impl Fn(Channel, u64) -> CallFuture + Clone + Send + 'static {
+    move |channel: Channel, _| {
+        let auth = auth.clone();
+        Box::pin(async move {
+            let mut client = CredentialsClient::with_interceptor(channel, auth);
+            let request = proto::AcquireLeaseRequest {
+                provider: "pool".into(),
+                ttl: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+                wait_timeout: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            };
+            let at = Instant::now();
+            let lease = client.acquire_lease(request).await?.into_inner();
+            let latency = at.elapsed();
+            client
+                .release_lease(proto::ReleaseLeaseRequest {
+                    lease_id: lease.lease_id,
+                })
+                .await?;
+            Ok(latency)
+        })
+    }
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -296,7 +431,7 @@ fn main() {
 const RSS_CHILD: &str = "CREDVAULT_BENCH_RSS_CHILD";
 
 /// Runs one load alone for 10 s (`reveal`, `lease`, `whoami`, `masked` or `check`), for
-/// a profiler.
+/// a profiler; `etcd` runs the etcd rounds alone.
 const ONLY: &str = "CREDVAULT_BENCH_ONLY";
 
 /// RSS of a serving credvault with 100,000 accounts loaded (in its own process).
@@ -424,87 +559,28 @@ async fn health_load(addr: std::net::SocketAddr) -> Stats {
 }
 
 async fn run() {
+    if std::env::var(ONLY).as_deref() == Ok("etcd") {
+        etcd::run().await;
+        return;
+    }
     println!(
         "credentials under load: {CONNECTIONS} connections × {IN_FLIGHT} in flight, {ROUNDS} interleaved rounds of {} s, one 2-core machine; median round shown",
         WINDOW.as_secs()
     );
 
-    // credvault: 1,000 pixverse accounts for reveals, 100 pool accounts (maxJobs 8) for leases.
     let dir = tempfile::tempdir().unwrap();
     let settings = config(dir.path()).resolve().unwrap();
-    let vault = Vault::open(&settings).await.unwrap();
-    create_accounts(&vault, "pixverse", 1_000).await;
-    create_accounts(&vault, "pool", 100).await;
-    let admin = vault.callers.bootstrap_admin().unwrap();
-    let created = vault
-        .callers
-        .create(
-            &admin,
-            credvault::callers::NewCaller {
-                email: "bench@example.com".into(),
-                secret: SecretString::from(SECRET.to_owned()),
-                // Operator too, for the masked GetAccount row (a floor under reveals).
-                roles: [Role::Consumer, Role::Operator].into(),
-                scopes: vec!["pixverse".into(), "pool".into()],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    vault
-        .callers
-        .activate(&created.caller.id, &created.key_id)
-        .await
-        .unwrap();
-    vault
-        .callers
-        .update(
-            &created.caller.id,
-            credvault::callers::CallerUpdate {
-                add_credits: 1_000_000_000,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let auth = Auth(vec![
-        (
-            "authorization",
-            format!("Bearer {}", created.api_key.expose()),
-        ),
-        ("x-credvault-secret", SECRET.to_owned()),
-    ]);
-    let store = vault.store.clone();
-    let listeners = Listeners::bind(&settings).await.unwrap();
-    let addr = listeners.tcp_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server::run(
-        vault,
-        listeners,
-        Duration::from_secs(5),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let Bench {
+        addr,
+        auth,
+        store,
+        stop,
+        serving,
+    } = serve(&settings).await;
     let channels = channels(addr).await;
 
     let plain = minimal_server(true).await;
     let nagle = minimal_server(false).await;
-    let reveal = move |auth: Auth| {
-        move |channel: Channel, i: u64| {
-            let auth = auth.clone();
-            async move {
-                let mut client = CredentialsClient::with_interceptor(channel, auth);
-                let request = proto::RevealAccountRequest {
-                    provider: "pixverse".into(),
-                    email: format!("user{}@example.com", i % 1000),
-                };
-                let at = Instant::now();
-                client.reveal_account(request).await?;
-                Ok(at.elapsed())
-            }
-        }
-    };
     // Floors under a reveal, same caller and connections: an authenticated call that
     // reads one record (GetCallerInfo), and the masked read of the same accounts
     // (GetAccount: no credits, no durable audit event, no flush).
@@ -548,37 +624,6 @@ async fn run() {
             }
         }
     };
-    // Each task acquires then releases; the latency recorded is the AcquireLease's.
-    let lease = move |auth: Auth| {
-        move |channel: Channel, _| {
-            let auth = auth.clone();
-            async move {
-                let mut client = CredentialsClient::with_interceptor(channel, auth);
-                let request = proto::AcquireLeaseRequest {
-                    provider: "pool".into(),
-                    ttl: Some(prost_types::Duration {
-                        seconds: 60,
-                        nanos: 0,
-                    }),
-                    wait_timeout: Some(prost_types::Duration {
-                        seconds: 1,
-                        nanos: 0,
-                    }),
-                    ..Default::default()
-                };
-                let at = Instant::now();
-                let lease = client.acquire_lease(request).await?.into_inner();
-                let latency = at.elapsed();
-                client
-                    .release_lease(proto::ReleaseLeaseRequest {
-                        lease_id: lease.lease_id,
-                    })
-                    .await?;
-                Ok(latency)
-            }
-        }
-    };
-
     // For a profiler: one load alone for 10 s, then exit.
     if let Ok(only) = std::env::var(ONLY) {
         let until = Instant::now() + Duration::from_secs(10);
@@ -670,6 +715,7 @@ async fn run() {
     let _ = stop.send(());
     serving.await.unwrap().unwrap();
     store_flush_latency().await;
+    etcd::run().await;
 
     let rss = std::process::Command::new(std::env::current_exe().unwrap())
         .args(std::env::args().skip(1))
