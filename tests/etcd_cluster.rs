@@ -530,6 +530,92 @@ async fn one_login_per_account_across_three_processes() {
     assert!(taken_over.jwt.is_some());
 }
 
+/// The lock holder SIGSTOPped mid-login past its lock's TTL: another node takes the
+/// lock and logs in; when the holder resumes, its login's answer arrives, and its token
+/// write is refused by the fence (the lock's revision has moved on). The stored token
+/// stays the live session's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_lock_holder_cannot_store_its_late_token() {
+    let fake = FakeUpstream::start(Arc::new(credvault::clock::SystemClock))
+        .await
+        .unwrap();
+    let cluster = EtcdCluster::start(3).await;
+    let (nodes, _) = three_nodes(&cluster, Some(&fake.base_url())).await;
+    fake.add_user("late@example.com", PASSWORD);
+    nodes[0]
+        .remote
+        .accounts_with(Auth::admin())
+        .await
+        .create_account(leasable("late@example.com", PASSWORD, 3))
+        .await
+        .unwrap();
+    fake.set_latency(2_000);
+    let forced = || proto::RefreshAccountRequest {
+        provider: "pixverse".into(),
+        email: "late@example.com".into(),
+        force: true,
+    };
+    let mut on_a = nodes[0].remote.accounts_with(Auth::admin()).await;
+    let late = tokio::spawn(async move { on_a.refresh_account(forced()).await });
+    assert!(
+        support::eventually(Duration::from_secs(10), async || {
+            fake.logins("late@example.com") > 0
+        })
+        .await
+    );
+    let signal = |sig: &str| {
+        let pid = nodes[0].daemon.pid().to_string();
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let paused = Instant::now();
+    // B waits out A's lock (10 s) and logs in.
+    fake.set_latency(0);
+    nodes[1]
+        .remote
+        .accounts_with(Auth::admin())
+        .await
+        .refresh_account(forced())
+        .await
+        .unwrap();
+    println!(
+        "A paused mid-login; B logged in {:?} later",
+        paused.elapsed()
+    );
+    assert!(
+        paused.elapsed() >= Duration::from_secs(5),
+        "B did not wait for the lock"
+    );
+    let live = fake
+        .live_session("late@example.com")
+        .expect("a live session");
+    assert_eq!(
+        reveal_token(&nodes[2].remote, "late@example.com").await,
+        live
+    );
+
+    signal("-CONT");
+    let answered = tokio::time::timeout(Duration::from_secs(30), late)
+        .await
+        .expect("A answers once resumed")
+        .unwrap();
+    println!(
+        "A resumed; its refresh answered {:?}",
+        answered.as_ref().map(|_| "OK").map_err(|s| s.code())
+    );
+    // Whatever A answered, its late token was not stored: the live session's is.
+    assert!(answered.is_err(), "A's fenced write went through");
+    assert_eq!(
+        reveal_token(&nodes[2].remote, "late@example.com").await,
+        live
+    );
+    assert_eq!(fake.logins("late@example.com"), 2);
+}
+
 /// The upstream token an account holds, revealed by the admin.
 async fn reveal_token(node: &Remote, email: &str) -> String {
     node.credentials(Auth::admin())

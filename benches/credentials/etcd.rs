@@ -84,13 +84,21 @@ pub async fn run() {
         let base = raw.rate();
         floor.add(raw, base);
         floor_half.add(
-            drive(&channels, Some(base / 2.0 / tasks), raw_pair(client.clone())).await,
+            drive(
+                &channels,
+                Some(base / 2.0 / tasks),
+                raw_pair(client.clone()),
+            )
+            .await,
             base,
         );
         let leased = drive(&channels, None, lease(auth.clone())).await;
         let per_task = leased.rate() / 2.0 / tasks;
         pairs.add(leased, base);
-        half.add(drive(&channels, Some(per_task), lease(auth.clone())).await, base);
+        half.add(
+            drive(&channels, Some(per_task), lease(auth.clone())).await,
+            base,
+        );
         reveals.add(drive(&channels, None, reveal(auth.clone())).await, base);
     }
     floor.print("floor: raw etcd pair (grant, take txn, free txn, revoke)");
@@ -98,7 +106,10 @@ pub async fn run() {
     pairs.print("AcquireLease+ReleaseLease pairs on etcd (×floor)");
     half.print("AcquireLease on etcd at half its peak rate");
     reveals.print("RevealAccount on etcd, 1,000 accounts (×floor)");
-    let (floor_p99, floor_half_p99) = (floor.all.percentile_ms(99), floor_half.all.percentile_ms(99));
+    let (floor_p99, floor_half_p99) = (
+        floor.all.percentile_ms(99),
+        floor_half.all.percentile_ms(99),
+    );
     let half_p99 = half.all.percentile_ms(99);
     println!(
         "  pairs/s vs the floor: {:.2} (target ≥ 0.5); AcquireLease p99 at half its peak {half_p99:.2} ms = {:.2}× the floor's p99 at half its peak ({floor_half_p99:.2} ms), {:.2}× its p99 flat out ({floor_p99:.2} ms) (target ≤ 2)",

@@ -19,9 +19,10 @@ fn sealer() -> &'static Sealer {
 }
 
 fuzz_target!(|data: &[u8]| {
-    // As an account record: whole, and the metadata read before authentication.
+    // As an account record: whole, its metadata alone, and re-sealed.
     let _ = record::decode(sealer(), b"pixverse/a@acme.com", data);
-    let _ = record::decode_meta_unauthenticated(data);
+    let _ = record::decode_meta(sealer(), b"pixverse/a@acme.com", data);
+    let _ = record::reseal(sealer(), b"pixverse/a@acme.com", data);
     // As any other sealed record.
     let _ = sealed::open::<serde_json::Value>(sealer(), Tree::Callers, b"caller", data);
     let _ = sealed::open_raw(sealer(), Tree::Audit, b"block", data);
