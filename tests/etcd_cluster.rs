@@ -745,38 +745,8 @@ async fn credits_revocation_and_watches_are_cluster_wide() {
         .await
         .unwrap()
         .into_inner();
-    let token = support::upstream_jwt(1_950_000_000, "rotated-through-a");
-    a.accounts_with(Auth::admin())
-        .await
-        .update_account(proto::UpdateAccountRequest {
-            provider: "pixverse".into(),
-            email: "paid@example.com".into(),
-            jwt: Some(proto::JwtInput {
-                token: token.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let rotated_at = Instant::now();
-    let heard = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let event = events
-                .message()
-                .await
-                .unwrap()
-                .expect("the stream stays open");
-            if event.kind == proto::credential_event::Kind::TokenRotated as i32 {
-                return event;
-            }
-        }
-    })
-    .await
-    .expect("C's watcher hears of A's rotation");
-    println!(
-        "a rotation through A heard on C after {:?}",
-        rotated_at.elapsed()
-    );
+    let (heard, token, took) =
+        support::rotate_and_hear(a, "paid@example.com", "rotated-through-a", &mut events).await;
+    println!("a rotation through A heard on C after {took:?}");
     assert_eq!(heard.token, token);
 }

@@ -165,36 +165,9 @@ async fn two_nodes_share_accounts_slots_and_revocations() {
         .await
         .unwrap()
         .into_inner();
-    let token = support::upstream_jwt(1_950_000_000, "rotated-on-a");
-    a.accounts()
-        .await
-        .update_account(proto::UpdateAccountRequest {
-            provider: "pixverse".into(),
-            email: "shared@example.com".into(),
-            jwt: Some(proto::JwtInput {
-                token: token.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let asked = Instant::now();
-    let rotated = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let event = events
-                .message()
-                .await
-                .unwrap()
-                .expect("the stream stays open");
-            if event.kind == proto::credential_event::Kind::TokenRotated as i32 {
-                return event;
-            }
-        }
-    })
-    .await
-    .expect("B's watcher hears of A's rotation");
-    println!("rotation on A heard on B after {:?}", asked.elapsed());
+    let (rotated, token, took) =
+        support::rotate_and_hear(&a, "shared@example.com", "rotated-on-a", &mut events).await;
+    println!("rotation on A heard on B after {took:?}");
     assert!(!rotated.token_masked, "{}", rotated.masked_reason);
     assert_eq!(rotated.token, token);
 

@@ -129,6 +129,8 @@ async fn migrate_then_back_up_and_restore_an_etcd_prefix() {
     let key_file = dir.path().join("master.key");
     std::fs::write(&key_file, &key).unwrap();
     let scratch = dir.path().join("scratch");
+    let run =
+        |args: &[&str], prefix: &str, key: &Path| command(args, &cluster, prefix, key, &scratch);
 
     // A data directory with 1,000 accounts and a caller, its daemon stopped.
     let data = dir.path().join("sled");
@@ -172,12 +174,10 @@ async fn migrate_then_back_up_and_restore_an_etcd_prefix() {
     }
 
     let started = Instant::now();
-    let (code, out) = command(
+    let (code, out) = run(
         &["migrate", "--from-data-dir", data.to_str().unwrap()],
-        &cluster,
         "/migrated",
         &key_file,
-        &scratch,
     );
     println!(
         "migrate of 1,000 accounts took {:?}: {out}",
@@ -190,12 +190,10 @@ async fn migrate_then_back_up_and_restore_an_etcd_prefix() {
     );
     no_email_under(&cluster, "/migrated").await;
     // Not twice into one prefix.
-    let (code, out) = command(
+    let (code, out) = run(
         &["migrate", "--from-data-dir", data.to_str().unwrap()],
-        &cluster,
         "/migrated",
         &key_file,
-        &scratch,
     );
     assert_eq!(code, 64, "{out}");
     assert!(out.contains("already holds a store"), "{out}");
@@ -207,21 +205,17 @@ async fn migrate_then_back_up_and_restore_an_etcd_prefix() {
 
     // A backup of the prefix while the node serves, restored into a fresh prefix.
     let snapshot = dir.path().join("etcd.cvb");
-    let (code, out) = command(
+    let (code, out) = run(
         &["backup", "--out", snapshot.to_str().unwrap()],
-        &cluster,
         "/migrated",
         &key_file,
-        &scratch,
     );
     assert_eq!(code, 0, "{out}");
     node.stop().await;
-    let (code, out) = command(
+    let (code, out) = run(
         &["restore", "--from", snapshot.to_str().unwrap()],
-        &cluster,
         "/restored",
         &key_file,
-        &scratch,
     );
     assert_eq!(code, 0, "{out}");
     let restored_dir = tempfile::tempdir().unwrap();
@@ -237,12 +231,10 @@ async fn migrate_then_back_up_and_restore_an_etcd_prefix() {
 
     // Refusals: a non-empty prefix; the etcd snapshot into a data directory (its
     // records are named for etcd); a prefix with another key.
-    let (code, out) = command(
+    let (code, out) = run(
         &["restore", "--from", snapshot.to_str().unwrap()],
-        &cluster,
         "/restored",
         &key_file,
-        &scratch,
     );
     assert_eq!(code, 64, "{out}");
     assert!(out.contains("already holds a store"), "{out}");
@@ -258,16 +250,14 @@ async fn migrate_then_back_up_and_restore_an_etcd_prefix() {
     assert!(text.contains("named for a shared (etcd) store"), "{text}");
     let other_key = dir.path().join("other.key");
     std::fs::write(&other_key, support::new_key()).unwrap();
-    let (code, out) = command(
+    let (code, out) = run(
         &[
             "backup",
             "--out",
             dir.path().join("x.cvb").to_str().unwrap(),
         ],
-        &cluster,
         "/migrated",
         &other_key,
-        &scratch,
     );
     assert_eq!(code, 64, "{out}");
     assert!(out.contains("master key does not match"), "{out}");

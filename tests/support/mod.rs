@@ -490,6 +490,48 @@ pub fn upstream_jwt(exp: i64, filler: &str) -> String {
     )
 }
 
+/// Rotates pixverse account `email`'s upstream token through `through` (as the admin)
+/// and waits (at most 10 s) for `events` to bring the TokenRotated event; answers the
+/// event, the new token and how long the event took after the rotation answered.
+pub async fn rotate_and_hear(
+    through: &impl Reach,
+    email: &str,
+    filler: &str,
+    events: &mut tonic::Streaming<proto::CredentialEvent>,
+) -> (proto::CredentialEvent, String, Duration) {
+    let token = upstream_jwt(1_950_000_000, filler);
+    through
+        .accounts_with(Auth::admin())
+        .await
+        .update_account(proto::UpdateAccountRequest {
+            provider: "pixverse".into(),
+            email: email.into(),
+            jwt: Some(proto::JwtInput {
+                token: token.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let rotated = Instant::now();
+    let heard = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let event = events
+                .message()
+                .await
+                .unwrap()
+                .expect("the stream stays open");
+            if event.kind == proto::credential_event::Kind::TokenRotated as i32 {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("the watcher hears of the rotation");
+    (heard, token, rotated.elapsed())
+}
+
 /// Polls `condition` until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
