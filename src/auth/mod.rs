@@ -85,10 +85,10 @@ impl Authenticator {
     }
 
     /// Proves the caller of one request. `peer_uid` is the uid of a Unix-socket peer;
-    /// a mapped uid stands in for a credential only when the request carries none.
-    /// Who is calling. A credential the caller view decides (everything but the
-    /// bootstrap admin token, which is configuration) is refused while that view
-    /// cannot be confirmed current (see [`crate::callers::freshness`]).
+    /// a mapped uid stands in for a credential only when the request carries none. A
+    /// credential the caller view decides (everything but the bootstrap admin token,
+    /// which is configuration) is refused while that view cannot be confirmed current
+    /// (see [`crate::callers::freshness`]).
     pub fn authenticate(
         &self,
         path: &str,
@@ -113,6 +113,7 @@ impl Authenticator {
             && hmac::verify(&self.key, value.as_bytes(), bootstrap.as_ref()).is_ok()
     }
 
+    /// The caller a request's credential names, per the caller view.
     fn identify(
         &self,
         path: &str,

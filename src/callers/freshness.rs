@@ -43,9 +43,10 @@ impl Default for Freshness {
 }
 
 impl Freshness {
-    fn confirm(&self) {
-        let now = self.origin.elapsed().as_millis() as u64;
-        self.confirmed_ms.fetch_max(now, Ordering::SeqCst);
+    /// The view held everything written up to `at`.
+    fn confirm(&self, at: Instant) {
+        let at = at.saturating_duration_since(self.origin).as_millis() as u64;
+        self.confirmed_ms.fetch_max(at, Ordering::SeqCst);
     }
 
     /// How long the view has gone unconfirmed, once that is past [`STALE_AFTER`].
@@ -63,7 +64,7 @@ impl CallerService {
     /// Marks the view as following a shared store, confirmed as of now (it was just
     /// read from the store).
     pub fn follows_shared_store(&self) {
-        self.freshness.confirm();
+        self.freshness.confirm(Instant::now());
         self.freshness.shared.store(true, Ordering::SeqCst);
     }
 
@@ -73,7 +74,8 @@ impl CallerService {
     }
 
     /// Writes this node's pulse and waits (at most `within`) for the watch to bring
-    /// it back; confirms the view when it does.
+    /// it back; confirms the view as of the moment the pulse was sent (what the watch
+    /// had brought by then, it has brought now).
     pub async fn pulse(&self, node_id: &str, within: Duration) -> Result<(), StoreError> {
         let started = Instant::now();
         let mut key = PULSE_PREFIX.to_vec();
@@ -90,7 +92,7 @@ impl CallerService {
         let left = within.saturating_sub(started.elapsed());
         match tokio::time::timeout(left, seen.wait_for(|seen| *seen >= revision)).await {
             Ok(Ok(_)) => {
-                self.freshness.confirm();
+                self.freshness.confirm(started);
                 Ok(())
             }
             _ => Err(StoreError::Unavailable(
@@ -109,7 +111,7 @@ mod tests {
         let freshness = Freshness::default();
         assert_eq!(freshness.stale_for(), None);
         freshness.shared.store(true, Ordering::SeqCst);
-        freshness.confirm();
+        freshness.confirm(Instant::now());
         assert_eq!(freshness.stale_for(), None);
         // Confirmed long ago: as if the origin were 11 s back and never confirmed since.
         let old = Freshness {
@@ -118,7 +120,10 @@ mod tests {
             confirmed_ms: AtomicU64::new(0),
         };
         assert!(old.stale_for().is_some_and(|d| d > STALE_AFTER));
-        old.confirm();
+        // A pulse sent 11 s ago and only now back confirms nothing newer.
+        old.confirm(old.origin);
+        assert!(old.stale_for().is_some());
+        old.confirm(Instant::now());
         assert_eq!(old.stale_for(), None);
     }
 }
