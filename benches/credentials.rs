@@ -328,6 +328,8 @@ async fn serve(settings: &credvault::config::Settings) -> Bench {
             &created.caller.id,
             credvault::callers::CallerUpdate {
                 add_credits: 1_000_000_000,
+                // What a debit per hand-out costs: set to measure without it.
+                unmetered: std::env::var_os(UNMETERED).map(|_| true),
                 ..Default::default()
             },
         )
@@ -429,6 +431,9 @@ fn main() {
 /// Set in the child process that measures RSS, so that neither run disturbs the other
 /// (100,000 creations leave the allocator fragmented for whatever runs next).
 const RSS_CHILD: &str = "CREDVAULT_BENCH_RSS_CHILD";
+
+/// Set: the bench caller pays no credits (no debit settles per hand-out).
+const UNMETERED: &str = "CREDVAULT_BENCH_UNMETERED";
 
 /// Runs one load alone for 10 s (`reveal`, `lease`, `whoami`, `masked` or `check`), for
 /// a profiler; `etcd` runs the etcd rounds alone.
