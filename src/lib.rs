@@ -16,7 +16,8 @@
 //! - [`accounts`]: upstream accounts: validation, the sealed record format, masking,
 //!   the directory, reads and writes.
 //! - [`callers`]: credvault's own callers: identity and permissions, keys, JWTs,
-//!   sessions, scopes, the in-memory view authentication reads, credits.
+//!   sessions, scopes, the in-memory view authentication reads and, on a shared
+//!   store, the pulse that proves it current, credits.
 //! - [`leases`]: job leases: the slot table (`maxJobs`, behind a trait), waiters,
 //!   AcquireLease's choice and refusals, the reaper.
 //! - [`refresh`]: the refresh engine (schedule, login flight, budget, backoff, staged
@@ -36,10 +37,11 @@
 //! - [`sealed`]: whole records under AEAD, bound to their tree and key.
 //! - [`crypto`]: secret types, the master key and its HKDF sub-keys, sealing.
 //! - [`vault`]: opening a store: format and key checks, the services it holds.
-//! - [`ops`]: backup and restore, master-key rotation, secret-file reloads, the
-//!   metrics exporter.
-//! - [`commands`]: the maintenance commands run while the daemon is stopped, and the
-//!   exit codes every command shares.
+//! - [`ops`]: backup and restore (of a data directory or an etcd prefix), migrating a
+//!   data directory into etcd, master-key rotation, secret-file reloads, readiness on
+//!   a shared store, the metrics exporter.
+//! - [`commands`]: the maintenance commands (backup, restore, migrate, key rotations,
+//!   keygen), and the exit codes every command shares.
 //! - [`config`] and [`cli`]: layered configuration (defaults, TOML, env, flags).
 //! - [`clock`], [`timefmt`], [`telemetry`], [`hex`], [`proto`]: time, timestamps,
 //!   logging, hex, and the generated code of `credvault.v1`.
