@@ -30,6 +30,9 @@ use support::{Auth, Daemon, Reach, Remote, etcd::EtcdCluster, leasable, proto};
 use tonic::Code;
 
 const PREFIX: &str = "/cluster-test";
+/// The cases run one after another: each runs six processes, and their timing checks
+/// (a TTL, a lock's expiry) should not measure the other cases' load.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const SECRET: &str = "etcd-cluster-secret-0123456789abcdef";
 const PASSWORD: &str = "pw-123456";
 
@@ -290,6 +293,7 @@ async fn acquire_round(nodes: &[Node], api_key: &str, total: usize) -> Round {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_jobs_holds_across_three_processes_under_load_and_leader_faults() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let cluster = EtcdCluster::start(3).await;
     let (nodes, api_key) = three_nodes(&cluster, None).await;
     for account in 0..5 {
@@ -374,6 +378,7 @@ async fn max_jobs_holds_across_three_processes_under_load_and_leader_faults() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_process_leases_free_at_their_ttl_not_before() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let cluster = EtcdCluster::start(3).await;
     let (mut nodes, api_key) = three_nodes(&cluster, None).await;
     nodes[0]
@@ -424,6 +429,7 @@ async fn a_killed_process_leases_free_at_their_ttl_not_before() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_login_per_account_across_three_processes() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let fake = FakeUpstream::start(Arc::new(credvault::clock::SystemClock))
         .await
         .unwrap();
@@ -536,6 +542,7 @@ async fn one_login_per_account_across_three_processes() {
 /// stays the live session's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_lock_holder_cannot_store_its_late_token() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let fake = FakeUpstream::start(Arc::new(credvault::clock::SystemClock))
         .await
         .unwrap();
@@ -634,6 +641,7 @@ async fn reveal_token(node: &Remote, email: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credits_revocation_and_watches_are_cluster_wide() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let cluster = EtcdCluster::start(3).await;
     let (nodes, _) = three_nodes(&cluster, None).await;
     let (a, b, c) = (&nodes[0].remote, &nodes[1].remote, &nodes[2].remote);
