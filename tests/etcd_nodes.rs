@@ -72,14 +72,7 @@ async fn two_nodes_share_accounts_slots_and_revocations() {
 
     // B serves the account and the caller A created.
     within(Duration::from_secs(5), || async {
-        b.credentials(auth())
-            .await
-            .reveal_account(proto::RevealAccountRequest {
-                provider: "pixverse".into(),
-                email: "shared@example.com".into(),
-            })
-            .await
-            .is_ok()
+        reveal(&b, auth()).await.is_ok()
     })
     .await;
 
@@ -189,14 +182,7 @@ async fn two_nodes_share_accounts_slots_and_revocations() {
         refused.message()
     );
     // The records still open with the one key both nodes hold.
-    b.credentials(auth())
-        .await
-        .reveal_account(proto::RevealAccountRequest {
-            provider: "pixverse".into(),
-            email: "shared@example.com".into(),
-        })
-        .await
-        .unwrap();
+    reveal(&b, auth()).await.unwrap();
     // Each node keeps its own trail, every event tagged with the node that served it.
     for (server, node) in [(&a, "node-a"), (&b, "node-b")] {
         let events = server
