@@ -1,7 +1,7 @@
 //! The maintenance commands: `backup`, `restore`, `migrate`, `rotate-signing-key`,
 //! `rotate-key` and `keygen`, with the exit codes every command shares. On the
-//! embedded store they run while the daemon is stopped; backup and restore also work
-//! on an etcd prefix.
+//! embedded store they run while the daemon is stopped; backup, restore and rotate-key
+//! also work on an etcd prefix (rotate-key with every node stopped).
 
 use std::process::ExitCode;
 
@@ -10,7 +10,7 @@ use crate::{
     cli::{BackupArgs, MigrateArgs, OfflineArgs, RestoreArgs, RotateKeyArgs},
     config::{Config, LogFormat, Settings, StoreSettings},
     crypto::{MasterKey, Sealer, SecretString},
-    ops::{backup, migrate},
+    ops::{backup, migrate, shared_rekey},
     store::{EtcdStore, Naming},
     telemetry,
     vault::{self, OpenError, Vault},
@@ -51,20 +51,6 @@ fn offline_settings(args: &OfflineArgs) -> Result<Settings, ExitCode> {
         config.admin_token = Some(SecretString::from(stand_in.to_base64().to_string()));
     }
     config.resolve().map_err(|e| fail(&e))
-}
-
-/// Refuses a maintenance command that works on the embedded store only, when the
-/// records live in etcd: it would see the node's audit trail and nothing else.
-fn embedded_only(settings: &Settings, command: &str) -> Result<(), ExitCode> {
-    match settings.store {
-        crate::config::StoreSettings::Sled => Ok(()),
-        crate::config::StoreSettings::Etcd(_) => {
-            eprintln!(
-                "credvault: {command} is not available with the etcd backend yet: the records are in etcd, and this command reads and writes only the node's data directory (see README, \"The etcd backend\")"
-            );
-            Err(ExitCode::from(EXIT_CONFIG))
-        }
-    }
 }
 
 async fn open_offline(settings: &Settings) -> Result<Vault, ExitCode> {
@@ -329,9 +315,7 @@ pub async fn rotate_signing_key(args: &OfflineArgs) -> ExitCode {
 }
 
 pub async fn rotate_key(args: &RotateKeyArgs) -> ExitCode {
-    let mut settings = match offline_settings(&args.offline)
-        .and_then(|s| embedded_only(&s, "rotate-key").map(|()| s))
-    {
+    let mut settings = match offline_settings(&args.offline) {
         Ok(settings) => settings,
         Err(code) => return code,
     };
@@ -354,8 +338,17 @@ pub async fn rotate_key(args: &RotateKeyArgs) -> ExitCode {
     if settings.previous_master_key.is_none() {
         settings.previous_master_key = Some(old);
     }
-    let vault = match Vault::open(&settings).await {
+    let vault = match Vault::open_to_rotate(&settings).await {
         Ok(vault) => vault,
+        Err(OpenError::Store {
+            source: crate::store::StoreError::Locked,
+            ..
+        }) if matches!(settings.store, StoreSettings::Etcd(_)) => {
+            eprintln!(
+                "credvault: a node is running on this data directory; on the etcd backend the key is rotated with every node stopped: stop them all, then run rotate-key again"
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
         Err(OpenError::Store {
             source: crate::store::StoreError::Locked,
             ..
@@ -368,10 +361,19 @@ pub async fn rotate_key(args: &RotateKeyArgs) -> ExitCode {
         }
         Err(error) => return open_failed(&error),
     };
+    let store = vault.store.as_ref();
+    // On a shared store: no node may serve meanwhile.
+    let quiet = match &vault.etcd {
+        Some(_) => match claim_shared(store, vault.sealer.key_id()).await {
+            Ok(pulses) => Some(pulses),
+            Err(code) => return code,
+        },
+        None => None,
+    };
     let resealed = match vault.rekey.run().await {
         Ok(resealed) => resealed,
         Err(error) => {
-            let _ = vault.store.flush().await;
+            let _ = store.flush().await;
             eprintln!(
                 "credvault: key rotation stopped: {error}; run the same command again to resume"
             );
@@ -384,25 +386,91 @@ pub async fn rotate_key(args: &RotateKeyArgs) -> ExitCode {
         Ok(None)
     };
     let finished = match signing {
-        Ok(kid) => vault.store.flush().await.map(|()| kid).map_err(Into::into),
+        Ok(kid) => store.flush().await.map(|()| kid).map_err(Into::into),
         Err(error) => Err(error),
     };
-    match finished {
-        Ok(kid) => {
-            println!(
-                "{resealed} records re-sealed under master key {}{}; start credvault with --master-key-file {} from now on; the old key is no longer needed",
-                vault.sealer.key_id(),
-                kid.map(|kid| format!(", signing key {kid} current"))
-                    .unwrap_or_default(),
-                args.new_key_file.display()
-            );
-            ExitCode::SUCCESS
-        }
+    let kid = match finished {
+        Ok(kid) => kid,
         Err(error) => {
             eprintln!("credvault: finishing the key rotation failed: {error}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(before) = &quiet
+        && let Err(code) = release_shared(store, before).await
+    {
+        return code;
+    }
+    println!(
+        "{resealed} records re-sealed under master key {}{}; start credvault with --master-key-file {} from now on; the old key is no longer needed",
+        vault.sealer.key_id(),
+        kid.map(|kid| format!(", signing key {kid} current"))
+            .unwrap_or_default(),
+        args.new_key_file.display()
+    );
+    if quiet.is_some() {
+        println!(
+            "the shared records are done, and the audit trail in {}; every other node's data directory still holds its own audit trail under the old key: run this same command once with each as --data-dir (it re-seals that trail only)",
+            settings.data_dir.display()
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// Marks a shared store as being rotated and makes sure no node serves on it; answers
+/// the nodes' pulses as they were then.
+async fn claim_shared(
+    store: &dyn crate::store::Store,
+    key: crate::crypto::KeyId,
+) -> Result<shared_rekey::Pulses, ExitCode> {
+    let refused = |error: &shared_rekey::SharedRekeyError| {
+        eprintln!("credvault: key rotation refused: {error}");
+        ExitCode::from(if error.is_usage() { EXIT_CONFIG } else { 1 })
+    };
+    let made = shared_rekey::mark(store, key)
+        .await
+        .map_err(|e| refused(&e))?;
+    if !made {
+        println!("continuing the unfinished rotation to master key {key}");
+    }
+    println!(
+        "making sure no node serves on this store ({} s)",
+        shared_rekey::LIVE_WINDOW.as_secs_f32()
+    );
+    match shared_rekey::none_serving(store, shared_rekey::LIVE_WINDOW).await {
+        Ok(pulses) => Ok(pulses),
+        Err(error) => {
+            if made {
+                let _ = shared_rekey::unmark(store).await;
+            }
+            Err(refused(&error))
         }
     }
+}
+
+/// Lets nodes start again, unless one pulsed during the rotation (it may have written
+/// under the old key what the rotation had passed: the mark stays until a run with
+/// every node stopped).
+async fn release_shared(
+    store: &dyn crate::store::Store,
+    before: &shared_rekey::Pulses,
+) -> Result<(), ExitCode> {
+    let failed = |error: &dyn std::fmt::Display| {
+        eprintln!(
+            "credvault: finishing the key rotation failed: {error}; run the same command again"
+        );
+        ExitCode::FAILURE
+    };
+    let now = shared_rekey::pulses(store).await.map_err(|e| failed(&e))?;
+    let moved = shared_rekey::moved(before, &now);
+    if !moved.is_empty() {
+        eprintln!(
+            "credvault: node {} served during the rotation; the store stays marked as being rotated: stop every node, then run the same command again",
+            moved.join(", ")
+        );
+        return Err(ExitCode::FAILURE);
+    }
+    shared_rekey::unmark(store).await.map_err(|e| failed(&e))
 }
 
 pub fn keygen() -> ExitCode {

@@ -38,7 +38,8 @@
 //! - [`crypto`]: secret types, the master key and its HKDF sub-keys, sealing.
 //! - [`vault`]: opening a store: format and key checks, the services it holds.
 //! - [`ops`]: backup and restore (of a data directory or an etcd prefix), migrating a
-//!   data directory into etcd, master-key rotation, secret-file reloads, readiness on
+//!   data directory into etcd, master-key rotation (online, or on etcd with every node
+//!   stopped), secret-file reloads, readiness on
 //!   a shared store, the metrics exporter.
 //! - [`commands`]: the maintenance commands (backup, restore, migrate, key rotations,
 //!   keygen), and the exit codes every command shares.

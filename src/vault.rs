@@ -105,6 +105,10 @@ pub enum OpenError {
         "the data in {path} has store format {found}, this build reads formats {OLDEST_FORMAT} to {STORE_FORMAT}; run a credvault release that supports format {found}, or restore a backup made for this one"
     )]
     UnsupportedFormat { path: PathBuf, found: String },
+    #[error(
+        "a master-key rotation of {0} is running or was interrupted (`credvault rotate-key`); start once it has finished, with the new key, or finish it by running the same rotate-key command again"
+    )]
+    Rotating(PathBuf),
     #[error("the stored HMAC keys do not open: {0}")]
     HmacKeys(String),
     #[error("{0} holds no credvault data")]
@@ -122,7 +126,10 @@ impl OpenError {
     pub fn is_configuration(&self) -> bool {
         matches!(
             self,
-            OpenError::WrongKey(_) | OpenError::UnsupportedFormat { .. } | OpenError::Empty(_)
+            OpenError::WrongKey(_)
+                | OpenError::UnsupportedFormat { .. }
+                | OpenError::Empty(_)
+                | OpenError::Rotating(_)
         )
     }
 
@@ -171,7 +178,7 @@ impl Vault {
         settings: &Settings,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, OpenError> {
-        Self::open_with(settings, clock, None).await
+        Self::open_with(settings, clock, None, false).await
     }
 
     /// For tests: every store operation goes through a [`FaultyStore`] following `plan`.
@@ -180,13 +187,20 @@ impl Vault {
         clock: Arc<dyn Clock>,
         plan: Arc<FaultPlan>,
     ) -> Result<Self, OpenError> {
-        Self::open_with(settings, clock, Some(plan)).await
+        Self::open_with(settings, clock, Some(plan), false).await
+    }
+
+    /// For `credvault rotate-key`: opens a shared store although a rotation is marked
+    /// on it (that is the run it continues); see [`crate::ops::shared_rekey`].
+    pub async fn open_to_rotate(settings: &Settings) -> Result<Self, OpenError> {
+        Self::open_with(settings, Arc::new(SystemClock), None, true).await
     }
 
     async fn open_with(
         settings: &Settings,
         clock: Arc<dyn Clock>,
         faults: Option<Arc<FaultPlan>>,
+        rotating: bool,
     ) -> Result<Self, OpenError> {
         let db_path = settings.data_dir.join("db");
         let (backend, etcd, where_) = open_backend(settings, &db_path).await?;
@@ -220,6 +234,15 @@ impl Vault {
                 CheckError::Store(source) => store_error(source),
                 CheckError::Open(error) => error,
             })?;
+        // A shared store being re-sealed is opened only by the rotation itself: a node
+        // started now would write under the old key what the rotation already passed.
+        if etcd.is_some() && !rotating {
+            match crate::ops::shared_rekey::marked(store.as_ref()).await {
+                Ok(false) => {}
+                Ok(true) => return Err(OpenError::Rotating(data.clone())),
+                Err(source) => return Err(store_error(source)),
+            }
+        }
         if format < STORE_FORMAT {
             upgrade_format(store.as_ref(), format)
                 .await

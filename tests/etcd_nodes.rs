@@ -177,7 +177,8 @@ async fn two_nodes_share_accounts_slots_and_revocations() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);
     assert!(
-        refused.message().contains("etcd backend"),
+        refused.message().contains("etcd backend")
+            && refused.message().contains("credvault rotate-key"),
         "{}",
         refused.message()
     );

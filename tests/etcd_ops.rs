@@ -4,7 +4,8 @@
 //! `credvault backup` snapshots the prefix at one revision while the node serves;
 //! `credvault restore` puts it into a fresh prefix, which a node then serves; every
 //! refusal (a non-empty prefix, a backup of the other backend's naming, a wrong key)
-//! exits 64 naming why.
+//! exits 64 naming why. `credvault rotate-key` re-seals a prefix with every node
+//! stopped, and refuses while one serves.
 
 mod support;
 
@@ -262,4 +263,168 @@ async fn migrate_then_back_up_and_restore_an_etcd_prefix() {
     assert_eq!(code, 64, "{out}");
     assert!(out.contains("master key does not match"), "{out}");
     assert!(started.elapsed() < Duration::from_secs(600));
+}
+
+/// Reveals `email`'s password through `node`, once the node's directory has it.
+async fn password_on(node: &TestServer, email: &str) -> String {
+    let mut revealed = None;
+    let found = support::eventually(Duration::from_secs(5), async || {
+        let answer = node
+            .credentials(Auth::admin())
+            .await
+            .reveal_account(proto::RevealAccountRequest {
+                provider: "pixverse".into(),
+                email: email.into(),
+            })
+            .await;
+        revealed = answer.ok().map(|a| a.into_inner().password);
+        revealed.is_some()
+    })
+    .await;
+    assert!(found, "{email} is not revealed by the node");
+    revealed.unwrap()
+}
+
+/// How many granted RevealAccount events the node's own audit trail lists (all of it
+/// opens).
+async fn reveals_audited(node: &TestServer) -> usize {
+    let listed = node
+        .audit(Auth::admin())
+        .await
+        .list_events(proto::ListEventsRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.next_page_token.is_empty());
+    listed
+        .events
+        .iter()
+        .filter(|e| e.rpc.ends_with("RevealAccount") && e.outcome == "OK")
+        .count()
+}
+
+/// Master-key rotation of an etcd prefix is offline: refused while any node serves
+/// (their pulses move), refused while another rotation is marked, and a node does not
+/// start while one is; with every node stopped, one run re-seals the shared records
+/// and its data directory's audit trail, a run per other data directory re-seals that
+/// node's trail, and the nodes serve everything with the new key alone, while the old
+/// key no longer opens the prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_the_master_key_of_an_etcd_prefix_with_every_node_stopped() {
+    const PREFIX: &str = "/rotated";
+    let cluster = EtcdCluster::start(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (support::new_key(), support::new_key());
+    let (old_file, new_file) = (dir.path().join("old.key"), dir.path().join("new.key"));
+    std::fs::write(&old_file, &old).unwrap();
+    std::fs::write(&new_file, &new).unwrap();
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let config = |data: &Path, key: &str, node: &str| {
+        let mut config = node_config(data, key, &cluster, PREFIX);
+        config.node_id = node.into();
+        config
+    };
+    let rotate = |data: &Path| {
+        let new = new_file.to_str().unwrap();
+        command(
+            &["rotate-key", "--new-key-file", new],
+            &cluster,
+            PREFIX,
+            &old_file,
+            data,
+        )
+    };
+    let mut etcd = etcd_client::Client::connect(cluster.endpoints(), None)
+        .await
+        .unwrap();
+    let mark = format!("{PREFIX}/meta/rotating");
+
+    let a = TestServer::start_with(config(&data_a, &old, "node-a")).await;
+    let b = TestServer::start_with(config(&data_b, &old, "node-b")).await;
+    a.accounts()
+        .await
+        .create_account(support::pixverse("rotated@example.com", "pw-before"))
+        .await
+        .unwrap();
+    assert_eq!(password_on(&a, "rotated@example.com").await, "pw-before");
+    assert_eq!(password_on(&b, "rotated@example.com").await, "pw-before");
+
+    // Nodes serving: refused on a node's data directory, and from elsewhere once their
+    // pulses moved, the mark taken back.
+    let (code, out) = rotate(&data_a);
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("with every node stopped"), "{out}");
+    let (code, out) = rotate(&dir.path().join("elsewhere"));
+    assert_eq!(code, 64, "{out}");
+    assert!(
+        out.contains("still running") && out.contains("node-a") && out.contains("node-b"),
+        "{out}"
+    );
+    assert!(
+        etcd.get(mark.as_str(), None)
+            .await
+            .unwrap()
+            .kvs()
+            .is_empty()
+    );
+    a.stop().await;
+    b.stop().await;
+
+    // Another rotation marked: refused, its mark left as it was.
+    etcd.put(mark.as_str(), "1234abcd", None).await.unwrap();
+    let (code, out) = rotate(&data_a);
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("another master-key rotation"), "{out}");
+    // A run to the new key interrupted: no node starts, the next run finishes it.
+    let new_id = credvault::crypto::MasterKey::from_base64(&new)
+        .unwrap()
+        .key_id()
+        .to_string();
+    etcd.put(mark.as_str(), new_id.as_str(), None)
+        .await
+        .unwrap();
+    let settings = config(&data_a, &old, "node-a").resolve().unwrap();
+    let refused = support::try_open_vault(&settings, Arc::new(credvault::clock::SystemClock))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(refused.contains("master-key rotation"), "{refused}");
+    let (code, out) = rotate(&data_a);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("continuing the unfinished rotation") && out.contains("records re-sealed"),
+        "{out}"
+    );
+    assert!(
+        etcd.get(mark.as_str(), None)
+            .await
+            .unwrap()
+            .kvs()
+            .is_empty()
+    );
+
+    // The old key no longer opens the prefix; B's own trail is re-sealed by its run.
+    let refused = support::try_open_vault(&settings, Arc::new(credvault::clock::SystemClock))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(refused.contains("master key does not match"), "{refused}");
+    let (code, out) = rotate(&data_b);
+    assert_eq!(code, 0, "{out}");
+
+    for (data, node) in [(&data_a, "node-a"), (&data_b, "node-b")] {
+        let server = TestServer::start_with(config(data, &new, node)).await;
+        assert_eq!(
+            password_on(&server, "rotated@example.com").await,
+            "pw-before"
+        );
+        // The reveal from before the rotation, and the one just made.
+        assert_eq!(reveals_audited(&server).await, 2, "{node}");
+        server.stop().await;
+    }
 }

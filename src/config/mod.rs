@@ -323,7 +323,7 @@ impl Config {
             self.previous_master_key.is_some() || self.previous_master_key_file.is_some();
         if rotating && matches!(store, StoreSettings::Etcd(_)) {
             return Err(ConfigError::Store(
-                "previous_master_key: master-key rotation is not available with the etcd backend (every process shares the records); start with the current key only".into(),
+                "previous_master_key: master-key rotation does not run online with the etcd backend (every process shares the records); start with the current key only, and rotate with every node stopped (`credvault rotate-key`)".into(),
             ));
         }
         let node_id = store::node_id(&self.node_id)?;

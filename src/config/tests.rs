@@ -174,7 +174,7 @@ fn the_etcd_store_is_checked_and_takes_endpoints_as_a_list_or_commas() {
     ));
     let error = rotating.resolve().unwrap_err().to_string();
     assert!(
-        error.contains("not available with the etcd backend"),
+        error.contains("does not run online with the etcd backend"),
         "{error}"
     );
 }

@@ -1,5 +1,5 @@
 //! Operations around the serving path: backup and restore, master-key rotation
-//! (re-sealing), secret files read again on change, the metrics exporter, and the
+//! (re-sealing; on a shared store with every node stopped), secret files read again on change, the metrics exporter, and the
 //! progress lines long operations print.
 
 pub mod backup;
@@ -9,3 +9,4 @@ pub mod progress;
 pub mod readiness;
 pub mod rekey;
 pub mod reload;
+pub mod shared_rekey;

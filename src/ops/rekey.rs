@@ -17,7 +17,7 @@ use crate::{
     accounts::record,
     callers::CallerService,
     crypto::{MasterKey, Sealer},
-    ops::progress::Progress,
+    ops::{backup::durable, progress::Progress, shared_rekey::ROTATING_KEY},
     sealed,
     store::{
         Store, StoreError, StoreExt, Swap, Tree,
@@ -68,7 +68,7 @@ pub enum RotateError {
     /// On a store shared by several processes, re-sealing under a key the others do not
     /// hold would lock them out of every record.
     #[error(
-        "master-key rotation is not available with the etcd backend: every process shares the records, and those without the new key could not read them; keep the current key (see README, \"The etcd backend\")"
+        "master-key rotation does not run online with the etcd backend: every process reads the shared records with the key it holds; stop every node and run `credvault rotate-key --new-key-file FILE` against the prefix (README, \"Rotate the master key of an etcd cluster\")"
     )]
     Shared,
 }
@@ -76,7 +76,8 @@ pub enum RotateError {
 pub struct Rekey {
     store: Arc<dyn Store>,
     sealer: Arc<Sealer>,
-    /// The store is shared with other processes: rotation is refused.
+    /// The store is shared with other processes: online rotation is refused, and the
+    /// offline one leaves the records bound to processes alone.
     shared: bool,
     examined: AtomicU64,
     resealed: AtomicU64,
@@ -88,7 +89,8 @@ impl Rekey {
         Self::with_sharing(store, sealer, false)
     }
 
-    /// `shared`: other processes use the same records (etcd); rotation is refused.
+    /// `shared`: other processes use the same records (etcd); online rotation is
+    /// refused.
     pub fn with_sharing(store: Arc<dyn Store>, sealer: Arc<Sealer>, shared: bool) -> Self {
         Self {
             store,
@@ -104,7 +106,7 @@ impl Rekey {
         self.sealer.previous_key_id().is_some()
     }
 
-    /// Whether rotation is refused (a shared store).
+    /// Whether online rotation is refused (a shared store).
     pub fn shared(&self) -> bool {
         self.shared
     }
@@ -227,7 +229,7 @@ impl Rekey {
         // Meta: sealed records (signing keys, HMAC keys); the format marker is plain;
         // the key check is raw sealer output and comes last.
         self.tree(Tree::Meta, &mut progress, |sealer, key, bytes| {
-            if key == FORMAT_KEY || key == KEY_CHECK_KEY {
+            if key == FORMAT_KEY || key == KEY_CHECK_KEY || key == ROTATING_KEY {
                 return Ok(None);
             }
             sealed::reseal(sealer, Tree::Meta, key, bytes).map_err(|e| e.to_string())
@@ -257,7 +259,9 @@ impl Rekey {
                 .await?;
             let done = batch.len() < BATCH;
             for (key, _) in &batch {
-                self.one(tree, key, &reseal).await?;
+                if !self.bound_to_a_process(tree, key) {
+                    self.one(tree, key, &reseal).await?;
+                }
                 progress.advance(1);
             }
             after = batch.last().map(|(key, _)| key.clone());
@@ -266,6 +270,14 @@ impl Rekey {
             }
             tokio::task::yield_now().await;
         }
+    }
+
+    /// On a shared store, the records that end with the process that wrote them (slots
+    /// and login locks on their etcd leases, nodes' pulses) are left as they are: a
+    /// rotation runs with every node stopped, so they expire or are written afresh.
+    /// The audit trail is this node's own and is re-sealed.
+    fn bound_to_a_process(&self, tree: Tree, key: &[u8]) -> bool {
+        self.shared && tree != Tree::Audit && !durable(tree, key)
     }
 
     /// Re-seals one record, reading it again whenever a writer got there first.
