@@ -456,6 +456,7 @@ pub async fn run(
     let (confirm_stop, confirm_stopped) = watch::channel(false);
     let confirming = vault.etcd.is_some().then(|| {
         vault.callers.follows_shared_store();
+        tokio::spawn(vault.callers.clone().keep_reserves(stop_rx.clone()));
         tokio::spawn(crate::ops::readiness::keep_confirming(
             vault.callers.clone(),
             vault.node_id.clone(),
@@ -544,6 +545,9 @@ pub async fn run(
     // The events of calls answered while draining are written before the final flush.
     let _ = audit_writer.await;
     vault.audit.write_pending().await;
+    // Settled first, so the balance given back to is the one every debit is off.
+    vault.callers.settle().await;
+    vault.callers.give_back_reserves().await;
     let flushed = vault.store.flush().await;
     // The probe port answers (NOT_SERVING) until the very end.
     let _ = probes.stop.send(true);

@@ -26,6 +26,7 @@ conformance!(
     a_slot_whose_lease_cannot_be_written_is_not_held,
     concurrent_hand_outs_take_exactly_the_balance,
     two_processes_never_overspend_one_balance,
+    credits_taken_ahead_are_never_overspent_and_given_back,
     a_token_write_whose_fence_fails_stores_nothing,
     a_directory_follows_writes_made_through_another_service,
     callers_and_signing_keys_follow_another_service,
@@ -342,6 +343,98 @@ async fn two_processes_never_overspend_one_balance(backend: Backend) {
         granted += usize::from(done.unwrap());
     }
     assert_eq!(granted, 25);
+    // As a third process reads it from the store.
+    let stored = open().await.unwrap().get(&id).unwrap();
+    assert_eq!(stored.credits.unwrap().remaining, 0);
+}
+
+/// Two processes on one store, both taking credits ahead (as on etcd) from a balance
+/// of 5,000, spend it with 8 workers each, charge after charge until refused, while
+/// topping up in the background: exactly the balance is granted, some of it paid
+/// from blocks taken ahead, and once both have given their blocks back the stored
+/// balance is 0 (nothing overspent, nothing lost).
+async fn credits_taken_ahead_are_never_overspent_and_given_back(backend: Backend) {
+    use credvault::{
+        callers::{
+            CallerError, CallerService, CallerSettings, MIN_SECRET_LEN, NewCaller, keys::CallerMacs,
+        },
+        clock::ManualClock,
+        crypto::SecretString,
+    };
+    const BALANCE: i64 = 5_000;
+    let master = MasterKey::generate().unwrap();
+    let open = || {
+        CallerService::open(
+            backend.store.clone(),
+            Arc::new(Sealer::new(&master)),
+            CallerMacs::new(&master),
+            backend.names().naming,
+            Arc::new(ManualClock::at(NOW)),
+            CallerSettings {
+                default_credits: BALANCE,
+                ..CallerSettings::default()
+            },
+        )
+    };
+    let a = Arc::new(open().await.unwrap());
+    let admin = a.bootstrap_admin().unwrap();
+    let id = a
+        .create(
+            &admin,
+            NewCaller {
+                email: "ahead@example.com".into(),
+                secret: SecretString::from("s".repeat(MIN_SECRET_LEN)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .caller
+        .id;
+    let b = Arc::new(open().await.unwrap());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    for node in [&a, &b] {
+        node.follows_shared_store();
+        tokio::spawn(node.clone().follow(stopped.clone()));
+        tokio::spawn(node.clone().keep_reserves(stopped.clone()));
+    }
+    let mut workers = tokio::task::JoinSet::new();
+    for n in 0..16 {
+        let callers = if n % 2 == 0 { a.clone() } else { b.clone() };
+        let id = id.clone();
+        workers.spawn(async move {
+            let (mut granted, mut ahead) = (0i64, 0i64);
+            loop {
+                let charge = match callers.charge(&id, 1) {
+                    Ok(charge) => charge,
+                    Err(CallerError::Credits(_)) => return (granted, ahead),
+                    Err(other) => panic!("{other}"),
+                };
+                // Decided before any write: paid from a block taken ahead.
+                ahead += i64::from(charge.written().is_some());
+                callers.flush().await.unwrap();
+                match charge.written() {
+                    Some(true) => granted += 1,
+                    Some(false) => callers.refund(&charge).await.unwrap(),
+                    None => panic!("a flushed debit is decided"),
+                }
+            }
+        });
+    }
+    let (mut granted, mut ahead) = (0, 0);
+    while let Some(done) = workers.join_next().await {
+        let (written, paid_ahead) = done.unwrap();
+        granted += written;
+        ahead += paid_ahead;
+    }
+    let _ = stop.send(true);
+    println!("{granted} granted, {ahead} paid from blocks taken ahead");
+    assert_eq!(granted, BALANCE);
+    assert!(ahead > 0, "no debit was paid ahead");
+    for node in [&a, &b] {
+        node.give_back_reserves().await;
+        node.flush().await.unwrap();
+    }
     // As a third process reads it from the store.
     let stored = open().await.unwrap().get(&id).unwrap();
     assert_eq!(stored.credits.unwrap().remaining, 0);

@@ -8,7 +8,8 @@
 //!
 //! A caller's debits are in one of three states: pending (taken, not yet written), in
 //! flight (a settle is writing them) or written. The balance a charge sees is the
-//! stored one less both pending and in-flight debits; a settle moves the record and the
+//! stored one less both pending and in-flight debits, plus the credits this node took
+//! ahead ([`super::reserve`], on a shared store); a settle moves the record and the
 //! in-flight sum together, under the same lock a charge reads them under, so no moment
 //! shows the debit twice or not at all.
 
@@ -19,7 +20,9 @@ use std::{
     sync::{Arc, MutexGuard, OnceLock},
 };
 
-use super::{CallerCredits, CallerError, CallerService, CreditError, identity::AuthError};
+use super::{
+    CallerCredits, CallerError, CallerService, CreditError, identity::AuthError, reserve::Reserve,
+};
 use crate::timefmt::rfc3339_millis;
 
 /// What a hand-out draws on. What an implementation guarantees: a charge never takes a
@@ -68,6 +71,8 @@ pub(super) struct PendingDebit {
     charges: Vec<(i64, Arc<OnceLock<Settled>>)>,
     /// Being written by a settle now.
     in_flight: i64,
+    /// Credits this node took off the shared balance ahead (see [`super::reserve`]).
+    pub(super) reserve: Reserve,
 }
 
 impl PendingDebit {
@@ -96,9 +101,11 @@ pub enum Settled {
 pub struct Charge {
     caller_id: String,
     cost: i64,
-    /// Set when the batch holding this debit is settled; `None` for free calls and
-    /// unmetered callers, which owe nothing.
+    /// Set when the batch holding this debit is settled; `None` for free calls,
+    /// unmetered callers, which owe nothing, and debits paid from credits taken ahead.
     written: Option<Arc<OnceLock<Settled>>>,
+    /// Paid from the credits this node took ahead: already off the stored balance.
+    ahead: bool,
     /// The caller's credits once this debit (and those before it) are taken.
     pub credits: Option<CallerCredits>,
 }
@@ -125,6 +132,7 @@ impl Charge {
             caller_id: String::new(),
             cost: 0,
             written: None,
+            ahead: false,
             credits: None,
         }
     }
@@ -177,22 +185,39 @@ impl CallerService {
             });
         };
         credit_window(&credits, now)?;
-        credits.remaining -= pending.get(caller_id).map_or(0, owed);
+        let shared = self.shares_store();
+        let debit = pending.entry(caller_id.to_owned()).or_default();
+        let ahead = debit.reserve.held(Some(&credits));
+        credits.remaining -= owed(debit);
+        let (paid_ahead, top_up) = debit.reserve.spend(cost, shared);
+        if top_up {
+            self.reserves_wanted.notify_one();
+        }
+        if paid_ahead {
+            credits.remaining += ahead - cost;
+            return Ok(Charge {
+                caller_id: caller_id.to_owned(),
+                cost,
+                written: None,
+                ahead: true,
+                credits: Some(credits),
+            });
+        }
         if credits.remaining < cost {
             return Err(CreditError::Exhausted {
-                remaining: credits.remaining,
+                remaining: credits.remaining + ahead,
                 cost,
             }
             .into());
         }
-        credits.remaining -= cost;
+        credits.remaining += ahead - cost;
         let written = Arc::new(OnceLock::new());
-        let entry = pending.entry(caller_id.to_owned()).or_default();
-        entry.charges.push((cost, written.clone()));
+        debit.charges.push((cost, written.clone()));
         Ok(Charge {
             caller_id: caller_id.to_owned(),
             cost,
             written: Some(written),
+            ahead: false,
             credits: Some(credits),
         })
     }
@@ -203,7 +228,17 @@ impl CallerService {
     /// the durable commit that runs it flushes next.
     pub async fn settle(&self) {
         let _settling = self.settling.lock().await;
-        let owing: Vec<String> = self.pending_debits().keys().cloned().collect();
+        // Only callers that owe something: one whose hand-outs paid ahead needs no
+        // write, and must not wait for a top-up holding its stripe.
+        let owing: Vec<String> = {
+            let mut pending = self.pending_debits();
+            pending.retain(|_, debit| !debit.charges.is_empty() || !debit.reserve.is_empty());
+            pending
+                .iter()
+                .filter(|(_, debit)| !debit.charges.is_empty())
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
         for id in owing {
             let _stripe = self.stripe(&id).lock().await;
             let batch = {
@@ -211,6 +246,10 @@ impl CallerService {
                 let Some(debit) = pending.get_mut(&id) else {
                     continue;
                 };
+                // Refunded meanwhile.
+                if debit.charges.is_empty() {
+                    continue;
+                }
                 debit.in_flight = debit.amount();
                 std::mem::take(&mut debit.charges)
             };
@@ -246,7 +285,7 @@ impl CallerService {
                 let mut pending = self.pending_debits();
                 if let Some(debit) = pending.get_mut(&id) {
                     debit.in_flight = 0;
-                    if debit.charges.is_empty() {
+                    if debit.charges.is_empty() && debit.reserve.is_empty() {
                         pending.remove(&id);
                     }
                 }
@@ -275,6 +314,12 @@ impl CallerService {
     /// is taken off; written, it is paid back (not flushed: the store's background flush
     /// or the next durable write makes it so); lost, there is nothing to give back.
     pub async fn refund(&self, charge: &Charge) -> Result<(), CallerError> {
+        if charge.ahead {
+            if let Some(debit) = self.pending_debits().get_mut(&charge.caller_id) {
+                debit.reserve.give_back(charge.cost);
+            }
+            return Ok(());
+        }
         let Some(written) = &charge.written else {
             return Ok(());
         };
@@ -312,11 +357,20 @@ pub(super) fn owed(debit: &PendingDebit) -> i64 {
     debit.amount() + debit.in_flight
 }
 
-/// A record that includes the in-flight debits is being kept: they are written.
+/// A record that includes the in-flight debits (or a top-up's block) is being kept:
+/// they are written.
 pub(super) fn written(pending: &mut Pending, id: &str) {
     if let Some(debit) = pending.get_mut(id) {
         debit.in_flight = 0;
+        debit.reserve.written();
     }
+}
+
+/// The credits this node holds ahead for a caller whose credits are `credits` now.
+pub(super) fn held_ahead(pending: &mut Pending, id: &str, credits: &CallerCredits) -> i64 {
+    pending
+        .get_mut(id)
+        .map_or(0, |debit| debit.reserve.held(Some(credits)))
 }
 
 /// Refuses credits outside their validity window.
@@ -451,6 +505,73 @@ mod debit_tests {
         assert_eq!(service.get(&id).unwrap().credits.unwrap().remaining, 5);
         assert_eq!(debit(&service, &id, 1).await.unwrap(), 4);
         assert_eq!(stored(&service, &id).await, 4);
+    }
+
+    #[tokio::test]
+    async fn on_a_shared_store_a_large_balance_is_spent_from_credits_taken_ahead() {
+        use crate::callers::reserve::AHEAD_CALLS;
+        let (service, _plan, id) = consumer(100_000).await;
+        service.follows_shared_store();
+        // The first debit is written as it is made, and asks for a block.
+        assert_eq!(debit(&service, &id, 1).await.unwrap(), 99_999);
+        service.top_up().await;
+        assert_eq!(stored(&service, &id).await, 99_999 - AHEAD_CALLS);
+        let version = service.get(&id).unwrap().version;
+        // Paid ahead: settled at once, nothing written, the balance shown whole.
+        for n in 1..=10 {
+            let charge = service.charge(&id, 1).unwrap();
+            assert_eq!(charge.written(), Some(true));
+            assert_eq!(charge.credits.unwrap().remaining, 99_999 - n);
+        }
+        service.settle().await;
+        assert_eq!(service.get(&id).unwrap().version, version, "no write");
+        assert_eq!(stored(&service, &id).await, 99_999 - AHEAD_CALLS);
+        assert_eq!(service.get(&id).unwrap().credits.unwrap().remaining, 99_989);
+        // A refund goes back into the block.
+        let charge = service.charge(&id, 1).unwrap();
+        service.refund(&charge).await.unwrap();
+        assert_eq!(service.get(&id).unwrap().credits.unwrap().remaining, 99_989);
+        // Under half a block left: the top-up takes it back to a whole one.
+        for _ in 0..30 {
+            assert_eq!(service.charge(&id, 1).unwrap().written(), Some(true));
+        }
+        service.top_up().await;
+        assert_eq!(stored(&service, &id).await, 99_999 - AHEAD_CALLS - 40);
+        assert_eq!(service.get(&id).unwrap().credits.unwrap().remaining, 99_959);
+        // Given back at shutdown: the stored balance is what was spent.
+        service.give_back_reserves().await;
+        assert_eq!(stored(&service, &id).await, 99_959);
+        assert_eq!(service.charge(&id, 1).unwrap().written(), None);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_taken_ahead_near_the_end_nor_kept_once_credits_are_taken_away() {
+        let (service, _plan, id) = consumer(2_000).await;
+        service.follows_shared_store();
+        assert_eq!(debit(&service, &id, 1).await.unwrap(), 1_999);
+        service.top_up().await;
+        assert_eq!(stored(&service, &id).await, 1_999, "too close to the end");
+        assert_eq!(service.charge(&id, 1).unwrap().written(), None);
+
+        let (service, _plan, id) = consumer(10_000).await;
+        service.follows_shared_store();
+        debit(&service, &id, 1).await.unwrap();
+        service.top_up().await;
+        assert!(stored(&service, &id).await < 9_999);
+        service
+            .update(
+                &id,
+                CallerUpdate {
+                    add_credits: -100,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        // The block went with the credits taken away: debits are written again.
+        let shown = service.get(&id).unwrap().credits.unwrap().remaining;
+        assert_eq!(shown, stored(&service, &id).await);
+        assert_eq!(service.charge(&id, 1).unwrap().written(), None);
     }
 
     #[tokio::test]

@@ -73,6 +73,11 @@ impl CallerService {
         self.freshness.stale_for()
     }
 
+    /// Whether the view follows a store other processes share.
+    pub(super) fn shares_store(&self) -> bool {
+        self.freshness.shared.load(Ordering::SeqCst)
+    }
+
     /// Writes this node's pulse and waits (at most `within`) for the watch to bring
     /// it back; confirms the view as of the moment the pulse was sent (what the watch
     /// had brought by then, it has brought now).

@@ -11,6 +11,7 @@ pub mod identity;
 pub mod keys;
 mod manage;
 mod model;
+mod reserve;
 pub mod scope;
 pub mod tokens;
 mod view;
@@ -140,6 +141,8 @@ pub struct CallerService {
     seen: tokio::sync::watch::Sender<Revision>,
     /// Whether the view may be trusted (see [`freshness`]).
     freshness: freshness::Freshness,
+    /// A charge asks for credits to be taken ahead (see [`reserve`]).
+    reserves_wanted: tokio::sync::Notify,
 }
 
 impl CallerService {
@@ -180,6 +183,7 @@ impl CallerService {
             changed: tokio::sync::watch::Sender::new(0),
             seen: tokio::sync::watch::Sender::new(seen),
             freshness: freshness::Freshness::default(),
+            reserves_wanted: tokio::sync::Notify::new(),
         };
         service.ensure_bootstrap_admin().await?;
         Ok(service)
@@ -205,15 +209,17 @@ impl CallerService {
             .await?)
     }
 
-    /// The caller as stored, its credits net of debits not yet written.
+    /// The caller as stored, its credits net of debits not yet written, with the
+    /// credits this node took ahead.
     pub fn get(&self, id: &str) -> Result<CallerRecord, CallerError> {
-        let pending = self.pending_debits();
+        let mut pending = self.pending_debits();
         let mut record = self
             .opened(id)?
             .map(|opened| opened.record.clone())
             .ok_or_else(|| CallerError::NotFound(id.to_owned()))?;
         if let Some(credits) = record.credits.as_mut() {
-            credits.remaining -= pending.get(id).map_or(0, credits::owed);
+            credits.remaining += credits::held_ahead(&mut pending, id, credits)
+                - pending.get(id).map_or(0, credits::owed);
         }
         Ok(record)
     }
@@ -372,9 +378,19 @@ impl CallerService {
         })))
     }
 
-    /// Keeps a record written (or read) here as of `revision`, with the debits it
-    /// shows written.
+    /// Keeps a record read here as of `revision`.
     fn remember(&self, id: &str, bytes: Vec<u8>, record: CallerRecord, revision: Revision) {
+        let _pending = self.pending_debits();
+        self.view
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remember(id, bytes, record, revision);
+    }
+
+    /// Keeps a record written here as of `revision`, with the debits (or the credits
+    /// taken ahead) it shows written: under one lock, so that no charge sees them
+    /// twice or not at all.
+    fn remember_written(&self, id: &str, bytes: Vec<u8>, record: CallerRecord, revision: Revision) {
         let mut pending = self.pending_debits();
         self.view
             .write()
@@ -443,7 +459,7 @@ impl CallerService {
             txn.writes.extend(also.iter().cloned());
             if let Outcome::Committed(revision) = self.store.commit(txn).await? {
                 self.took(&also, revision);
-                self.remember(id, new, record.clone(), revision);
+                self.remember_written(id, new, record.clone(), revision);
                 self.changed.send_modify(|count| *count += 1);
                 return Ok(record);
             }
