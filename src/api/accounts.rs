@@ -64,7 +64,7 @@ impl AccountsApi {
 
 #[tonic::async_trait]
 impl Accounts for AccountsApi {
-    #[tracing::instrument(skip_all, fields(provider = ?request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
+    #[tracing::instrument(skip_all, fields(provider = %crate::telemetry::Plain(&request.get_ref().provider), email = %self.email_tag(&request.get_ref().email)))]
     async fn create_account(
         &self,
         request: Request<proto::CreateAccountRequest>,
@@ -88,7 +88,7 @@ impl Accounts for AccountsApi {
         Ok(Response::new(self.view(&account)))
     }
 
-    #[tracing::instrument(skip_all, fields(provider = ?request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
+    #[tracing::instrument(skip_all, fields(provider = %crate::telemetry::Plain(&request.get_ref().provider), email = %self.email_tag(&request.get_ref().email)))]
     async fn get_account(
         &self,
         request: Request<proto::GetAccountRequest>,
@@ -103,7 +103,7 @@ impl Accounts for AccountsApi {
         Ok(Response::new(self.view(&account)))
     }
 
-    #[tracing::instrument(skip_all, fields(provider = ?request.get_ref().provider))]
+    #[tracing::instrument(skip_all, fields(provider = %crate::telemetry::Plain(&request.get_ref().provider)))]
     async fn list_accounts(
         &self,
         request: Request<proto::ListAccountsRequest>,
@@ -121,7 +121,7 @@ impl Accounts for AccountsApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(provider = ?request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
+    #[tracing::instrument(skip_all, fields(provider = %crate::telemetry::Plain(&request.get_ref().provider), email = %self.email_tag(&request.get_ref().email)))]
     async fn update_account(
         &self,
         request: Request<proto::UpdateAccountRequest>,
@@ -170,7 +170,7 @@ impl Accounts for AccountsApi {
         Ok(Response::new(self.view(&account)))
     }
 
-    #[tracing::instrument(skip_all, fields(provider = ?request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
+    #[tracing::instrument(skip_all, fields(provider = %crate::telemetry::Plain(&request.get_ref().provider), email = %self.email_tag(&request.get_ref().email)))]
     async fn delete_account(
         &self,
         request: Request<proto::DeleteAccountRequest>,
@@ -192,7 +192,7 @@ impl Accounts for AccountsApi {
         Ok(Response::new(()))
     }
 
-    #[tracing::instrument(skip_all, fields(provider = ?request.get_ref().provider, email = %self.email_tag(&request.get_ref().email)))]
+    #[tracing::instrument(skip_all, fields(provider = %crate::telemetry::Plain(&request.get_ref().provider), email = %self.email_tag(&request.get_ref().email)))]
     async fn refresh_account(
         &self,
         request: Request<proto::RefreshAccountRequest>,

@@ -116,7 +116,7 @@ fn lease(granted: &Granted) -> proto::Lease {
 
 #[tonic::async_trait]
 impl Credentials for CredentialsApi {
-    #[tracing::instrument(skip_all, fields(provider = ?request.get_ref().provider, email = %self.fingerprints.tag(&request.get_ref().email.to_lowercase())))]
+    #[tracing::instrument(skip_all, fields(provider = %crate::telemetry::Plain(&request.get_ref().provider), email = %self.fingerprints.tag(&request.get_ref().email.to_lowercase())))]
     async fn reveal_account(
         &self,
         request: Request<proto::RevealAccountRequest>,
@@ -141,7 +141,7 @@ impl Credentials for CredentialsApi {
         Ok(Response::new(convert::revealed_account(&account, active)))
     }
 
-    #[tracing::instrument(skip_all, fields(provider = ?request.get_ref().provider))]
+    #[tracing::instrument(skip_all, fields(provider = %crate::telemetry::Plain(&request.get_ref().provider)))]
     async fn acquire_lease(
         &self,
         request: Request<proto::AcquireLeaseRequest>,
@@ -165,7 +165,7 @@ impl Credentials for CredentialsApi {
         Ok(Response::new(lease(&granted)))
     }
 
-    #[tracing::instrument(skip_all, fields(lease = ?request.get_ref().lease_id))]
+    #[tracing::instrument(skip_all, fields(lease = %crate::telemetry::Plain(&request.get_ref().lease_id)))]
     async fn renew_lease(
         &self,
         request: Request<proto::RenewLeaseRequest>,
@@ -184,7 +184,7 @@ impl Credentials for CredentialsApi {
         Ok(Response::new(lease(&granted)))
     }
 
-    #[tracing::instrument(skip_all, fields(lease = ?request.get_ref().lease_id))]
+    #[tracing::instrument(skip_all, fields(lease = %crate::telemetry::Plain(&request.get_ref().lease_id)))]
     async fn release_lease(
         &self,
         request: Request<proto::ReleaseLeaseRequest>,

@@ -3,7 +3,9 @@
 //! the `authorization` metadata and puts the typed [`Caller`] into the request
 //! extensions (answering the refusal itself when that fails), opens the call's audit
 //! record, and counts the call and its latency by method and status. Handlers never
-//! parse metadata. Only the health service is public (kubelet probes carry no token).
+//! parse metadata. Only the health service is public (kubelet probes carry no token),
+//! and server reflection unless configured otherwise (the schema is public in
+//! `proto/`, and grpcurl needs it before it can send any credential-bearing call).
 
 use std::{
     sync::{
@@ -28,6 +30,10 @@ use crate::{
 };
 
 const PUBLIC_PREFIX: &str = "/grpc.health.v1.Health/";
+const REFLECTION_PREFIXES: [&str; 2] = [
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 const MAX_REQUEST_ID_LEN: usize = 128;
 /// Largest request header block answered, counted as HPACK counts it (name, value and
@@ -84,6 +90,7 @@ pub struct CallLayer {
     authenticator: Arc<Authenticator>,
     audit: Arc<AuditLog>,
     call_timeout: Duration,
+    public_reflection: bool,
 }
 
 impl CallLayer {
@@ -96,8 +103,21 @@ impl CallLayer {
             authenticator,
             audit,
             call_timeout,
+            public_reflection: false,
         }
     }
+
+    /// Server reflection answers without a credential.
+    pub fn with_public_reflection(mut self, public: bool) -> Self {
+        self.public_reflection = public;
+        self
+    }
+}
+
+/// Whether `path` is answered without a credential.
+fn is_public(path: &str, public_reflection: bool) -> bool {
+    path.starts_with(PUBLIC_PREFIX)
+        || (public_reflection && REFLECTION_PREFIXES.iter().any(|p| path.starts_with(p)))
 }
 
 impl<S> Layer<S> for CallLayer {
@@ -109,6 +129,7 @@ impl<S> Layer<S> for CallLayer {
             authenticator: self.authenticator.clone(),
             audit: self.audit.clone(),
             call_timeout: self.call_timeout,
+            public_reflection: self.public_reflection,
         }
     }
 }
@@ -119,6 +140,7 @@ pub struct CallService<S> {
     authenticator: Arc<Authenticator>,
     audit: Arc<AuditLog>,
     call_timeout: Duration,
+    public_reflection: bool,
 }
 
 type BoxFuture<T, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
@@ -157,7 +179,7 @@ where
             .extensions_mut()
             .insert(RequestId(request_id.clone()));
 
-        let proven = if path.starts_with(PUBLIC_PREFIX) {
+        let proven = if is_public(&path, self.public_reflection) {
             None
         } else {
             let peer_uid = peer_uid(request.extensions());

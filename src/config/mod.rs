@@ -45,8 +45,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEV_KEY_FILE: &str = "dev-master.key";
 
 /// Environment variables read, beyond nested provider settings (`CREDVAULT_PROVIDERS__…`).
-const ENV_KEYS: [&str; 21] = [
+const ENV_KEYS: [&str; 22] = [
     "listen",
+    "reflection",
     "node_id",
     "socket",
     "socket_mode",
@@ -68,6 +69,20 @@ const ENV_KEYS: [&str; 21] = [
     "previous_master_key_file",
     "audit_retention_days",
 ];
+
+/// Who may ask the server reflection service for the schema (the schema is public in
+/// `proto/`; hardened deployments may still hide it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reflection {
+    /// Anyone, without a credential (grpcurl works without `-proto`).
+    #[default]
+    Public,
+    /// Callers with a credential, as any other RPC.
+    Authenticated,
+    /// Not served.
+    Off,
+}
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -113,6 +128,8 @@ pub struct Config {
     /// Address of the probe port: `grpc.health.v1.Health` only, plaintext, for kubelet
     /// gRPC probes (which cannot reach a Unix socket); "none" (the default) serves none.
     pub health_listen: String,
+    /// Server reflection: "public" (default), "authenticated" or "off".
+    pub reflection: Reflection,
     /// Audit events older than this many days are pruned; 0 keeps them forever.
     pub audit_retention_days: u64,
     /// TLS for the TCP API (the Unix socket and the probe port stay plaintext): the
@@ -169,6 +186,7 @@ impl Default for Config {
             dev: false,
             metrics_listen: "none".to_owned(),
             health_listen: "none".to_owned(),
+            reflection: Reflection::Public,
             audit_retention_days: 90,
             socket_peers: BTreeMap::new(),
             tls_cert_file: None,
@@ -226,6 +244,7 @@ pub struct Settings {
     pub dev: bool,
     pub metrics_listen: Option<SocketAddr>,
     pub health_listen: Option<SocketAddr>,
+    pub reflection: Reflection,
     /// `None`: audit events are kept forever.
     pub audit_retention: Option<Duration>,
     /// Unix-socket peer uid → caller id.
@@ -370,6 +389,7 @@ impl Config {
             dev: self.dev,
             metrics_listen,
             health_listen,
+            reflection: self.reflection,
             socket_peers,
             tls,
             audit_retention: (self.audit_retention_days > 0)
