@@ -107,24 +107,30 @@ async fn create_activate_issue_use_revoke_refused() {
     assert_eq!((credits.total, credits.remaining), (100, 100));
     assert!(me.created_at.is_some());
 
-    // The secret is part of every key call.
-    for auth in [
-        Auth(vec![(
-            "authorization",
-            format!("Bearer {}", created.api_key),
-        )]),
-        Auth::api_key(&created.api_key, &SECRET.replace('9', "8")),
-        Auth::api_key(&format!("{}x", created.api_key), SECRET),
+    // The secret is part of every key call; each refusal names the credential sent.
+    for (auth, refusal) in [
+        (
+            Auth(vec![(
+                "authorization",
+                format!("Bearer {}", created.api_key),
+            )]),
+            "an API key is sent with its secret, in the x-credvault-secret header",
+        ),
+        (
+            Auth::api_key(&created.api_key, &SECRET.replace('9', "8")),
+            "API key or secret is invalid",
+        ),
+        (
+            Auth::api_key(&format!("{}x", created.api_key), SECRET),
+            "API key or secret is invalid",
+        ),
     ] {
         let mut client = server.callers(auth).await;
         let error = client
             .get_caller_info(proto::GetCallerInfoRequest {})
             .await
             .unwrap_err();
-        unauthenticated(
-            &error,
-            "JWT is missing or invalid, check Authorization header",
-        );
+        unauthenticated(&error, refusal);
     }
 
     let issued = own
@@ -261,10 +267,7 @@ async fn the_fourth_token_and_the_fourth_key_are_refused() {
         .activate_caller(proto::ActivateCallerRequest {})
         .await
         .unwrap_err();
-    unauthenticated(
-        &error,
-        "JWT is missing or invalid, check Authorization header",
-    );
+    unauthenticated(&error, "API key or secret is invalid");
     own.create_caller(more(SECRET))
         .await
         .expect("removing a key frees a slot");
@@ -418,10 +421,8 @@ async fn basic_auth_creates_a_short_session_with_a_profile() {
             .create_session(proto::CreateSessionRequest {})
             .await
             .unwrap_err();
-        unauthenticated(
-            &error,
-            "JWT is missing or invalid, check Authorization header",
-        );
+        // One answer for a wrong secret and an unknown email.
+        unauthenticated(&error, "email or secret is invalid");
     }
     // Basic works for CreateSession only.
     let error = basic
@@ -430,7 +431,7 @@ async fn basic_auth_creates_a_short_session_with_a_profile() {
         .unwrap_err();
     unauthenticated(
         &error,
-        "JWT is missing or invalid, check Authorization header",
+        "Basic credentials (email:secret) are for Callers/CreateSession only; send authorization: Bearer with an API key or a JWT",
     );
     server.stop().await;
 }

@@ -26,9 +26,13 @@ const DOMAIN: &str = "credvault";
 pub fn auth_error(error: AuthError) -> Status {
     let message = error.to_string();
     match error {
-        AuthError::MissingOrInvalid | AuthError::Revoked | AuthError::Expired => {
-            Status::unauthenticated(message)
-        }
+        AuthError::MissingOrInvalid
+        | AuthError::KeyWithoutSecret
+        | AuthError::BadKey
+        | AuthError::BadBasic
+        | AuthError::BasicNotHere
+        | AuthError::Revoked
+        | AuthError::Expired => Status::unauthenticated(message),
         AuthError::NotActivated => Status::failed_precondition(message),
         AuthError::Disabled => Status::permission_denied(message),
         AuthError::DataLoss => Status::data_loss(message),

@@ -126,13 +126,22 @@ impl Authenticator {
         {
             return self.callers.authenticate_peer(caller_id, uid);
         }
-        let (scheme, value) =
-            credentials(headers.get(AUTHORIZATION)).ok_or(AuthError::MissingOrInvalid)?;
+        let header = headers.get(AUTHORIZATION);
+        let Some((scheme, value)) = credentials(header) else {
+            // "Basic" with nothing after it.
+            let bare_basic = header
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("basic"));
+            return Err(match bare_basic {
+                true => AuthError::BadBasic,
+                false => AuthError::MissingOrInvalid,
+            });
+        };
         if scheme.eq_ignore_ascii_case("basic") {
             if path != CREATE_SESSION_PATH {
-                return Err(AuthError::MissingOrInvalid);
+                return Err(AuthError::BasicNotHere);
             }
-            let (email, secret) = basic(value).ok_or(AuthError::MissingOrInvalid)?;
+            let (email, secret) = basic(value).ok_or(AuthError::BadBasic)?;
             return self.callers.authenticate_basic(&email, secret.expose());
         }
         if !scheme.eq_ignore_ascii_case("bearer") {

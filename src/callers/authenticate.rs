@@ -18,26 +18,28 @@ impl CallerService {
         api_key: &str,
         secret: Option<&str>,
     ) -> Result<Caller, AuthError> {
-        let key_id = keys::key_id(api_key).ok_or(AuthError::MissingOrInvalid)?;
+        // Told before the key is looked up: it says nothing about the key.
+        let secret = secret.ok_or(AuthError::KeyWithoutSecret)?;
+        let key_id = keys::key_id(api_key).ok_or(AuthError::BadKey)?;
         let caller_id = self
             .view()
             .id_by_key(key_id)
             .map(str::to_owned)
-            .ok_or(AuthError::MissingOrInvalid)?;
+            .ok_or(AuthError::BadKey)?;
         let opened = self.record_for_auth(&caller_id)?;
         let record = &opened.record;
         let entry = record
             .keys
             .iter()
             .find(|k| k.key_id == key_id)
-            .ok_or(AuthError::MissingOrInvalid)?;
+            .ok_or(AuthError::BadKey)?;
         let key_ok = self.macs.verify(KEY_LABEL, api_key, &entry.key_mac);
-        let secret_ok = match (secret, &record.secret_mac) {
-            (Some(secret), Some(mac)) => self.macs.verify(SECRET_LABEL, secret, mac),
-            _ => false,
-        };
+        let secret_ok = record
+            .secret_mac
+            .as_deref()
+            .is_some_and(|mac| self.macs.verify(SECRET_LABEL, secret, mac));
         if !(key_ok && secret_ok) {
-            return Err(AuthError::MissingOrInvalid);
+            return Err(AuthError::BadKey);
         }
         let credential = Credential::ApiKey {
             key_id: key_id.to_owned(),
@@ -50,7 +52,7 @@ impl CallerService {
     pub fn authenticate_basic(&self, email: &str, secret: &str) -> Result<Caller, AuthError> {
         let id = self
             .id_by_email(&email.to_lowercase())
-            .ok_or(AuthError::MissingOrInvalid)?;
+            .ok_or(AuthError::BadBasic)?;
         let opened = self.record_for_auth(&id)?;
         let record = &opened.record;
         let ok = record
@@ -58,7 +60,7 @@ impl CallerService {
             .as_deref()
             .is_some_and(|mac| self.macs.verify(SECRET_LABEL, secret, mac));
         if !ok {
-            return Err(AuthError::MissingOrInvalid);
+            return Err(AuthError::BadBasic);
         }
         if record.activated_keys() == 0 {
             return Err(AuthError::NotActivated);

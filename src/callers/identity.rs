@@ -156,6 +156,21 @@ pub enum AuthError {
     /// No header, a malformed one, or a credential that is not ours.
     #[error("JWT is missing or invalid, check Authorization header")]
     MissingOrInvalid,
+    /// An API key without `x-credvault-secret`.
+    #[error("an API key is sent with its secret, in the x-credvault-secret header")]
+    KeyWithoutSecret,
+    /// An API key that is not ours, or its secret does not match (one answer for both).
+    #[error("API key or secret is invalid")]
+    BadKey,
+    /// Basic credentials that do not prove a caller (one answer for a wrong email and a
+    /// wrong secret).
+    #[error("email or secret is invalid")]
+    BadBasic,
+    /// Basic credentials sent to another method than CreateSession.
+    #[error(
+        "Basic credentials (email:secret) are for Callers/CreateSession only; send authorization: Bearer with an API key or a JWT"
+    )]
+    BasicNotHere,
     #[error("JWT revoked")]
     Revoked,
     #[error("JWT expired")]
