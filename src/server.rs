@@ -319,8 +319,12 @@ fn router(
         .add_service(CredentialsServer::new(credentials).max_decoding_message_size(max)))
 }
 
+/// The API's schema, and google.rpc's error details, so that grpcurl prints an
+/// ErrorInfo's reason and metadata instead of base64.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
-    health_reflection().register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+    health_reflection()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// Reflection of the health service alone (the probe port's).

@@ -268,14 +268,13 @@ fn grpcurl_works_over_the_unix_socket() {
     assert!(!socket.exists(), "the socket file is removed on shutdown");
 }
 
-#[test]
-fn the_readme_tokens_walkthrough_works_when_pasted() {
-    let script: String = readme_block("tokens-walkthrough")
+/// Runs a README block as one bash script against a fresh `--dev` daemon, `TOKEN` set
+/// to its admin token; answers everything it printed.
+fn run_readme_block(name: &str) -> String {
+    let script: String = readme_block(name)
         .iter()
         .map(|line| format!("{line}\n"))
         .collect();
-    assert!(script.contains("RevokeToken"), "{script}");
-
     let (_dir, mut daemon, token, addr) = start_dev(&[]);
     let grpcurl_dir = support::grpcurl().parent().unwrap().to_owned();
     let path = format!(
@@ -296,6 +295,37 @@ fn the_readme_tokens_walkthrough_works_when_pasted() {
         .unwrap();
     let output = text(&out);
     assert!(out.status.success(), "{output}");
+    assert!(daemon.terminate().success());
+    output
+}
+
+/// The leases walk-through as pasted: a lease taken, the second refused with its
+/// ErrorInfo decoded (not base64), renewed, released, a reveal, a watch, the rotation
+/// status.
+#[test]
+fn the_readme_leases_walkthrough_works_when_pasted() {
+    let output = run_readme_block("leases-walkthrough");
+    for expected in [
+        r#""leaseId": ""#,
+        "Code: ResourceExhausted",
+        r#""reason":"ALL_SLOTS_BUSY""#,
+        r#""retry_after_secs":""#,
+        r#""leaseExpiresAt": ""#,
+        r#""password": "s3cret-pass""#,
+        r#""phase": "PHASE_IDLE""#,
+    ] {
+        assert!(output.contains(expected), "{expected} in {output}");
+    }
+}
+
+#[test]
+fn the_readme_tokens_walkthrough_works_when_pasted() {
+    assert!(
+        readme_block("tokens-walkthrough")
+            .concat()
+            .contains("RevokeToken")
+    );
+    let output = run_readme_block("tokens-walkthrough");
     assert!(
         output.contains(r#""activatedKeys": 1"#),
         "activated: {output}"
@@ -310,5 +340,4 @@ fn the_readme_tokens_walkthrough_works_when_pasted() {
         output.matches(r#""jwt": "#).count() == 1 && output.contains(r#""profile": {"#),
         "a session from Basic: {output}"
     );
-    assert!(daemon.terminate().success());
 }
