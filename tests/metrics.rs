@@ -185,11 +185,51 @@ async fn metrics_show_what_a_scripted_run_did() {
     let soonest = value(&s, "credvault_token_soonest_expiry_seconds", &pixverse).unwrap();
     assert!((0.0..=3600.0).contains(&soonest), "{soonest}");
     assert!(value(&s, "credvault_store_size_bytes", &[]).unwrap() > 0.0);
+    // Counted from the start: 0, not absent, before the first.
     assert_eq!(
         value(&s, "credvault_audit_write_failures_total", &[]),
-        None,
+        Some(0.0),
         "no audit write failed"
     );
+    for outcome in ["transient_failure", "permanent_failure"] {
+        let labels = [("provider", "pixverse"), ("outcome", outcome)];
+        assert_eq!(value(&s, "credvault_logins_total", &labels), Some(0.0));
+    }
+    assert_eq!(
+        value(
+            &s,
+            "credvault_logins_refused_total",
+            &[("provider", "pixverse"), ("reason", "budget")]
+        ),
+        Some(0.0)
+    );
+    // Every metric the README lists has its HELP and TYPE lines.
+    for (name, kind) in [
+        ("credvault_rpc_requests_total", "counter"),
+        ("credvault_rpc_duration_seconds", "histogram"),
+        ("credvault_logins_total", "counter"),
+        ("credvault_logins_refused_total", "counter"),
+        ("credvault_audit_write_failures_total", "counter"),
+        ("credvault_accounts", "gauge"),
+        ("credvault_lease_capacity", "gauge"),
+        ("credvault_leases_held", "gauge"),
+        ("credvault_lease_waiters", "gauge"),
+        ("credvault_token_soonest_expiry_seconds", "gauge"),
+        ("credvault_store_size_bytes", "gauge"),
+    ] {
+        let help = page
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("# HELP {name} ")));
+        assert!(
+            help.is_some_and(|text| text.len() > 10),
+            "no HELP for {name}: {page}"
+        );
+        assert!(
+            page.lines()
+                .any(|line| line == format!("# TYPE {name} {kind}")),
+            "no TYPE {kind} for {name}"
+        );
+    }
 
     // Anything but GET /metrics is not served.
     let other = reqwest::get(format!("http://{metrics}/")).await.unwrap();

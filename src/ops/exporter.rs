@@ -44,14 +44,67 @@ pub fn recorder() -> &'static PrometheusHandle {
                 .set_buckets(&BUCKETS)
                 .unwrap_or_else(|_| PrometheusBuilder::new())
         };
-        builder().install_recorder().unwrap_or_else(|error| {
+        let handle = builder().install_recorder().unwrap_or_else(|error| {
             // Another recorder was installed first; serve an empty page rather than
             // fail to start.
             tracing::warn!(%error, "a metrics recorder was already installed; /metrics will be empty");
             builder().build_recorder().handle()
-        })
+        });
+        describe();
+        // Counted from the start, so that a rate or an alert sees 0 before the first.
+        metrics::counter!("credvault_audit_write_failures_total").increment(0);
+        handle
     })
 }
+
+/// Every metric, with the `# HELP` line a scrape shows for it.
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "credvault_rpc_requests_total",
+        "gRPC calls answered, by method and status code"
+    );
+    describe_histogram!(
+        "credvault_rpc_duration_seconds",
+        Unit::Seconds,
+        "Time to answer a gRPC call, by method and status code"
+    );
+    describe_counter!(
+        "credvault_logins_total",
+        "Upstream logins made, by provider and outcome (ok, transient_failure, permanent_failure)"
+    );
+    describe_counter!(
+        "credvault_logins_refused_total",
+        "Upstream logins not made, by provider and reason (budget: too soon after the last)"
+    );
+    describe_counter!(
+        "credvault_audit_write_failures_total",
+        "Audit-trail writes that failed (each refused what it would have handed out)"
+    );
+    describe_gauge!("credvault_accounts", "Accounts, by provider and status");
+    describe_gauge!(
+        "credvault_lease_capacity",
+        "Slots of ACTIVE accounts (the sum of their maxJobs), by provider"
+    );
+    describe_gauge!("credvault_leases_held", "Slots held by leases, by provider");
+    describe_gauge!(
+        "credvault_lease_waiters",
+        "AcquireLease calls waiting for a slot, by provider"
+    );
+    describe_gauge!(
+        "credvault_token_soonest_expiry_seconds",
+        Unit::Seconds,
+        "Seconds until the provider's soonest upstream token expiry (negative: expired)"
+    );
+    describe_gauge!(
+        "credvault_store_size_bytes",
+        Unit::Bytes,
+        "Bytes the store takes on this node's disk"
+    );
+}
+
+/// Login outcomes counted per provider, shown as 0 until the first.
+const LOGIN_OUTCOMES: [&str; 3] = ["ok", "transient_failure", "permanent_failure"];
 
 /// What the scrape-time gauges are read from.
 pub struct Sources {
@@ -67,6 +120,12 @@ impl Sources {
         let (held, waiting) = self.leases.load_by_provider();
         for summary in self.accounts.summary() {
             let provider = summary.provider.clone();
+            for outcome in LOGIN_OUTCOMES {
+                metrics::counter!("credvault_logins_total", "provider" => provider.clone(), "outcome" => outcome)
+                    .increment(0);
+            }
+            metrics::counter!("credvault_logins_refused_total", "provider" => provider.clone(), "reason" => "budget")
+                .increment(0);
             for status in Status::ALL {
                 let count = summary.by_status.get(status.name()).copied().unwrap_or(0);
                 metrics::gauge!("credvault_accounts", "provider" => provider.clone(), "status" => status.name())
