@@ -252,6 +252,8 @@ struct Services {
     leases: Arc<LeaseService>,
     events: Events,
     reflection: Reflection,
+    /// Turns true when shutdown starts.
+    stopping: watch::Receiver<bool>,
 }
 
 fn router(
@@ -282,7 +284,8 @@ fn router(
         services.events.clone(),
         vault.fingerprints.clone(),
         vault.authenticator.clone(),
-    );
+    )
+    .ending_watches_on(services.stopping.clone());
     let limits = &vault.limits;
     let max = limits.max_request_bytes;
     let mut builder = Server::builder()
@@ -473,6 +476,7 @@ pub async fn run(
         leases: leases.clone(),
         events,
         reflection,
+        stopping: stop_rx.clone(),
     };
     if metrics.is_some() {
         // Before the first call is counted.

@@ -39,6 +39,8 @@ pub struct CredentialsApi {
     fingerprints: Arc<Fingerprinter>,
     /// Proves a watch's caller again while its stream lives.
     authenticator: Arc<Authenticator>,
+    /// Turns true when the server starts shutting down: open watches end then.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl CredentialsApi {
@@ -59,7 +61,14 @@ impl CredentialsApi {
             events,
             fingerprints,
             authenticator,
+            stopping: tokio::sync::watch::channel(false).1,
         }
+    }
+
+    /// Open watches end when `stopping` turns true (the server's shutdown).
+    pub fn ending_watches_on(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = stopping;
+        self
     }
 }
 
@@ -232,6 +241,7 @@ impl Credentials for CredentialsApi {
             filter,
             opened: actor,
             audit,
+            stopping: self.stopping.clone(),
         };
         Ok(Response::new(Box::pin(ReceiverStream::new(watch.start()))))
     }

@@ -105,6 +105,13 @@ impl Filter {
     }
 }
 
+/// Resolves when `stopping` turns true; never, when nobody can turn it (no server).
+async fn shutting_down(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    if stopping.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// One open stream: what it needs to check its caller and hand out tokens.
 pub struct Watch {
     pub callers: Arc<CallerService>,
@@ -117,11 +124,14 @@ pub struct Watch {
     pub opened: Caller,
     /// The call's audit record; each hand-out is audited on its own, as this call.
     pub audit: CallAudit,
+    /// Turns true when the server starts shutting down.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Watch {
     /// Starts the stream; it ends when the caller loses the right to it, falls behind,
-    /// or hangs up.
+    /// or hangs up, and ends cleanly (status OK) when the server starts shutting down,
+    /// so that no open watch holds the shutdown for its grace period.
     pub fn start(self) -> mpsc::Receiver<Result<proto::CredentialEvent, Status>> {
         let (tx, rx) = mpsc::channel(BUFFER);
         // Subscribed before the call answers: no event after the open is missed.
@@ -139,9 +149,14 @@ impl Watch {
     ) {
         let mut tick = tokio::time::interval(RECHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stopping = self.stopping.clone();
         loop {
             let item = tokio::select! {
                 () = tx.closed() => return,
+                () = shutting_down(&mut stopping) => {
+                    tracing::debug!(caller = %self.opened.id, "watch stream ended: shutting down");
+                    return;
+                }
                 received = events.recv() => match received {
                     Ok(event) => match self.checked(&event).await {
                         Ok(Some(out)) => Ok(out),
