@@ -459,6 +459,26 @@ async fn trace_logs_hold_no_secret_and_sigterm_stops_cleanly() {
         "trace logging was on"
     );
     assert!(output.contains("account revealed"), "reveals are logged");
+    // The refused login names its account by tag (never the email), and span fields
+    // are plain JSON strings, not quoted twice.
+    let refused_login = log
+        .lines()
+        .find(|line| line.contains("login refused; the account needs attention"))
+        .expect("the refused login is logged");
+    let tag: String = refused_login
+        .split("\"email\":\"")
+        .nth(1)
+        .map(|rest| rest.chars().take_while(|c| *c != '"').collect())
+        .unwrap_or_default();
+    assert!(
+        tag.len() == 16 && tag.chars().all(|c| c.is_ascii_hexdigit()),
+        "{refused_login}"
+    );
+    assert!(!refused_login.contains("@example.com"), "{refused_login}");
+    assert!(
+        log.contains(r#""provider":"pixverse""#) && !log.contains(r#"\"pixverse\""#),
+        "span fields quoted once"
+    );
     assert!(
         output.contains("\"target\":\"audit\"") && output.contains("\"node\":\"sweep-node\""),
         "audit events are log lines, tagged with the node"

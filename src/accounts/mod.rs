@@ -189,6 +189,12 @@ impl AccountService {
         })
     }
 
+    /// How log lines name an account's email: a keyed tag (8 bytes of HMAC, hex), the
+    /// same in every line, never the email.
+    pub fn email_tag(&self, email: &str) -> String {
+        self.names.fingerprints.tag(&email.to_lowercase())
+    }
+
     /// Follows the store's changes to accounts (another node's write) until `stop`;
     /// when the watch ends, reads the directory afresh (keeping what this process
     /// wrote meanwhile) and follows on.

@@ -93,7 +93,7 @@ impl Inner {
         }
     }
 
-    #[tracing::instrument(skip_all, fields(provider = %key.provider))]
+    #[tracing::instrument(skip_all, fields(provider = %key.provider, email = %self.accounts.email_tag(&key.email)))]
     async fn login(&self, key: &AccountKey, force: bool, fence: &flight::Fence) -> LoginOutcome {
         let Ok(_permit) = self.limit.acquire().await else {
             return (Err(RefreshError::ShuttingDown), Next::Unchanged);
