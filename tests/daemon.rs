@@ -741,7 +741,7 @@ fn bad_configuration_exits_64_naming_the_problem() {
         (
             vec!["serve", "--data-dir", data, "--config", bad_toml],
             good_env.to_vec(),
-            "unknown field: found `listen_port`",
+            "unknown key \"listen_port\" in ",
         ),
         (
             vec!["serve", "--data-dir", data, "--config", bad_provider],

@@ -10,7 +10,7 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{0}")]
+    #[error("{}", describe(.0))]
     Parse(Box<figment::Error>),
     #[error("config file {0} does not exist")]
     MissingFile(PathBuf),
@@ -69,4 +69,99 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     Rng(#[from] RngError),
+}
+
+/// A configuration file or environment error as an operator reads it: the key as it
+/// is written (dotted for the file, the variable's name for the environment), where it
+/// came from, and for a misspelt key the nearest known one.
+fn describe(error: &figment::Error) -> String {
+    error
+        .clone()
+        .into_iter()
+        .map(|e| one(&e))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn one(error: &figment::Error) -> String {
+    use figment::error::Kind;
+    let key = match error.path.join(".") {
+        key if key.is_empty() => "the configuration".to_owned(),
+        key => format!("\"{key}\""),
+    };
+    let place = match &error.metadata {
+        Some(meta) => match &meta.source {
+            Some(figment::Source::File(path)) => format!(" in {}", path.display()),
+            _ if meta.name.contains("environment") => format!(
+                " (environment variable CREDVAULT_{})",
+                error.path.join("__").to_uppercase()
+            ),
+            _ => String::new(),
+        },
+        None => String::new(),
+    };
+    match &error.kind {
+        Kind::UnknownField(found, expected) => {
+            let near = nearest(found, expected)
+                .map(|near| format!("; did you mean \"{near}\"?"))
+                .unwrap_or_default();
+            format!(
+                "unknown key {key}{place}{near} (known there: {})",
+                expected.join(", ")
+            )
+        }
+        Kind::UnknownVariant(found, expected) => format!(
+            "{key}{place}: \"{found}\" is not one of {}",
+            expected.join(", ")
+        ),
+        kind => format!("{key}{place}: {kind}"),
+    }
+}
+
+/// The known name closest to `found`, when it is a likely misspelling.
+fn nearest<'a>(found: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|name| (distance(found, name), *name))
+        .filter(|(d, name)| *d <= 2.max(name.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, name)| name)
+}
+
+/// Edit distance (insertions, deletions, substitutions, and swaps of neighbours).
+fn distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (rows[i - 1][j] + 1)
+                .min(rows[i][j - 1] + 1)
+                .min(rows[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = best;
+        }
+    }
+    rows[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelt_key_is_named_with_its_nearest_known_one() {
+        assert_eq!(nearest("listne", &["listen", "socket"]), Some("listen"));
+        assert_eq!(nearest("zzzzzz", &["listen", "socket"]), None);
+        assert_eq!(distance("listne", "listen"), 1);
+        assert_eq!(distance("", "abc"), 3);
+    }
 }
