@@ -86,8 +86,12 @@ pub struct OfflineArgs {
     /// TOML configuration file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The daemon's data directory (env CREDVAULT_DATA_DIR; default ./credvault-data).
+    /// On etcd it holds this node's audit trail.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// File holding the base64 master key the data was sealed with (env
+    /// CREDVAULT_MASTER_KEY_FILE, or the key itself in CREDVAULT_MASTER_KEY).
     #[arg(long, value_name = "FILE")]
     pub master_key_file: Option<PathBuf>,
     /// The data directory was made with --dev (its key file is beside the data).
@@ -107,6 +111,7 @@ impl OfflineArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = SERVE_ENVIRONMENT)]
 pub struct ServeArgs {
     /// Development mode: creates a key file beside the data and prints a fresh admin
     /// token. Never for production.
@@ -118,18 +123,35 @@ pub struct ServeArgs {
     /// Unix socket path for the API.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Where the store (and, in --dev, the key file) lives.
+    /// Where the store (and, in --dev, the key file) lives (env CREDVAULT_DATA_DIR;
+    /// default ./credvault-data).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// TOML configuration file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// File holding the base64 master key.
+    /// File holding the base64 master key (env CREDVAULT_MASTER_KEY_FILE, or the key
+    /// itself in CREDVAULT_MASTER_KEY).
     #[arg(long, value_name = "FILE")]
     pub master_key_file: Option<PathBuf>,
+    /// Log lines on stderr as text or JSON (env CREDVAULT_LOG_FORMAT).
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
 }
+
+/// What `serve --help` says about configuration beyond its flags.
+const SERVE_ENVIRONMENT: &str = "\
+Configuration, each layer over the one before: built-in defaults, the --config file,
+CREDVAULT_* environment variables, then these flags. Every key of the file has its
+variable: CREDVAULT_LISTEN, CREDVAULT_SOCKET, CREDVAULT_DATA_DIR,
+CREDVAULT_MASTER_KEY_FILE (or CREDVAULT_MASTER_KEY), CREDVAULT_ADMIN_TOKEN_FILE (or
+CREDVAULT_ADMIN_TOKEN), CREDVAULT_LOG_FORMAT, CREDVAULT_LOG_FILTER (RUST_LOG wins),
+CREDVAULT_METRICS_LISTEN, CREDVAULT_HEALTH_LISTEN, CREDVAULT_REFLECTION,
+CREDVAULT_NODE_ID, CREDVAULT_SHUTDOWN_GRACE_SECS; tables nest with __, e.g.
+CREDVAULT_STORE__BACKEND=etcd,
+CREDVAULT_STORE__ETCD__ENDPOINTS=http://a:2379,http://b:2379,
+CREDVAULT_PROVIDERS__PIXVERSE__MAX_JOBS=4. The README's Configuration table lists
+them all.";
 
 impl ServeArgs {
     pub fn overrides(&self) -> Overrides {

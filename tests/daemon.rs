@@ -917,3 +917,44 @@ fn tail(output: &str) -> String {
     let lines: Vec<&str> = output.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
+
+/// Every flag of every command says what it is, and `serve --help` names the
+/// environment variables.
+#[test]
+fn help_explains_every_flag_and_serve_names_the_environment() {
+    let help = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_credvault"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for command in [
+        "serve",
+        "backup",
+        "restore",
+        "migrate",
+        "rotate-key",
+        "rotate-signing-key",
+    ] {
+        let text = help(&[command]);
+        for line in text.lines().filter(|l| l.trim_start().starts_with("--")) {
+            let (flag, explained) = line.trim_start().split_once("  ").unwrap_or((line, ""));
+            assert!(
+                !explained.trim().is_empty(),
+                "{command} {flag} has no help: {text}"
+            );
+        }
+    }
+    let serve = help(&["serve"]);
+    for variable in [
+        "CREDVAULT_DATA_DIR",
+        "CREDVAULT_MASTER_KEY_FILE",
+        "CREDVAULT_STORE__BACKEND",
+        "CREDVAULT_REFLECTION",
+    ] {
+        assert!(serve.contains(variable), "{variable} in {serve}");
+    }
+}
