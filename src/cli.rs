@@ -22,7 +22,7 @@ pub enum Command {
     /// Run the daemon.
     Serve(ServeArgs),
     /// Print a new random master key (base64) for a key file or CREDVAULT_MASTER_KEY.
-    Keygen,
+    Keygen(KeygenArgs),
     /// Make a new caller-token signing key current (run while the daemon is stopped,
     /// with its configuration). Tokens signed by earlier keys stay valid until they
     /// expire.
@@ -41,6 +41,13 @@ pub enum Command {
     /// with its configuration; to rotate while serving, start the daemon with the new
     /// key and previous_master_key_file instead). Rotates the signing key too.
     RotateKey(RotateKeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Write the key to this new file (owner-only, 0600) instead of printing it.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

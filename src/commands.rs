@@ -16,10 +16,21 @@ use crate::{
     vault::{self, OpenError, Vault},
 };
 
+// Exit codes, after sysexits.h (listed in the README).
 /// EX_USAGE: bad flags, configuration or keys.
 pub const EXIT_CONFIG: u8 = 64;
+/// EX_DATAERR: an input file that is not what it should be (a damaged backup).
+pub const EXIT_DATA: u8 = 65;
+/// EX_NOINPUT: an input file that does not exist or cannot be read.
+pub const EXIT_NO_INPUT: u8 = 66;
+/// EX_UNAVAILABLE: a service needed is out of reach (etcd).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+/// EX_CANTCREAT: an output file or directory that cannot be made.
+pub const EXIT_CANT_CREATE: u8 = 73;
 /// EX_IOERR: the data on disk is damaged or has lost acknowledged writes.
 pub const EXIT_DAMAGED: u8 = 74;
+/// EX_TEMPFAIL: try again later: the data directory (or the port) is in use.
+pub const EXIT_IN_USE: u8 = 75;
 /// What an operator does about a damaged store.
 const RESTORE_ADVICE: &str = "this store will not be served (it could answer records that were changed or revoked since); restore the latest backup into a new, empty data directory with `credvault restore --data-dir NEW_DIR --from BACKUP_FILE` (same master key), start credvault on it, and keep the damaged directory for inspection";
 
@@ -65,8 +76,10 @@ fn open_failed(error: &OpenError) -> ExitCode {
             "credvault: the data directory is damaged: {}",
             with_advice(error)
         );
+    } else if error.is_in_use() {
+        eprintln!("credvault: {error}: stop the daemon first");
     } else {
-        eprintln!("credvault: cannot open the data directory (is the daemon stopped?): {error}");
+        eprintln!("credvault: cannot open the vault: {error}");
     }
     exit_for(error)
 }
@@ -82,21 +95,48 @@ pub fn with_advice(error: &OpenError) -> String {
 
 /// The exit code for a vault that did not open.
 pub fn exit_for(error: &OpenError) -> ExitCode {
-    if error.is_configuration() {
-        ExitCode::from(EXIT_CONFIG)
+    ExitCode::from(if error.is_configuration() {
+        EXIT_CONFIG
     } else if error.is_damage() {
-        ExitCode::from(EXIT_DAMAGED)
+        EXIT_DAMAGED
+    } else if error.is_in_use() {
+        EXIT_IN_USE
+    } else if error.is_unreachable() {
+        EXIT_UNAVAILABLE
+    } else if matches!(error, OpenError::DataDir(_)) {
+        EXIT_CANT_CREATE
     } else {
-        ExitCode::FAILURE
-    }
+        1
+    })
 }
 
 fn backup_failed(what: &str, error: &backup::BackupError) -> ExitCode {
+    use backup::BackupError;
     eprintln!("credvault: {what} failed: {error}");
-    if error.is_usage() {
-        ExitCode::from(EXIT_CONFIG)
-    } else {
-        ExitCode::FAILURE
+    ExitCode::from(match error {
+        BackupError::Io {
+            action: "reading", ..
+        } => EXIT_NO_INPUT,
+        BackupError::Io { .. } | BackupError::Exists { .. } => EXIT_CANT_CREATE,
+        BackupError::NotABackup(_) | BackupError::Corrupted { .. } => EXIT_DATA,
+        BackupError::Store(store) if store.is_unavailable() => EXIT_UNAVAILABLE,
+        error if error.is_usage() => EXIT_CONFIG,
+        _ => 1,
+    })
+}
+
+/// Refuses a command that reads a vault where there is none, before anything is
+/// created there.
+fn existing_data(settings: &Settings) -> Result<(), ExitCode> {
+    match settings.store {
+        StoreSettings::Sled if !settings.data_dir.join("db").is_dir() => {
+            eprintln!(
+                "credvault: {} holds no credvault data (no db/ in it); give the daemon's --data-dir",
+                settings.data_dir.display()
+            );
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -106,6 +146,18 @@ pub async fn backup(args: &BackupArgs) -> ExitCode {
         Err(code) => return code,
     };
     telemetry::init(LogFormat::Text, &settings.log_filter);
+    // Refused before the store is read: the output must be new.
+    if args.out.exists() {
+        return backup_failed(
+            "backup",
+            &backup::BackupError::Exists {
+                path: args.out.clone(),
+            },
+        );
+    }
+    if let Err(code) = existing_data(&settings) {
+        return code;
+    }
     let backed_up = match &settings.store {
         StoreSettings::Sled => {
             let vault = match open_offline(&settings).await {
@@ -172,17 +224,31 @@ pub async fn restore(args: &RestoreArgs) -> ExitCode {
         return restore_shared(args, &settings, options).await;
     }
     let sealer = Sealer::new(&settings.master_key);
+    // The file is checked whole before anything is created.
+    if let Err(error) = backup::check(&args.from, &sealer, Naming::Emails) {
+        return backup_failed("restore", &error);
+    }
     let db_dir = settings.data_dir.join("db");
     let target = format!("the data directory {}", db_dir.display());
+    let created = !settings.data_dir.exists();
     let restored = match crate::store::open_embedded(&db_dir) {
         Ok(store) => {
-            backup::restore(&args.from, &sealer, store.as_ref(), &target, Naming::Emails).await
+            let restored =
+                backup::restore(&args.from, &sealer, store.as_ref(), &target, Naming::Emails).await;
+            drop(store);
+            restored
         }
         Err(error) => Err(error.into()),
     };
     let summary = match restored {
         Ok(summary) => summary,
-        Err(error) => return backup_failed("restore", &error),
+        Err(error) => {
+            // A directory this run made is taken back: a failed restore leaves nothing.
+            if created {
+                let _ = std::fs::remove_dir_all(&settings.data_dir);
+            }
+            return backup_failed("restore", &error);
+        }
     };
     // Opening checks the store format and the key-check record, as start-up will.
     let vault = match open_offline(&settings).await {
@@ -292,6 +358,9 @@ pub async fn rotate_signing_key(args: &OfflineArgs) -> ExitCode {
         Ok(settings) => settings,
         Err(code) => return code,
     };
+    if let Err(code) = existing_data(&settings) {
+        return code;
+    }
     let vault = match open_offline(&settings).await {
         Ok(vault) => vault,
         Err(code) => return code,
@@ -333,7 +402,11 @@ pub async fn rotate_key(args: &RotateKeyArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Err(code) = existing_data(&settings) {
+        return code;
+    }
     // The configured key becomes the previous one (still read), the new one current.
+    let resuming = settings.previous_master_key.is_some();
     let old = std::mem::replace(&mut settings.master_key, new_key);
     if settings.previous_master_key.is_none() {
         settings.previous_master_key = Some(old);
@@ -361,6 +434,15 @@ pub async fn rotate_key(args: &RotateKeyArgs) -> ExitCode {
         }
         Err(error) => return open_failed(&error),
     };
+    // A --dev vault's key file takes the new key, the old one kept beside it until the
+    // rotation is done (a second run, or a start, resumes with both).
+    if let Some(dev) = &settings.dev_key
+        && !resuming
+        && let Err(error) = crate::config::keep_dev_keys(&dev.path, &settings.master_key)
+    {
+        eprintln!("credvault: keeping the --dev key files: {error}");
+        return ExitCode::from(EXIT_CANT_CREATE);
+    }
     let store = vault.store.as_ref();
     // On a shared store: no node may serve meanwhile.
     let quiet = match &vault.etcd {
@@ -408,6 +490,9 @@ pub async fn rotate_key(args: &RotateKeyArgs) -> ExitCode {
             .unwrap_or_default(),
         args.new_key_file.display()
     );
+    if let Some(dev) = &settings.dev_key {
+        let _ = std::fs::remove_file(crate::config::dev_previous_key_path(&dev.path));
+    }
     if quiet.is_some() {
         println!(
             "the shared records are done, and the audit trail in {}; every other node's data directory still holds its own audit trail under the old key: run this same command once with each as --data-dir (it re-seals that trail only)",
@@ -473,15 +558,50 @@ async fn release_shared(
     shared_rekey::unmark(store).await.map_err(|e| failed(&e))
 }
 
-pub fn keygen() -> ExitCode {
-    match MasterKey::generate() {
-        Ok(key) => {
-            println!("{}", *key.to_base64());
-            ExitCode::SUCCESS
-        }
+/// Prints a new key, or writes it to a new file `out` (0600). Printed into a file
+/// (`keygen > new.key`), that file is made owner-only too.
+pub fn keygen(out: Option<&std::path::Path>) -> ExitCode {
+    let key = match MasterKey::generate() {
+        Ok(key) => key,
         Err(error) => {
             eprintln!("credvault: {error}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    let written = match out {
+        Some(path) => crate::config::write_key_file(path, &key).map_err(|e| e.to_string()),
+        None => {
+            use std::io::Write;
+            private_stdout();
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{}", *key.to_base64())
+                .and_then(|()| stdout.flush())
+                .map_err(|e| format!("writing the key: {e}"))
+        }
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("credvault: {error}");
+            ExitCode::from(EXIT_CANT_CREATE)
+        }
+    }
+}
+
+/// When stdout is a regular file (a shell redirect), makes it owner-only before a key
+/// is written into it.
+fn private_stdout() {
+    use std::os::{fd::AsFd, unix::fs::PermissionsExt};
+    let Ok(file) = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+    else {
+        return;
+    };
+    if file.metadata().is_ok_and(|m| m.is_file())
+        && let Err(error) = file.set_permissions(std::fs::Permissions::from_mode(0o600))
+    {
+        eprintln!("credvault: warning: could not make the output file owner-only: {error}");
     }
 }

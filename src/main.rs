@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Keygen => commands::keygen(),
+        Command::Keygen(args) => commands::keygen(args.out.as_deref()),
         Command::Serve(args) => serve(&args),
         Command::RotateSigningKey(args) => offline(commands::rotate_signing_key(&args)),
         Command::Backup(args) => offline(commands::backup(&args)),
@@ -59,9 +59,9 @@ fn serve(args: &ServeArgs) -> ExitCode {
 }
 
 async fn run(settings: Settings) -> ExitCode {
-    if let Some(key_file) = &settings.dev_key_file {
+    if let Some(dev) = &settings.dev_key {
         tracing::warn!(
-            key_file = %key_file.display(),
+            key_file = %dev.path.display(),
             "DEVELOPMENT MODE: the master key is stored beside the data; anyone who can read the data directory can read every secret. Never use --dev in production."
         );
     }
@@ -70,7 +70,14 @@ async fn run(settings: Settings) -> ExitCode {
         Ok(listeners) => listeners,
         Err(error) => {
             eprintln!("credvault: {error}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(match &error {
+                server::ServeError::Bind { source, .. }
+                    if source.kind() == std::io::ErrorKind::AddrInUse =>
+                {
+                    commands::EXIT_IN_USE
+                }
+                _ => commands::EXIT_UNAVAILABLE,
+            });
         }
     };
     let vault = match Vault::open(&settings).await {

@@ -507,7 +507,7 @@ pub async fn run(
     };
     tokio::spawn(reloader.run(hangup, stop_rx.clone()));
     if vault.rekey.needed() {
-        tokio::spawn(vault.rekey.clone().in_background(vault.callers.clone()));
+        vault.rekey.start(vault.callers.clone());
     }
     let mut servers = JoinSet::new();
     if let Some(metrics) = metrics {

@@ -98,7 +98,7 @@ pub enum OpenError {
         source: StoreError,
     },
     #[error(
-        "the master key does not match the data in {0} (key check failed); start with the key this data was created with"
+        "the master key does not match the data in {0} (key check failed); start with the key it is sealed under now (after a master-key rotation, the new one)"
     )]
     WrongKey(PathBuf),
     #[error(
@@ -109,6 +109,9 @@ pub enum OpenError {
         "a master-key rotation of {0} is running or was interrupted (`credvault rotate-key`); start once it has finished, with the new key, or finish it by running the same rotate-key command again"
     )]
     Rotating(PathBuf),
+    /// The data directory (or a new `--dev` key file) could not be made.
+    #[error("{0}")]
+    DataDir(String),
     #[error("the stored HMAC keys do not open: {0}")]
     HmacKeys(String),
     #[error("{0} holds no credvault data")]
@@ -131,6 +134,22 @@ impl OpenError {
                 | OpenError::Empty(_)
                 | OpenError::Rotating(_)
         )
+    }
+
+    /// Another process holds the data directory (exit 75).
+    pub fn is_in_use(&self) -> bool {
+        matches!(
+            self,
+            OpenError::Store {
+                source: StoreError::Locked,
+                ..
+            }
+        )
+    }
+
+    /// The shared store did not answer (exit 69).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, OpenError::Store { source, .. } if source.is_unavailable())
     }
 
     /// The data on disk is damaged or has lost acknowledged writes (exit 74): it is not
@@ -202,6 +221,9 @@ impl Vault {
         faults: Option<Arc<FaultPlan>>,
         rotating: bool,
     ) -> Result<Self, OpenError> {
+        settings
+            .prepare_data_dir()
+            .map_err(|e| OpenError::DataDir(e.to_string()))?;
         let db_path = settings.data_dir.join("db");
         let (backend, etcd, where_) = open_backend(settings, &db_path).await?;
         let store_error = |source| OpenError::Store {
@@ -312,11 +334,10 @@ impl Vault {
             let callers = settling.clone();
             Box::pin(async move { callers.settle().await })
         }));
-        let rekey = Arc::new(Rekey::with_sharing(
-            store.clone(),
-            sealer.clone(),
-            etcd.is_some(),
-        ));
+        let rekey = Arc::new(
+            Rekey::with_sharing(store.clone(), sealer.clone(), etcd.is_some())
+                .with_dev_key(settings.dev_key.as_ref().map(|dev| dev.path.clone())),
+        );
         let door = Arc::new(crate::handout::Door::new(callers.clone(), audit.clone()));
         Ok(Self {
             store,

@@ -146,7 +146,8 @@ async fn a_restored_backup_serves_every_account_and_caller() {
         "--out",
         snapshot_arg,
     ]);
-    assert_eq!((code, out.contains("already exists")), (64, true), "{out}");
+    // EX_CANTCREAT, said before the store is read.
+    assert_eq!((code, out.contains("already exists")), (73, true), "{out}");
 
     let restored = dir.path().join("restored");
     let (code, out) = offline(&[
@@ -261,7 +262,8 @@ async fn a_wrong_key_or_a_damaged_file_is_refused() {
     let flipped = dir.path().join("flipped.backup");
     std::fs::write(&flipped, &bytes).unwrap();
     let (code, out) = restore(&flipped, "flipped", &key);
-    assert_eq!(code, 64, "{out}");
+    // EX_DATAERR: the input file is bad.
+    assert_eq!(code, 65, "{out}");
     assert!(out.contains("is damaged"), "{out}");
 
     let truncated = dir.path().join("truncated.backup");
@@ -269,13 +271,24 @@ async fn a_wrong_key_or_a_damaged_file_is_refused() {
     let (code, out) = restore(&truncated, "truncated", &key);
     assert_eq!(
         (code, out.contains("not a credvault backup")),
-        (64, true),
+        (65, true),
         "{out}"
     );
+    // EX_NOINPUT: no such file.
+    let (code, out) = restore(&dir.path().join("absent.backup"), "absent", &key);
+    assert_eq!(code, 66, "{out}");
+    assert!(out.contains("absent.backup"), "{out}");
 
-    // A refused restore leaves nothing behind to trip the next attempt.
+    // A refused restore leaves nothing behind: not even the data directory.
+    for target in ["wrong-key", "flipped", "truncated", "absent"] {
+        assert!(
+            !dir.path().join(target).exists(),
+            "{target} was left behind"
+        );
+    }
     let (code, out) = restore(&snapshot, "wrong-key-then-right", &other_key);
     assert_eq!(code, 64, "{out}");
+    assert!(!dir.path().join("wrong-key-then-right").exists());
     let (code, out) = restore(&snapshot, "wrong-key-then-right", &key);
     assert_eq!(code, 0, "{out}");
 }

@@ -859,9 +859,10 @@ async fn rotate_signing_key_runs_offline_and_keeps_old_tokens_valid() {
 
     // Not while the daemon holds the data directory.
     let (code, stderr) = run(&offline, &env);
-    assert_eq!(code, Some(1), "{stderr}");
+    // EX_TEMPFAIL: try again once the daemon is stopped.
+    assert_eq!(code, Some(75), "{stderr}");
     assert!(
-        stderr.contains("cannot open the data directory (is the daemon stopped?)"),
+        stderr.contains("is in use by another credvault process: stop the daemon first"),
         "{stderr}"
     );
     assert!(daemon.terminate().success());
@@ -957,4 +958,158 @@ fn help_explains_every_flag_and_serve_names_the_environment() {
     ] {
         assert!(serve.contains(variable), "{variable} in {serve}");
     }
+}
+
+/// A failed start or command writes nothing: a refused configuration or a busy port
+/// leaves no data directory and no `--dev` key; `keygen` writes owner-only files,
+/// printed into a redirect too.
+#[test]
+fn failed_starts_leave_nothing_and_keys_are_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let (code, stderr) = run(
+        &["serve", "--dev", "--data-dir", data_arg],
+        &[("CREDVAULT_ADMIN_TOKEN", "tooshort")],
+    );
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(!data.exists(), "a refused configuration made {data_arg}");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let (code, stderr) = run(
+        &["serve", "--dev", "--data-dir", data_arg, "--listen", &addr],
+        &[],
+    );
+    assert_eq!(code, Some(75), "EX_TEMPFAIL for a busy port: {stderr}");
+    assert!(!data.exists(), "a busy port made {data_arg}");
+
+    let out = dir.path().join("out.key");
+    let (code, stderr) = run(&["keygen", "--out", out.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&out), 0o600);
+    let (code, stderr) = run(&["keygen", "--out", out.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(73), "never over an existing file: {stderr}");
+    let redirected = dir.path().join("redirected.key");
+    let file = std::fs::File::create(&redirected).unwrap();
+    std::fs::set_permissions(&redirected, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_credvault"))
+        .arg("keygen")
+        .stdout(file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(mode(&redirected), 0o600);
+    assert_eq!(
+        std::fs::read_to_string(&redirected).unwrap().trim().len(),
+        44
+    );
+}
+
+/// `--dev` through an online master-key rotation: RotateMasterKey answers RUNNING (or
+/// already DONE), the key file beside the data holds the new key once it is done, and
+/// the next `serve --dev`, `backup --dev` and `rotate-signing-key --dev` all work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_follows_an_online_master_key_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let serve = [
+        "serve",
+        "--dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_arg,
+    ];
+    let start = || {
+        let daemon = Daemon::spawn(&serve, &[]);
+        let addr = daemon.wait_for_addr();
+        let token = daemon
+            .wait_for_line("admin token: ")
+            .trim_start_matches("admin token: ")
+            .to_owned();
+        (daemon, addr, token)
+    };
+    let (mut daemon, addr, token) = start();
+    client(addr, &token)
+        .await
+        .create_account(pixverse("dev@example.com", PASSWORD))
+        .await
+        .unwrap();
+    let new_key = dir.path().join("new.key");
+    let (code, stderr) = run(&["keygen", "--out", new_key.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut keys =
+        proto::keys_client::KeysClient::with_interceptor(channel, Bearer(Some(token.clone())));
+    let started = keys
+        .rotate_master_key(proto::RotateMasterKeyRequest {
+            new_key_file: new_key.display().to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    use proto::key_rotation::Phase;
+    assert!(
+        [Phase::Running as i32, Phase::Done as i32].contains(&started.phase),
+        "{started:?}"
+    );
+    let done = support::eventually(std::time::Duration::from_secs(10), async || {
+        let status = keys
+            .rotation_status(proto::RotationStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        status.phase == Phase::Done as i32
+    })
+    .await;
+    assert!(done, "the rotation finishes");
+    let status = keys
+        .rotation_status(proto::RotationStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.records_examined >= status.records_resealed && status.records_resealed > 0);
+    let dev_key = data.join("dev-master.key");
+    assert_eq!(
+        std::fs::read_to_string(&dev_key).unwrap().trim(),
+        std::fs::read_to_string(&new_key).unwrap().trim()
+    );
+    assert!(!data.join("dev-master.previous.key").exists());
+    drop(keys);
+    assert!(daemon.terminate().success());
+
+    let backup = dir.path().join("dev.backup");
+    for offline in [
+        vec![
+            "backup",
+            "--dev",
+            "--data-dir",
+            data_arg,
+            "--out",
+            backup.to_str().unwrap(),
+        ],
+        vec!["rotate-signing-key", "--dev", "--data-dir", data_arg],
+    ] {
+        let (code, stderr) = run(&offline, &[]);
+        assert_eq!(code, Some(0), "{offline:?}: {stderr}");
+    }
+    let (mut daemon, addr, token) = start();
+    let account = client(addr, &token)
+        .await
+        .get_account(proto::GetAccountRequest {
+            provider: "pixverse".into(),
+            email: "dev@example.com".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(account.email, "dev@example.com");
+    assert!(daemon.terminate().success());
 }

@@ -186,7 +186,7 @@ async fn a_wrong_master_key_refuses_to_start() {
     assert_eq!(
         error.to_string(),
         format!(
-            "the master key does not match the data in {} (key check failed); start with the key this data was created with",
+            "the master key does not match the data in {} (key check failed); start with the key it is sealed under now (after a master-key rotation, the new one)",
             dir.path().display()
         )
     );

@@ -24,10 +24,13 @@ mod tests;
 
 use checks::{check_callers, check_refresh};
 pub use error::ConfigError;
+pub use secrets::{DevKey, dev_previous_key_path, keep_dev_keys, write_key_file};
 pub use secrets::{
     SecretBytes, TlsFiles, generate_token, read_admin_token_file, read_master_key_file,
 };
-use secrets::{admin_token, create_private_dir, master_key, optional_addr, read_pem};
+use secrets::{
+    admin_token, create_private_dir, master_key, optional_addr, read_pem, write_dev_key,
+};
 pub use store::{BackendKind, EtcdConfig, StoreConfig, StoreSettings};
 
 use crate::{
@@ -43,6 +46,8 @@ use crate::{
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// Name of the key file `--dev` keeps inside the data directory.
 pub const DEV_KEY_FILE: &str = "dev-master.key";
+/// The previous key a `--dev` vault keeps beside the data while a rotation runs.
+pub const DEV_PREVIOUS_KEY_FILE: &str = "dev-master.previous.key";
 
 /// Environment variables read, beyond nested provider settings (`CREDVAULT_PROVIDERS__…`).
 const ENV_KEYS: [&str; 22] = [
@@ -251,8 +256,8 @@ pub struct Settings {
     pub socket_peers: HashMap<u32, String>,
     /// TLS for the TCP API, when configured.
     pub tls: Option<TlsFiles>,
-    /// Set when `--dev` created or used the key file beside the data.
-    pub dev_key_file: Option<PathBuf>,
+    /// Set when `--dev` uses the key file beside the data (or will write it).
+    pub dev_key: Option<DevKey>,
     pub providers: Providers,
     pub callers: CallerSettings,
     pub refresh: RefreshSettings,
@@ -261,6 +266,22 @@ pub struct Settings {
     pub store: StoreSettings,
     pub node_id: String,
     pub audit_log_lines: bool,
+}
+
+impl Settings {
+    /// Makes the data directory (0700) and, for a new `--dev` vault, its key file: done
+    /// when the vault is about to be opened, so that a command or start that fails
+    /// before leaves nothing behind.
+    pub fn prepare_data_dir(&self) -> Result<(), ConfigError> {
+        create_private_dir(&self.data_dir)?;
+        if let Some(dev) = &self.dev_key
+            && dev.new
+            && !dev.path.exists()
+        {
+            write_dev_key(&dev.path, &self.master_key)?;
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -356,19 +377,23 @@ impl Config {
         if let Some(problem) = self.limits.problem() {
             return Err(ConfigError::Limits(problem));
         }
-        create_private_dir(&self.data_dir)?;
         let previous_master_key = match (self.previous_master_key, self.previous_master_key_file) {
             (None, None) => None,
             (inline, file) => Some(master_key(inline, file, &self.data_dir, false)?.0),
         };
         let master_key_file = self.master_key_file.clone();
         let admin_token_file = self.admin_token_file.clone();
-        let (master_key, dev_key_file) = master_key(
+        let (master_key, dev_key) = master_key(
             self.master_key,
             self.master_key_file,
             &self.data_dir,
             self.dev,
         )?;
+        // A --dev vault stopped during a rotation resumes it with both keys.
+        let previous_master_key = match (&dev_key, previous_master_key) {
+            (Some(dev), None) => secrets::dev_previous_key(&dev.path)?,
+            (_, previous) => previous,
+        };
         let (admin_token, admin_token_generated) =
             admin_token(self.admin_token, self.admin_token_file, self.dev)?;
 
@@ -394,7 +419,7 @@ impl Config {
             tls,
             audit_retention: (self.audit_retention_days > 0)
                 .then(|| Duration::from_secs(self.audit_retention_days.saturating_mul(86_400))),
-            dev_key_file,
+            dev_key,
             providers,
             callers: self.callers,
             refresh: self.refresh,

@@ -65,7 +65,13 @@ fn dev_creates_a_private_key_file_once() {
     config.dev = true;
     let first = config.resolve().unwrap();
     let path = dir.path().join(DEV_KEY_FILE);
-    assert_eq!(first.dev_key_file.as_deref(), Some(path.as_path()));
+    assert_eq!(
+        first.dev_key.as_ref().map(|dev| dev.path.as_path()),
+        Some(path.as_path())
+    );
+    // Nothing is written until the vault is about to be made.
+    assert!(!path.exists());
+    first.prepare_data_dir().unwrap();
     assert_eq!(
         fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o600

@@ -188,6 +188,26 @@ pub async fn backup_where(
     })
 }
 
+/// Checks, writing nothing, that `from` is a backup this key opens whole and whose
+/// records are named as `naming` does: what a restore checks before it creates or
+/// writes anything.
+pub fn check(from: &Path, sealer: &Sealer, naming: Naming) -> Result<(), BackupError> {
+    let bytes = read(from)?;
+    let payload = open(from, &bytes, sealer)?;
+    let trees = parse(&payload).ok_or_else(|| BackupError::Corrupted {
+        path: from.to_owned(),
+    })?;
+    check_naming(from, &trees, naming)
+}
+
+fn read(from: &Path) -> Result<Vec<u8>, BackupError> {
+    std::fs::read(from).map_err(|source| BackupError::Io {
+        action: "reading",
+        path: from.to_owned(),
+        source,
+    })
+}
+
 /// Checks `from` and writes its entries into `store`, which must be empty (`target`
 /// names it in errors) and name its records as `naming` does.
 pub async fn restore(
@@ -197,38 +217,12 @@ pub async fn restore(
     target: &str,
     naming: Naming,
 ) -> Result<Summary, BackupError> {
-    let bytes = std::fs::read(from).map_err(|source| BackupError::Io {
-        action: "reading",
-        path: from.to_owned(),
-        source,
-    })?;
+    let bytes = read(from)?;
     let payload = open(from, &bytes, sealer)?;
     let trees = parse(&payload).ok_or_else(|| BackupError::Corrupted {
         path: from.to_owned(),
     })?;
-
-    if let Some(found) = naming_of(&trees)
-        && found != naming
-    {
-        let (found, into, hint) = match found {
-            Naming::Emails => (
-                "the embedded store",
-                "a shared (etcd) store",
-                "copy a data directory into etcd with `credvault migrate --from-data-dir`",
-            ),
-            Naming::Fingerprints => (
-                "a shared (etcd) store",
-                "an embedded store",
-                "restore it into an etcd prefix",
-            ),
-        };
-        return Err(BackupError::Naming {
-            path: from.to_owned(),
-            found,
-            into,
-            hint,
-        });
-    }
+    check_naming(from, &trees, naming)?;
     for tree in Tree::ALL {
         if !store.entries(tree, b"", None, 1).await?.is_empty() {
             return Err(BackupError::NotEmpty(target.to_owned()));
@@ -252,6 +246,33 @@ pub async fn restore(
         entries: total,
         bytes: bytes.len() as u64,
     })
+}
+
+/// Refuses a backup whose records are named for the other backend.
+fn check_naming(from: &Path, trees: &Parsed<'_>, naming: Naming) -> Result<(), BackupError> {
+    if let Some(found) = naming_of(trees)
+        && found != naming
+    {
+        let (found, into, hint) = match found {
+            Naming::Emails => (
+                "the embedded store",
+                "a shared (etcd) store",
+                "copy a data directory into etcd with `credvault migrate --from-data-dir`",
+            ),
+            Naming::Fingerprints => (
+                "a shared (etcd) store",
+                "an embedded store",
+                "restore it into an etcd prefix",
+            ),
+        };
+        return Err(BackupError::Naming {
+            path: from.to_owned(),
+            found,
+            into,
+            hint,
+        });
+    }
+    Ok(())
 }
 
 /// How the backed-up records are named, where it shows: an account record's format

@@ -79,6 +79,8 @@ pub struct Rekey {
     /// The store is shared with other processes: online rotation is refused, and the
     /// offline one leaves the records bound to processes alone.
     shared: bool,
+    /// A `--dev` vault's key file: a rotation keeps it current (see `rotate_to_file`).
+    dev_key: Option<std::path::PathBuf>,
     examined: AtomicU64,
     resealed: AtomicU64,
     phase: Mutex<Phase>,
@@ -96,10 +98,17 @@ impl Rekey {
             store,
             sealer,
             shared,
+            dev_key: None,
             examined: AtomicU64::new(0),
             resealed: AtomicU64::new(0),
             phase: Mutex::new(Phase::Idle),
         }
+    }
+
+    /// A `--dev` vault keeps its key in `path`.
+    pub fn with_dev_key(mut self, path: Option<std::path::PathBuf>) -> Self {
+        self.dev_key = path;
+        self
     }
 
     pub fn needed(&self) -> bool {
@@ -147,6 +156,15 @@ impl Rekey {
         if self.phase() == Phase::Running {
             return Err(RotateError::Running);
         }
+        if self.sealer.previous_key_id().is_some() || key.key_id() == self.sealer.key_id() {
+            return Err(RotateError::NotNow);
+        }
+        // A --dev vault has no configuration to change: its key file beside the data
+        // takes the new key now, the old one kept beside it until the rotation is done.
+        if let Some(dev_key) = &self.dev_key {
+            crate::config::keep_dev_keys(dev_key, &key)
+                .map_err(|e| RotateError::BadKey(format!("keeping the --dev key files: {e}")))?;
+        }
         if !self.sealer.rotate_to(&key) {
             return Err(RotateError::NotNow);
         }
@@ -154,8 +172,17 @@ impl Rekey {
             key_id = %self.sealer.key_id(),
             "master key rotation requested: set master_key_file to the new key (and previous_master_key_file to the old one until it completes) before the next start"
         );
-        tokio::spawn(self.clone().in_background(callers));
+        self.start(callers);
         Ok(())
+    }
+
+    /// Re-seals in the background; RUNNING from this moment (a status asked right
+    /// after the request sees it started).
+    pub fn start(self: &Arc<Self>, callers: Arc<CallerService>) {
+        self.set_phase(Phase::Running);
+        self.examined.store(0, Ordering::Relaxed);
+        self.resealed.store(0, Ordering::Relaxed);
+        tokio::spawn(self.clone().in_background(callers));
     }
 
     /// Re-seals every record under the new master key while serving (which retires the
@@ -166,6 +193,14 @@ impl Rekey {
         tracing::info!(%key_id, "master key rotation: re-sealing every record under the new key");
         match self.run().await {
             Ok(resealed) => {
+                if let Some(dev_key) = &self.dev_key {
+                    let previous = crate::config::dev_previous_key_path(dev_key);
+                    if let Err(error) = std::fs::remove_file(&previous)
+                        && error.kind() != std::io::ErrorKind::NotFound
+                    {
+                        tracing::warn!(%error, path = %previous.display(), "removing the --dev previous key failed");
+                    }
+                }
                 let signing = if resealed > 0 {
                     callers.rotate_signing_key().await.map(Some)
                 } else {
@@ -211,8 +246,9 @@ impl Rekey {
     }
 
     async fn walk(&self) -> Result<u64, RekeyError> {
+        // The trees walked (the indexes hold nothing sealed), as RotationStatus counts.
         let mut total = 0;
-        for tree in Tree::ALL {
+        for tree in [Tree::Accounts, Tree::Meta].into_iter().chain(SEALED_TREES) {
             total += self.store.count(tree).await?;
         }
         let mut progress = Progress::new("key rotation", total);
@@ -235,6 +271,7 @@ impl Rekey {
             sealed::reseal(sealer, Tree::Meta, key, bytes).map_err(|e| e.to_string())
         })
         .await?;
+        // Counted where the meta tree was walked; re-sealed only now.
         self.one(Tree::Meta, KEY_CHECK_KEY, |sealer, _, bytes| {
             sealer
                 .reseal(KEY_CHECK_CONTEXT, bytes)
@@ -259,6 +296,7 @@ impl Rekey {
                 .await?;
             let done = batch.len() < BATCH;
             for (key, _) in &batch {
+                self.examined.fetch_add(1, Ordering::Relaxed);
                 if !self.bound_to_a_process(tree, key) {
                     self.one(tree, key, &reseal).await?;
                 }
@@ -287,7 +325,6 @@ impl Rekey {
         key: &[u8],
         reseal: impl Fn(&Sealer, &[u8], &[u8]) -> Result<Option<Vec<u8>>, String>,
     ) -> Result<(), RekeyError> {
-        self.examined.fetch_add(1, Ordering::Relaxed);
         loop {
             // Deleted meanwhile: nothing left to re-seal.
             let Some(current) = self.store.value(tree, key).await? else {

@@ -120,7 +120,7 @@ impl Reloader {
             key_id = %key.key_id(),
             "the master key file holds a new key: rotating to it while serving (keep the old key as previous_master_key_file until RotationStatus says DONE)"
         );
-        tokio::spawn(self.rekey.clone().in_background(self.callers.clone()));
+        self.rekey.start(self.callers.clone());
     }
 }
 

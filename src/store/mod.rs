@@ -150,6 +150,11 @@ impl StoreError {
             StoreError::Corrupted(_) | StoreError::LostWrites { .. }
         )
     }
+
+    /// A shared store that did not answer: a retry later, or another member, may.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
 }
 
 /// The outcome of a single-key compare-and-swap that did not fail outright.
