@@ -275,7 +275,8 @@ fn router(
         services.events.clone(),
         vault.fingerprints.clone(),
     );
-    let callers = CallersApi::new(vault.callers.clone());
+    let callers =
+        CallersApi::new(vault.callers.clone()).ending_leases_with(services.leases.clone());
     let credentials = CredentialsApi::new(
         vault.accounts.clone(),
         vault.callers.clone(),

@@ -313,6 +313,7 @@ fn the_readme_leases_walkthrough_works_when_pasted() {
         r#""leaseExpiresAt": ""#,
         r#""password": "s3cret-pass""#,
         r#""phase": "PHASE_IDLE""#,
+        r#""callerId": ""#,
     ] {
         assert!(output.contains(expected), "{expected} in {output}");
     }
@@ -339,5 +340,9 @@ fn the_readme_tokens_walkthrough_works_when_pasted() {
     assert!(
         output.matches(r#""jwt": "#).count() == 1 && output.contains(r#""profile": {"#),
         "a session from Basic: {output}"
+    );
+    assert!(
+        output.contains(r#""keyId": ""#) && output.contains(r#""activatedAt": ""#),
+        "ListCallers shows key ids: {output}"
     );
 }

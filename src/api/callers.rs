@@ -13,17 +13,33 @@ use crate::{
     auth::{Credential, Permission},
     callers::{CallerError, CallerService, CallerUpdate, NewCaller, TokenError},
     crypto::SecretString,
+    leases::LeaseService,
     proto::{self, callers_server::Callers},
     validate::{self, FieldError},
 };
 
+/// ListCallers' page sizes.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: i32 = 1000;
+
 pub struct CallersApi {
     callers: Arc<CallerService>,
+    /// Ends a deleted caller's leases.
+    leases: Option<Arc<LeaseService>>,
 }
 
 impl CallersApi {
     pub fn new(callers: Arc<CallerService>) -> Self {
-        Self { callers }
+        Self {
+            callers,
+            leases: None,
+        }
+    }
+
+    /// DeleteCaller ends the deleted caller's leases here.
+    pub fn ending_leases_with(mut self, leases: Arc<LeaseService>) -> Self {
+        self.leases = Some(leases);
+        self
     }
 
     fn info(&self, id: &str) -> Result<proto::CallerInfo, Status> {
@@ -251,5 +267,73 @@ impl Callers for CallersApi {
             &record,
             self.callers.now_ms(),
         )))
+    }
+
+    async fn list_callers(
+        &self,
+        request: Request<proto::ListCallersRequest>,
+    ) -> Result<Response<proto::ListCallersResponse>, Status> {
+        authorized(&request, Permission::ManageCallers, "ListCallers")?;
+        let req = request.into_inner();
+        text_field("page_token", &req.page_token, validate::MAX_ID_LEN)?;
+        let limit = match req.page_size {
+            0 => DEFAULT_PAGE,
+            n if (1..=MAX_PAGE).contains(&n) => n as usize,
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size must be between 1 and {MAX_PAGE} (got {n})"
+                )));
+            }
+        };
+        let role = match req.role {
+            0 => None,
+            value => Some(
+                convert::roles(&[value])
+                    .map_err(invalid)?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| invalid(FieldError::UnknownRole(value)))?,
+            ),
+        };
+        let (records, more) = self
+            .callers
+            .list(&req.page_token, limit, role)
+            .map_err(caller_error)?;
+        let now = self.callers.now_ms();
+        let next_page_token = match (more, records.last()) {
+            (true, Some(last)) => last.id.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(proto::ListCallersResponse {
+            callers: records
+                .iter()
+                .map(|record| convert::caller_info(record, now))
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn delete_caller(
+        &self,
+        request: Request<proto::DeleteCallerRequest>,
+    ) -> Result<Response<()>, Status> {
+        let actor = authorized(&request, Permission::ManageCallers, "DeleteCaller")?;
+        let audit = call_audit(&request);
+        let req = request.into_inner();
+        text_field("caller_id", &req.caller_id, validate::MAX_ID_LEN)?;
+        text_field("email", &req.email, validate::MAX_EMAIL_LEN)?;
+        let id = match (req.caller_id.as_str(), req.email.as_str()) {
+            ("", "") => return Err(invalid(FieldError::OneOf("caller_id", "email"))),
+            ("", email) => self.callers.find_by_email(email).map_err(caller_error)?.id,
+            (id, _) => id.to_owned(),
+        };
+        audit.target(&id);
+        self.callers.delete(&id).await.map_err(caller_error)?;
+        let leases = match &self.leases {
+            Some(leases) => leases.end_caller(&id).await,
+            None => 0,
+        };
+        tracing::info!(actor = %actor.id, caller = %id, leases_ended = leases, "caller deleted");
+        Ok(Response::new(()))
     }
 }

@@ -131,6 +131,15 @@ pub fn caller_info(record: &CallerRecord, now_ms: i64) -> proto::CallerInfo {
         api_keys: record.keys.len() as i32,
         activated_keys: record.activated_keys() as i32,
         version: record.version,
+        keys: record
+            .keys
+            .iter()
+            .map(|key| proto::ApiKeyInfo {
+                key_id: key.key_id.clone(),
+                created_at: Some(timestamp(key.created_at_ms)),
+                activated_at: key.activated_at_ms.map(timestamp),
+            })
+            .collect(),
     }
 }
 

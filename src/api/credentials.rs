@@ -245,4 +245,65 @@ impl Credentials for CredentialsApi {
         };
         Ok(Response::new(Box::pin(ReceiverStream::new(watch.start()))))
     }
+
+    async fn list_leases(
+        &self,
+        request: Request<proto::ListLeasesRequest>,
+    ) -> Result<Response<proto::ListLeasesResponse>, Status> {
+        let actor = super::caller(&request)?;
+        let req = request.into_inner();
+        text_field("provider", &req.provider, validate::MAX_PROVIDER_LEN)?;
+        text_field("caller_id", &req.caller_id, validate::MAX_ID_LEN)?;
+        // Admins and operators see every lease; a consumer its own.
+        let everyone = actor
+            .require(Permission::AccountsRead, "ListLeases")
+            .is_ok();
+        if !everyone {
+            actor
+                .require(Permission::Credentials, "ListLeases")
+                .map_err(super::status::denied)?;
+            if !req.caller_id.is_empty() && req.caller_id != actor.id {
+                return Err(super::status::denied(crate::auth::Denied::OtherCaller));
+            }
+        }
+        let caller = match (everyone, req.caller_id.as_str()) {
+            (false, _) => Some(actor.id.as_str()),
+            (true, "") => None,
+            (true, id) => Some(id),
+        };
+        let leases = self
+            .leases
+            .list(caller)
+            .into_iter()
+            .filter(|lease| req.provider.is_empty() || lease.provider == req.provider)
+            .map(|lease| proto::LeaseInfo {
+                lease_id: lease.id,
+                caller_id: lease.caller_id,
+                provider: lease.provider,
+                email: lease.email,
+                acquired_at: Some(convert::timestamp(lease.acquired_at_ms)),
+                expires_at: Some(convert::timestamp(lease.expires_at_ms)),
+            })
+            .collect();
+        Ok(Response::new(proto::ListLeasesResponse { leases }))
+    }
+
+    #[tracing::instrument(skip_all, fields(lease = %crate::telemetry::Plain(&request.get_ref().lease_id)))]
+    async fn revoke_lease(
+        &self,
+        request: Request<proto::RevokeLeaseRequest>,
+    ) -> Result<Response<()>, Status> {
+        let actor = authorized(&request, Permission::AccountsWrite, "RevokeLease")?;
+        lease_id(&request.get_ref().lease_id)?;
+        let audit = call_audit(&request);
+        audit.target(&request.get_ref().lease_id);
+        let lease = self
+            .leases
+            .revoke(&request.get_ref().lease_id)
+            .await
+            .map_err(lease_error)?;
+        audit.account(&lease.provider, &lease.email);
+        tracing::info!(actor = %actor.id, holder = %lease.caller_id, "lease revoked");
+        Ok(Response::new(()))
+    }
 }

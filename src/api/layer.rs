@@ -68,6 +68,8 @@ fn audited(path: &str) -> Audited {
             | "Callers/ActivateCaller"
             | "Callers/RevokeToken"
             | "Callers/UpdateCaller"
+            | "Callers/DeleteCaller"
+            | "Credentials/RevokeLease"
             | "Credentials/ReleaseLease"
             | "Credentials/WatchCredentials"
             | "Audit/AuditHash"

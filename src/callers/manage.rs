@@ -337,6 +337,72 @@ impl CallerService {
     }
 }
 
+impl CallerService {
+    /// ListCallers: up to `limit` callers after id `after`, in id order, those holding
+    /// `role` when given; and whether more follow.
+    pub fn list(
+        &self,
+        after: &str,
+        limit: usize,
+        role: Option<Role>,
+    ) -> Result<(Vec<CallerRecord>, bool), CallerError> {
+        let ids = self.view().ids();
+        let mut page = Vec::new();
+        for id in ids.iter().filter(|id| id.as_str() > after) {
+            let record = self.get(id)?;
+            if role.is_some_and(|role| !record.roles.contains(&role)) {
+                continue;
+            }
+            if page.len() == limit {
+                return Ok((page, true));
+            }
+            page.push(record);
+        }
+        Ok((page, false))
+    }
+
+    /// DeleteCaller: the record and both of its indexes, in one transaction; its keys
+    /// and tokens stop working with it. The bootstrap admin stays.
+    pub async fn delete(&self, id: &str) -> Result<CallerRecord, CallerError> {
+        if id == BOOTSTRAP_ADMIN_ID {
+            return Err(CallerError::BootstrapAdmin);
+        }
+        let _stripe = self.stripe(id).lock().await;
+        let opened = self
+            .opened(id)?
+            .ok_or_else(|| CallerError::NotFound(id.to_owned()))?;
+        let record = opened.record.clone();
+        let mut writes = vec![Write {
+            tree: Tree::Callers,
+            key: id.as_bytes().to_vec(),
+            value: None,
+        }];
+        if !record.email.is_empty() {
+            writes.push(Write {
+                tree: Tree::CallerEmails,
+                key: self.email_key(&record.email).into_bytes(),
+                value: None,
+            });
+        }
+        writes.extend(record.keys.iter().map(|key| key_index(&key.key_id, None)));
+        let mut txn = Txn::new().expect(
+            Tree::Callers,
+            id.as_bytes(),
+            Expect::Value(opened.bytes.clone()),
+        );
+        txn.writes.extend(writes.iter().cloned());
+        match self.store.commit(txn).await? {
+            Outcome::Committed(revision) => {
+                self.took(&writes, revision);
+                self.changed.send_modify(|count| *count += 1);
+                self.store.flush().await?;
+                Ok(record)
+            }
+            Outcome::Conflict(_) => Err(CallerError::Contended(id.to_owned())),
+        }
+    }
+}
+
 /// The API-key index entry for `key_id`: pointing at `caller`, or deleted.
 fn key_index(key_id: &str, caller: Option<&str>) -> Write {
     Write {

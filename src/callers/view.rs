@@ -86,6 +86,13 @@ impl View {
         }
     }
 
+    /// Every caller id, in order.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.records.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
     pub fn id_by_email(&self, email: &str) -> Option<&str> {
         self.emails.get(email).map(|(id, _)| id.as_str())
     }

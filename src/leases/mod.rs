@@ -296,6 +296,48 @@ impl LeaseService {
         Ok(())
     }
 
+    /// The live leases, oldest first: all of them, or those of one caller.
+    pub fn list(&self, caller_id: Option<&str>) -> Vec<LeaseRecord> {
+        let now = self.clock.now_ms();
+        let mut leases: Vec<LeaseRecord> = self
+            .slots
+            .all()
+            .into_iter()
+            .filter(|lease| lease.expires_at_ms > now)
+            .filter(|lease| caller_id.is_none_or(|id| lease.caller_id == id))
+            .collect();
+        leases.sort_by(|a, b| (a.acquired_at_ms, &a.id).cmp(&(b.acquired_at_ms, &b.id)));
+        leases
+    }
+
+    /// RevokeLease: ends a live lease now and tells its holder through the watch.
+    pub async fn revoke(&self, id: &str) -> Result<LeaseRecord, LeaseError> {
+        let now = self.clock.now_ms();
+        let lease = self
+            .slots
+            .get(id)
+            .filter(|lease| lease.expires_at_ms > now)
+            .ok_or_else(|| LeaseError::NotFound(id.to_owned()))?;
+        self.end(id).await;
+        self.events.publish(Event {
+            key: lease.key(),
+            kind: EventKind::LeaseRevoked {
+                lease_id: id.to_owned(),
+            },
+            at_ms: now,
+        });
+        Ok(lease)
+    }
+
+    /// Ends every lease a (deleted) caller holds, telling each through the watch.
+    pub async fn end_caller(&self, caller_id: &str) -> usize {
+        let held = self.list(Some(caller_id));
+        for lease in &held {
+            let _ = self.revoke(&lease.id).await;
+        }
+        held.len()
+    }
+
     /// Ends every lease on an account (deleted or disabled) and tells their holders.
     pub async fn end_account(&self, key: &AccountKey) {
         for lease in self.slots.leases_of(key) {
