@@ -35,6 +35,8 @@ use tonic::{
 };
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+#[path = "../tests/support/debian.rs"]
+mod debian;
 #[path = "credentials/etcd.rs"]
 mod etcd;
 #[allow(dead_code)]

@@ -514,6 +514,7 @@ pub async fn run(
     if let Some(metrics) = metrics {
         let sources = Arc::new(exporter::Sources {
             accounts: vault.accounts.clone(),
+            callers: vault.callers.clone(),
             leases: leases.clone(),
             store: vault.store.clone(),
             clock: vault.clock.clone(),

@@ -231,8 +231,81 @@ async fn metrics_show_what_a_scripted_run_did() {
         );
     }
 
+    ops_files_query_only_exported_metrics(&page);
+
     // Anything but GET /metrics is not served.
     let other = reqwest::get(format!("http://{metrics}/")).await.unwrap();
     assert_eq!(other.status(), 404);
     server.stop().await;
+}
+
+/// The Grafana dashboard and the Prometheus alert rules in `deploy/` query only metrics
+/// this scrape shows (a histogram by its `_bucket`, `_sum` and `_count` series); the
+/// dashboard is JSON with panels that each have a query, and `promtool check rules`
+/// (Debian's prometheus package, installed when missing) accepts the rules.
+fn ops_files_query_only_exported_metrics(page: &str) {
+    let exported: Vec<&str> = page
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    let known = |name: &str| {
+        exported.contains(&name)
+            || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+                name.strip_suffix(suffix)
+                    .is_some_and(|base| exported.contains(&base))
+            })
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules = root.join("deploy/prometheus/credvault-rules.yaml");
+    let dashboard = root.join("deploy/grafana/credvault.json");
+    let dashboard_text = std::fs::read_to_string(&dashboard).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard_text).unwrap();
+    let panels = parsed["panels"].as_array().expect("panels");
+    assert!(
+        panels.len() >= 9,
+        "slots, waiters, hand-outs, logins, accounts, expiry, latency, audit, failing closed"
+    );
+    for panel in panels {
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(
+            !targets.is_empty() && targets.iter().all(|t| t["expr"].is_string()),
+            "{panel}"
+        );
+    }
+    let rules_text = std::fs::read_to_string(&rules).unwrap();
+    let mut queried = 0;
+    for (file, text) in [(&rules, &rules_text), (&dashboard, &dashboard_text)] {
+        for name in metric_names(text) {
+            queried += 1;
+            assert!(known(&name), "{}: {name} is not exported", file.display());
+        }
+    }
+    assert!(queried > 15, "the files query the metrics ({queried} uses)");
+
+    let promtool = support::debian::tool("promtool", "prometheus");
+    let checked = std::process::Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&checked.stdout).into_owned()
+        + &String::from_utf8_lossy(&checked.stderr);
+    assert!(checked.status.success(), "{said}");
+    assert!(said.contains("SUCCESS: 5 rules found"), "{said}");
+}
+
+/// Every `credvault_…` metric name in a text.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("credvault_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.push(name);
+    }
+    names
 }

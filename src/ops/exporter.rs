@@ -17,6 +17,7 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     accounts::{AccountService, Status},
+    callers::CallerService,
     clock::Clock,
     leases::LeaseService,
     store::Store,
@@ -97,6 +98,10 @@ fn describe() {
         "Seconds until the provider's soonest upstream token expiry (negative: expired)"
     );
     describe_gauge!(
+        "credvault_failing_closed",
+        "1 while this node cannot confirm its view of callers (etcd out of reach) and refuses credentials; else 0"
+    );
+    describe_gauge!(
         "credvault_store_size_bytes",
         Unit::Bytes,
         "Bytes the store takes on this node's disk"
@@ -109,6 +114,7 @@ const LOGIN_OUTCOMES: [&str; 3] = ["ok", "transient_failure", "permanent_failure
 /// What the scrape-time gauges are read from.
 pub struct Sources {
     pub accounts: Arc<AccountService>,
+    pub callers: Arc<CallerService>,
     pub leases: Arc<LeaseService>,
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
@@ -142,6 +148,8 @@ impl Sources {
                     .set((expiry - now_secs) as f64);
             }
         }
+        let failing_closed = self.callers.stale_for().is_some();
+        metrics::gauge!("credvault_failing_closed").set(f64::from(u8::from(failing_closed)));
         if let Some(bytes) = self.store.disk_bytes() {
             metrics::gauge!("credvault_store_size_bytes").set(bytes as f64);
         }

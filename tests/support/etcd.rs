@@ -24,44 +24,8 @@ const START_DEADLINE: Duration = Duration::from_secs(60);
 pub fn etcd_binary() -> PathBuf {
     static FOUND: OnceLock<PathBuf> = OnceLock::new();
     FOUND
-        .get_or_init(|| {
-            if let Some(found) = which("etcd") {
-                return found;
-            }
-            install_etcd();
-            which("etcd").expect(
-                "etcd is not installed and could not be installed: run `apt-get install etcd-server` as root",
-            )
-        })
+        .get_or_init(|| super::debian::tool("etcd", "etcd-server"))
         .clone()
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-fn install_etcd() {
-    let uid = Command::new("id").arg("-u").output().ok();
-    let root = uid.is_some_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
-    assert!(
-        root,
-        "etcd is not installed; install Debian's etcd-server (as root: apt-get install etcd-server)"
-    );
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "etcd-server"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !install() {
-        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
-        assert!(install(), "apt-get install etcd-server failed");
-    }
 }
 
 fn free_port() -> u16 {

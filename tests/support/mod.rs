@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod debian;
 pub mod etcd;
 pub mod proxy;
 
