@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{LogFormat, Overrides};
+use crate::{
+    client,
+    config::{LogFormat, Overrides},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +44,29 @@ pub enum Command {
     /// with its configuration; to rotate while serving, start the daemon with the new
     /// key and previous_master_key_file instead). Rotates the signing key too.
     RotateKey(RotateKeyArgs),
+    /// Client: accounts on a running daemon (list, get, create, update, delete, refresh).
+    Accounts(client::Group<client::AccountsAction>),
+    /// Client: leases (list, acquire, renew, release, revoke).
+    Leases(client::Group<client::LeasesAction>),
+    /// Client: callers (list, create, activate, update, delete, whoami).
+    Callers(client::Group<client::CallersAction>),
+    /// Client: the calling caller's JWTs (issue, list, revoke).
+    Tokens(client::Group<client::TokensAction>),
+    /// Client: one account unmasked (audited, and charged to the caller).
+    Reveal(client::Reveal),
+    /// Client: credential events as they happen, until interrupted.
+    Watch(client::Watch),
+    /// Client: the node's audit trail (list, hash).
+    Audit(client::Group<client::AuditAction>),
+    /// Client: master-key rotation (status, rotate).
+    Keys(client::Group<client::KeysAction>),
+    /// Client: whether the daemon serves (exit 0) or not (69).
+    Health(client::Health),
+    /// A completion script for bash, zsh or fish.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]

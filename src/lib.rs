@@ -64,6 +64,7 @@ pub mod audit;
 pub mod auth;
 pub mod callers;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod commands;
 pub mod config;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use credvault::{
     cli::{Cli, Command, ServeArgs},
+    client::{self, Request},
     commands::{self, EXIT_CONFIG, exit_for, offline, with_advice},
     config::{Config, Settings},
     server::{self, Listeners},
@@ -32,6 +33,25 @@ fn main() -> ExitCode {
         Command::Restore(args) => offline(commands::restore(&args)),
         Command::RotateKey(args) => offline(commands::rotate_key(&args)),
         Command::Migrate(args) => offline(commands::migrate(&args)),
+        Command::Accounts(group) => client::run(Request::Accounts(group)),
+        Command::Leases(group) => client::run(Request::Leases(group)),
+        Command::Callers(group) => client::run(Request::Callers(group)),
+        Command::Tokens(group) => client::run(Request::Tokens(group)),
+        Command::Reveal(reveal) => client::run(Request::Reveal(reveal)),
+        Command::Watch(watch) => client::run(Request::Watch(watch)),
+        Command::Audit(group) => client::run(Request::Audit(group)),
+        Command::Keys(group) => client::run(Request::Keys(group)),
+        Command::Health(health) => client::run(Request::Health(health)),
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "credvault",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
     }
 }
 

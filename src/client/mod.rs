@@ -1,0 +1,900 @@
+//! `credvault` as a client of a running daemon, for operators who would rather not
+//! write JSON: `credvault accounts list`, `credvault leases acquire pixverse`, … Each
+//! command is one RPC (two for a rotation it follows), over TCP, TLS or the Unix
+//! socket ([`connect`]), printed as a table or as grpcurl's JSON ([`output`]).
+//!
+//! Secrets are never flag values: an account's password, a caller's secret or a value
+//! to hash is read from a file (`-` for stdin) or a named environment variable.
+//! Exit codes: 0 done, 1 refused by the server, 64 usage, 69 the daemon unreachable or
+//! not serving.
+
+pub mod connect;
+pub mod output;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Args, Subcommand};
+
+use crate::proto;
+use connect::{Connection, Credential};
+
+/// Why a client command did not succeed, and its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    code: u8,
+    text: String,
+}
+
+impl Failure {
+    pub fn usage(text: impl Into<String>) -> Self {
+        Self {
+            code: 64,
+            text: text.into(),
+        }
+    }
+
+    pub fn refused(text: impl Into<String>) -> Self {
+        Self {
+            code: 1,
+            text: text.into(),
+        }
+    }
+
+    pub fn unavailable(text: impl Into<String>) -> Self {
+        Self {
+            code: 69,
+            text: text.into(),
+        }
+    }
+}
+
+type Outcome = Result<(), Failure>;
+
+/// A group of commands on one service, with the connection flags.
+#[derive(Debug, Args)]
+pub struct Group<A: Subcommand> {
+    #[command(flatten)]
+    pub conn: Connection,
+    #[command(subcommand)]
+    pub action: A,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsAction {
+    /// Every account (masked), or one provider's.
+    List {
+        /// Only this provider's accounts.
+        #[arg(long)]
+        provider: Option<String>,
+    },
+    /// One account, masked.
+    Get {
+        provider: String,
+        email: String,
+    },
+    /// A new account. The password, API key and secret come from files or env vars.
+    Create {
+        provider: String,
+        email: String,
+        #[command(flatten)]
+        secrets: AccountSecrets,
+        /// How many jobs may hold the account at once.
+        #[arg(long, default_value_t = 1)]
+        max_jobs: i32,
+        /// Create it disabled.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// Changes maxJobs, disables or enables, or replaces the password.
+    Update {
+        provider: String,
+        email: String,
+        /// How many jobs may hold the account at once.
+        #[arg(long)]
+        max_jobs: Option<i32>,
+        /// true to disable the account (its leases end), false to enable it.
+        #[arg(long)]
+        disabled: Option<bool>,
+        #[command(flatten)]
+        secrets: AccountSecrets,
+        /// Only if the account is still at this version.
+        #[arg(long)]
+        expected_version: Option<u64>,
+    },
+    Delete {
+        provider: String,
+        email: String,
+    },
+    /// Logs in again now (`--force` even when the token is fresh).
+    Refresh {
+        provider: String,
+        email: String,
+        /// Even when the token is fresh.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Where an account's secrets are read from: a file (`-`: stdin) or an environment
+/// variable named here, never the value itself.
+#[derive(Debug, Args)]
+pub struct AccountSecrets {
+    /// The upstream password, from this file (`-`: stdin).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// The upstream password, from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub password_env: Option<String>,
+    /// An API-key account's key, from this file.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// An API-key account's secret, from this file.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// The upstream session token the account holds now.
+    #[arg(long, value_name = "FILE")]
+    pub jwt_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LeasesAction {
+    /// Who holds which slot (admins and operators: every lease; a consumer its own).
+    List {
+        /// Only leases on this provider's accounts.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Only this caller's leases.
+        #[arg(long)]
+        caller_id: Option<String>,
+    },
+    /// A slot on one of the provider's accounts (or `--email` that one).
+    Acquire {
+        provider: String,
+        /// This account only.
+        #[arg(long)]
+        email: Option<String>,
+        /// How long the slot is held without a renewal, e.g. 300s, 5m.
+        #[arg(long, default_value = "300s")]
+        ttl: String,
+        /// How long to wait for a free slot.
+        #[arg(long, default_value = "0s")]
+        wait: String,
+    },
+    Renew {
+        lease_id: String,
+        /// The new time to live from now.
+        #[arg(long, default_value = "300s")]
+        ttl: String,
+    },
+    Release {
+        lease_id: String,
+    },
+    /// Admin or operator: ends somebody's lease now.
+    Revoke {
+        lease_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CallersAction {
+    /// Admin: every caller (`--role consumer|operator|admin` keeps those).
+    List {
+        /// admin, operator or consumer.
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// Admin: a new caller; prints its API key once.
+    Create {
+        email: String,
+        /// The caller's secret (at least 32 characters), from a file or `-` for stdin.
+        #[arg(long, value_name = "FILE")]
+        secret_file: PathBuf,
+        /// admin, operator or consumer; repeat for several.
+        #[arg(long, default_value = "consumer")]
+        role: Vec<String>,
+        /// `provider` or `provider/email-glob`; repeat for several.
+        #[arg(long)]
+        scope: Vec<String>,
+    },
+    /// The first call of a new API key (the credential from the environment).
+    Activate,
+    /// Admin: credits, disable or enable.
+    Update {
+        /// The caller, by id …
+        #[arg(long)]
+        caller_id: Option<String>,
+        /// … or by email.
+        #[arg(long)]
+        email: Option<String>,
+        /// Credits to add (negative to take some away).
+        #[arg(long, allow_hyphen_values = true)]
+        add_credits: Option<i64>,
+        /// true to disable the caller, false to enable it.
+        #[arg(long)]
+        disabled: Option<bool>,
+        /// Removes these API keys (ids as `whoami` and `list` show them).
+        #[arg(long)]
+        remove_api_key: Vec<String>,
+    },
+    /// Admin: deletes a caller; its keys, tokens and leases end.
+    Delete {
+        /// The caller, by id …
+        #[arg(long)]
+        caller_id: Option<String>,
+        /// … or by email.
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Who the credential is: roles, scopes, balance, key ids.
+    Whoami,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensAction {
+    /// A long-lived JWT for the calling caller (at most 3 live).
+    Issue,
+    List,
+    /// Revokes a JWT by its id (`jti`).
+    Revoke {
+        jti: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// The newest events of this node's trail.
+    List {
+        /// How many events (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        page_size: i32,
+        /// Only this caller's events.
+        #[arg(long)]
+        caller_id: Option<String>,
+    },
+    /// Was this value handed out? Read from a file or `-` for stdin.
+    Hash {
+        #[arg(long, value_name = "FILE")]
+        value_file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Where a master-key rotation is.
+    Status,
+    /// Starts an online master-key rotation to the key in FILE (a path on the daemon's
+    /// host) and follows it to its end.
+    Rotate {
+        #[arg(long, value_name = "FILE")]
+        new_key_file: String,
+    },
+}
+
+/// One account unmasked (audited, and charged to the caller).
+#[derive(Debug, Args)]
+pub struct Reveal {
+    #[command(flatten)]
+    pub conn: Connection,
+    pub provider: String,
+    pub email: String,
+}
+
+/// Credential events as they happen, until interrupted.
+#[derive(Debug, Args)]
+pub struct Watch {
+    #[command(flatten)]
+    pub conn: Connection,
+    /// Only this provider's accounts.
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Only this account.
+    #[arg(long)]
+    pub email: Option<String>,
+}
+
+/// Whether the daemon serves (exit 0) or not (69).
+#[derive(Debug, Args)]
+pub struct Health {
+    #[command(flatten)]
+    pub conn: Connection,
+    /// A service name ("" the whole server, `liveness`, `credvault.v1.Credentials`).
+    #[arg(long, default_value = "")]
+    pub service: String,
+}
+
+/// A client command.
+pub enum Request {
+    Accounts(Group<AccountsAction>),
+    Leases(Group<LeasesAction>),
+    Callers(Group<CallersAction>),
+    Tokens(Group<TokensAction>),
+    Audit(Group<AuditAction>),
+    Keys(Group<KeysAction>),
+    Reveal(Reveal),
+    Watch(Watch),
+    Health(Health),
+}
+
+/// Runs a client command on a runtime of its own.
+pub fn run(request: Request) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("credvault: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(request)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("credvault: {}", failure.text);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// The channel and credential of a command, ready for a generated client.
+async fn connect(conn: &Connection) -> Result<(tonic::transport::Channel, Credential), Failure> {
+    let credential = conn.credential()?;
+    Ok((conn.channel().await?, credential))
+}
+
+async fn dispatch(request: Request) -> Outcome {
+    match request {
+        Request::Accounts(group) => accounts(group).await,
+        Request::Leases(group) => leases(group).await,
+        Request::Callers(group) => callers(group).await,
+        Request::Tokens(group) => tokens(group).await,
+        Request::Audit(group) => audit(group).await,
+        Request::Keys(group) => keys(group).await,
+        Request::Reveal(reveal) => {
+            let (channel, credential) = connect(&reveal.conn).await?;
+            let answer =
+                proto::credentials_client::CredentialsClient::with_interceptor(channel, credential)
+                    .reveal_account(proto::RevealAccountRequest {
+                        provider: reveal.provider,
+                        email: reveal.email,
+                    })
+                    .await
+                    .map_err(|s| output::refusal(&s))?;
+            output::print(reveal.conn.output, answer.get_ref(), "credvault.v1.Account");
+            Ok(())
+        }
+        Request::Watch(watch) => watch_events(watch).await,
+        Request::Health(health) => health_check(health).await,
+    }
+}
+
+/// Prints an answer or turns a refusal into a failure.
+fn answered<M: prost::Message>(
+    conn: &Connection,
+    answer: Result<tonic::Response<M>, tonic::Status>,
+    name: &str,
+) -> Outcome {
+    let answer = answer.map_err(|s| output::refusal(&s))?;
+    output::print(conn.output, answer.get_ref(), name);
+    Ok(())
+}
+
+async fn accounts(group: Group<AccountsAction>) -> Outcome {
+    use proto::accounts_client::AccountsClient;
+    let (channel, credential) = connect(&group.conn).await?;
+    let mut client = AccountsClient::with_interceptor(channel, credential);
+    let conn = &group.conn;
+    const ACCOUNT: &str = "credvault.v1.Account";
+    match group.action {
+        AccountsAction::List { provider } => {
+            let mut all = proto::ListAccountsResponse::default();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_accounts(proto::ListAccountsRequest {
+                        provider: provider.clone().unwrap_or_default(),
+                        page_size: 1000,
+                        page_token: page_token.clone(),
+                    })
+                    .await
+                    .map_err(|s| output::refusal(&s))?
+                    .into_inner();
+                all.accounts.extend(page.accounts);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            output::print(conn.output, &all, "credvault.v1.ListAccountsResponse");
+            Ok(())
+        }
+        AccountsAction::Get { provider, email } => answered(
+            conn,
+            client
+                .get_account(proto::GetAccountRequest { provider, email })
+                .await,
+            ACCOUNT,
+        ),
+        AccountsAction::Create {
+            provider,
+            email,
+            secrets,
+            max_jobs,
+            disabled,
+        } => {
+            let request = proto::CreateAccountRequest {
+                provider,
+                email,
+                password: secrets.password()?.unwrap_or_default(),
+                api_key: read_optional(secrets.api_key_file.as_deref())?.unwrap_or_default(),
+                secret: read_optional(secrets.secret_file.as_deref())?.unwrap_or_default(),
+                max_jobs,
+                jwt: read_optional(secrets.jwt_file.as_deref())?.map(|token| proto::JwtInput {
+                    token,
+                    ..Default::default()
+                }),
+                disabled,
+                ..Default::default()
+            };
+            answered(conn, client.create_account(request).await, ACCOUNT)
+        }
+        AccountsAction::Update {
+            provider,
+            email,
+            max_jobs,
+            disabled,
+            secrets,
+            expected_version,
+        } => {
+            let request = proto::UpdateAccountRequest {
+                provider,
+                email,
+                max_jobs,
+                disabled,
+                password: secrets.password()?,
+                api_key: read_optional(secrets.api_key_file.as_deref())?,
+                secret: read_optional(secrets.secret_file.as_deref())?,
+                jwt: read_optional(secrets.jwt_file.as_deref())?.map(|token| proto::JwtInput {
+                    token,
+                    ..Default::default()
+                }),
+                expected_version,
+                ..Default::default()
+            };
+            answered(conn, client.update_account(request).await, ACCOUNT)
+        }
+        AccountsAction::Delete { provider, email } => answered(
+            conn,
+            client
+                .delete_account(proto::DeleteAccountRequest {
+                    provider,
+                    email,
+                    expected_version: None,
+                })
+                .await,
+            "google.protobuf.Empty",
+        ),
+        AccountsAction::Refresh {
+            provider,
+            email,
+            force,
+        } => answered(
+            conn,
+            client
+                .refresh_account(proto::RefreshAccountRequest {
+                    provider,
+                    email,
+                    force,
+                })
+                .await,
+            ACCOUNT,
+        ),
+    }
+}
+
+impl AccountSecrets {
+    fn password(&self) -> Result<Option<String>, Failure> {
+        match (&self.password_file, &self.password_env) {
+            (Some(_), Some(_)) => Err(Failure::usage(
+                "give --password-file or --password-env, not both",
+            )),
+            (Some(file), None) => read_secret(file).map(Some),
+            (None, Some(var)) => std::env::var(var).map(Some).map_err(|_| {
+                Failure::usage(format!("--password-env {var}: the variable is not set"))
+            }),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// A secret from a file, or from stdin for `-`; surrounding whitespace dropped.
+fn read_secret(path: &std::path::Path) -> Result<String, Failure> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+            .map_err(|e| Failure::usage(format!("reading stdin: {e}")))?
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| Failure::usage(format!("reading {}: {e}", path.display())))?
+    };
+    Ok(text.trim().to_owned())
+}
+
+fn read_optional(path: Option<&std::path::Path>) -> Result<Option<String>, Failure> {
+    path.map(read_secret).transpose()
+}
+
+/// `300s`, `5m`, `2h` or a number of seconds.
+fn duration(text: &str) -> Result<prost_types::Duration, Failure> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => 0,
+    };
+    match number.parse::<i64>() {
+        Ok(n) if scale > 0 => Ok(prost_types::Duration {
+            seconds: n * scale,
+            nanos: 0,
+        }),
+        _ => Err(Failure::usage(format!(
+            "{text:?} is not a duration like 300s, 5m or 2h"
+        ))),
+    }
+}
+
+async fn leases(group: Group<LeasesAction>) -> Outcome {
+    use proto::credentials_client::CredentialsClient;
+    let (channel, credential) = connect(&group.conn).await?;
+    let mut client = CredentialsClient::with_interceptor(channel, credential);
+    let conn = &group.conn;
+    const EMPTY: &str = "google.protobuf.Empty";
+    match group.action {
+        LeasesAction::List {
+            provider,
+            caller_id,
+        } => answered(
+            conn,
+            client
+                .list_leases(proto::ListLeasesRequest {
+                    provider: provider.unwrap_or_default(),
+                    caller_id: caller_id.unwrap_or_default(),
+                })
+                .await,
+            "credvault.v1.ListLeasesResponse",
+        ),
+        LeasesAction::Acquire {
+            provider,
+            email,
+            ttl,
+            wait,
+        } => {
+            let request = proto::AcquireLeaseRequest {
+                provider,
+                email: email.unwrap_or_default(),
+                ttl: Some(duration(&ttl)?),
+                wait_timeout: Some(duration(&wait)?),
+                ..Default::default()
+            };
+            answered(
+                conn,
+                client.acquire_lease(request).await,
+                "credvault.v1.Lease",
+            )
+        }
+        LeasesAction::Renew { lease_id, ttl } => {
+            let request = proto::RenewLeaseRequest {
+                lease_id,
+                ttl: Some(duration(&ttl)?),
+            };
+            answered(
+                conn,
+                client.renew_lease(request).await,
+                "credvault.v1.Lease",
+            )
+        }
+        LeasesAction::Release { lease_id } => answered(
+            conn,
+            client
+                .release_lease(proto::ReleaseLeaseRequest { lease_id })
+                .await,
+            EMPTY,
+        ),
+        LeasesAction::Revoke { lease_id } => answered(
+            conn,
+            client
+                .revoke_lease(proto::RevokeLeaseRequest { lease_id })
+                .await,
+            EMPTY,
+        ),
+    }
+}
+
+fn role(name: &str) -> Result<proto::Role, Failure> {
+    match name.trim().to_ascii_lowercase().trim_start_matches("role_") {
+        "admin" => Ok(proto::Role::Admin),
+        "operator" => Ok(proto::Role::Operator),
+        "consumer" => Ok(proto::Role::Consumer),
+        other => Err(Failure::usage(format!(
+            "{other:?} is not a role: admin, operator or consumer"
+        ))),
+    }
+}
+
+async fn callers(group: Group<CallersAction>) -> Outcome {
+    use proto::callers_client::CallersClient;
+    let (channel, credential) = connect(&group.conn).await?;
+    let mut client = CallersClient::with_interceptor(channel, credential);
+    let conn = &group.conn;
+    const INFO: &str = "credvault.v1.CallerInfo";
+    match group.action {
+        CallersAction::List { role: wanted } => {
+            let role = wanted.as_deref().map(role).transpose()?;
+            let mut all = proto::ListCallersResponse::default();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_callers(proto::ListCallersRequest {
+                        page_size: 1000,
+                        page_token: page_token.clone(),
+                        role: role.map_or(0, |r| r as i32),
+                    })
+                    .await
+                    .map_err(|s| output::refusal(&s))?
+                    .into_inner();
+                all.callers.extend(page.callers);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            output::print(conn.output, &all, "credvault.v1.ListCallersResponse");
+            Ok(())
+        }
+        CallersAction::Create {
+            email,
+            secret_file,
+            role: roles,
+            scope,
+        } => {
+            let roles = roles
+                .iter()
+                .map(|r| role(r).map(|r| r as i32))
+                .collect::<Result<Vec<_>, _>>()?;
+            let request = proto::CreateCallerRequest {
+                email,
+                secret: read_secret(&secret_file)?,
+                roles,
+                scopes: scope,
+                ..Default::default()
+            };
+            answered(
+                conn,
+                client.create_caller(request).await,
+                "credvault.v1.CreateCallerResponse",
+            )
+        }
+        CallersAction::Activate => answered(
+            conn,
+            client
+                .activate_caller(proto::ActivateCallerRequest {})
+                .await,
+            INFO,
+        ),
+        CallersAction::Update {
+            caller_id,
+            email,
+            add_credits,
+            disabled,
+            remove_api_key,
+        } => {
+            let request = proto::UpdateCallerRequest {
+                caller_id: caller_id.unwrap_or_default(),
+                email: email.unwrap_or_default(),
+                add_credits: add_credits.unwrap_or_default(),
+                disabled,
+                remove_api_keys: remove_api_key,
+                ..Default::default()
+            };
+            answered(conn, client.update_caller(request).await, INFO)
+        }
+        CallersAction::Delete { caller_id, email } => answered(
+            conn,
+            client
+                .delete_caller(proto::DeleteCallerRequest {
+                    caller_id: caller_id.unwrap_or_default(),
+                    email: email.unwrap_or_default(),
+                })
+                .await,
+            "google.protobuf.Empty",
+        ),
+        CallersAction::Whoami => answered(
+            conn,
+            client.get_caller_info(proto::GetCallerInfoRequest {}).await,
+            INFO,
+        ),
+    }
+}
+
+async fn tokens(group: Group<TokensAction>) -> Outcome {
+    use proto::callers_client::CallersClient;
+    let (channel, credential) = connect(&group.conn).await?;
+    let mut client = CallersClient::with_interceptor(channel, credential);
+    let conn = &group.conn;
+    match group.action {
+        TokensAction::Issue => answered(
+            conn,
+            client
+                .issue_token(proto::IssueTokenRequest::default())
+                .await,
+            "credvault.v1.IssueTokenResponse",
+        ),
+        TokensAction::List => answered(
+            conn,
+            client
+                .list_tokens(proto::ListTokensRequest::default())
+                .await,
+            "credvault.v1.ListTokensResponse",
+        ),
+        TokensAction::Revoke { jti } => answered(
+            conn,
+            client
+                .revoke_token(proto::RevokeTokenRequest {
+                    jti,
+                    ..Default::default()
+                })
+                .await,
+            "google.protobuf.Empty",
+        ),
+    }
+}
+
+async fn audit(group: Group<AuditAction>) -> Outcome {
+    use proto::audit_client::AuditClient;
+    let (channel, credential) = connect(&group.conn).await?;
+    let mut client = AuditClient::with_interceptor(channel, credential);
+    let conn = &group.conn;
+    match group.action {
+        AuditAction::List {
+            page_size,
+            caller_id,
+        } => answered(
+            conn,
+            client
+                .list_events(proto::ListEventsRequest {
+                    page_size,
+                    caller_id: caller_id.unwrap_or_default(),
+                    ..Default::default()
+                })
+                .await,
+            "credvault.v1.ListEventsResponse",
+        ),
+        AuditAction::Hash { value_file } => answered(
+            conn,
+            client
+                .audit_hash(proto::AuditHashRequest {
+                    value: read_secret(&value_file)?,
+                })
+                .await,
+            "credvault.v1.AuditHashResponse",
+        ),
+    }
+}
+
+async fn keys(group: Group<KeysAction>) -> Outcome {
+    use proto::{key_rotation::Phase, keys_client::KeysClient};
+    let (channel, credential) = connect(&group.conn).await?;
+    let mut client = KeysClient::with_interceptor(channel, credential);
+    let conn = &group.conn;
+    const ROTATION: &str = "credvault.v1.KeyRotation";
+    match group.action {
+        KeysAction::Status => answered(
+            conn,
+            client
+                .rotation_status(proto::RotationStatusRequest {})
+                .await,
+            ROTATION,
+        ),
+        KeysAction::Rotate { new_key_file } => {
+            let mut status = client
+                .rotate_master_key(proto::RotateMasterKeyRequest { new_key_file })
+                .await
+                .map_err(|s| output::refusal(&s))?
+                .into_inner();
+            // Followed to its end, a line whenever the counts move.
+            let mut shown = None;
+            while status.phase == Phase::Running as i32 {
+                let counts = (status.records_examined, status.records_resealed);
+                if shown != Some(counts) {
+                    eprintln!(
+                        "key rotation: {} records examined, {} re-sealed",
+                        counts.0, counts.1
+                    );
+                    shown = Some(counts);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                status = client
+                    .rotation_status(proto::RotationStatusRequest {})
+                    .await
+                    .map_err(|s| output::refusal(&s))?
+                    .into_inner();
+            }
+            output::print(conn.output, &status, ROTATION);
+            if status.phase == Phase::Failed as i32 {
+                return Err(Failure::refused(
+                    "the rotation failed; see the daemon's log",
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn watch_events(watch: Watch) -> Outcome {
+    let (channel, credential) = connect(&watch.conn).await?;
+    let mut stream =
+        proto::credentials_client::CredentialsClient::with_interceptor(channel, credential)
+            .watch_credentials(proto::WatchCredentialsRequest {
+                provider: watch.provider.unwrap_or_default(),
+                email: watch.email.unwrap_or_default(),
+            })
+            .await
+            .map_err(|s| output::refusal(&s))?
+            .into_inner();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            event = stream.message() => match event {
+                Ok(Some(event)) => output::print(watch.conn.output, &event, "credvault.v1.CredentialEvent"),
+                Ok(None) => return Ok(()),
+                Err(status) => return Err(output::refusal(&status)),
+            },
+        }
+    }
+}
+
+async fn health_check(health: Health) -> Outcome {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let channel = health.conn.channel().await?;
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: health.service.clone(),
+        })
+        .await
+        .map_err(|s| output::refusal(&s))?
+        .into_inner();
+    output::print(
+        health.conn.output,
+        &answer,
+        "grpc.health.v1.HealthCheckResponse",
+    );
+    match ServingStatus::try_from(answer.status) {
+        Ok(ServingStatus::Serving) => Ok(()),
+        _ => Err(Failure::unavailable(format!(
+            "{:?} is not serving",
+            health.service
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_read_as_people_write_them() {
+        assert_eq!(duration("300s").unwrap().seconds, 300);
+        assert_eq!(duration("5m").unwrap().seconds, 300);
+        assert_eq!(duration("2h").unwrap().seconds, 7200);
+        assert_eq!(duration("90").unwrap().seconds, 90);
+        for bad in ["", "5x", "m", "-3s"] {
+            assert!(duration(bad).is_err(), "{bad}");
+        }
+    }
+}

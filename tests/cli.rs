@@ -1,0 +1,276 @@
+//! The `credvault` client commands, end to end: the binary as a daemon (`serve --dev`,
+//! TCP and a Unix socket) and the binary again as its client, the credential from the
+//! environment. Tables for people, `-o json` equal to what grpcurl prints, refusals
+//! with their ErrorInfo decoded, and the exit codes: 0 done, 1 refused, 64 usage, 69
+//! unreachable.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use support::Daemon;
+
+const PASSWORD: &str = "cli-upstream-password-1";
+const SECRET: &str = "cli-client-secret-0123456789abcdef-0123456789";
+
+struct Cli<'a> {
+    addr: String,
+    envs: Vec<(&'a str, String)>,
+}
+
+impl Cli<'_> {
+    /// Runs `credvault ARGS` against the daemon; answers the exit code and what it
+    /// printed on stdout and on stderr.
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_credvault"))
+            .args(args)
+            .env_remove("CREDVAULT_TOKEN")
+            .env_remove("CREDVAULT_API_KEY")
+            .env_remove("CREDVAULT_SECRET")
+            .env("CREDVAULT_ADDR", &self.addr)
+            .envs(self.envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run(args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        out
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn the_client_commands_work_against_a_live_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let socket = dir.path().join("credvault.sock");
+    let mut daemon = Daemon::spawn(
+        &[
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--socket",
+            socket.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let addr = daemon.wait_for_addr();
+    let token = daemon
+        .wait_for_line("admin token: ")
+        .trim_start_matches("admin token: ")
+        .to_owned();
+    let admin = Cli {
+        addr: format!("http://{addr}"),
+        envs: vec![("CREDVAULT_TOKEN", token.clone()), ("PW", PASSWORD.into())],
+    };
+
+    let health = admin.ok(&["health"]);
+    assert!(health.contains("status: SERVING"), "{health}");
+
+    // An account, its password from an environment variable named on the line.
+    let jwt = write(
+        dir.path(),
+        "jwt",
+        &support::upstream_jwt(1_900_000_000, "cli"),
+    );
+    let created = admin.ok(&[
+        "accounts",
+        "create",
+        "pixverse",
+        "cli@example.com",
+        "--password-env",
+        "PW",
+        "--max-jobs",
+        "1",
+        "--jwt-file",
+        &jwt,
+    ]);
+    assert!(created.contains("password: …secured…"), "{created}");
+    assert!(!created.contains(PASSWORD));
+    let listed = admin.ok(&["accounts", "list"]);
+    let header = listed.lines().next().unwrap();
+    assert!(header.starts_with("PROVIDER  EMAIL"), "{listed}");
+    assert!(listed.contains("cli@example.com"), "{listed}");
+
+    // -o json is what grpcurl prints for the same call.
+    let as_json: serde_json::Value =
+        serde_json::from_str(&admin.ok(&["accounts", "list", "-o", "json"])).unwrap();
+    let grpcurl = Command::new(support::grpcurl())
+        .args([
+            "-plaintext",
+            "-H",
+            &format!("authorization: Bearer {token}"),
+        ])
+        .args([
+            "-d",
+            "{}",
+            &addr.to_string(),
+            "credvault.v1.Accounts/ListAccounts",
+        ])
+        .output()
+        .unwrap();
+    assert!(grpcurl.status.success());
+    let by_grpcurl: serde_json::Value = serde_json::from_slice(&grpcurl.stdout).unwrap();
+    assert_eq!(as_json, by_grpcurl);
+
+    // A lease, then every slot busy: refused (exit 1) with the ErrorInfo decoded.
+    let lease: serde_json::Value = serde_json::from_str(
+        &admin.ok(&["leases", "acquire", "pixverse", "--ttl", "5m", "-o", "json"]),
+    )
+    .unwrap();
+    let lease_id = lease["leaseId"].as_str().unwrap().to_owned();
+    let (code, _, refused) = admin.run(&["leases", "acquire", "pixverse"]);
+    assert_eq!(code, 1, "{refused}");
+    for shown in [
+        "ResourceExhausted",
+        "reason: ALL_SLOTS_BUSY",
+        "retry_after_secs: ",
+        "(retry after ",
+    ] {
+        assert!(refused.contains(shown), "{shown} in {refused}");
+    }
+    let leases = admin.ok(&["leases", "list"]);
+    assert!(
+        leases.contains(&lease_id) && leases.starts_with("LEASEID"),
+        "{leases}"
+    );
+    admin.ok(&["leases", "renew", &lease_id, "--ttl", "10m"]);
+    admin.ok(&["leases", "release", &lease_id]);
+    let revealed = admin.ok(&["reveal", "pixverse", "cli@example.com"]);
+    assert!(
+        revealed.contains(&format!("password: {PASSWORD}")),
+        "{revealed}"
+    );
+
+    // A caller made by the admin, then acting with its own key and secret.
+    let secret_file = write(dir.path(), "secret", SECRET);
+    let made: serde_json::Value = serde_json::from_str(&admin.ok(&[
+        "callers",
+        "create",
+        "svc@example.com",
+        "--secret-file",
+        &secret_file,
+        "--scope",
+        "pixverse",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let service = Cli {
+        addr: format!("http://{addr}"),
+        envs: vec![
+            (
+                "CREDVAULT_API_KEY",
+                made["apiKey"].as_str().unwrap().to_owned(),
+            ),
+            ("CREDVAULT_SECRET", SECRET.to_owned()),
+        ],
+    };
+    service.ok(&["callers", "activate"]);
+    let whoami = service.ok(&["callers", "whoami"]);
+    assert!(
+        whoami.contains("email: svc@example.com") && whoami.contains("keys.0.keyId: "),
+        "{whoami}"
+    );
+    let callers = admin.ok(&["callers", "list", "--role", "consumer"]);
+    assert!(callers.contains("svc@example.com"), "{callers}");
+    let status = admin.ok(&["keys", "status"]);
+    assert!(status.contains("phase: PHASE_IDLE"), "{status}");
+
+    // The watch prints events as they happen and ends cleanly on Ctrl-C.
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_credvault"))
+        .args(["watch", "--provider", "pixverse"])
+        .env("CREDVAULT_ADDR", format!("http://{addr}"))
+        .env("CREDVAULT_TOKEN", &token)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The watch may subscribe a moment after it starts: the account is disabled (and
+    // enabled again) until the watch prints the disable, within a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut heard = false;
+    while !heard && std::time::Instant::now() < deadline {
+        admin.ok(&[
+            "accounts",
+            "update",
+            "pixverse",
+            "cli@example.com",
+            "--disabled",
+            "true",
+        ]);
+        while let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(500)) {
+            if line.contains("kind: ACCOUNT_DISABLED") {
+                heard = true;
+                break;
+            }
+        }
+        admin.ok(&[
+            "accounts",
+            "update",
+            "pixverse",
+            "cli@example.com",
+            "--disabled",
+            "false",
+        ]);
+    }
+    assert!(heard, "the watch printed the disable");
+    let pid = watch.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        watch.wait().unwrap().success(),
+        "Ctrl-C ends the watch cleanly"
+    );
+
+    // The Unix socket, usage errors and an unreachable daemon.
+    let listed = admin.ok(&["accounts", "list", "--socket", socket.to_str().unwrap()]);
+    assert!(listed.contains("cli@example.com"));
+    for usage in [
+        vec!["leases", "acquire", "pixverse", "--ttl", "5x"],
+        vec!["accounts", "get", "pixverse"],
+        vec!["callers", "list", "--role", "boss"],
+    ] {
+        let (code, _, err) = admin.run(&usage);
+        assert_eq!(code, 64, "{usage:?}: {err}");
+    }
+    let nowhere = Cli {
+        addr: "http://127.0.0.1:1".into(),
+        envs: vec![("CREDVAULT_TOKEN", token.clone())],
+    };
+    let (code, _, err) = nowhere.run(&["accounts", "list"]);
+    assert_eq!(code, 69, "{err}");
+    let completion = admin.ok(&["completion", "bash"]);
+    assert!(completion.contains("credvault") && completion.contains("leases"));
+    assert!(daemon.terminate().success());
+}
