@@ -43,6 +43,8 @@
 //!   a shared store, the metrics exporter.
 //! - [`commands`]: the maintenance commands (backup, restore, migrate, key rotations,
 //!   keygen), and the exit codes every command shares.
+//! - [`client`]: the client commands of a running daemon (accounts, leases, callers,
+//!   tokens, reveal, watch, audit, keys, health): connection, credential, output.
 //! - [`config`] and [`cli`]: layered configuration (defaults, TOML, env, flags).
 //! - [`clock`], [`timefmt`], [`telemetry`], [`hex`], [`proto`]: time, timestamps,
 //!   logging, hex, and the generated code of `credvault.v1`.

@@ -274,3 +274,65 @@ fn the_client_commands_work_against_a_live_daemon() {
     assert!(completion.contains("credvault") && completion.contains("leases"));
     assert!(daemon.terminate().success());
 }
+
+/// The README's client walk-through, pasted as it is (the token line is the reader's
+/// to fill in: the test sets CREDVAULT_TOKEN, and CREDVAULT_ADDR to its daemon).
+#[test]
+fn the_readme_cli_walkthrough_works_when_pasted() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("<!-- cli-walkthrough -->").unwrap();
+    let end = readme.find("<!-- /cli-walkthrough -->").unwrap();
+    let script: String = readme[start..end]
+        .lines()
+        .skip_while(|line| !line.starts_with("```bash"))
+        .skip(1)
+        .take_while(|line| !line.starts_with("```"))
+        .filter(|line| !line.starts_with("export CREDVAULT_TOKEN="))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert!(script.contains("credvault leases acquire"), "{script}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::spawn(
+        &[
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+        ],
+        &[],
+    );
+    let addr = daemon.wait_for_addr();
+    let token = daemon
+        .wait_for_line("admin token: ")
+        .trim_start_matches("admin token: ")
+        .to_owned();
+    let bin = Path::new(env!("CARGO_BIN_EXE_credvault")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .env("PATH", path)
+        .env("CREDVAULT_TOKEN", &token)
+        .env("CREDVAULT_ADDR", format!("http://{addr}"))
+        .output()
+        .unwrap();
+    let printed =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{printed}");
+    for shown in [
+        "status: SERVING",
+        "jobs@example.com",
+        "password: s3cret-pass",
+        "phase: PHASE_IDLE",
+        "LEASEID",
+    ] {
+        assert!(printed.contains(shown), "{shown} in {printed}");
+    }
+    assert!(daemon.terminate().success());
+}
