@@ -336,3 +336,141 @@ fn the_readme_cli_walkthrough_works_when_pasted() {
     }
     assert!(daemon.terminate().success());
 }
+
+/// A pool brought in bulk: JSON Lines and CSV imported (a report per line, no secret
+/// printed, exit 1 when a line fails and the others imported), a dry run that writes
+/// nothing, existing accounts skipped or, with --upsert, updated; exported without
+/// secrets, and with them through audited reveals.
+#[test]
+fn pools_are_imported_and_exported_in_bulk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::spawn(
+        &[
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+        ],
+        &[],
+    );
+    let addr = daemon.wait_for_addr();
+    let token = daemon
+        .wait_for_line("admin token: ")
+        .trim_start_matches("admin token: ")
+        .to_owned();
+    let admin = Cli {
+        addr: format!("http://{addr}"),
+        envs: vec![("CREDVAULT_TOKEN", token)],
+    };
+    let jwt = support::upstream_jwt(1_900_000_000, "bulk");
+    let mut jsonl: String = (0..20)
+        .map(|n| {
+            format!(
+                "{{\"provider\":\"pixverse\",\"email\":\"bulk{n:02}@example.com\",\"password\":\"bulk-pw-{n:02}\",\"maxJobs\":2,\"jwt\":{{\"token\":\"{jwt}\"}}}}\n"
+            )
+        })
+        .collect();
+    jsonl.push_str(
+        "{\"provider\":\"pixverse\",\"email\":\"not-an-email\",\"password\":\"bulk-pw-x\"}\n",
+    );
+    let jsonl_file = write(dir.path(), "pool.jsonl", &jsonl);
+    let csv = format!(
+        "provider,email,password,maxJobs,jwt\n{}",
+        (0..5)
+            .map(|n| format!("pixverse,csv{n}@example.com,\"csv,pw-{n}\",1,{jwt}\n"))
+            .collect::<String>()
+    );
+    let csv_file = write(dir.path(), "pool.csv", &csv);
+
+    let (code, out, err) = admin.run(&["accounts", "import", &jsonl_file, "--dry-run"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("line 1: would be created: pixverse/bulk00@example.com")
+            && out
+                .contains("20 created, 0 updated, 0 skipped, 1 refused (dry run: nothing written)"),
+        "{out}"
+    );
+    assert!(
+        admin.ok(&["accounts", "list"]).contains("(none)"),
+        "a dry run writes nothing"
+    );
+
+    let (code, out, err) = admin.run(&["accounts", "import", &jsonl_file]);
+    assert_eq!(code, 1, "one line refused: {out}{err}");
+    assert!(
+        out.contains("20 created, 0 updated, 0 skipped, 1 refused"),
+        "{out}"
+    );
+    assert!(
+        out.contains("line 21: refused: pixverse/not-an-email: InvalidArgument"),
+        "{out}"
+    );
+    let imported = admin.ok(&["accounts", "import", &csv_file]);
+    assert!(imported.contains("5 created"), "{imported}");
+    for shown in [&out, &err, &imported] {
+        assert!(
+            !shown.contains("bulk-pw-") && !shown.contains("csv,pw-"),
+            "{shown}"
+        );
+    }
+    let again = admin.ok(&["accounts", "import", &csv_file]);
+    assert!(again.contains("0 created, 0 updated, 5 skipped"), "{again}");
+    let raised = write(
+        dir.path(),
+        "raise.csv",
+        "provider,email,maxJobs\npixverse,csv0@example.com,7\n",
+    );
+    let upserted = admin.ok(&["accounts", "import", &raised, "--upsert"]);
+    assert!(
+        upserted.contains("line 2: updated: pixverse/csv0@example.com"),
+        "{upserted}"
+    );
+    let csv0 = admin.ok(&["accounts", "get", "pixverse", "csv0@example.com"]);
+    assert!(csv0.contains("maxJobs: 7"), "{csv0}");
+
+    // Exported without secrets, and with them (the output is a pipe here).
+    let masked = admin.ok(&["accounts", "export"]);
+    assert_eq!(masked.lines().count(), 25);
+    assert!(
+        !masked.contains("pw-") && !masked.contains("eyJ"),
+        "{masked}"
+    );
+    let full = admin.ok(&[
+        "accounts",
+        "export",
+        "--with-secrets",
+        "--provider",
+        "pixverse",
+    ]);
+    assert!(
+        full.contains("\"password\":\"csv,pw-3\"") && full.contains("bulk-pw-19"),
+        "{full}"
+    );
+    // On a terminal (a pty from util-linux's `script`, Debian-essential), refused
+    // without --yes, before anything is revealed.
+    let bin = env!("CARGO_BIN_EXE_credvault");
+    let on_terminal = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{bin} accounts export --with-secrets"),
+            "/dev/null",
+        ])
+        .env("CREDVAULT_ADDR", &admin.addr)
+        .env("CREDVAULT_TOKEN", &admin.envs[0].1)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&on_terminal.stdout);
+    assert_eq!(on_terminal.status.code(), Some(64), "{said}");
+    assert!(
+        said.contains("add --yes") && !said.contains("bulk-pw-"),
+        "{said}"
+    );
+    let events = admin.ok(&["audit", "list", "--page-size", "1000", "-o", "json"]);
+    let reveals = events
+        .matches("credvault.v1.Credentials/RevealAccount")
+        .count();
+    assert_eq!(reveals, 25, "one audited reveal per exported account");
+    assert!(daemon.terminate().success());
+}

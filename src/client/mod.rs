@@ -10,6 +10,7 @@
 
 pub mod connect;
 pub mod output;
+pub mod transfer;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -104,6 +105,35 @@ pub enum AccountsAction {
     Delete {
         provider: String,
         email: String,
+    },
+    /// Imports accounts from JSON Lines (CreateAccount-shaped objects) or CSV with a
+    /// header (`--csv`, or a `.csv` file): created, or with --upsert updated (compare-
+    /// and-set); a report line per line; exit 1 if any line failed.
+    Import {
+        file: PathBuf,
+        /// The file is CSV (also said by a .csv name).
+        #[arg(long)]
+        csv: bool,
+        /// Reports what would happen, writes nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Updates accounts that exist (at the version just read) instead of skipping.
+        #[arg(long)]
+        upsert: bool,
+    },
+    /// Writes every account as JSON Lines that `import` reads: without secrets, or
+    /// with --with-secrets (each revealed: audited and charged; needs --yes on a
+    /// terminal).
+    Export {
+        /// Only this provider's accounts.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Includes passwords, API keys, secrets and session tokens.
+        #[arg(long)]
+        with_secrets: bool,
+        /// Prints secrets on a terminal all the same.
+        #[arg(long)]
+        yes: bool,
     },
     /// Logs in again now (`--force` even when the token is fresh).
     Refresh {
@@ -382,10 +412,43 @@ fn answered<M: prost::Message>(
 async fn accounts(group: Group<AccountsAction>) -> Outcome {
     use proto::accounts_client::AccountsClient;
     let (channel, credential) = connect(&group.conn).await?;
-    let mut client = AccountsClient::with_interceptor(channel, credential);
+    let mut client = AccountsClient::with_interceptor(channel.clone(), credential.clone());
     let conn = &group.conn;
     const ACCOUNT: &str = "credvault.v1.Account";
     match group.action {
+        AccountsAction::Import {
+            file,
+            csv,
+            dry_run,
+            upsert,
+        } => {
+            let text = read_secret(&file)?;
+            let csv = csv
+                || file
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+            let lines = transfer::parse(&text, csv);
+            let report = transfer::import(&mut client, lines, dry_run, upsert).await;
+            match report.refused {
+                0 => Ok(()),
+                n => Err(Failure::refused(format!("{n} line(s) were not imported"))),
+            }
+        }
+        AccountsAction::Export {
+            provider,
+            with_secrets,
+            yes,
+        } => {
+            let mut reveal = with_secrets.then(|| {
+                proto::credentials_client::CredentialsClient::with_interceptor(
+                    channel.clone(),
+                    credential.clone(),
+                )
+            });
+            let written = transfer::export(&mut client, reveal.as_mut(), provider, yes).await?;
+            eprintln!("{written} account(s) exported");
+            Ok(())
+        }
         AccountsAction::List { provider } => {
             let mut all = proto::ListAccountsResponse::default();
             let mut page_token = String::new();

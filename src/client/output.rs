@@ -35,6 +35,11 @@ fn pool() -> &'static DescriptorPool {
     })
 }
 
+/// The schema of the proto message `name` (e.g. `credvault.v1.Account`).
+pub fn descriptor(name: &str) -> Option<prost_reflect::MessageDescriptor> {
+    pool().get_message_by_name(name)
+}
+
 /// `message` (of the proto type `name`, e.g. `credvault.v1.Account`) as proto3 JSON.
 pub fn json<M: prost::Message>(message: &M, name: &str) -> Value {
     let Some(descriptor) = pool().get_message_by_name(name) else {
@@ -57,6 +62,16 @@ pub fn print<M: prost::Message>(format: Format, message: &M, name: &str) {
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()
         ),
+        Format::Table if value.as_object().is_some_and(|o| o.is_empty()) => {
+            println!(
+                "{}",
+                if name == "google.protobuf.Empty" {
+                    "done"
+                } else {
+                    "(none)"
+                }
+            );
+        }
         Format::Table => print!("{}", table(&value)),
     }
 }
