@@ -277,9 +277,14 @@ fn run_readme_block(name: &str) -> String {
         .collect();
     let (_dir, mut daemon, token, addr) = start_dev(&[]);
     let grpcurl_dir = support::grpcurl().parent().unwrap().to_owned();
+    let credvault_dir = std::path::Path::new(env!("CARGO_BIN_EXE_credvault"))
+        .parent()
+        .unwrap()
+        .to_owned();
     let path = format!(
-        "{}:{}",
+        "{}:{}:{}",
         grpcurl_dir.display(),
+        credvault_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let out = Command::new("bash")
@@ -317,6 +322,12 @@ fn the_readme_leases_walkthrough_works_when_pasted() {
     ] {
         assert!(output.contains(expected), "{expected} in {output}");
     }
+    // RotateMasterKey answers RUNNING at once (DONE if the small store was quicker).
+    assert!(
+        output.contains(r#""phase": "PHASE_RUNNING""#)
+            || output.contains(r#""phase": "PHASE_DONE""#),
+        "{output}"
+    );
 }
 
 #[test]
@@ -344,5 +355,9 @@ fn the_readme_tokens_walkthrough_works_when_pasted() {
     assert!(
         output.contains(r#""keyId": ""#) && output.contains(r#""activatedAt": ""#),
         "ListCallers shows key ids: {output}"
+    );
+    assert!(
+        output.contains(r#""jti": ""#) && output.contains(r#""hash": ""#),
+        "ListTokens and AuditHash: {output}"
     );
 }
