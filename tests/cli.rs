@@ -49,6 +49,22 @@ impl Cli<'_> {
     }
 }
 
+/// `serve --dev` on a free port in `dir` (with `extra` flags); the daemon, its address
+/// and its admin token.
+fn dev_daemon(dir: &Path, extra: &[&str]) -> (Daemon, std::net::SocketAddr, String) {
+    let data = dir.join("data");
+    let mut args = vec!["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"];
+    args.push(data.to_str().unwrap());
+    args.extend_from_slice(extra);
+    let daemon = Daemon::spawn(&args, &[]);
+    let addr = daemon.wait_for_addr();
+    let token = daemon
+        .wait_for_line("admin token: ")
+        .trim_start_matches("admin token: ")
+        .to_owned();
+    (daemon, addr, token)
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -58,26 +74,8 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 #[test]
 fn the_client_commands_work_against_a_live_daemon() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
     let socket = dir.path().join("credvault.sock");
-    let mut daemon = Daemon::spawn(
-        &[
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--socket",
-            socket.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let addr = daemon.wait_for_addr();
-    let token = daemon
-        .wait_for_line("admin token: ")
-        .trim_start_matches("admin token: ")
-        .to_owned();
+    let (mut daemon, addr, token) = dev_daemon(dir.path(), &["--socket", socket.to_str().unwrap()]);
     let admin = Cli {
         addr: format!("http://{addr}"),
         envs: vec![("CREDVAULT_TOKEN", token.clone()), ("PW", PASSWORD.into())],
@@ -293,22 +291,7 @@ fn the_readme_cli_walkthrough_works_when_pasted() {
         .collect();
     assert!(script.contains("credvault leases acquire"), "{script}");
     let dir = tempfile::tempdir().unwrap();
-    let mut daemon = Daemon::spawn(
-        &[
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().join("data").to_str().unwrap(),
-        ],
-        &[],
-    );
-    let addr = daemon.wait_for_addr();
-    let token = daemon
-        .wait_for_line("admin token: ")
-        .trim_start_matches("admin token: ")
-        .to_owned();
+    let (mut daemon, addr, token) = dev_daemon(dir.path(), &[]);
     let bin = Path::new(env!("CARGO_BIN_EXE_credvault")).parent().unwrap();
     let path = format!(
         "{}:{}",
@@ -344,22 +327,7 @@ fn the_readme_cli_walkthrough_works_when_pasted() {
 #[test]
 fn pools_are_imported_and_exported_in_bulk() {
     let dir = tempfile::tempdir().unwrap();
-    let mut daemon = Daemon::spawn(
-        &[
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().join("data").to_str().unwrap(),
-        ],
-        &[],
-    );
-    let addr = daemon.wait_for_addr();
-    let token = daemon
-        .wait_for_line("admin token: ")
-        .trim_start_matches("admin token: ")
-        .to_owned();
+    let (mut daemon, addr, token) = dev_daemon(dir.path(), &[]);
     let admin = Cli {
         addr: format!("http://{addr}"),
         envs: vec![("CREDVAULT_TOKEN", token)],

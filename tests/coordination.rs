@@ -275,39 +275,44 @@ async fn concurrent_hand_outs_take_exactly_the_balance(backend: Backend) {
     assert_eq!(callers.get(&id).unwrap().credits.unwrap().remaining, 0);
 }
 
-/// Two processes' caller services over one store, each with its own view of a balance
-/// of 25, take 60 debits of 1 between them: each view alone would allow 25, but the
-/// writes decide, so exactly 25 are written and the stored balance ends at 0, never
-/// below. A debit the balance no longer covers is refused and owes nothing.
-async fn two_processes_never_overspend_one_balance(backend: Backend) {
+/// A caller service over `backend`'s store (as one process would open it), its callers
+/// starting with `credits`.
+async fn caller_service(
+    backend: &Backend,
+    master: &MasterKey,
+    credits: i64,
+) -> credvault::callers::CallerService {
     use credvault::{
-        callers::{
-            CallerError, CallerService, CallerSettings, MIN_SECRET_LEN, NewCaller, keys::CallerMacs,
-        },
+        callers::{CallerService, CallerSettings, keys::CallerMacs},
         clock::ManualClock,
+    };
+    CallerService::open(
+        backend.store.clone(),
+        Arc::new(Sealer::new(master)),
+        CallerMacs::new(master),
+        backend.names().naming,
+        Arc::new(ManualClock::at(NOW)),
+        CallerSettings {
+            default_credits: credits,
+            ..CallerSettings::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// A consumer created through `service`; its id.
+async fn spender(service: &credvault::callers::CallerService, email: &str) -> String {
+    use credvault::{
+        callers::{MIN_SECRET_LEN, NewCaller},
         crypto::SecretString,
     };
-    let master = MasterKey::generate().unwrap();
-    let open = || {
-        CallerService::open(
-            backend.store.clone(),
-            Arc::new(Sealer::new(&master)),
-            CallerMacs::new(&master),
-            backend.names().naming,
-            Arc::new(ManualClock::at(NOW)),
-            CallerSettings {
-                default_credits: 25,
-                ..CallerSettings::default()
-            },
-        )
-    };
-    let a = Arc::new(open().await.unwrap());
-    let admin = a.bootstrap_admin().unwrap();
-    let id = a
+    let admin = service.bootstrap_admin().unwrap();
+    service
         .create(
             &admin,
             NewCaller {
-                email: "shared@example.com".into(),
+                email: email.into(),
                 secret: SecretString::from("s".repeat(MIN_SECRET_LEN)),
                 ..Default::default()
             },
@@ -315,8 +320,19 @@ async fn two_processes_never_overspend_one_balance(backend: Backend) {
         .await
         .unwrap()
         .caller
-        .id;
-    let b = Arc::new(open().await.unwrap());
+        .id
+}
+
+/// Two processes' caller services over one store, each with its own view of a balance
+/// of 25, take 60 debits of 1 between them: each view alone would allow 25, but the
+/// writes decide, so exactly 25 are written and the stored balance ends at 0, never
+/// below. A debit the balance no longer covers is refused and owes nothing.
+async fn two_processes_never_overspend_one_balance(backend: Backend) {
+    use credvault::callers::CallerError;
+    let master = MasterKey::generate().unwrap();
+    let a = Arc::new(caller_service(&backend, &master, 25).await);
+    let id = spender(&a, "shared@example.com").await;
+    let b = Arc::new(caller_service(&backend, &master, 25).await);
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..60 {
         let callers = if n % 2 == 0 { a.clone() } else { b.clone() };
@@ -344,7 +360,10 @@ async fn two_processes_never_overspend_one_balance(backend: Backend) {
     }
     assert_eq!(granted, 25);
     // As a third process reads it from the store.
-    let stored = open().await.unwrap().get(&id).unwrap();
+    let stored = caller_service(&backend, &master, 25)
+        .await
+        .get(&id)
+        .unwrap();
     assert_eq!(stored.credits.unwrap().remaining, 0);
 }
 
@@ -354,44 +373,12 @@ async fn two_processes_never_overspend_one_balance(backend: Backend) {
 /// from blocks taken ahead, and once both have given their blocks back the stored
 /// balance is 0 (nothing overspent, nothing lost).
 async fn credits_taken_ahead_are_never_overspent_and_given_back(backend: Backend) {
-    use credvault::{
-        callers::{
-            CallerError, CallerService, CallerSettings, MIN_SECRET_LEN, NewCaller, keys::CallerMacs,
-        },
-        clock::ManualClock,
-        crypto::SecretString,
-    };
+    use credvault::callers::CallerError;
     const BALANCE: i64 = 5_000;
     let master = MasterKey::generate().unwrap();
-    let open = || {
-        CallerService::open(
-            backend.store.clone(),
-            Arc::new(Sealer::new(&master)),
-            CallerMacs::new(&master),
-            backend.names().naming,
-            Arc::new(ManualClock::at(NOW)),
-            CallerSettings {
-                default_credits: BALANCE,
-                ..CallerSettings::default()
-            },
-        )
-    };
-    let a = Arc::new(open().await.unwrap());
-    let admin = a.bootstrap_admin().unwrap();
-    let id = a
-        .create(
-            &admin,
-            NewCaller {
-                email: "ahead@example.com".into(),
-                secret: SecretString::from("s".repeat(MIN_SECRET_LEN)),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .caller
-        .id;
-    let b = Arc::new(open().await.unwrap());
+    let a = Arc::new(caller_service(&backend, &master, BALANCE).await);
+    let id = spender(&a, "ahead@example.com").await;
+    let b = Arc::new(caller_service(&backend, &master, BALANCE).await);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     for node in [&a, &b] {
         node.follows_shared_store();
@@ -436,7 +423,10 @@ async fn credits_taken_ahead_are_never_overspent_and_given_back(backend: Backend
         node.flush().await.unwrap();
     }
     // As a third process reads it from the store.
-    let stored = open().await.unwrap().get(&id).unwrap();
+    let stored = caller_service(&backend, &master, BALANCE)
+        .await
+        .get(&id)
+        .unwrap();
     assert_eq!(stored.credits.unwrap().remaining, 0);
 }
 

@@ -42,6 +42,17 @@ impl CallersApi {
         self
     }
 
+    /// The caller an admin call names: by id, or else by email (one of the two).
+    fn named(&self, caller_id: &str, email: &str) -> Result<String, Status> {
+        text_field("caller_id", caller_id, validate::MAX_ID_LEN)?;
+        text_field("email", email, validate::MAX_EMAIL_LEN)?;
+        match (caller_id, email) {
+            ("", "") => Err(invalid(FieldError::OneOf("caller_id", "email"))),
+            ("", email) => Ok(self.callers.find_by_email(email).map_err(caller_error)?.id),
+            (id, _) => Ok(id.to_owned()),
+        }
+    }
+
     fn info(&self, id: &str) -> Result<proto::CallerInfo, Status> {
         let record = self.callers.get(id).map_err(caller_error)?;
         Ok(convert::caller_info(&record, self.callers.now_ms()))
@@ -230,13 +241,7 @@ impl Callers for CallersApi {
         let actor = authorized(&request, Permission::ManageCallers, "UpdateCaller")?;
         let audit = call_audit(&request);
         let req = request.into_inner();
-        text_field("caller_id", &req.caller_id, validate::MAX_ID_LEN)?;
-        text_field("email", &req.email, validate::MAX_EMAIL_LEN)?;
-        let id = match (req.caller_id.as_str(), req.email.as_str()) {
-            ("", "") => return Err(invalid(FieldError::OneOf("caller_id", "email"))),
-            ("", email) => self.callers.find_by_email(email).map_err(caller_error)?.id,
-            (id, _) => id.to_owned(),
-        };
+        let id = self.named(&req.caller_id, &req.email)?;
         audit.target(&id);
         let update = CallerUpdate {
             roles: req
@@ -320,13 +325,7 @@ impl Callers for CallersApi {
         let actor = authorized(&request, Permission::ManageCallers, "DeleteCaller")?;
         let audit = call_audit(&request);
         let req = request.into_inner();
-        text_field("caller_id", &req.caller_id, validate::MAX_ID_LEN)?;
-        text_field("email", &req.email, validate::MAX_EMAIL_LEN)?;
-        let id = match (req.caller_id.as_str(), req.email.as_str()) {
-            ("", "") => return Err(invalid(FieldError::OneOf("caller_id", "email"))),
-            ("", email) => self.callers.find_by_email(email).map_err(caller_error)?.id,
-            (id, _) => id.to_owned(),
-        };
+        let id = self.named(&req.caller_id, &req.email)?;
         audit.target(&id);
         self.callers.delete(&id).await.map_err(caller_error)?;
         let leases = match &self.leases {

@@ -450,24 +450,10 @@ async fn accounts(group: Group<AccountsAction>) -> Outcome {
             Ok(())
         }
         AccountsAction::List { provider } => {
-            let mut all = proto::ListAccountsResponse::default();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .list_accounts(proto::ListAccountsRequest {
-                        provider: provider.clone().unwrap_or_default(),
-                        page_size: 1000,
-                        page_token: page_token.clone(),
-                    })
-                    .await
-                    .map_err(|s| output::refusal(&s))?
-                    .into_inner();
-                all.accounts.extend(page.accounts);
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
+            let all = proto::ListAccountsResponse {
+                accounts: transfer::all_accounts(&mut client, provider).await?,
+                next_page_token: String::new(),
+            };
             output::print(conn.output, &all, "credvault.v1.ListAccountsResponse");
             Ok(())
         }

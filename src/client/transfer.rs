@@ -236,6 +236,31 @@ fn update(line: proto::CreateAccountRequest, version: u64) -> proto::UpdateAccou
     }
 }
 
+/// Every account (of `provider`), masked, read a page at a time.
+pub async fn all_accounts(
+    accounts: &mut Accounts,
+    provider: Option<String>,
+) -> Result<Vec<proto::Account>, Failure> {
+    let mut listed = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = accounts
+            .list_accounts(proto::ListAccountsRequest {
+                provider: provider.clone().unwrap_or_default(),
+                page_size: 1000,
+                page_token: page_token.clone(),
+            })
+            .await
+            .map_err(|s| output::refusal(&s))?
+            .into_inner();
+        listed.extend(page.accounts);
+        if page.next_page_token.is_empty() {
+            return Ok(listed);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 /// Writes every account (of `provider`) as JSON Lines on stdout: without secrets, or
 /// with them revealed one audited call at a time.
 pub async fn export(
@@ -251,24 +276,7 @@ pub async fn export(
             "an export with secrets would print them on this terminal: redirect it to a file, or add --yes",
         ));
     }
-    let mut listed = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = accounts
-            .list_accounts(proto::ListAccountsRequest {
-                provider: provider.clone().unwrap_or_default(),
-                page_size: 1000,
-                page_token: page_token.clone(),
-            })
-            .await
-            .map_err(|s| output::refusal(&s))?
-            .into_inner();
-        listed.extend(page.accounts);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let listed = all_accounts(accounts, provider).await?;
     let mut reveal = reveal;
     for account in &listed {
         let mut line = proto::CreateAccountRequest {
