@@ -122,6 +122,48 @@ async fn no_email_under(cluster: &EtcdCluster, prefix: &str) {
     }
 }
 
+/// A data directory with 1,000 accounts and a caller (`ops@example.com`), its
+/// daemon stopped; answers the caller's id.
+async fn sled_vault(data: &Path, key: &str) -> String {
+    let settings = support::config(data, key).resolve().unwrap();
+    let vault = support::open_vault(&settings, Arc::new(credvault::clock::SystemClock)).await;
+    for n in 0..1000 {
+        vault
+            .accounts
+            .create(NewAccount {
+                provider: "pixverse".into(),
+                email: format!("acct{n:04}@example.com"),
+                password: Some(SecretString::from(format!("pw-of-{n:04}"))),
+                max_jobs: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let admin = vault.callers.bootstrap_admin().unwrap();
+    let created = vault
+        .callers
+        .create(
+            &admin,
+            NewCaller {
+                email: "ops@example.com".into(),
+                secret: SecretString::from(CALLER_SECRET.to_owned()),
+                roles: [Role::Consumer].into(),
+                scopes: vec!["pixverse".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    vault
+        .callers
+        .activate(&created.caller.id, &created.key_id)
+        .await
+        .unwrap();
+    vault.store.flush().await.unwrap();
+    created.caller.id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_then_back_up_and_restore_an_etcd_prefix() {
     let cluster = EtcdCluster::start(3).await;
@@ -135,44 +177,7 @@ async fn migrate_then_back_up_and_restore_an_etcd_prefix() {
 
     // A data directory with 1,000 accounts and a caller, its daemon stopped.
     let data = dir.path().join("sled");
-    {
-        let settings = support::config(&data, &key).resolve().unwrap();
-        let vault = support::open_vault(&settings, Arc::new(credvault::clock::SystemClock)).await;
-        for n in 0..1000 {
-            vault
-                .accounts
-                .create(NewAccount {
-                    provider: "pixverse".into(),
-                    email: format!("acct{n:04}@example.com"),
-                    password: Some(SecretString::from(format!("pw-of-{n:04}"))),
-                    max_jobs: 2,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-        }
-        let admin = vault.callers.bootstrap_admin().unwrap();
-        let created = vault
-            .callers
-            .create(
-                &admin,
-                NewCaller {
-                    email: "ops@example.com".into(),
-                    secret: SecretString::from(CALLER_SECRET.to_owned()),
-                    roles: [Role::Consumer].into(),
-                    scopes: vec!["pixverse".into()],
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        vault
-            .callers
-            .activate(&created.caller.id, &created.key_id)
-            .await
-            .unwrap();
-        vault.store.flush().await.unwrap();
-    }
+    sled_vault(&data, &key).await;
 
     let started = Instant::now();
     let (code, out) = run(
@@ -427,4 +432,75 @@ async fn rotate_the_master_key_of_an_etcd_prefix_with_every_node_stopped() {
         assert_eq!(reveals_audited(&server).await, 2, "{node}");
         server.stop().await;
     }
+}
+
+/// A migration that fails after it began writing (here another writer takes one of its
+/// keys meanwhile) takes back what it wrote: the prefix holds only the other writer's
+/// key afterwards, so the migration can be run again once it is cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_migration_leaves_nothing_behind() {
+    const PREFIX: &str = "/raced";
+    let cluster = EtcdCluster::start(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = support::new_key();
+    let key_file = dir.path().join("master.key");
+    std::fs::write(&key_file, &key).unwrap();
+    let data = dir.path().join("sled");
+    let caller_id = sled_vault(&data, &key).await;
+
+    let mut etcd = etcd_client::Client::connect(cluster.endpoints(), None)
+        .await
+        .unwrap();
+    let mut watch = etcd
+        .watch(PREFIX, Some(etcd_client::WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let scratch = dir.path().join("scratch");
+    let migrating = {
+        let (endpoints, data, key_file) = (cluster.endpoints(), data.clone(), key_file.clone());
+        std::thread::spawn(move || {
+            let output = Command::new(env!("CARGO_BIN_EXE_credvault"))
+                .args(["migrate", "--from-data-dir", data.to_str().unwrap()])
+                .args(["--master-key-file", key_file.to_str().unwrap()])
+                .args(["--data-dir", scratch.to_str().unwrap()])
+                .env_remove("RUST_LOG")
+                .env("CREDVAULT_STORE__BACKEND", "etcd")
+                .env("CREDVAULT_STORE__ETCD__ENDPOINTS", endpoints.join(","))
+                .env("CREDVAULT_STORE__ETCD__PREFIX", PREFIX)
+                .output()
+                .unwrap();
+            (
+                output.status.code(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        })
+    };
+    // Its first write (the meta tree's) seen, the caller's record (written after the
+    // 1,000 accounts) is taken by another writer.
+    // (The watch's first answer only says it was created.)
+    while watch
+        .message()
+        .await
+        .unwrap()
+        .expect("the migration writes")
+        .events()
+        .is_empty()
+    {}
+    let taken = format!("{PREFIX}/callers/{caller_id}");
+    etcd.put(taken.as_str(), "another writer", None)
+        .await
+        .unwrap();
+    let (code, stderr) = migrating.join().unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("changed while being migrated"), "{stderr}");
+    let left = etcd
+        .get(PREFIX, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let keys: Vec<String> = left
+        .kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .collect();
+    assert_eq!(keys, [taken], "only the other writer's key is left");
 }

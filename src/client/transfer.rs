@@ -153,7 +153,13 @@ pub async fn import(
     upsert: bool,
 ) -> Report {
     let mut report = Report::default();
+    // A bar on stderr when the report goes elsewhere (a file) and stderr is a terminal.
+    let mut progress = (!std::io::stdout().is_terminal())
+        .then(|| crate::ops::progress::Progress::new("import", lines.len() as u64));
     for (n, line) in lines {
+        if let Some(progress) = progress.as_mut() {
+            progress.advance(1);
+        }
         let request = match line {
             Ok(request) => request,
             Err(why) => {
@@ -204,6 +210,9 @@ pub async fn import(
                 );
             }
         }
+    }
+    if let Some(progress) = progress.as_mut() {
+        progress.finish();
     }
     let mode = if dry_run {
         " (dry run: nothing written)"

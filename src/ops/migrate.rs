@@ -10,7 +10,8 @@
 //! on etcd lives only as long as its job lease; stop the jobs first), and the audit
 //! trail stays in DIR, the node's own (point that node's `--data-dir` at DIR to keep
 //! it). Every record written is then read back from etcd and compared, and every
-//! account opened there.
+//! account opened there. A run that fails after it began writing takes back what it
+//! wrote, so the prefix is empty again.
 
 use crate::{
     accounts::{Names, rename_record},
@@ -125,6 +126,31 @@ pub async fn migrate(
         }
     }
 
+    if let Err(error) =
+        write_and_verify(from.sealer, &etcd_names, to, target, &writes, &mut migrated).await
+    {
+        // The prefix was empty: what this run wrote is taken back, so that a failed
+        // migrate leaves nothing behind (and can simply be run again).
+        let written = &writes[..migrated.records as usize];
+        if let Err(cleanup) = take_back(to, written).await {
+            tracing::error!(error = %cleanup, "taking back a failed migration's records failed; delete the prefix before running it again");
+        }
+        return Err(error);
+    }
+    Ok(migrated)
+}
+
+/// Writes `writes` in batches (each key compared absent), then reads every one back
+/// and opens every account under its new name; `migrated.records` counts what was
+/// committed.
+async fn write_and_verify(
+    sealer: &Sealer,
+    etcd_names: &Names,
+    to: &EtcdStore,
+    target: &str,
+    writes: &[(Tree, Vec<u8>, Vec<u8>)],
+    migrated: &mut Migrated,
+) -> Result<(), MigrateError> {
     let mut progress = Progress::new("migrate", writes.len() as u64);
     for batch in writes.chunks(BATCH) {
         let mut txn = Txn::new();
@@ -144,7 +170,7 @@ pub async fn migrate(
 
     // Read back: every record as written, every account opens under its new name.
     let mut checking = Progress::new("verify", writes.len() as u64);
-    for (tree, key, value) in &writes {
+    for (tree, key, value) in writes {
         let stored = to.value(*tree, key).await?;
         if stored.as_deref() != Some(value.as_slice()) {
             return Err(MigrateError::Verify(format!(
@@ -154,17 +180,24 @@ pub async fn migrate(
         }
         if *tree == Tree::Accounts {
             let meta = etcd_names
-                .meta(from.sealer, key, value)
+                .meta(sealer, key, value)
                 .map_err(|error| MigrateError::Verify(error.to_string()))?;
-            crate::accounts::record::decode(
-                from.sealer,
-                &etcd_names.record_key(&meta.key()),
-                value,
-            )
-            .map_err(|error| MigrateError::Verify(error.to_string()))?;
+            crate::accounts::record::decode(sealer, &etcd_names.record_key(&meta.key()), value)
+                .map_err(|error| MigrateError::Verify(error.to_string()))?;
         }
         checking.advance(1);
     }
     checking.finish();
-    Ok(migrated)
+    Ok(())
+}
+
+/// Deletes records this run wrote.
+async fn take_back(to: &EtcdStore, written: &[(Tree, Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+    for batch in written.chunks(BATCH) {
+        let txn = batch
+            .iter()
+            .fold(Txn::new(), |txn, (tree, key, _)| txn.delete(*tree, key));
+        to.commit(txn).await?;
+    }
+    Ok(())
 }
