@@ -193,6 +193,16 @@ fn the_client_commands_work_against_a_live_daemon() {
     assert!(callers.contains("svc@example.com"), "{callers}");
     let status = admin.ok(&["keys", "status"]);
     assert!(status.contains("phase: PHASE_IDLE"), "{status}");
+    // An online rotation, followed to its end (the key file is on the daemon's host).
+    let next = dir.path().join("next.key");
+    let (code, _, err) = admin.run(&["keys", "rotate", "--new-key-file", next.to_str().unwrap()]);
+    assert_eq!(code, 1, "no such key file yet: {err}");
+    assert!(err.contains("InvalidArgument: cannot read"), "{err}");
+    let (code, _, err) = admin.run(&["keygen", "--out", next.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let rotated = admin.ok(&["keys", "rotate", "--new-key-file", next.to_str().unwrap()]);
+    assert!(rotated.contains("phase: PHASE_DONE"), "{rotated}");
+    assert!(admin.ok(&["accounts", "list"]).contains("cli@example.com"));
 
     // The watch prints events as they happen and ends cleanly on Ctrl-C.
     let mut watch = Command::new(env!("CARGO_BIN_EXE_credvault"))

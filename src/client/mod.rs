@@ -854,15 +854,21 @@ async fn keys(group: Group<KeysAction>) -> Outcome {
                 .await
                 .map_err(|s| output::refusal(&s))?
                 .into_inner();
-            // Followed to its end, a line whenever the counts move.
+            // Followed to its end: redrawn in place on a terminal, else a line whenever
+            // the counts move.
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let mut shown = None;
             while status.phase == Phase::Running as i32 {
                 let counts = (status.records_examined, status.records_resealed);
                 if shown != Some(counts) {
-                    eprintln!(
+                    let line = format!(
                         "key rotation: {} records examined, {} re-sealed",
                         counts.0, counts.1
                     );
+                    match terminal {
+                        true => eprint!("\r{line}"),
+                        false => eprintln!("{line}"),
+                    }
                     shown = Some(counts);
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(250)).await;
@@ -871,6 +877,9 @@ async fn keys(group: Group<KeysAction>) -> Outcome {
                     .await
                     .map_err(|s| output::refusal(&s))?
                     .into_inner();
+            }
+            if terminal && shown.is_some() {
+                eprintln!();
             }
             output::print(conn.output, &status, ROTATION);
             if status.phase == Phase::Failed as i32 {
