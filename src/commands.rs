@@ -420,7 +420,7 @@ pub async fn rotate_key(args: &RotateKeyArgs) -> ExitCode {
             eprintln!(
                 "credvault: a node is running on this data directory; on the etcd backend the key is rotated with every node stopped: stop them all, then run rotate-key again"
             );
-            return ExitCode::from(EXIT_CONFIG);
+            return ExitCode::from(EXIT_IN_USE);
         }
         Err(OpenError::Store {
             source: crate::store::StoreError::Locked,
@@ -430,7 +430,7 @@ pub async fn rotate_key(args: &RotateKeyArgs) -> ExitCode {
                 "credvault: the daemon is running on this data directory. To rotate while it serves, restart it with master_key_file = {} and previous_master_key_file = the current key; it re-seals everything in the background (see Keys/RotationStatus).",
                 args.new_key_file.display()
             );
-            return ExitCode::from(EXIT_CONFIG);
+            return ExitCode::from(EXIT_IN_USE);
         }
         Err(error) => return open_failed(&error),
     };
