@@ -28,12 +28,27 @@ pub fn etcd_binary() -> PathBuf {
         .clone()
 }
 
+/// A port for an etcd member, never the same twice in this process and below Linux's
+/// ephemeral range (32768 and up): a port the kernel handed out with `bind(0)` can be
+/// handed out again, to another cluster starting beside this one or to an outgoing
+/// connection, before etcd binds it ("address already in use").
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Each test binary starts at its own place in 20000..32000 (by process id).
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 1_000) as u16 * 12,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = 20_000 + port.wrapping_sub(20_000) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One member: its ports, its data directory, and the running process (if any).
