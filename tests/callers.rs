@@ -5,7 +5,7 @@ mod support;
 
 use std::sync::Arc;
 
-use credvault::clock::ManualClock;
+use credvault::clock::{Clock, ManualClock};
 use support::{Auth, TestServer, pixverse, proto};
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -813,5 +813,64 @@ async fn revoked_tokens_stay_refused_while_the_record_stays_bounded() {
         };
         unauthenticated(&status, message);
     }
+    server.stop().await;
+}
+
+/// A JWT's signature is verified once and kept (by hash); revocation, a disabled
+/// caller and expiry still refuse the next call at once.
+#[tokio::test]
+async fn a_token_verified_before_is_still_checked_on_every_call() {
+    let (_dir, server, clock) = server().await;
+    let (id, api_key) = consumer(&server, "cached@example.com").await;
+    let mut own = server.callers(Auth::api_key(&api_key, SECRET)).await;
+    let mut issue = async || {
+        own.issue_token(proto::IssueTokenRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let (revoked, disabled, expiring) = (issue().await, issue().await, issue().await);
+    let info = async |jwt: &str| {
+        server
+            .callers(Auth::bearer(jwt))
+            .await
+            .get_caller_info(proto::GetCallerInfoRequest {})
+            .await
+    };
+    for token in [&revoked, &disabled, &expiring] {
+        for _ in 0..2 {
+            assert_eq!(info(&token.jwt).await.unwrap().into_inner().id, id);
+        }
+    }
+
+    let mut admin = server.callers(Auth::admin()).await;
+    admin
+        .revoke_token(proto::RevokeTokenRequest {
+            jwt: revoked.jwt.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    unauthenticated(&info(&revoked.jwt).await.unwrap_err(), "JWT revoked");
+
+    let disable = |disabled: bool| proto::UpdateCallerRequest {
+        caller_id: id.clone(),
+        disabled: Some(disabled),
+        ..Default::default()
+    };
+    admin.update_caller(disable(true)).await.unwrap();
+    let error = info(&disabled.jwt).await.unwrap_err();
+    assert_eq!(
+        (error.code(), error.message()),
+        (Code::PermissionDenied, "caller is disabled")
+    );
+    admin.update_caller(disable(false)).await.unwrap();
+    info(&disabled.jwt).await.expect("enabled again");
+
+    let exp_ms = expiring.expires_at.as_ref().unwrap().seconds * 1000;
+    clock.advance(exp_ms - clock.now_ms() - 1000);
+    info(&expiring.jwt).await.expect("a second before exp");
+    clock.advance(1000);
+    unauthenticated(&info(&expiring.jwt).await.unwrap_err(), "JWT expired");
     server.stop().await;
 }

@@ -17,6 +17,7 @@ use crate::{
     sealed::{self, SealedError},
     store::{Expect, Outcome, Revision, Store, StoreError, StoreExt, Swap, Tree, Txn},
 };
+use verified::Verified;
 
 const KEYS_RECORD: &[u8] = b"signing-keys";
 
@@ -101,6 +102,7 @@ pub struct TokenKeys {
     /// The store revision the set was stored at (0: read at open), so that a change
     /// arriving late through the watch does not undo a newer rotation.
     set_at: std::sync::Mutex<Revision>,
+    verified: Verified,
 }
 
 /// Where the sealed signing keys are stored (in [`Tree::Meta`]), for their watch.
@@ -152,6 +154,7 @@ impl TokenKeys {
             max_lifetime_secs,
             set: RwLock::new(key_set(&stored)?),
             set_at: std::sync::Mutex::new(0),
+            verified: Verified::new(verified::CAPACITY),
         })
     }
 
@@ -189,8 +192,49 @@ impl TokenKeys {
     }
 
     /// Checks signature, algorithm, key id, issuer, audience and the time window.
-    /// Revocation is the caller record's business (see `CallerService`).
+    /// Revocation is the caller record's business (see `CallerService`). A token seen
+    /// before is not verified again while its key is held (see [`verified`]); its time
+    /// window is checked on every call.
     pub fn verify(&self, token: &str, now_ms: i64) -> Result<Claims, TokenError> {
+        let now = now_ms.div_euclid(1000);
+        let digest = Verified::digest(token);
+        let entry = match self.verified.get(&digest) {
+            Some(entry) if self.holds(&entry.kid) => entry,
+            Some(_) => {
+                // Its key was dropped since: verified afresh (and refused).
+                self.verified.remove(&digest);
+                self.verify_signed(token)?
+            }
+            None => {
+                let entry = self.verify_signed(token)?;
+                if now < entry.claims.exp {
+                    self.verified.insert(digest, entry.clone(), now);
+                }
+                entry
+            }
+        };
+        if now >= entry.claims.exp {
+            self.verified.remove(&digest);
+            return Err(TokenError::Expired);
+        }
+        if now < entry.claims.nbf {
+            return Err(TokenError::Invalid);
+        }
+        Ok(entry.claims)
+    }
+
+    /// Tokens whose signature is known good, kept (for tests of the cache).
+    pub fn verified_len(&self) -> usize {
+        self.verified.len()
+    }
+
+    fn holds(&self, kid: &str) -> bool {
+        let set = self.set.read().unwrap_or_else(|e| e.into_inner());
+        set.keys.contains_key(kid)
+    }
+
+    /// The signature, algorithm, key id, issuer and audience; not the time window.
+    fn verify_signed(&self, token: &str) -> Result<verified::Entry, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::Invalid);
@@ -200,25 +244,16 @@ impl TokenKeys {
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
-        // Time is checked below against the injected clock, with no leeway.
+        // Time is checked by `verify` against the injected clock, with no leeway.
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.leeway = 0;
-        let claims = {
-            let set = self.set.read().unwrap_or_else(|e| e.into_inner());
-            let key = set.keys.get(&kid).ok_or(TokenError::Invalid)?;
-            jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
-                .map_err(|_| TokenError::Invalid)?
-                .claims
-        };
-        let now = now_ms.div_euclid(1000);
-        if now >= claims.exp {
-            return Err(TokenError::Expired);
-        }
-        if now < claims.nbf {
-            return Err(TokenError::Invalid);
-        }
-        Ok(claims)
+        let set = self.set.read().unwrap_or_else(|e| e.into_inner());
+        let key = set.keys.get(&kid).ok_or(TokenError::Invalid)?;
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
+            .map_err(|_| TokenError::Invalid)?
+            .claims;
+        Ok(verified::Entry { claims, kid })
     }
 
     /// Makes a new key current. Tokens signed by the old key keep verifying until they
@@ -335,3 +370,4 @@ fn key_set(stored: &StoredKeys) -> Result<KeySet, KeysError> {
 
 #[cfg(test)]
 mod tests;
+mod verified;
