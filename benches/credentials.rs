@@ -4,7 +4,10 @@
 //! time and counts answers by gRPC status (h2load cannot). Also: p99 of AcquireLease at
 //! half its peak rate, and RSS with 100,000 accounts loaded.
 //!
-//! `cargo bench --bench credentials`; figures are printed, not asserted.
+//! `cargo bench --bench credentials`; figures are printed, not asserted, and the run
+//! ends with one line `BENCH_SUMMARY {json}` (each load's calls/s, p50, p99 and ratio
+//! to the baseline, the target ratios, RSS). `CREDVAULT_BENCH_ROUNDS` and
+//! `CREDVAULT_BENCH_SECS` shorten a run (default 5 rounds of 3 s).
 
 use std::{
     collections::BTreeMap,
@@ -45,11 +48,27 @@ mod etcd_cluster;
 
 const CONNECTIONS: usize = 4;
 const IN_FLIGHT: usize = 16;
-const WINDOW: Duration = Duration::from_secs(3);
-/// Every measurement runs this many times, interleaved with the baseline: this machine
-/// is shared and its speed drifts by a third within a minute, so each ratio is taken
-/// against the baseline of its own round and the median round is reported.
-const ROUNDS: usize = 5;
+
+/// How long each load runs, per round (`CREDVAULT_BENCH_SECS`, default 3).
+fn window() -> Duration {
+    Duration::from_secs_f64(env_number("CREDVAULT_BENCH_SECS").unwrap_or(3.0))
+}
+
+/// Every measurement runs this many times, interleaved with the baseline
+/// (`CREDVAULT_BENCH_ROUNDS`, default 5): this machine is shared and its speed drifts
+/// by a third within a minute, so each ratio is taken against the baseline of its own
+/// round and the median round is reported.
+fn rounds() -> usize {
+    env_number("CREDVAULT_BENCH_ROUNDS").map_or(5, |n| n.max(1.0) as usize)
+}
+
+fn env_number(name: &str) -> Option<f64> {
+    let value = std::env::var(name).ok()?;
+    match value.parse::<f64>() {
+        Ok(n) if n > 0.0 => Some(n),
+        _ => panic!("{name}={value:?}: expected a positive number"),
+    }
+}
 const BOOTSTRAP: &str = "bench-bootstrap-token-0123456789abcdef";
 const SECRET: &str = "bench-client-secret-0123456789abcdef-0123456789";
 
@@ -87,13 +106,15 @@ struct Rows {
     nagle: Row,
     check: Row,
     whoami: Row,
+    whoami_jwt: Row,
     masked: Row,
     reveal: Row,
+    reveal_log_lines: Row,
     two_whoami: Row,
     lease: Row,
     half_rate: Row,
     /// Store flushes timed while the half-rate load runs.
-    probe: Stats,
+    probe: Row,
 }
 
 /// One line of the report: a measurement's rounds.
@@ -111,6 +132,17 @@ impl Row {
         self.all.merge(stats);
     }
 
+    /// The row as `BENCH_SUMMARY` gives it.
+    fn summary(&mut self) -> serde_json::Value {
+        let (p50, p99) = (self.all.percentile_ms(50), self.all.percentile_ms(99));
+        serde_json::json!({
+            "calls_per_s": round(median(&self.rates), 0),
+            "p50_ms": round(p50, 3),
+            "p99_ms": round(p99, 3),
+            "ratio": round(median(&self.ratios), 3),
+        })
+    }
+
     fn print(&mut self, name: &str) {
         let (p50, p99) = (self.all.percentile_ms(50), self.all.percentile_ms(99));
         println!(
@@ -125,6 +157,11 @@ impl Row {
             self.all.codes
         );
     }
+}
+
+fn round(value: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (value * scale).round() / scale
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -170,7 +207,7 @@ where
     Fut: Future<Output = Result<Duration, Status>> + Send,
 {
     let started = Instant::now();
-    let deadline = started + WINDOW;
+    let deadline = started + window();
     let mut tasks = JoinSet::new();
     for (c, channel) in channels.iter().enumerate() {
         for t in 0..IN_FLIGHT {
@@ -290,6 +327,8 @@ async fn create_accounts(vault: &Vault, provider: &'static str, n: usize) {
 struct Bench {
     addr: std::net::SocketAddr,
     auth: Auth,
+    /// The same caller with a JWT (one year, as the reference behaviours issue them).
+    jwt: Auth,
     store: std::sync::Arc<dyn credvault::store::Store>,
     stop: tokio::sync::oneshot::Sender<()>,
     serving: tokio::task::JoinHandle<Result<(), server::ServeError>>,
@@ -344,6 +383,8 @@ async fn serve(settings: &credvault::config::Settings) -> Bench {
         ),
         ("x-credvault-secret", SECRET.to_owned()),
     ]);
+    let (token, _) = vault.callers.issue_token(&created.caller.id).await.unwrap();
+    let jwt = Auth(vec![("authorization", format!("Bearer {token}"))]);
     let store = vault.store.clone();
     let listeners = Listeners::bind(settings).await.unwrap();
     let addr = listeners.tcp_addr().unwrap();
@@ -359,6 +400,7 @@ async fn serve(settings: &credvault::config::Settings) -> Bench {
     Bench {
         addr,
         auth,
+        jwt,
         store,
         stop,
         serving,
@@ -434,11 +476,15 @@ fn main() {
 /// (100,000 creations leave the allocator fragmented for whatever runs next).
 const RSS_CHILD: &str = "CREDVAULT_BENCH_RSS_CHILD";
 
+/// How the RSS child tells its figure.
+const RSS_LINE: &str = "RSS_100K_MIB ";
+
 /// Set: the bench caller pays no credits (no debit settles per hand-out).
 const UNMETERED: &str = "CREDVAULT_BENCH_UNMETERED";
 
-/// Runs one load alone for 10 s (`reveal`, `lease`, `whoami`, `masked` or `check`), for
-/// a profiler; `etcd` runs the etcd rounds alone.
+/// Runs one load alone for 10 s (`reveal`, `lease`, `whoami`, `whoami_jwt`, `masked` or
+/// `check`), for a profiler; `etcd` runs the etcd rounds alone, `sled` all but them (and
+/// the RSS run).
 const ONLY: &str = "CREDVAULT_BENCH_ONLY";
 
 /// RSS of a serving credvault with 100,000 accounts loaded (in its own process).
@@ -459,10 +505,11 @@ async fn rss_with_100k_accounts() {
         },
     ));
     tokio::task::yield_now().await;
+    let rss = rss_mib();
     println!(
-        "  RSS with 100,000 accounts loaded and serving: {:.0} MiB (was {before:.0} MiB before loading; target < 300)",
-        rss_mib()
+        "  RSS with 100,000 accounts loaded and serving: {rss:.0} MiB (was {before:.0} MiB before loading; target ≤ 150)"
     );
+    println!("{RSS_LINE}{rss:.1}");
     let _ = stop.send(());
     serving.await.unwrap().unwrap();
 }
@@ -512,7 +559,7 @@ async fn flush_probe(store: std::sync::Arc<dyn credvault::store::Store>) -> Stat
     use credvault::store::{StoreExt, Tree};
     let mut stats = Stats::default();
     let mut tick = tokio::time::interval(Duration::from_millis(5));
-    let until = Instant::now() + WINDOW;
+    let until = Instant::now() + window();
     for i in 0u64.. {
         tick.tick().await;
         if Instant::now() >= until {
@@ -531,6 +578,7 @@ async fn flush_probe(store: std::sync::Arc<dyn credvault::store::Store>) -> Stat
             .await
             .unwrap();
     }
+    stats.elapsed = window();
     stats
 }
 
@@ -565,25 +613,57 @@ async fn health_load(addr: std::net::SocketAddr) -> Stats {
     .await
 }
 
+/// Where the bench's server log goes: JSON lines at info, as `serve` writes them (to
+/// a file here, so their volume per call can be measured).
+fn log_to(path: &std::path::Path) -> std::fs::File {
+    let file = std::fs::File::create(path).unwrap();
+    let writer = std::sync::Mutex::new(file.try_clone().unwrap());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(writer)
+        .with_ansi(false)
+        .json()
+        .flatten_event(true)
+        .init();
+    file
+}
+
+/// Runs `load` and answers it with the server log it caused, in bytes per call.
+async fn with_log_bytes(log: &std::fs::File, load: impl Future<Output = Stats>) -> (Stats, f64) {
+    let before = log.metadata().unwrap().len();
+    let stats = load.await;
+    let bytes = log.metadata().unwrap().len() - before;
+    let calls = stats.latencies.len().max(1);
+    (stats, bytes as f64 / calls as f64)
+}
+
 async fn run() {
     if std::env::var(ONLY).as_deref() == Ok("etcd") {
         etcd::run().await;
         return;
     }
+    let rounds = rounds();
     println!(
-        "credentials under load: {CONNECTIONS} connections × {IN_FLIGHT} in flight, {ROUNDS} interleaved rounds of {} s, one 2-core machine; median round shown",
-        WINDOW.as_secs()
+        "credentials under load: {CONNECTIONS} connections × {IN_FLIGHT} in flight, {rounds} interleaved rounds of {:.1} s, one 2-core machine; median round shown",
+        window().as_secs_f64()
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let settings = config(dir.path()).resolve().unwrap();
+    let log = log_to(&dir.path().join("server.log"));
+    let settings = config(&dir.path().join("default")).resolve().unwrap();
     let Bench {
         addr,
         auth,
+        jwt,
         store,
         stop,
         serving,
     } = serve(&settings).await;
+    // The same vault with `[audit] log_lines = true`: every event also a log line.
+    let mut logged = config(&dir.path().join("log-lines"));
+    logged.audit.log_lines = true;
+    let logged = serve(&logged.resolve().unwrap()).await;
+    let logged_channels = channels(logged.addr).await;
     let channels = channels(addr).await;
 
     let plain = minimal_server(true).await;
@@ -632,18 +712,19 @@ async fn run() {
         }
     };
     // For a profiler: one load alone for 10 s, then exit.
-    if let Ok(only) = std::env::var(ONLY) {
+    if let Ok(only) = std::env::var(ONLY)
+        && only != "sled"
+    {
         let until = Instant::now() + Duration::from_secs(10);
         let mut stats = Stats::default();
         while Instant::now() < until {
-            let paced = std::env::var("CREDVAULT_BENCH_RATE")
-                .ok()
-                .and_then(|rate| rate.parse::<f64>().ok())
+            let paced = env_number("CREDVAULT_BENCH_RATE")
                 .map(|rate| rate / (CONNECTIONS * IN_FLIGHT) as f64);
             stats.merge(match only.as_str() {
                 "reveal" => drive(&channels, paced, reveal(auth.clone())).await,
                 "lease" => drive(&channels, paced, lease(auth.clone())).await,
                 "whoami" => drive(&channels, paced, whoami(auth.clone())).await,
+                "whoami_jwt" => drive(&channels, paced, whoami(jwt.clone())).await,
                 "masked" => drive(&channels, paced, masked(auth.clone())).await,
                 _ => health_load(addr).await,
             });
@@ -661,7 +742,8 @@ async fn run() {
     }
 
     let mut rows = Rows::default();
-    for _ in 0..ROUNDS {
+    let (mut log_off, mut log_on) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
         // Baseline: the same transport settings as credvault (TCP_NODELAY on accepted
         // streams); the same without TCP_NODELAY is shown for comparison.
         let baseline = health_load(plain).await;
@@ -672,10 +754,21 @@ async fn run() {
         rows.check.add(health_load(addr).await, base);
         rows.whoami
             .add(drive(&channels, None, whoami(auth.clone())).await, base);
+        rows.whoami_jwt
+            .add(drive(&channels, None, whoami(jwt.clone())).await, base);
         rows.masked
             .add(drive(&channels, None, masked(auth.clone())).await, base);
-        rows.reveal
-            .add(drive(&channels, None, reveal(auth.clone())).await, base);
+        let (reveals, bytes) =
+            with_log_bytes(&log, drive(&channels, None, reveal(auth.clone()))).await;
+        rows.reveal.add(reveals, base);
+        log_off.push(bytes);
+        let (reveals, bytes) = with_log_bytes(
+            &log,
+            drive(&logged_channels, None, reveal(logged.auth.clone())),
+        )
+        .await;
+        rows.reveal_log_lines.add(reveals, base);
+        log_on.push(bytes);
         let two = drive(&channels, None, two_whoami(auth.clone())).await;
         rows.two_whoami.add(two, base);
         let pairs = drive(&channels, None, lease(auth.clone())).await;
@@ -690,7 +783,8 @@ async fn run() {
         // do not weigh on the half-rate figures).
         let probing = tokio::spawn(flush_probe(store.clone()));
         drive(&channels, Some(per_task), lease(auth.clone())).await;
-        rows.probe.merge(probing.await.unwrap());
+        let probe = probing.await.unwrap();
+        rows.probe.add(probe, base);
     }
     rows.baseline
         .print("baseline: minimal tonic server, unary Check");
@@ -698,11 +792,23 @@ async fn run() {
     rows.check
         .print("credvault: unary Check (auth layer, no store)");
     rows.whoami
-        .print("  floor: GetCallerInfo (caller auth, no hand-out)");
+        .print("  floor: GetCallerInfo (API key + secret, no hand-out)");
+    rows.whoami_jwt
+        .print("GetCallerInfo with a JWT (the same caller)");
     rows.masked
         .print("  floor: GetAccount masked (same accounts, no audit)");
     rows.reveal
         .print("RevealAccount, 1,000 accounts (metered caller)");
+    println!(
+        "    server log at info per reveal: {:.1} bytes",
+        median(&log_off)
+    );
+    rows.reveal_log_lines
+        .print("RevealAccount with [audit] log_lines = true");
+    println!(
+        "    server log at info per reveal: {:.1} bytes",
+        median(&log_on)
+    );
     rows.two_whoami
         .print("  floor: two GetCallerInfo in a row, per pair");
     rows.lease
@@ -713,22 +819,98 @@ async fn run() {
         2.0 * median(&rows.lease.ratios)
     );
     rows.half_rate.print("AcquireLease at half its peak rate");
-    let (p50, p99) = (rows.probe.percentile_ms(50), rows.probe.percentile_ms(99));
-    println!(
-        "    floor: one store write + flush during that load, every 5 ms: p50 {p50:.2} ms  p99 {p99:.2} ms  ({} probes)",
-        rows.probe.latencies.len()
+    rows.probe.print(
+        "  floor: one store write + flush beside that load, every 5 ms (calls/s: probes)",
     );
 
     let _ = stop.send(());
     serving.await.unwrap().unwrap();
+    let _ = logged.stop.send(());
+    logged.serving.await.unwrap().unwrap();
     store_flush_latency().await;
-    etcd::run().await;
+    if std::env::var(ONLY).as_deref() == Ok("sled") {
+        return;
+    }
+    let etcd_rows = etcd::run().await;
 
     let rss = std::process::Command::new(std::env::current_exe().unwrap())
         .args(std::env::args().skip(1))
         .env(RSS_CHILD, "1")
         .output()
         .unwrap();
-    print!("{}", String::from_utf8_lossy(&rss.stdout));
+    let rss_out = String::from_utf8_lossy(&rss.stdout);
+    print!("{rss_out}");
     assert!(rss.status.success(), "the RSS run failed");
+    let rss_mib = rss_out
+        .lines()
+        .find_map(|l| l.strip_prefix(RSS_LINE))
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .expect("the RSS run printed its figure");
+
+    let ratio = |a: &Row, b: &Row| round(median(&a.rates) / median(&b.rates), 3);
+    let mut summary = serde_json::json!({
+        "rounds": rounds,
+        "secs": window().as_secs_f64(),
+        "rss_100k_mib": round(rss_mib, 1),
+        "log_bytes_per_reveal": {
+            "log_lines_off": round(median(&log_off), 1),
+            "log_lines_on": round(median(&log_on), 1),
+        },
+    });
+    let mut targets = serde_json::Map::new();
+    targets.insert(
+        "whoami_jwt_vs_key".into(),
+        per_round(&rows.whoami_jwt, &rows.whoami).into(),
+    );
+    targets.insert(
+        "reveal_vs_masked".into(),
+        per_round(&rows.reveal, &rows.masked).into(),
+    );
+    targets.insert(
+        "lease_pair_vs_two_calls".into(),
+        per_round(&rows.lease, &rows.two_whoami).into(),
+    );
+    targets.insert(
+        "lease_half_p99_vs_flush_probe_p99".into(),
+        round(
+            rows.half_rate.all.percentile_ms(99) / rows.probe.all.percentile_ms(99),
+            3,
+        )
+        .into(),
+    );
+    targets.insert(
+        "reveal_log_lines_vs_off".into(),
+        ratio(&rows.reveal_log_lines, &rows.reveal).into(),
+    );
+    let mut loads = serde_json::Map::new();
+    for (name, row) in [
+        ("baseline", &mut rows.baseline),
+        ("whoami_key", &mut rows.whoami),
+        ("whoami_jwt", &mut rows.whoami_jwt),
+        ("masked", &mut rows.masked),
+        ("reveal", &mut rows.reveal),
+        ("reveal_log_lines", &mut rows.reveal_log_lines),
+        ("two_calls", &mut rows.two_whoami),
+        ("lease_pair", &mut rows.lease),
+        ("lease_half", &mut rows.half_rate),
+        ("flush_probe", &mut rows.probe),
+    ] {
+        loads.insert(name.into(), row.summary());
+    }
+    for (name, value) in etcd_rows.loads {
+        loads.insert(name.into(), value);
+    }
+    for (name, value) in etcd_rows.targets {
+        targets.insert(name.into(), value.into());
+    }
+    let object = summary.as_object_mut().unwrap();
+    object.extend(loads);
+    object.insert("targets".into(), targets.into());
+    println!("BENCH_SUMMARY {summary}");
+}
+
+/// The median over rounds of `a`'s rate over `b`'s in the same round.
+fn per_round(a: &Row, b: &Row) -> f64 {
+    let ratios: Vec<f64> = a.rates.iter().zip(&b.rates).map(|(a, b)| a / b).collect();
+    round(median(&ratios), 3)
 }

@@ -52,9 +52,16 @@ fn raw_pair(client: etcd_client::Client) -> impl Fn(Channel, u64) -> CallFuture 
     }
 }
 
-pub async fn run() {
+/// The etcd loads and target ratios, for `BENCH_SUMMARY`.
+pub struct EtcdRows {
+    pub loads: Vec<(&'static str, serde_json::Value)>,
+    pub targets: Vec<(&'static str, f64)>,
+}
+
+pub async fn run() -> EtcdRows {
+    let rounds = rounds();
     println!(
-        "etcd: one credvault node on a 3-member loopback etcd cluster, {ROUNDS} interleaved rounds; ratios against the raw etcd floor of the same round"
+        "etcd: one credvault node on a 3-member loopback etcd cluster, {rounds} interleaved rounds; ratios against the raw etcd floor of the same round"
     );
     let cluster = EtcdCluster::start(3).await;
     let dir = tempfile::tempdir().unwrap();
@@ -79,7 +86,7 @@ pub async fn run() {
     let (mut floor, mut floor_half) = (Row::default(), Row::default());
     let (mut pairs, mut half, mut reveals) = (Row::default(), Row::default(), Row::default());
     let tasks = (CONNECTIONS * IN_FLIGHT) as f64;
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         let raw = drive(&channels, None, raw_pair(client.clone())).await;
         let base = raw.rate();
         floor.add(raw, base);
@@ -119,4 +126,20 @@ pub async fn run() {
     );
     let _ = stop.send(());
     serving.await.unwrap().unwrap();
+    EtcdRows {
+        targets: vec![
+            ("etcd_lease_pair_vs_floor", round(median(&pairs.ratios), 3)),
+            (
+                "etcd_lease_half_p99_vs_floor_half_p99",
+                round(half_p99 / floor_half_p99, 3),
+            ),
+        ],
+        loads: vec![
+            ("etcd_floor_pair", floor.summary()),
+            ("etcd_floor_half", floor_half.summary()),
+            ("etcd_lease_pair", pairs.summary()),
+            ("etcd_lease_half", half.summary()),
+            ("etcd_reveal", reveals.summary()),
+        ],
+    }
 }
