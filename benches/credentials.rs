@@ -77,6 +77,8 @@ struct Stats {
     codes: BTreeMap<String, u64>,
     latencies: Vec<Duration>,
     elapsed: Duration,
+    /// CPU time of the whole process (server and load generator) while it ran.
+    cpu_ns: u64,
 }
 
 impl Stats {
@@ -85,6 +87,13 @@ impl Stats {
             *self.codes.entry(code).or_default() += n;
         }
         self.latencies.extend(other.latencies);
+        self.cpu_ns += other.cpu_ns;
+    }
+
+    /// CPU µs per call, load generator included (steadier than calls/s on a machine
+    /// whose speed drifts: a same-build A/B compares these).
+    fn cpu_us_per_call(&self) -> f64 {
+        self.cpu_ns as f64 / 1000.0 / self.latencies.len().max(1) as f64
     }
 
     fn rate(&self) -> f64 {
@@ -122,6 +131,7 @@ struct Rows {
 struct Row {
     rates: Vec<f64>,
     ratios: Vec<f64>,
+    cpu: Vec<f64>,
     all: Stats,
 }
 
@@ -129,6 +139,7 @@ impl Row {
     fn add(&mut self, stats: Stats, baseline: f64) {
         self.rates.push(stats.rate());
         self.ratios.push(stats.rate() / baseline);
+        self.cpu.push(stats.cpu_us_per_call());
         self.all.merge(stats);
     }
 
@@ -140,14 +151,16 @@ impl Row {
             "p50_ms": round(p50, 3),
             "p99_ms": round(p99, 3),
             "ratio": round(median(&self.ratios), 3),
+            "cpu_us_per_call": round(median(&self.cpu), 1),
         })
     }
 
     fn print(&mut self, name: &str) {
         let (p50, p99) = (self.all.percentile_ms(50), self.all.percentile_ms(99));
         println!(
-            "  {name:<54} {:>7.0}/s  p50 {p50:>5.2} ms  p99 {p99:>6.2} ms  ×baseline {:>4.2} (rounds {})  {:?}",
+            "  {name:<54} {:>7.0}/s  p50 {p50:>5.2} ms  p99 {p99:>6.2} ms  CPU {:>5.1} µs/call  ×baseline {:>4.2} (rounds {})  {:?}",
             median(&self.rates),
+            median(&self.cpu),
             median(&self.ratios),
             self.ratios
                 .iter()
@@ -207,6 +220,7 @@ where
     Fut: Future<Output = Result<Duration, Status>> + Send,
 {
     let started = Instant::now();
+    let cpu_before = cpu_ns();
     let deadline = started + window();
     let mut tasks = JoinSet::new();
     for (c, channel) in channels.iter().enumerate() {
@@ -248,6 +262,7 @@ where
         total.merge(stats.unwrap());
     }
     total.elapsed = started.elapsed();
+    total.cpu_ns = cpu_ns() - cpu_before;
     total
 }
 
@@ -819,39 +834,25 @@ async fn run() {
         2.0 * median(&rows.lease.ratios)
     );
     rows.half_rate.print("AcquireLease at half its peak rate");
-    rows.probe.print(
-        "  floor: one store write + flush beside that load, every 5 ms (calls/s: probes)",
-    );
+    rows.probe
+        .print("  floor: one store write + flush beside that load, every 5 ms (calls/s: probes)");
 
     let _ = stop.send(());
     serving.await.unwrap().unwrap();
     let _ = logged.stop.send(());
     logged.serving.await.unwrap().unwrap();
     store_flush_latency().await;
-    if std::env::var(ONLY).as_deref() == Ok("sled") {
-        return;
-    }
-    let etcd_rows = etcd::run().await;
-
-    let rss = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(std::env::args().skip(1))
-        .env(RSS_CHILD, "1")
-        .output()
-        .unwrap();
-    let rss_out = String::from_utf8_lossy(&rss.stdout);
-    print!("{rss_out}");
-    assert!(rss.status.success(), "the RSS run failed");
-    let rss_mib = rss_out
-        .lines()
-        .find_map(|l| l.strip_prefix(RSS_LINE))
-        .and_then(|n| n.trim().parse::<f64>().ok())
-        .expect("the RSS run printed its figure");
+    let (etcd_rows, rss_mib) = if std::env::var(ONLY).as_deref() == Ok("sled") {
+        (etcd::EtcdRows::default(), None)
+    } else {
+        (etcd::run().await, Some(rss_run()))
+    };
 
     let ratio = |a: &Row, b: &Row| round(median(&a.rates) / median(&b.rates), 3);
     let mut summary = serde_json::json!({
         "rounds": rounds,
         "secs": window().as_secs_f64(),
-        "rss_100k_mib": round(rss_mib, 1),
+        "rss_100k_mib": rss_mib.map(|rss| round(rss, 1)),
         "log_bytes_per_reveal": {
             "log_lines_off": round(median(&log_off), 1),
             "log_lines_on": round(median(&log_on), 1),
@@ -907,6 +908,22 @@ async fn run() {
     object.extend(loads);
     object.insert("targets".into(), targets.into());
     println!("BENCH_SUMMARY {summary}");
+}
+
+/// RSS with 100,000 accounts, measured in a child process.
+fn rss_run() -> f64 {
+    let rss = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(std::env::args().skip(1))
+        .env(RSS_CHILD, "1")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&rss.stdout);
+    print!("{out}");
+    assert!(rss.status.success(), "the RSS run failed");
+    out.lines()
+        .find_map(|l| l.strip_prefix(RSS_LINE))
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .expect("the RSS run printed its figure")
 }
 
 /// The median over rounds of `a`'s rate over `b`'s in the same round.

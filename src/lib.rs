@@ -80,6 +80,7 @@ pub mod ops;
 pub mod proto;
 pub mod providers;
 pub mod refresh;
+pub mod rounds;
 pub mod sealed;
 pub mod server;
 pub mod store;

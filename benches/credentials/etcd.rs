@@ -53,6 +53,7 @@ fn raw_pair(client: etcd_client::Client) -> impl Fn(Channel, u64) -> CallFuture 
 }
 
 /// The etcd loads and target ratios, for `BENCH_SUMMARY`.
+#[derive(Default)]
 pub struct EtcdRows {
     pub loads: Vec<(&'static str, serde_json::Value)>,
     pub targets: Vec<(&'static str, f64)>,

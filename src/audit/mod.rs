@@ -175,12 +175,11 @@ pub struct AuditLog {
     /// Held while queued events are written: whoever gets it after a writer finds the
     /// events queued before it either written or failed.
     writer: tokio::sync::Mutex<()>,
-    /// How many writes of queued events have happened; the last one made durable.
+    /// How many writes of queued events have happened.
     writes: AtomicU64,
-    durable_through: AtomicU64,
-    /// Durable commits line up here: while one flushes, the next ones queue their
-    /// events, and the first of them writes them all behind one flush.
-    committing: tokio::sync::Mutex<()>,
+    /// Durable commits: while one flushes, the next ones queue their events, and one
+    /// of them writes them all behind the next flush; the rounds cover writes.
+    durable: crate::rounds::Rounds,
     /// Run by each durable commit between its block write and its flush: writes what
     /// other services batch for the same flush (the callers' pending debits).
     before_flush: OnceLock<BeforeFlush>,

@@ -39,8 +39,7 @@ impl AuditLog {
             queue: Mutex::new(Queue::default()),
             writer: tokio::sync::Mutex::new(()),
             writes: AtomicU64::new(0),
-            durable_through: AtomicU64::new(0),
-            committing: tokio::sync::Mutex::new(()),
+            durable: crate::rounds::Rounds::default(),
             before_flush: OnceLock::new(),
             retention,
             node_id: String::new(),
@@ -102,24 +101,24 @@ impl AuditLog {
     /// callers share the block write and the flush.
     pub async fn commit_durable(&self, event: AuditEvent) -> Result<u64, AuditError> {
         let (seq, written) = self.enqueue(event);
-        let _turn = self.committing.lock().await;
-        // A flush that ran while this call waited may have covered its event already.
-        if let Some(outcome) = written.get() {
-            match outcome {
-                None => return Err(AuditError::Unwritten),
-                Some(n) if *n <= self.durable_through.load(Ordering::SeqCst) => return Ok(seq),
-                Some(_) => {}
-            }
-        }
-        self.write_queued().await;
-        let Some(Some(_)) = written.get() else {
-            return Err(AuditError::Unwritten);
-        };
-        let covers = self.writes.load(Ordering::SeqCst);
-        self.run_before_flush().await;
-        self.store.flush().await?;
-        self.durable_through.fetch_max(covers, Ordering::SeqCst);
-        Ok(seq)
+        self.durable
+            .until(
+                // Done once the block holding the event is written and a flush after
+                // it has ended (or when its write failed).
+                |flushed| match written.get() {
+                    Some(None) => Some(Err(AuditError::Unwritten)),
+                    Some(Some(n)) if *n <= flushed => Some(Ok(seq)),
+                    _ => None,
+                },
+                || async {
+                    self.write_queued().await;
+                    let covers = self.writes.load(Ordering::SeqCst);
+                    self.run_before_flush().await;
+                    self.store.flush().await?;
+                    Ok(covers)
+                },
+            )
+            .await
     }
 
     /// Tags every event with `node_id`; with `log_lines`, also logs each as a line with

@@ -19,6 +19,7 @@ use super::{
     Entry, FlushFuture, StoreError, Tree, Write,
     journal::{Engine, Journaled},
 };
+use crate::rounds::Rounds;
 use mark::MarkFile;
 
 /// sled's own copy of the write mark (see [`mark`]): a tree outside [`Tree::ALL`], so
@@ -55,7 +56,7 @@ impl SledStore {
         let engine = self.engine();
         let mark = engine.flush.next_mark()?;
         engine.db.flush().map_err(engine_error)?;
-        Ok(engine.flush.file.write(mark)?)
+        Ok(engine.flush.flusher.file.write(mark)?)
     }
 }
 
@@ -95,16 +96,16 @@ impl SledEngine {
                 recovered,
             });
         }
+        let flusher = Flusher::start(db.clone(), Arc::new(file))?;
         Ok(Self {
             db,
             trees,
             flush: GroupCommit {
                 written: AtomicU64::new(0),
-                flushed: AtomicU64::new(0),
-                running: tokio::sync::Mutex::new(()),
+                rounds: Rounds::default(),
                 marks,
                 mark: Mutex::new(recovered),
-                file: Arc::new(file),
+                flusher,
             },
         })
     }
@@ -202,7 +203,7 @@ impl Engine for SledEngine {
     }
 
     fn flush(&self) -> FlushFuture<'_> {
-        Box::pin(self.flush.flush(&self.db))
+        Box::pin(self.flush.flush())
     }
 
     fn disk_bytes(&self) -> Option<u64> {
@@ -216,22 +217,89 @@ impl Drop for SledEngine {
         if let Err(error) = self.db.flush() {
             tracing::error!(%error, "final flush of the store failed");
         }
+        self.flush.flusher.stop();
+    }
+}
+
+/// The thread every group commit's flush runs on: sled's flush and then the write
+/// mark's, one after the other without leaving it. (`flush_async` hands the flush to
+/// sled's thread pool, which wakes every idle pool thread for each task, and the mark
+/// then went to tokio's blocking pool: two more thread hand-offs per commit.)
+struct Flusher {
+    requests: Mutex<Option<std::sync::mpsc::Sender<FlushRequest>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    file: Arc<MarkFile>,
+}
+
+struct FlushRequest {
+    mark: u64,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl Flusher {
+    fn start(db: ::sled::Db, file: Arc<MarkFile>) -> Result<Self, StoreError> {
+        let (requests, incoming) = std::sync::mpsc::channel::<FlushRequest>();
+        let marks = file.clone();
+        let thread = std::thread::Builder::new()
+            .name("credvault-flush".into())
+            .spawn(move || {
+                for FlushRequest { mark, done } in incoming {
+                    let flushed = db
+                        .flush()
+                        .map_err(engine_error)
+                        .and_then(|_| Ok(marks.write(mark)?));
+                    let _ = done.send(flushed);
+                }
+            })?;
+        Ok(Self {
+            requests: Mutex::new(Some(requests)),
+            thread: Mutex::new(Some(thread)),
+            file,
+        })
+    }
+
+    /// Flushes sled, then writes `mark` to the mark file.
+    async fn flush(&self, mark: u64) -> Result<(), StoreError> {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        let sent = self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|requests| requests.send(FlushRequest { mark, done }).is_ok());
+        if !sent {
+            return Err(StoreError::Engine("the store is closed".into()));
+        }
+        flushed
+            .await
+            .map_err(|_| StoreError::Engine("the flush thread stopped".into()))?
+    }
+
+    /// Ends the thread once the flushes asked for are done (it holds the database).
+    fn stop(&self) {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
     }
 }
 
 /// Group commit: every write bumps `written`; a flush makes everything written so far
-/// durable and records how far it got, so a writer whose write is already covered by a
-/// finished (or running) flush does not start another one. Each flush also carries the
-/// next write mark into sled and, once sled has it on disk, into the mark file.
+/// durable and says how far it got, so a writer whose write is already covered by a
+/// finished (or running) flush does not start another one (see [`Rounds`]). Each flush
+/// also carries the next write mark into sled and, once sled has it on disk, into the
+/// mark file.
 struct GroupCommit {
     written: AtomicU64,
-    flushed: AtomicU64,
-    running: tokio::sync::Mutex<()>,
+    rounds: Rounds,
     marks: ::sled::Tree,
     /// The last mark written into sled; held while the next one is, so that sled's
     /// copy only ever grows.
     mark: Mutex<u64>,
-    file: Arc<MarkFile>,
+    flusher: Flusher,
 }
 
 impl GroupCommit {
@@ -250,25 +318,24 @@ impl GroupCommit {
         Ok(next)
     }
 
-    async fn flush(&self, db: &::sled::Db) -> Result<(), StoreError> {
+    async fn flush(&self) -> Result<(), StoreError> {
         let mine = self.written.load(Ordering::SeqCst);
-        if self.flushed.load(Ordering::SeqCst) >= mine {
-            return Ok(());
-        }
-        let _running = self.running.lock().await;
-        // While we waited, the flush that held the lock may have covered our write.
-        if self.flushed.load(Ordering::SeqCst) >= mine {
-            return Ok(());
-        }
-        let covers = self.written.load(Ordering::SeqCst);
-        let mark = self.next_mark()?;
-        db.flush_async().await.map_err(engine_error)?;
-        let file = self.file.clone();
-        tokio::task::spawn_blocking(move || file.write(mark))
+        self.rounds
+            .until(
+                |flushed| (flushed >= mine).then_some(Ok(())),
+                || async {
+                    let covers = self.written.load(Ordering::SeqCst);
+                    let mark = self.next_mark()?;
+                    self.flusher.flush(mark).await?;
+                    Ok(covers)
+                },
+            )
             .await
-            .map_err(|error| StoreError::Io(std::io::Error::other(error)))??;
-        self.flushed.fetch_max(covers, Ordering::SeqCst);
-        Ok(())
+    }
+
+    #[cfg(test)]
+    fn flushed(&self) -> u64 {
+        self.rounds.covered()
     }
 }
 
@@ -310,7 +377,7 @@ mod tests {
         for task in tasks {
             task.await.unwrap();
         }
-        let flushed = store.engine().flush.flushed.load(Ordering::SeqCst);
+        let flushed = store.engine().flush.flushed();
         assert_eq!(flushed, 32, "every write is covered by a completed flush");
     }
 
