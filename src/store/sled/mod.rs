@@ -36,8 +36,11 @@ pub struct SledEngine {
 }
 
 /// sled's page cache (its default is 1 GiB, which a long-running daemon would fill
-/// with audit pages it never reads again).
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// with audit pages it never reads again). Accounts are listed from the in-memory
+/// directory, so the cache only serves record reads; a miss is a read from the OS's
+/// page cache. Measured with 100,000 accounts (`cargo bench --bench credentials`):
+/// RSS 200 MiB at 64 MiB, 161 MiB at 16 MiB, 154 MiB at 8 MiB.
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// How long `open` waits for a lock that this process may still hold: sled's
 /// background threads release a dropped database a moment after the drop, so a command
