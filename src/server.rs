@@ -583,6 +583,9 @@ pub async fn run(
     vault.callers.settle().await;
     vault.callers.give_back_reserves().await;
     let flushed = vault.store.flush().await;
+    if flushed.is_ok() {
+        vault.audit.spill_flushed();
+    }
     // The probe port answers (NOT_SERVING) until the very end.
     let _ = probes.stop.send(true);
     if let Some(task) = probes.task {

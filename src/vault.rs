@@ -316,18 +316,23 @@ impl Vault {
             callers.clone(),
             settings.socket_peers.clone(),
         )?);
-        let audit = Arc::new(
-            AuditLog::open(
-                store.clone(),
-                sealer.clone(),
-                fingerprints.clone(),
-                clock.clone(),
-                settings.audit_retention,
-            )
-            .await
-            .map_err(store_error)?
-            .tagged(&settings.node_id, settings.audit_log_lines),
-        );
+        let mut audit = AuditLog::open(
+            store.clone(),
+            sealer.clone(),
+            fingerprints.clone(),
+            clock.clone(),
+            settings.audit_retention,
+        )
+        .await
+        .map_err(store_error)?
+        .tagged(&settings.node_id, settings.audit_log_lines);
+        if settings.audit_sync == crate::config::AuditSync::Os {
+            audit = audit
+                .spilling_to(&settings.data_dir)
+                .await
+                .map_err(store_error)?;
+        }
+        let audit = Arc::new(audit);
         // Hand-outs take their credits in memory; each group commit writes them.
         let settling = callers.clone();
         audit.before_flush(Box::new(move || {

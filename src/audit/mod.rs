@@ -28,6 +28,7 @@ mod block;
 mod call;
 mod read;
 mod sequence;
+mod spill;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -188,6 +189,8 @@ pub struct AuditLog {
     node_id: String,
     /// Logs every event as a line with target `audit`.
     log_lines: bool,
+    /// With `audit.sync = "os"`: where hand-outs' events are written before the answer.
+    spill: Option<spill::Spill>,
 }
 
 fn seq_of(key: &[u8]) -> Option<u64> {

@@ -2,6 +2,7 @@
 //! and the durable commit a hand-out waits for.
 
 use std::{
+    path::Path,
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
@@ -21,6 +22,9 @@ use crate::{
     sealed,
     store::{Store, StoreError, StoreExt, Tree},
 };
+
+/// How often `audit.sync = "os"` flushes what hand-outs spilled.
+pub const SPILL_FLUSH_EVERY: Duration = Duration::from_millis(50);
 
 impl AuditLog {
     pub async fn open(
@@ -44,32 +48,138 @@ impl AuditLog {
             retention,
             node_id: String::new(),
             log_lines: false,
+            spill: None,
         };
-        // The last block's key is its first event's number; the next follows its last.
-        // A block that does not open (tampered) does not stop the vault: reading the
-        // trail reports it, and numbering continues past any number it could hold.
-        if let Some(key) = log.store.last_key(Tree::Audit).await?
-            && let Some(value) = log.store.value(Tree::Audit, &key).await?
-        {
-            let first = seq_of(&key).unwrap_or(0);
-            let next = match log.open_block(&key, &value) {
-                Ok(events) => {
-                    events
-                        .iter()
-                        .map(|e| e.seq)
-                        .max()
-                        .unwrap_or(first)
-                        .max(first)
-                        + 1
-                }
-                Err(error) => {
-                    tracing::error!(%error, "the last audit block does not open");
-                    first + BLOCK_MAX as u64
-                }
-            };
-            log.sequence = Box::new(LocalSequence::starting_at(next));
-        }
+        let next = log.next_stored_seq().await?;
+        log.sequence = Box::new(LocalSequence::starting_at(next));
         Ok(log)
+    }
+
+    /// The number after the last event stored. The last block's key is its first
+    /// event's number; the next follows its last. A block that does not open
+    /// (tampered) does not stop the vault: reading the trail reports it, and numbering
+    /// continues past any number it could hold.
+    async fn next_stored_seq(&self) -> Result<u64, StoreError> {
+        let Some(key) = self.store.last_key(Tree::Audit).await? else {
+            return Ok(1);
+        };
+        let Some(value) = self.store.value(Tree::Audit, &key).await? else {
+            return Ok(1);
+        };
+        let first = seq_of(&key).unwrap_or(0);
+        Ok(match self.open_block(&key, &value) {
+            Ok(events) => {
+                events
+                    .iter()
+                    .map(|e| e.seq)
+                    .max()
+                    .unwrap_or(first)
+                    .max(first)
+                    + 1
+            }
+            Err(error) => {
+                tracing::error!(%error, "the last audit block does not open");
+                first + BLOCK_MAX as u64
+            }
+        })
+    }
+
+    /// `audit.sync = "os"`: hand-outs' events go to a spill file in `dir` before the
+    /// answer (see [`spill`](super::spill)). Events a previous run spilled and the store
+    /// lost are put back first.
+    pub async fn spilling_to(mut self, dir: &Path) -> Result<Self, StoreError> {
+        let (spill, left) = super::spill::Spill::open(dir)?;
+        let next = self.next_stored_seq().await?;
+        let mut last = None;
+        for spilled in left.iter().filter(|s| s.seq >= next) {
+            self.store
+                .swap(
+                    Tree::Audit,
+                    &spilled.seq.to_be_bytes(),
+                    None,
+                    Some(&spilled.block),
+                )
+                .await?;
+            last = Some(spilled.seq);
+        }
+        if let Some(last) = last {
+            self.store.flush().await?;
+            tracing::warn!(
+                events = left.iter().filter(|s| s.seq >= next).count(),
+                "audit events the store lost were put back from the spill file"
+            );
+            self.sequence = Box::new(LocalSequence::starting_at(last + 1));
+        }
+        self.spill = Some(spill);
+        Ok(self)
+    }
+
+    /// Whether hand-outs' events are spilled (`audit.sync = "os"`), their debits then
+    /// written by the next flush round rather than before the answer.
+    pub fn spills(&self) -> bool {
+        self.spill.is_some()
+    }
+
+    /// A hand-out's event: with `audit.sync = "commit"` durable with every write before
+    /// it (see [`AuditLog::commit_durable`]); with `"os"`, written to the spill file
+    /// (the store has it within a flush round).
+    pub async fn commit_handout(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        let Some(spill) = &self.spill else {
+            return self.commit_durable(event).await;
+        };
+        // Encoded and sealed as the one-event block the trail would store under its
+        // number, before it is queued (the queue takes the event).
+        let (seq, block) = {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let event = self.number(event);
+            let seq = event.seq;
+            let encoded = block::encode_blocks(std::slice::from_ref(&event), 1, usize::MAX);
+            let block = encoded
+                .first()
+                .map(|b| sealed::seal_raw(&self.sealer, Tree::Audit, &seq.to_be_bytes(), &b.bytes))
+                .ok_or(AuditError::Unwritten)?;
+            queue.events.push(event);
+            (seq, block)
+        };
+        let block = block.map_err(AuditError::from)?;
+        if let Err(error) = spill.append(seq, &block) {
+            metrics::counter!("credvault_audit_write_failures_total").increment(1);
+            tracing::error!(%error, "writing an audit event to the spill file failed");
+            return Err(AuditError::Unwritten);
+        }
+        Ok(seq)
+    }
+
+    /// One flush round of `audit.sync = "os"`: the queued events and the debits written
+    /// and flushed, then the spill segments before it deleted.
+    async fn flush_spilled(&self, spill: &super::spill::Spill) {
+        let covers = match spill.start_round() {
+            Ok(Some(covers)) => covers,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::error!(%error, "starting a spill segment failed");
+                return;
+            }
+        };
+        self.write_queued().await;
+        self.run_before_flush().await;
+        match self.store.flush().await {
+            Ok(()) => {
+                if let Err(error) = spill.covered(covers) {
+                    tracing::error!(%error, "deleting flushed spill segments failed");
+                }
+            }
+            Err(error) => tracing::error!(%error, "flushing spilled audit events failed"),
+        }
+    }
+
+    /// After the final flush at shutdown: the spill holds nothing the store lacks.
+    pub fn spill_flushed(&self) {
+        if let Some(spill) = &self.spill
+            && let Err(error) = spill.finish()
+        {
+            tracing::error!(%error, "deleting flushed spill segments failed");
+        }
     }
 
     /// The audit hash of a secret value.
@@ -137,17 +247,23 @@ impl AuditLog {
 
     /// Numbers, logs and queues an event. Numbers are taken under the queue's lock, so
     /// the queue (and every block written from it) is in order.
-    fn enqueue(&self, mut event: AuditEvent) -> (u64, Written) {
+    fn enqueue(&self, event: AuditEvent) -> (u64, Written) {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let event = self.number(event);
+        let seq = event.seq;
+        queue.events.push(event);
+        (seq, queue.written.clone())
+    }
+
+    /// Numbers, times, tags and logs an event (under the queue's lock).
+    fn number(&self, mut event: AuditEvent) -> AuditEvent {
         event.seq = self.sequence.next();
         event.at_ms = self.clock.now_ms();
         event.node_id.clone_from(&self.node_id);
-        let seq = event.seq;
         if self.log_lines {
             self.log_line(&event);
         }
-        queue.events.push(event);
-        (seq, queue.written.clone())
+        event
     }
 
     /// The event as a log line (the email as its fingerprint, secrets as their hashes).
@@ -208,14 +324,24 @@ impl AuditLog {
     /// Writes what is pending every [`WRITE_EVERY`] until `stop` (shutdown writes the
     /// rest once the calls have drained).
     pub async fn keep_written(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(WRITE_EVERY);
+        // With a spill, each tick is a flush round: started every 50 ms, a round that
+        // takes under 50 ms leaves no event undurable longer than 100 ms.
+        let every = if self.spill.is_some() {
+            SPILL_FLUSH_EVERY
+        } else {
+            WRITE_EVERY
+        };
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.wait_for(|stop| *stop) => return,
                 _ = tick.tick() => {}
             }
-            self.write_pending().await;
+            match &self.spill {
+                Some(spill) => self.flush_spilled(spill).await,
+                None => self.write_pending().await,
+            }
         }
     }
 

@@ -170,6 +170,21 @@ pub struct AuditConfig {
     /// Also log every audit event as a line with target `audit` (as JSON with
     /// `log_format = "json"`), for a log pipeline that collects every node's trail.
     pub log_lines: bool,
+    /// When a hand-out's audit event and debit are durable (see [`AuditSync`]).
+    pub sync: AuditSync,
+}
+
+/// `[audit] sync`: what a hand-out waits for before its secret is answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSync {
+    /// The event and the debit are flushed to disk (fsync) before the answer.
+    #[default]
+    Commit,
+    /// The event is written to the OS (a spill file, `write(2)`, no fsync) before the
+    /// answer; the event and the debit are flushed within 100 ms. The embedded store
+    /// only.
+    Os,
 }
 
 impl Default for Config {
@@ -266,6 +281,7 @@ pub struct Settings {
     pub store: StoreSettings,
     pub node_id: String,
     pub audit_log_lines: bool,
+    pub audit_sync: AuditSync,
 }
 
 impl Settings {
@@ -359,6 +375,11 @@ impl Config {
             .ok_or_else(|| ConfigError::SocketMode(self.socket_mode.clone()))?;
         let providers = Providers::new(self.providers)?;
         let store = self.store.resolve()?;
+        if self.audit.sync == AuditSync::Os && matches!(store, StoreSettings::Etcd(_)) {
+            return Err(ConfigError::Store(
+                "audit.sync = \"os\" is for the embedded store: on etcd a debit must be written before the answer to be checked against the other nodes' (use \"commit\")".into(),
+            ));
+        }
         let rotating =
             self.previous_master_key.is_some() || self.previous_master_key_file.is_some();
         if rotating && matches!(store, StoreSettings::Etcd(_)) {
@@ -428,6 +449,7 @@ impl Config {
             store,
             node_id,
             audit_log_lines: self.audit.log_lines,
+            audit_sync: self.audit.sync,
         })
     }
 }

@@ -200,3 +200,19 @@ fn audit_log_lines_are_off_unless_asked_for() {
     let typo = Config::from_toml("[audit]\nlog_line = true\n").unwrap_err();
     assert!(typo.to_string().contains("log_line"), "{typo}");
 }
+
+#[test]
+fn audit_sync_is_commit_unless_asked_and_os_is_refused_on_etcd() {
+    assert_eq!(Config::default().audit.sync, AuditSync::Commit);
+    let os = Config::from_toml("[audit]\nsync = \"os\"\n").unwrap();
+    assert_eq!(os.audit.sync, AuditSync::Os);
+    let typo = Config::from_toml("[audit]\nsync = \"fsync\"\n").unwrap_err();
+    assert!(typo.to_string().contains("commit"), "{typo}");
+    let on_etcd = Config::from_toml(
+        "master_key = \"k\"\n[audit]\nsync = \"os\"\n[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n",
+    )
+    .unwrap()
+    .resolve()
+    .unwrap_err();
+    assert!(on_etcd.to_string().contains("audit.sync"), "{on_etcd}");
+}
