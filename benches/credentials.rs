@@ -119,6 +119,7 @@ struct Rows {
     masked: Row,
     reveal: Row,
     reveal_log_lines: Row,
+    reveal_os_sync: Row,
     two_whoami: Row,
     lease: Row,
     half_rate: Row,
@@ -679,6 +680,11 @@ async fn run() {
     logged.audit.log_lines = true;
     let logged = serve(&logged.resolve().unwrap()).await;
     let logged_channels = channels(logged.addr).await;
+    // The same vault with `[audit] sync = "os"`.
+    let mut os_sync = config(&dir.path().join("os-sync"));
+    os_sync.audit.sync = credvault::config::AuditSync::Os;
+    let os_sync = serve(&os_sync.resolve().unwrap()).await;
+    let os_channels = channels(os_sync.addr).await;
     let channels = channels(addr).await;
 
     let plain = minimal_server(true).await;
@@ -784,6 +790,10 @@ async fn run() {
         .await;
         rows.reveal_log_lines.add(reveals, base);
         log_on.push(bytes);
+        rows.reveal_os_sync.add(
+            drive(&os_channels, None, reveal(os_sync.auth.clone())).await,
+            base,
+        );
         let two = drive(&channels, None, two_whoami(auth.clone())).await;
         rows.two_whoami.add(two, base);
         let pairs = drive(&channels, None, lease(auth.clone())).await;
@@ -824,6 +834,8 @@ async fn run() {
         "    server log at info per reveal: {:.1} bytes",
         median(&log_on)
     );
+    rows.reveal_os_sync
+        .print("RevealAccount with [audit] sync = \"os\"");
     rows.two_whoami
         .print("  floor: two GetCallerInfo in a row, per pair");
     rows.lease
@@ -839,8 +851,10 @@ async fn run() {
 
     let _ = stop.send(());
     serving.await.unwrap().unwrap();
-    let _ = logged.stop.send(());
-    logged.serving.await.unwrap().unwrap();
+    for other in [logged, os_sync] {
+        let _ = other.stop.send(());
+        other.serving.await.unwrap().unwrap();
+    }
     store_flush_latency().await;
     let (etcd_rows, rss_mib) = if std::env::var(ONLY).as_deref() == Ok("sled") {
         (etcd::EtcdRows::default(), None)
@@ -880,6 +894,10 @@ async fn run() {
         .into(),
     );
     targets.insert(
+        "reveal_os_sync_vs_masked".into(),
+        per_round(&rows.reveal_os_sync, &rows.masked).into(),
+    );
+    targets.insert(
         "reveal_log_lines_vs_off".into(),
         ratio(&rows.reveal_log_lines, &rows.reveal).into(),
     );
@@ -890,6 +908,7 @@ async fn run() {
         ("whoami_jwt", &mut rows.whoami_jwt),
         ("masked", &mut rows.masked),
         ("reveal", &mut rows.reveal),
+        ("reveal_os_sync", &mut rows.reveal_os_sync),
         ("reveal_log_lines", &mut rows.reveal_log_lines),
         ("two_calls", &mut rows.two_whoami),
         ("lease_pair", &mut rows.lease),
