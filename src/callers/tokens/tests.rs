@@ -173,4 +173,14 @@ fn the_cache_stays_within_its_capacity_expired_entries_first() {
         cache.insert(Verified::digest(&format!("more{i}")), entry(1000), 100);
         assert!(cache.len() <= 4);
     }
+    let big = Verified::new(64);
+    for i in 0..64 {
+        big.insert(Verified::digest(&format!("t{i}")), entry(1000), 0);
+    }
+    big.insert(Verified::digest("one more"), entry(1000), 0);
+    assert_eq!(
+        big.len(),
+        56,
+        "an eighth made room at once (down to 55, then the new one)"
+    );
 }
