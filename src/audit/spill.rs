@@ -24,6 +24,9 @@ const PREFIX: &str = "audit-spill.";
 pub struct Spill {
     dir: PathBuf,
     current: Mutex<Segment>,
+    /// Set once a round could not write its events into the store: from then on no
+    /// segment is deleted until the next start has put them back.
+    keep: std::sync::atomic::AtomicBool,
 }
 
 struct Segment {
@@ -56,6 +59,7 @@ impl Spill {
                 file: create(&segment_path(dir, next))?,
                 written: !numbers.is_empty(),
             }),
+            keep: std::sync::atomic::AtomicBool::new(false),
         };
         Ok((spill, left))
     }
@@ -89,8 +93,16 @@ impl Spill {
         Ok(Some(next - 1))
     }
 
+    /// Keeps every segment from now on (a round lost events the spill still holds).
+    pub fn keep_all(&self) {
+        self.keep.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Deletes the segments up to `through` (their events are durable in the store).
     pub fn covered(&self, through: u64) -> io::Result<()> {
+        if self.keep.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
         for number in segments(&self.dir)? {
             if number <= through {
                 std::fs::remove_file(segment_path(&self.dir, number))?;
@@ -188,6 +200,23 @@ mod tests {
         drop(spill);
         let (_, left) = Spill::open(dir.path()).unwrap();
         assert!(left.is_empty());
+    }
+
+    #[test]
+    fn once_told_to_keep_nothing_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spill, _) = Spill::open(dir.path()).unwrap();
+        spill.append(1, b"lost by the store").unwrap();
+        let covers = spill.start_round().unwrap().unwrap();
+        spill.keep_all();
+        spill.append(2, b"next").unwrap();
+        let next = spill.start_round().unwrap().unwrap();
+        assert!(next > covers);
+        spill.covered(next).unwrap();
+        spill.finish().unwrap();
+        drop(spill);
+        let (_, left) = Spill::open(dir.path()).unwrap();
+        assert_eq!(left.iter().map(|s| s.seq).collect::<Vec<_>>(), [1, 2]);
     }
 
     #[test]

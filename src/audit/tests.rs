@@ -273,3 +273,72 @@ async fn pruning_removes_old_blocks_and_trims_the_one_where_old_meets_new() {
     assert_eq!(trail.stored_keys().await, vec![6]);
     assert_eq!(log.prune().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn spilled_events_the_store_lost_are_put_back_even_between_stored_ones() {
+    let trail = Trail::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = trail.log().await.spilling_to(dir.path()).await.unwrap();
+    for n in 0..5 {
+        assert_eq!(log.commit_handout(event(n)).await.unwrap(), n as u64 + 1);
+    }
+    // Events 1-5 are in the spill only; 1-3 reach the store, 4 and 5 do not, and a
+    // later block (6) does (as when a block write failed and the next succeeded).
+    log.write_queued().await;
+    let keys = trail.stored_keys().await;
+    assert_eq!(keys, [1], "one block of five: {keys:?}");
+    // Keep 1-3 only: rewrite the block as three events, and add a block for 6.
+    let kept = log
+        .open_block(
+            &1u64.to_be_bytes(),
+            &trail
+                .store
+                .value(Tree::Audit, &1u64.to_be_bytes())
+                .await
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+    let rewrite = |events: &[AuditEvent], first: u64| {
+        let encoded = block::encode_blocks(events, BLOCK_MAX, BLOCK_BYTES);
+        sealed::seal_raw(
+            &trail.sealer,
+            Tree::Audit,
+            &first.to_be_bytes(),
+            &encoded[0].bytes,
+        )
+        .unwrap()
+    };
+    let three = rewrite(&kept[..3], 1);
+    trail
+        .store
+        .swap(Tree::Audit, &1u64.to_be_bytes(), None, None)
+        .await
+        .unwrap();
+    trail
+        .store
+        .swap(Tree::Audit, &1u64.to_be_bytes(), None, Some(&three))
+        .await
+        .unwrap();
+    let mut sixth = kept[4].clone();
+    sixth.seq = 6;
+    let six = rewrite(&[sixth], 6);
+    trail
+        .store
+        .swap(Tree::Audit, &6u64.to_be_bytes(), None, Some(&six))
+        .await
+        .unwrap();
+    drop(log);
+
+    let log = trail.log().await.spilling_to(dir.path()).await.unwrap();
+    assert_eq!(all(&log).await, [1, 2, 3, 4, 5, 6], "4 and 5 put back");
+    assert_eq!(
+        log.commit_handout(event(9)).await.unwrap(),
+        7,
+        "numbering goes on after 6"
+    );
+    // Opened again without a flush round: 7 was spilled only, and is put back.
+    drop(log);
+    let log = trail.log().await.spilling_to(dir.path()).await.unwrap();
+    assert_eq!(all(&log).await, [1, 2, 3, 4, 5, 6, 7]);
+}

@@ -90,8 +90,10 @@ impl AuditLog {
     pub async fn spilling_to(mut self, dir: &Path) -> Result<Self, StoreError> {
         let (spill, left) = super::spill::Spill::open(dir)?;
         let next = self.next_stored_seq().await?;
+        let stored = self.stored_between(&left).await?;
+        let missing: Vec<_> = left.iter().filter(|s| !stored.contains(&s.seq)).collect();
         let mut last = None;
-        for spilled in left.iter().filter(|s| s.seq >= next) {
+        for spilled in &missing {
             self.store
                 .swap(
                     Tree::Audit,
@@ -105,13 +107,53 @@ impl AuditLog {
         if let Some(last) = last {
             self.store.flush().await?;
             tracing::warn!(
-                events = left.iter().filter(|s| s.seq >= next).count(),
+                events = missing.len(),
                 "audit events the store lost were put back from the spill file"
             );
-            self.sequence = Box::new(LocalSequence::starting_at(last + 1));
+            self.sequence = Box::new(LocalSequence::starting_at(next.max(last + 1)));
         }
         self.spill = Some(spill);
         Ok(self)
+    }
+
+    /// The numbers of the stored events among those `spilled` names: the blocks that
+    /// may hold them are read (a block's key is its first number, and it holds at most
+    /// `BLOCK_MAX`), so an event lost between stored ones is found too.
+    async fn stored_between(
+        &self,
+        spilled: &[super::spill::Spilled],
+    ) -> Result<std::collections::HashSet<u64>, StoreError> {
+        let mut stored = std::collections::HashSet::new();
+        let (Some(low), Some(high)) = (
+            spilled.iter().map(|s| s.seq).min(),
+            spilled.iter().map(|s| s.seq).max(),
+        ) else {
+            return Ok(stored);
+        };
+        let mut after = low
+            .saturating_sub(BLOCK_MAX as u64 + 1)
+            .to_be_bytes()
+            .to_vec();
+        loop {
+            let page = self
+                .store
+                .entries(Tree::Audit, b"", Some(&after), 64)
+                .await?;
+            for (key, value) in &page {
+                if seq_of(key).is_some_and(|first| first > high) {
+                    return Ok(stored);
+                }
+                // A block that does not open is reported by reads; its events are not
+                // put back over it.
+                if let Ok(events) = self.open_block(key, value) {
+                    stored.extend(events.iter().map(|e| e.seq));
+                }
+            }
+            match page.last() {
+                Some((key, _)) if page.len() == 64 => after = key.clone(),
+                _ => return Ok(stored),
+            }
+        }
     }
 
     /// Whether hand-outs' events are spilled (`audit.sync = "os"`), their debits then
@@ -161,9 +203,12 @@ impl AuditLog {
                 return;
             }
         };
-        self.write_queued().await;
+        // Events whose block could not be written stay in the spill (the next start
+        // puts them back); only a round that wrote and flushed them deletes it.
+        let written = self.write_queued().await;
         self.run_before_flush().await;
         match self.store.flush().await {
+            Ok(()) if !written => spill.keep_all(),
             Ok(()) => {
                 if let Err(error) = spill.covered(covers) {
                     tracing::error!(%error, "deleting flushed spill segments failed");
