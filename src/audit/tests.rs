@@ -280,7 +280,7 @@ async fn spilled_events_the_store_lost_are_put_back_even_between_stored_ones() {
     let dir = tempfile::tempdir().unwrap();
     let log = trail.log().await.spilling_to(dir.path()).await.unwrap();
     for n in 0..5 {
-        assert_eq!(log.commit_handout(event(n)).await.unwrap(), n as u64 + 1);
+        assert_eq!(log.commit_spilled(event(n)).await.unwrap(), n as u64 + 1);
     }
     // Events 1-5 are in the spill only; 1-3 reach the store, 4 and 5 do not, and a
     // later block (6) does (as when a block write failed and the next succeeded).
@@ -333,7 +333,7 @@ async fn spilled_events_the_store_lost_are_put_back_even_between_stored_ones() {
     let log = trail.log().await.spilling_to(dir.path()).await.unwrap();
     assert_eq!(all(&log).await, [1, 2, 3, 4, 5, 6], "4 and 5 put back");
     assert_eq!(
-        log.commit_handout(event(9)).await.unwrap(),
+        log.commit_spilled(event(9)).await.unwrap(),
         7,
         "numbering goes on after 6"
     );

@@ -162,10 +162,10 @@ impl AuditLog {
         self.spill.is_some()
     }
 
-    /// A hand-out's event: with `audit.sync = "commit"` durable with every write before
-    /// it (see [`AuditLog::commit_durable`]); with `"os"`, written to the spill file
-    /// (the store has it within a flush round).
-    pub async fn commit_handout(&self, event: AuditEvent) -> Result<u64, AuditError> {
+    /// A reveal's event with `audit.sync = "os"`: written to the spill file (the store
+    /// has it within a flush round); without a spill, durable as
+    /// [`AuditLog::commit_durable`] makes it.
+    pub async fn commit_spilled(&self, event: AuditEvent) -> Result<u64, AuditError> {
         let Some(spill) = &self.spill else {
             return self.commit_durable(event).await;
         };

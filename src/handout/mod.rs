@@ -71,6 +71,34 @@ impl Door {
         cost: i64,
         secrets: &[&str],
     ) -> Result<Charge, HandOutError> {
+        self.pass(call, subject, payer, cost, secrets, false).await
+    }
+
+    /// A hand-out that holds nothing once answered (RevealAccount): with `[audit] sync
+    /// = "os"` its event is spilled and its debit written by the next flush round.
+    /// Leases keep the durable commit in either mode, since a lease lost in a crash
+    /// would free a slot its holder still uses.
+    pub async fn hand_out_read(
+        &self,
+        call: &Call,
+        subject: Subject,
+        payer: &str,
+        cost: i64,
+        secrets: &[&str],
+    ) -> Result<Charge, HandOutError> {
+        self.pass(call, subject, payer, cost, secrets, true).await
+    }
+
+    async fn pass(
+        &self,
+        call: &Call,
+        subject: Subject,
+        payer: &str,
+        cost: i64,
+        secrets: &[&str],
+        may_spill: bool,
+    ) -> Result<Charge, HandOutError> {
+        let spilled = may_spill && self.audit.spills();
         let credits = &self.credits;
         call.about(Subject {
             email: subject.email.to_lowercase(),
@@ -84,7 +112,11 @@ impl Door {
             // Whatever happens next, the call's event is this one: the call layer
             // does not write another (a failure below is told by the error).
             call.mark_written();
-            self.audit.commit_handout(event).await?;
+            if spilled {
+                self.audit.commit_spilled(event).await?;
+            } else {
+                self.audit.commit_durable(event).await?;
+            }
             match charge.settled() {
                 Some(Settled::Written) => Ok(()),
                 // Another process spent the balance first: refused as exhausted.
@@ -93,7 +125,7 @@ impl Door {
                 }
                 // `audit.sync = "os"` (one process, the embedded store): the next
                 // flush round writes the debit.
-                None if self.audit.spills() => Ok(()),
+                None if spilled => Ok(()),
                 _ => Err(CallerError::DebitUnwritten.into()),
             }
         }

@@ -49,7 +49,7 @@ impl Door {
             target: String::new(),
         };
         let charge = self
-            .hand_out(call, subject, &caller.id, cost, &handed)
+            .hand_out_read(call, subject, &caller.id, cost, &handed)
             .await?;
         tracing::debug!(
             caller = %caller.id,
