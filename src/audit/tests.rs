@@ -342,3 +342,18 @@ async fn spilled_events_the_store_lost_are_put_back_even_between_stored_ones() {
     let log = trail.log().await.spilling_to(dir.path()).await.unwrap();
     assert_eq!(all(&log).await, [1, 2, 3, 4, 5, 6, 7]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_a_spill_and_nothing_spilled_other_events_are_still_written() {
+    let trail = Trail::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(trail.log().await.spilling_to(dir.path()).await.unwrap());
+    log.append(event(0));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(log.clone().keep_written(stopped));
+    // The paused clock jumps ahead once every task waits: two rounds' worth.
+    tokio::time::sleep(write::SPILL_FLUSH_EVERY * 2).await;
+    assert_eq!(trail.stored_keys().await, [1]);
+    stop.send(true).unwrap();
+    writer.await.unwrap();
+}

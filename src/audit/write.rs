@@ -197,10 +197,14 @@ impl AuditLog {
     async fn flush_spilled(&self, spill: &super::spill::Spill) {
         let covers = match spill.start_round() {
             Ok(Some(covers)) => covers,
-            Ok(None) => return,
+            // Nothing spilled: the other queued events are written as without a spill.
+            Ok(None) => return self.write_pending().await,
             Err(error) => {
+                // No segment can be told covered from now on: keep them all (the next
+                // start puts back what the store lacks), and write the queue anyway.
                 tracing::error!(%error, "starting a spill segment failed");
-                return;
+                spill.keep_all();
+                return self.write_pending().await;
             }
         };
         // Events whose block could not be written stay in the spill (the next start
