@@ -862,7 +862,6 @@ async fn run() {
         (etcd::run().await, Some(rss_run()))
     };
 
-    let ratio = |a: &Row, b: &Row| round(median(&a.rates) / median(&b.rates), 3);
     let mut summary = serde_json::json!({
         "rounds": rounds,
         "secs": window().as_secs_f64(),
@@ -872,35 +871,20 @@ async fn run() {
             "log_lines_on": round(median(&log_on), 1),
         },
     });
-    let mut targets = serde_json::Map::new();
-    targets.insert(
-        "whoami_jwt_vs_key".into(),
-        per_round(&rows.whoami_jwt, &rows.whoami).into(),
-    );
-    targets.insert(
-        "reveal_vs_masked".into(),
-        per_round(&rows.reveal, &rows.masked).into(),
-    );
-    targets.insert(
-        "lease_pair_vs_two_calls".into(),
-        per_round(&rows.lease, &rows.two_whoami).into(),
-    );
-    targets.insert(
-        "lease_half_p99_vs_flush_probe_p99".into(),
-        round(
-            rows.half_rate.all.percentile_ms(99) / rows.probe.all.percentile_ms(99),
+    let half_p99 = rows.half_rate.all.percentile_ms(99);
+    let serde_json::Value::Object(mut targets) = serde_json::json!({
+        "whoami_jwt_vs_key": per_round(&rows.whoami_jwt, &rows.whoami),
+        "reveal_vs_masked": per_round(&rows.reveal, &rows.masked),
+        "lease_pair_vs_two_calls": per_round(&rows.lease, &rows.two_whoami),
+        "lease_half_p99_vs_flush_probe_p99": round(half_p99 / rows.probe.all.percentile_ms(99), 3),
+        "reveal_os_sync_vs_masked": per_round(&rows.reveal_os_sync, &rows.masked),
+        "reveal_log_lines_vs_off": round(
+            median(&rows.reveal_log_lines.rates) / median(&rows.reveal.rates),
             3,
-        )
-        .into(),
-    );
-    targets.insert(
-        "reveal_os_sync_vs_masked".into(),
-        per_round(&rows.reveal_os_sync, &rows.masked).into(),
-    );
-    targets.insert(
-        "reveal_log_lines_vs_off".into(),
-        ratio(&rows.reveal_log_lines, &rows.reveal).into(),
-    );
+        ),
+    }) else {
+        unreachable!("an object literal")
+    };
     let mut loads = serde_json::Map::new();
     for (name, row) in [
         ("baseline", &mut rows.baseline),
