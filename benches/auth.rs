@@ -162,9 +162,20 @@ fn main() {
     row("baseline: Ed25519 JWT verify, first sight", &baseline);
     for (name, map) in &cases {
         let figures = measure(|| {
-            black_box(auth.authenticate(PATH, black_box(map), None).ok());
+            black_box(ready(auth.authenticate(PATH, black_box(map), None)).ok());
         });
-        assert!(auth.authenticate(PATH, map, None).is_ok() || name.starts_with("refused"));
+        assert!(ready(auth.authenticate(PATH, map, None)).is_ok() || name.starts_with("refused"));
         row(name, &figures);
+    }
+}
+
+/// The answer of a future that needs no I/O (every credential here is decided in
+/// memory), polled once on this thread.
+fn ready<T>(future: impl std::future::Future<Output = T>) -> T {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(answer) => answer,
+        std::task::Poll::Pending => panic!("an in-memory credential check waited"),
     }
 }

@@ -64,6 +64,7 @@ pub mod accounts;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod cache;
 pub mod callers;
 pub mod cli;
 pub mod client;

@@ -8,7 +8,7 @@ use std::{
 use crate::{
     accounts::{AccountService, Names},
     audit::AuditLog,
-    auth::Authenticator,
+    auth::{Authenticator, kubernetes::KubernetesAuth},
     callers::keys::CallerMacs,
     callers::{CallerError, CallerService},
     clock::{Clock, SystemClock},
@@ -122,6 +122,8 @@ pub enum OpenError {
     Seal(#[from] SealError),
     #[error(transparent)]
     Rng(#[from] RngError),
+    #[error("{0}")]
+    Kubernetes(String),
 }
 
 impl OpenError {
@@ -130,6 +132,7 @@ impl OpenError {
         matches!(
             self,
             OpenError::WrongKey(_)
+                | OpenError::Kubernetes(_)
                 | OpenError::UnsupportedFormat { .. }
                 | OpenError::Empty(_)
                 | OpenError::Rotating(_)
@@ -311,11 +314,17 @@ impl Vault {
             )
             .await?,
         );
-        let authenticator = Arc::new(Authenticator::new(
+        let mut authenticator = Authenticator::new(
             &settings.admin_token,
             callers.clone(),
             settings.socket_peers.clone(),
-        )?);
+        )?;
+        if let Some(kubernetes) = &settings.kubernetes_auth {
+            let kubernetes =
+                KubernetesAuth::new(kubernetes, clock.clone()).map_err(OpenError::Kubernetes)?;
+            authenticator = authenticator.with_kubernetes(kubernetes);
+        }
+        let authenticator = Arc::new(authenticator);
         let mut audit = AuditLog::open(
             store.clone(),
             sealer.clone(),

@@ -35,6 +35,7 @@ fn event(event: AuditEvent) -> proto::AuditEvent {
         outcome: event.outcome,
         secret_hashes: event.secret_hashes,
         node_id: event.node_id,
+        principal: event.principal,
     }
 }
 

@@ -15,10 +15,16 @@ pub struct CallAudit {
 }
 
 impl CallAudit {
-    pub fn new(log: Arc<AuditLog>, request_id: &str, rpc: &str, caller_id: &str) -> Self {
+    pub fn new(
+        log: Arc<AuditLog>,
+        request_id: &str,
+        rpc: &str,
+        caller_id: &str,
+        principal: &str,
+    ) -> Self {
         Self {
             log: Some(log),
-            call: Call::new(request_id, rpc, caller_id),
+            call: Call::new(request_id, rpc, caller_id).by(principal),
             event: Arc::default(),
         }
     }

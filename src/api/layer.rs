@@ -181,30 +181,37 @@ where
             .extensions_mut()
             .insert(RequestId(request_id.clone()));
 
-        let proven = if is_public(&path, self.public_reflection) {
-            None
-        } else {
-            let peer_uid = peer_uid(request.extensions());
-            Some(span.in_scope(|| {
-                self.authenticator
-                    .authenticate(&path, request.headers(), peer_uid)
-                    .inspect_err(|error| {
-                        tracing::warn!(reason = %error, "authentication failed");
-                    })
-            }))
-        };
+        let public = is_public(&path, self.public_reflection);
+        let authenticator = self.authenticator.clone();
         let audit = self.audit.clone();
         let deadline =
             crate::limits::deadline(request.headers().get("grpc-timeout"), self.call_timeout);
         let rpc = path.trim_start_matches('/').to_owned();
         let future = async move {
+            let proven = match public {
+                true => None,
+                false => Some(
+                    authenticator
+                        .authenticate(&path, request.headers(), peer_uid(request.extensions()))
+                        .await
+                        .inspect_err(|error| {
+                            tracing::warn!(reason = %error, "authentication failed");
+                        }),
+                ),
+            };
             let policy = audited(&path);
             let response = match proven {
                 None => inner.call(request).await?,
                 Some(Ok(caller)) => {
                     let call_audit = match policy {
                         Audited::No => CallAudit::none(),
-                        _ => CallAudit::new(audit, &request_id, &rpc, &caller.id),
+                        _ => CallAudit::new(
+                            audit,
+                            &request_id,
+                            &rpc,
+                            &caller.id,
+                            &caller.credential.principal(),
+                        ),
                     };
                     request.extensions_mut().insert(caller);
                     request.extensions_mut().insert(call_audit.clone());
@@ -233,12 +240,14 @@ where
                     response
                 }
                 Some(Err(error)) => {
+                    let principal = error.principal();
                     let status = super::status::auth_error(error);
                     // Queued: a failing audit trail must not turn a refusal into
                     // something else (a failed write is logged and counted).
                     audit.append(AuditEvent {
                         request_id: request_id.clone(),
                         rpc: rpc.clone(),
+                        principal,
                         outcome: code_name(status.code()).to_owned(),
                         ..AuditEvent::default()
                     });

@@ -32,12 +32,14 @@ pub fn auth_error(error: AuthError) -> Status {
         | AuthError::BadBasic
         | AuthError::BasicNotHere
         | AuthError::Revoked
-        | AuthError::Expired => Status::unauthenticated(message),
+        | AuthError::Expired
+        | AuthError::Kubernetes(_)
+        | AuthError::KubernetesUnbound { .. } => Status::unauthenticated(message),
         AuthError::NotActivated => Status::failed_precondition(message),
         AuthError::Disabled => Status::permission_denied(message),
         AuthError::DataLoss => Status::data_loss(message),
         AuthError::Unavailable => Status::unavailable(STORAGE_UNAVAILABLE),
-        AuthError::Stale(_) => Status::unavailable(message),
+        AuthError::Stale(_) | AuthError::KubernetesUnavailable => Status::unavailable(message),
         AuthError::Internal => Status::internal(INTERNAL_MESSAGE),
     }
 }

@@ -56,9 +56,10 @@ impl Proof {
         }
     }
 
-    fn caller(&self) -> Result<Caller, Status> {
+    async fn caller(&self) -> Result<Caller, Status> {
         self.authenticator
             .authenticate(WATCH_PATH, &self.headers, self.peer_uid)
+            .await
             .map_err(auth_error)
     }
 }
@@ -169,13 +170,13 @@ impl Watch {
                     Err(RecvError::Closed) => return,
                 },
                 changed = changes.changed() => match changed {
-                    Ok(()) => match self.caller() {
+                    Ok(()) => match self.caller().await {
                         Ok(_) => continue,
                         Err(status) => Err(status),
                     },
                     Err(_) => return,
                 },
-                _ = tick.tick() => match self.caller() {
+                _ = tick.tick() => match self.caller().await {
                     Ok(_) => continue,
                     Err(status) => Err(status),
                 },
@@ -192,8 +193,8 @@ impl Watch {
     }
 
     /// The caller proven again and still allowed this watch.
-    fn caller(&self) -> Result<Caller, Status> {
-        let caller = self.proof.caller()?;
+    async fn caller(&self) -> Result<Caller, Status> {
+        let caller = self.proof.caller().await?;
         self.filter.allows(&caller, &self.opened)?;
         Ok(caller)
     }
@@ -201,7 +202,7 @@ impl Watch {
     /// The event as this watcher may see it now, `None` when it is not theirs to see,
     /// or why the stream ends.
     async fn checked(&self, event: &Event) -> Result<Option<proto::CredentialEvent>, Status> {
-        let caller = self.caller()?;
+        let caller = self.caller().await?;
         let key = &event.key;
         if !self.filter.wants(key) || caller.require_reach(&key.provider, &key.email).is_err() {
             return Ok(None);

@@ -57,6 +57,8 @@ struct EventRecord {
     /// The node that served the call; left out when it is the event before's.
     #[prost(string, optional, tag = "13")]
     node_id: Option<String>,
+    #[prost(string, tag = "14")]
+    principal: String,
 }
 
 /// Consecutive events encoded as one block.
@@ -149,6 +151,7 @@ fn encode_event(event: &AuditEvent, before: &Before<'_>, out: &mut Vec<u8>) {
         (7, &event.email),
         (8, &event.target),
         (9, &event.outcome),
+        (14, &event.principal),
     ];
     for (tag, text) in texts {
         put_text(tag, text, out);
@@ -212,6 +215,7 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Vec<AuditEvent>> {
                 outcome: record.outcome,
                 secret_hashes,
                 node_id: node_id.clone(),
+                principal: record.principal,
             }
         })
         .collect();

@@ -27,6 +27,8 @@ pub struct Call {
     pub request_id: String,
     pub rpc: String,
     pub caller_id: String,
+    /// `k8s:ns/name` for a ServiceAccount caller (see [`AuditEvent::principal`]).
+    pub principal: String,
     shared: Arc<Shared>,
 }
 
@@ -42,6 +44,7 @@ impl Call {
             request_id: request_id.to_owned(),
             rpc: rpc.to_owned(),
             caller_id: caller_id.to_owned(),
+            principal: String::new(),
             shared: Arc::default(),
         }
     }
@@ -49,7 +52,13 @@ impl Call {
     /// The same call, with an event of its own: a stream that hands out more than once
     /// audits each hand-out apart from the call that opened it.
     pub fn another(&self) -> Self {
-        Self::new(&self.request_id, &self.rpc, &self.caller_id)
+        Self::new(&self.request_id, &self.rpc, &self.caller_id).by(&self.principal)
+    }
+
+    /// The same call, made by the outside identity `principal`.
+    pub fn by(mut self, principal: &str) -> Self {
+        principal.clone_into(&mut self.principal);
+        self
     }
 
     /// The call's event with this outcome, naming `subject` (when known).
@@ -59,6 +68,7 @@ impl Call {
             request_id: self.request_id.clone(),
             rpc: self.rpc.clone(),
             caller_id: self.caller_id.clone(),
+            principal: self.principal.clone(),
             outcome: outcome.to_owned(),
             provider: subject.provider,
             email: subject.email,

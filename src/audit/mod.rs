@@ -96,6 +96,10 @@ pub struct AuditEvent {
     /// before events carried it).
     #[serde(default)]
     pub node_id: String,
+    /// The outside identity the caller proved itself with, when it was one:
+    /// `k8s:namespace/serviceaccount`. Empty for credvault's own credentials.
+    #[serde(default)]
+    pub principal: String,
 }
 
 /// What ListEvents may filter on; empty strings and `None` match everything.

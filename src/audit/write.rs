@@ -324,6 +324,7 @@ impl AuditLog {
             node = %event.node_id,
             request_id = %event.request_id,
             caller = %event.caller_id,
+            principal = %event.principal,
             rpc = %event.rpc,
             provider = %event.provider,
             email = %if event.email.is_empty() { String::new() } else { self.hasher.tag(&event.email) },

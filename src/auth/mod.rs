@@ -7,6 +7,7 @@
 //! - `Bearer <bootstrap token>` from the configuration: the bootstrap admin;
 //! - `Bearer <api key>` with `x-credvault-secret: <secret>`;
 //! - `Bearer <jwt>`: a token from IssueToken or CreateSession;
+//! - `Bearer <ServiceAccount token>`, with `[kubernetes_auth]` (see [`kubernetes`]);
 //! - `Basic base64(email:secret)`, on CreateSession only.
 //!
 //! Handlers then ask [`Caller::require`] for a [`Permission`].
@@ -25,6 +26,9 @@ use crate::{
     callers::{CallerService, keys},
     crypto::{RngError, SecretString, random_bytes},
 };
+use kubernetes::{Failure, KubernetesAuth};
+
+pub mod kubernetes;
 
 /// Longest `authorization` value looked at; anything longer is refused unread.
 const MAX_HEADER_LEN: usize = 8 * 1024;
@@ -55,6 +59,8 @@ pub struct Authenticator {
     callers: Arc<CallerService>,
     /// Unix-socket peer uid → caller id (`socket_peers`).
     peers: HashMap<u32, String>,
+    /// ServiceAccount tokens, when `[kubernetes_auth]` is configured.
+    kubernetes: Option<KubernetesAuth>,
 }
 
 impl Authenticator {
@@ -72,7 +78,14 @@ impl Authenticator {
             bootstrap_tag: RwLock::new(bootstrap_tag),
             callers,
             peers,
+            kubernetes: None,
         })
+    }
+
+    /// Accepts ServiceAccount tokens as `kubernetes` verifies them.
+    pub fn with_kubernetes(mut self, kubernetes: KubernetesAuth) -> Self {
+        self.kubernetes = Some(kubernetes);
+        self
     }
 
     /// From now on the bootstrap token is `token`; the previous one no longer works.
@@ -89,13 +102,18 @@ impl Authenticator {
     /// credential the caller view decides (everything but the bootstrap admin token,
     /// which is configuration) is refused while that view cannot be confirmed current
     /// (see [`crate::callers::freshness`]).
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         path: &str,
         headers: &HeaderMap,
         peer_uid: Option<u32>,
     ) -> Result<Caller, AuthError> {
-        let caller = self.identify(path, headers, peer_uid)?;
+        let caller = match self.identify(path, headers, peer_uid) {
+            Err(AuthError::MissingOrInvalid) if self.kubernetes.is_some() => {
+                self.service_account(headers).await?
+            }
+            other => other?,
+        };
         if let Some(unconfirmed) = self.callers.stale_for()
             && !self.is_bootstrap(headers)
         {
@@ -166,6 +184,42 @@ impl Authenticator {
             return Ok(caller);
         }
         self.callers.authenticate_jwt(value)
+    }
+}
+
+impl Authenticator {
+    /// The caller bound to the ServiceAccount whose token the request carries (asked
+    /// when the bearer credential is none of credvault's own).
+    async fn service_account(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
+        let (Some(kubernetes), Some((scheme, token))) =
+            (&self.kubernetes, credentials(headers.get(AUTHORIZATION)))
+        else {
+            return Err(AuthError::MissingOrInvalid);
+        };
+        // Only a JWT from another issuer than credvault's own is a candidate: one of
+        // credvault's own tokens keeps its own refusal.
+        let other_issuer = kubernetes::claims::peek(token).is_ok_and(|(_, claims)| {
+            claims.iss.as_deref() != Some(&self.callers.settings().issuer)
+        });
+        if !scheme.eq_ignore_ascii_case("bearer") || !other_issuer {
+            return Err(AuthError::MissingOrInvalid);
+        }
+        let account = kubernetes
+            .verify(token)
+            .await
+            .map_err(|failure| match failure {
+                Failure::Refused(refusal) => AuthError::Kubernetes(refusal),
+                Failure::Unavailable => AuthError::KubernetesUnavailable,
+            })?;
+        let caller_id =
+            kubernetes
+                .caller_for(&account)
+                .ok_or_else(|| AuthError::KubernetesUnbound {
+                    namespace: account.namespace.clone(),
+                    service_account: account.name.clone(),
+                })?;
+        self.callers
+            .authenticate_kubernetes(caller_id, &account.namespace, &account.name)
     }
 }
 

@@ -102,6 +102,28 @@ impl CallerService {
         )
     }
 
+    /// The caller a binding maps a verified ServiceAccount to.
+    pub fn authenticate_kubernetes(
+        &self,
+        caller_id: &str,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<Caller, AuthError> {
+        let opened = self.record_for_auth(caller_id).inspect_err(|_| {
+            tracing::warn!(
+                caller = caller_id,
+                namespace,
+                service_account,
+                "a kubernetes_auth binding names a caller that cannot be used"
+            );
+        })?;
+        let credential = Credential::Kubernetes {
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+        };
+        caller(&opened.record, credential)
+    }
+
     /// The bootstrap admin, for the configured bootstrap token.
     pub fn bootstrap_admin(&self) -> Result<Caller, AuthError> {
         caller(

@@ -24,6 +24,25 @@ pub enum Credential {
     Peer {
         uid: u32,
     },
+    /// A Kubernetes ServiceAccount token, for a ServiceAccount bound to this caller.
+    Kubernetes {
+        namespace: String,
+        service_account: String,
+    },
+}
+
+impl Credential {
+    /// Who outside credvault the caller is, for the audit trail: `k8s:ns/name` for a
+    /// ServiceAccount; empty for credvault's own credentials.
+    pub fn principal(&self) -> String {
+        match self {
+            Credential::Kubernetes {
+                namespace,
+                service_account,
+            } => format!("k8s:{namespace}/{service_account}"),
+            _ => String::new(),
+        }
+    }
 }
 
 /// An authenticated caller, put into each request's extensions by the auth layer.
@@ -151,7 +170,7 @@ impl Caller {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// No header, a malformed one, or a credential that is not ours.
     #[error("JWT is missing or invalid, check Authorization header")]
@@ -196,4 +215,34 @@ pub enum AuthError {
         "this credvault node cannot confirm its view of callers is current (no word from the shared store for {0} s); try another node or retry later"
     )]
     Stale(u64),
+    /// A ServiceAccount token that did not pass a check.
+    #[error("ServiceAccount token refused: {0}")]
+    Kubernetes(crate::auth::kubernetes::Refusal),
+    /// A verified ServiceAccount that no binding maps to a caller.
+    #[error(
+        "ServiceAccount {namespace}/{service_account} is not bound to a caller here (kubernetes_auth.bindings)"
+    )]
+    KubernetesUnbound {
+        namespace: String,
+        service_account: String,
+    },
+    /// The API server or the issuer's keys could not be reached to verify a
+    /// ServiceAccount token (other credentials are unaffected).
+    #[error(
+        "the ServiceAccount token could not be verified now: the Kubernetes API server or the issuer's keys did not answer; retry later"
+    )]
+    KubernetesUnavailable,
+}
+
+impl AuthError {
+    /// The outside identity a refusal names, for its audit event.
+    pub fn principal(&self) -> String {
+        match self {
+            AuthError::KubernetesUnbound {
+                namespace,
+                service_account,
+            } => format!("k8s:{namespace}/{service_account}"),
+            _ => String::new(),
+        }
+    }
 }

@@ -35,7 +35,7 @@ pub fn covers(scopes: &[String], provider: &str, email: &str) -> bool {
 
 /// Iterative wildcard match with backtracking to the last `*`: linear in practice,
 /// never exponential.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+pub(crate) fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {

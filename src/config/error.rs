@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::{
-    auth::MIN_ADMIN_TOKEN_LEN,
+    auth::{MIN_ADMIN_TOKEN_LEN, kubernetes::SettingsError},
     crypto::{KeyError, RngError},
     providers::ProviderError,
 };
@@ -69,6 +69,8 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     Rng(#[from] RngError),
+    #[error("kubernetes_auth: {0}")]
+    Kubernetes(#[from] SettingsError),
 }
 
 /// A configuration file or environment error as an operator reads it: the key as it

@@ -34,6 +34,7 @@ use secrets::{
 pub use store::{BackendKind, EtcdConfig, StoreConfig, StoreSettings};
 
 use crate::{
+    auth::kubernetes::{KubernetesAuthConfig, KubernetesAuthSettings},
     callers::CallerSettings,
     crypto::{MasterKey, SecretString},
     leases::LeaseSettings,
@@ -161,6 +162,8 @@ pub struct Config {
     pub node_id: String,
     /// The audit trail's options beside its retention.
     pub audit: AuditConfig,
+    /// Kubernetes ServiceAccount tokens as a credential; absent: not accepted.
+    pub kubernetes_auth: Option<KubernetesAuthConfig>,
 }
 
 /// `[audit]`.
@@ -220,6 +223,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             node_id: String::new(),
             audit: AuditConfig::default(),
+            kubernetes_auth: None,
         }
     }
 }
@@ -282,6 +286,7 @@ pub struct Settings {
     pub node_id: String,
     pub audit_log_lines: bool,
     pub audit_sync: AuditSync,
+    pub kubernetes_auth: Option<KubernetesAuthSettings>,
 }
 
 impl Settings {
@@ -331,6 +336,7 @@ impl Config {
                     || key.starts_with("socket_peers__")
                     || key.starts_with("store__")
                     || key.starts_with("audit__")
+                    || key.starts_with("kubernetes_auth__")
             })
             .split("__");
         figment
@@ -389,6 +395,10 @@ impl Config {
         }
         let node_id = store::node_id(&self.node_id)?;
         check_callers(&self.callers)?;
+        let kubernetes_auth = self
+            .kubernetes_auth
+            .map(|k| k.resolve(&self.callers.issuer))
+            .transpose()?;
         check_refresh(&self.refresh)?;
         if self.leases.min_token_validity_secs < 0 {
             return Err(ConfigError::Leases(
@@ -450,6 +460,7 @@ impl Config {
             node_id,
             audit_log_lines: self.audit.log_lines,
             audit_sync: self.audit.sync,
+            kubernetes_auth,
         })
     }
 }

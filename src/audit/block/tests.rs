@@ -13,6 +13,10 @@ fn reveal(seq: u64, at_ms: i64) -> AuditEvent {
         outcome: "OK".into(),
         secret_hashes: vec!["ab".repeat(32), "cd".repeat(32)],
         node_id: "node-a".into(),
+        principal: match seq % 3 {
+            0 => "k8s:jobs/renderer".into(),
+            _ => String::new(),
+        },
     }
 }
 

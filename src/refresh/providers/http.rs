@@ -58,21 +58,35 @@ impl Http {
             LoginError::transient(format!("{what}: request {kind}"))
         })?;
         let status = response.status();
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
+        let body = read_capped(&mut response, MAX_RESPONSE_BYTES)
             .await
-            .map_err(|_| LoginError::transient(format!("{what}: reading the answer failed")))?
-        {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(LoginError::transient(format!(
-                    "{what}: answer larger than {MAX_RESPONSE_BYTES} bytes"
-                )));
-            }
-            body.extend_from_slice(&chunk);
-        }
+            .map_err(|failure| LoginError::transient(format!("{what}: {failure}")))?;
         Ok((status, body))
     }
+}
+
+/// Why an answer's body was not read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadFailure {
+    #[error("reading the answer failed")]
+    Read,
+    #[error("answer larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+/// An answer's body, `cap` bytes at most.
+pub async fn read_capped(
+    response: &mut reqwest::Response,
+    cap: usize,
+) -> Result<Vec<u8>, ReadFailure> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|_| ReadFailure::Read)? {
+        if body.len() + chunk.len() > cap {
+            return Err(ReadFailure::TooLarge(cap));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// A failure for an HTTP status that is not the expected one: 5xx and 429 may pass,
