@@ -6,6 +6,7 @@
 pub mod backends;
 pub mod debian;
 pub mod etcd;
+pub mod kube;
 pub mod proxy;
 
 use std::{

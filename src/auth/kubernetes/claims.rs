@@ -150,3 +150,62 @@ impl Claims {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(json: serde_json::Value) -> Claims {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn the_service_account_is_read_consistently_with_sub() {
+        let projected = claims(serde_json::json!({
+            "iss": "https://k8s", "aud": "credvault", "exp": 100, "nbf": 10,
+            "sub": "system:serviceaccount:jobs:renderer",
+            "kubernetes.io": {"namespace": "jobs", "serviceaccount": {"name": "renderer"},
+                              "pod": {"name": "renderer-1", "uid": "u"}},
+        }));
+        assert!(!projected.is_legacy());
+        assert!(projected.has_audience("credvault") && !projected.has_audience("vault"));
+        let account = projected.service_account().unwrap();
+        assert_eq!(account.principal(), "k8s:jobs/renderer");
+        assert_eq!(account.pod, Some(("renderer-1".into(), Some("u".into()))));
+        assert_eq!(projected.check_time(9), Err(Refusal::NotYetValid));
+        assert_eq!(projected.check_time(10), Ok(()));
+        assert_eq!(projected.check_time(100), Err(Refusal::Expired));
+
+        let lying = claims(serde_json::json!({
+            "exp": 100, "sub": "system:serviceaccount:kube-system:admin",
+            "kubernetes.io": {"namespace": "jobs", "serviceaccount": {"name": "renderer"}},
+        }));
+        assert_eq!(lying.service_account(), Err(Refusal::NotServiceAccount));
+        let legacy = claims(serde_json::json!({
+            "iss": LEGACY_ISSUER,
+            "kubernetes.io/serviceaccount/namespace": "jobs",
+            "kubernetes.io/serviceaccount/service-account.name": "renderer",
+        }));
+        assert!(legacy.is_legacy());
+        assert_eq!(legacy.service_account().unwrap().name, "renderer");
+        assert_eq!(
+            claims(serde_json::json!({"exp": 1})).service_account(),
+            Err(Refusal::NotServiceAccount)
+        );
+    }
+
+    #[test]
+    fn only_three_part_json_tokens_are_peeked() {
+        for bad in ["", "a.b", "a.b.c.d", "!!.e30.x", "e30.!!.x"] {
+            assert!(peek(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            ServiceAccount::from_username("system:serviceaccount:a:b:c"),
+            None
+        );
+        assert_eq!(
+            ServiceAccount::from_username("system:serviceaccount::b"),
+            None
+        );
+    }
+}

@@ -288,3 +288,27 @@ fn stamp(path: &Path) -> Option<Stamp> {
         inode: meta.ino(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_rs256_and_es256_keys_are_taken_from_a_document() {
+        let document = serde_json::json!({"keys": [
+            {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac", "alg": "HS256"},
+            {"kty": "EC", "crv": "P-384", "kid": "p384",
+             "x": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+             "y": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"},
+            {"kty": "RSA", "kid": "rsa", "n": "sXch", "e": "AQAB"},
+            {"kty": "RSA", "kid": "rsa-as-ps", "alg": "PS256", "n": "sXch", "e": "AQAB"},
+        ]});
+        let keys = parse(document.to_string().as_bytes()).unwrap();
+        let kids: Vec<_> = keys.iter().map(|k| k.kid.as_deref().unwrap()).collect();
+        assert_eq!(kids, ["rsa"]);
+        assert_eq!(keys[0].algorithm, Algorithm::RS256);
+        let only_hmac = serde_json::json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]});
+        assert!(parse(only_hmac.to_string().as_bytes()).is_err());
+        assert!(parse(b"not json").is_err());
+    }
+}

@@ -295,3 +295,91 @@ fn read(path: &Path) -> Result<Vec<u8>, SettingsError> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(review: Option<&str>, jwks: Option<JwksConfig>) -> KubernetesAuthConfig {
+        KubernetesAuthConfig {
+            token_review: review.map(|api| TokenReviewConfig {
+                api_server: api.to_owned(),
+                ca_file: None,
+                ..TokenReviewConfig::default()
+            }),
+            jwks,
+            bindings: vec![BindingConfig {
+                namespace: "jobs".into(),
+                service_account: "renderer".into(),
+                caller: "c_1".into(),
+            }],
+            ..KubernetesAuthConfig::default()
+        }
+    }
+
+    fn refusal(config: KubernetesAuthConfig) -> String {
+        config.resolve("credvault").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_verifier_a_binding_and_safe_urls_are_required() {
+        let ok = config(Some("http://127.0.0.1:6443"), None)
+            .resolve("credvault")
+            .unwrap();
+        assert_eq!(
+            ok.token_review.unwrap().url.as_str(),
+            "http://127.0.0.1:6443/apis/authentication.k8s.io/v1/tokenreviews"
+        );
+        assert_eq!(ok.cache_for, Duration::from_secs(60));
+        assert!(refusal(config(None, None)).contains("choose how tokens are verified"));
+        for plain in [
+            "http://10.0.0.1:6443",
+            "http://kubernetes.default.svc",
+            "ftp://x",
+        ] {
+            assert!(
+                refusal(config(Some(plain), None)).contains("must be https"),
+                "{plain}"
+            );
+        }
+        assert!(refusal(config(Some("not a url"), None)).contains("is not a URL"));
+        let mut unbound = config(Some("http://[::1]:6443"), None);
+        unbound.bindings.clear();
+        assert!(refusal(unbound).contains("no [[kubernetes_auth.bindings]]"));
+        let mut empty_audience = config(Some("http://localhost:6443"), None);
+        empty_audience.audience = " ".into();
+        assert!(refusal(empty_audience).contains("audience"));
+        let mut long_cache = config(Some("http://localhost:6443"), None);
+        long_cache.cache_secs = 7200;
+        assert!(refusal(long_cache).contains("cache_secs"));
+    }
+
+    #[test]
+    fn jwks_needs_the_issuer_and_one_source() {
+        let jwks = |issuer: &str, url: Option<&str>, file: Option<PathBuf>| JwksConfig {
+            issuer: issuer.to_owned(),
+            jwks_url: url.map(str::to_owned),
+            file,
+            ..JwksConfig::default()
+        };
+        let issuer = "https://kubernetes.default.svc.cluster.local";
+        let resolved = config(None, Some(jwks(issuer, None, None)))
+            .resolve("credvault")
+            .unwrap();
+        assert_eq!(
+            resolved.jwks.unwrap().source,
+            JwksSource::Discovery(
+                reqwest::Url::parse(&format!("{issuer}/.well-known/openid-configuration")).unwrap()
+            )
+        );
+        assert!(refusal(config(None, Some(jwks("", None, None)))).contains("jwks.issuer"));
+        assert!(
+            refusal(config(None, Some(jwks("credvault", None, None))))
+                .contains("credvault's own token issuer")
+        );
+        let two = jwks(issuer, Some("https://x/keys"), Some("/nonexistent".into()));
+        assert!(refusal(config(None, Some(two))).contains("set one of"));
+        let missing = jwks(issuer, None, Some("/nonexistent/jwks.json".into()));
+        assert!(refusal(config(None, Some(missing))).contains("/nonexistent/jwks.json"));
+    }
+}
