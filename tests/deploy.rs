@@ -90,7 +90,7 @@ fn manifests_validate_strictly_and_every_container_is_hardened() {
         .iter()
         .filter(|d| d["kind"] == "Deployment" || d["kind"] == "StatefulSet")
         .collect();
-    assert_eq!(workloads.len(), 4);
+    assert_eq!(workloads.len(), 5);
     let mut credvaults = 0;
     for deployment in workloads {
         let pod = &deployment["spec"]["template"]["spec"];
@@ -104,6 +104,7 @@ fn manifests_validate_strictly_and_every_container_is_hardened() {
         let (replicas, strategy) = match deployment["metadata"]["name"].as_str().unwrap() {
             "credvault" => (1, "Recreate"),
             "etcd" => (3, ""),
+            "render-jobs" => (2, "RollingUpdate"),
             _ => (3, "RollingUpdate"),
         };
         assert_eq!(deployment["spec"]["replicas"], replicas, "{deployment}");
@@ -194,6 +195,8 @@ fn manifests_validate_strictly_and_every_container_is_hardened() {
         );
     }
 
+    kubernetes_login(&docs);
+
     // The config files in the ConfigMaps are ones credvault reads (unknown keys fail).
     for config in docs.iter().filter(|d| d["kind"] == "ConfigMap") {
         let toml = config["data"]["credvault.toml"].as_str().unwrap();
@@ -207,6 +210,67 @@ fn manifests_validate_strictly_and_every_container_is_hardened() {
             loaded.err()
         );
     }
+}
+
+/// ServiceAccount login on credvault-ha: credvault may create TokenReviews and nothing
+/// more, mounts its own token for that alone, and binds the app's ServiceAccount, whose
+/// pods carry a 10-minute token for the audience "credvault" and no API-server token.
+fn kubernetes_login(docs: &[Value]) {
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{kind} {name}"))
+    };
+    let binding = find("ClusterRoleBinding", "credvault-ha-tokenreview");
+    assert_eq!(binding["roleRef"]["name"], "system:auth-delegator");
+    assert_eq!(binding["subjects"][0]["kind"], "ServiceAccount");
+    assert_eq!(binding["subjects"][0]["name"], "credvault-ha");
+    let namespace = binding["subjects"][0]["namespace"].clone();
+    assert_eq!(
+        find("ServiceAccount", "credvault-ha")["metadata"]["namespace"],
+        namespace
+    );
+    let server = &find("Deployment", "credvault-ha")["spec"]["template"]["spec"];
+    assert_eq!(server["serviceAccountName"], "credvault-ha");
+    let own = server["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "api-token")
+        .expect("credvault's own token");
+    assert_eq!(
+        own["projected"]["sources"][0]["serviceAccountToken"]["path"],
+        "token"
+    );
+
+    let app = find("Deployment", "render-jobs");
+    let pod = &app["spec"]["template"]["spec"];
+    let projected = pod["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"].clone();
+    assert_eq!(projected["audience"], "credvault");
+    assert_eq!(projected["expirationSeconds"], 600);
+    assert_eq!(pod["automountServiceAccountToken"], false);
+
+    let toml = find("ConfigMap", "credvault-ha")["data"]["credvault.toml"]
+        .as_str()
+        .unwrap();
+    let config = Config::from_toml(toml).expect("credvault-ha's config reads");
+    let kubernetes = config
+        .kubernetes_auth
+        .expect("kubernetes_auth is configured");
+    assert_eq!(kubernetes.audience, "credvault");
+    let review = kubernetes.token_review.expect("TokenReview");
+    assert_eq!(
+        review.token_file,
+        PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    );
+    let bound = &kubernetes.bindings[0];
+    assert_eq!(
+        (bound.namespace.as_str(), bound.service_account.as_str()),
+        (
+            app["metadata"]["namespace"].as_str().unwrap(),
+            pod["serviceAccountName"].as_str().unwrap()
+        )
+    );
 }
 
 /// Every option of the example config (`key =` lines and `[sections]`, commented or
