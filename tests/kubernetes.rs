@@ -559,6 +559,28 @@ async fn no_token_text_reaches_the_log_at_trace_level() {
         whoami(&accepted).await.unwrap().into_inner().id,
         cluster.consumer
     );
+    // The client reads the mounted token from its file, as an app's pod would.
+    let token_file = cluster.dir.path().join("projected-token");
+    std::fs::write(&token_file, &accepted).unwrap();
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_credvault"))
+        .args([
+            "callers",
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "whoami",
+            "-o",
+            "json",
+        ])
+        .env_remove("CREDVAULT_TOKEN")
+        .env("CREDVAULT_ADDR", format!("http://{}", remote.0))
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success() && printed.contains(&cluster.consumer),
+        "{printed}{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
     assert_eq!(
         whoami(&wrong_audience).await.unwrap_err().code(),
         Code::Unauthenticated
