@@ -380,6 +380,31 @@ async fn the_api_servers_word_decides_and_its_absence_touches_no_other_credentia
     assert_eq!(whoami(&server, &live).await.unwrap(), cluster.consumer);
     assert_eq!(cluster.api.reviews(), 2);
 
+    // A pod's first burst of calls with a fresh token, while reviews are slow: one
+    // review for all of them.
+    cluster
+        .api
+        .delay_reviews(std::time::Duration::from_millis(300));
+    let burst = key.sign(&projected("jobs", "renderer", &[AUDIENCE], now - 4, 600));
+    let addr = server.tcp();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let token = burst.clone();
+        calls.spawn(async move {
+            support::Remote(addr)
+                .callers(Auth::bearer(&token))
+                .await
+                .get_caller_info(proto::GetCallerInfoRequest {})
+                .await
+                .map(|info| info.into_inner().id)
+        });
+    }
+    while let Some(answer) = calls.join_next().await {
+        assert_eq!(answer.unwrap().unwrap(), cluster.consumer);
+    }
+    assert_eq!(cluster.api.reviews(), 3);
+    cluster.api.delay_reviews(std::time::Duration::ZERO);
+
     // The API server goes away: a token not seen before cannot be verified.
     cluster.api.stop();
     let new = key.sign(&projected("jobs", "renderer", &[AUDIENCE], now - 1, 600));
@@ -514,6 +539,36 @@ async fn keys_from_discovery_are_fetched_once_and_again_for_an_unknown_kid() {
     assert_eq!(whoami(&server, &rotated).await.unwrap(), cluster.consumer);
     assert_eq!(cluster.api.jwks_fetches(), 2);
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_is_reached_over_https_with_the_configured_ca_only() {
+    let key = IssuerKey::es256("k1");
+    let cluster = Cluster::new(vec![key.clone()]).await;
+    let (api, ca_pem) = FakeApiServer::start_tls(vec![key.clone()]).await;
+    let (_, stranger_ca) = FakeApiServer::start_tls(vec![]).await;
+    for (ca, accepted) in [(&ca_pem, true), (&stranger_ca, false)] {
+        let ca_file = cluster.dir.path().join("ca.crt");
+        std::fs::write(&ca_file, ca).unwrap();
+        let mut kubernetes = cluster.kubernetes_auth(Verify::Review);
+        kubernetes.token_review = Some(TokenReviewConfig {
+            api_server: api.tls_url(),
+            token_file: cluster.reviewer_file.clone(),
+            ca_file: Some(ca_file),
+            ..TokenReviewConfig::default()
+        });
+        let mut config = support::config(&cluster.dir.path().join("data"), &cluster.key);
+        config.kubernetes_auth = Some(kubernetes);
+        let server = TestServer::start_with(config).await;
+        let token = renderer_token(&key);
+        match accepted {
+            true => assert_eq!(whoami(&server, &token).await.unwrap(), cluster.consumer),
+            // A certificate from another CA: the token is not sent, the call can retry.
+            false => assert_eq!(refused(&server, &token).await.0, Code::Unavailable),
+        }
+        server.stop().await;
+    }
+    assert_eq!(api.reviews(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,6 +139,8 @@ struct State {
     jwks_fetches: u64,
     /// The bearer each review came with.
     review_bearers: Vec<String>,
+    /// How long a review takes to answer (a slow API server).
+    review_delay: std::time::Duration,
 }
 
 /// The fake API server; dropped or [`FakeApiServer::stop`]ped, it stops listening and
@@ -151,6 +153,39 @@ pub struct FakeApiServer {
 
 impl FakeApiServer {
     pub async fn start(keys: Vec<IssuerKey>) -> Self {
+        Self::serve(keys, None).await
+    }
+
+    /// The same over https, with a certificate for `localhost` from a CA made here;
+    /// answers the CA's certificate (PEM) too.
+    pub async fn start_tls(keys: Vec<IssuerKey>) -> (Self, String) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &Issuer::from_params(&ca, &ca_key))
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        (Self::serve(keys, Some(acceptor)).await, ca_pem)
+    }
+
+    async fn serve(keys: Vec<IssuerKey>, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
@@ -165,11 +200,19 @@ impl FakeApiServer {
                     continue;
                 };
                 let state = shared.clone();
+                let tls = tls.clone();
                 connections.spawn(async move {
                     let service = service_fn(move |request| answer(state.clone(), addr, request));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => {
+                                http.serve_connection(TokioIo::new(stream), service).await
+                            }
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
@@ -184,6 +227,11 @@ impl FakeApiServer {
         format!("http://{}", self.addr)
     }
 
+    /// The https URL, for a server started with [`FakeApiServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
     /// The keys the JWKS document serves and reviews check against, from now on.
     pub fn set_keys(&self, keys: Vec<IssuerKey>) {
         self.lock().keys = keys;
@@ -191,6 +239,10 @@ impl FakeApiServer {
 
     pub fn deny_all(&self, deny: bool) {
         self.lock().deny_all = deny;
+    }
+
+    pub fn delay_reviews(&self, delay: std::time::Duration) {
+        self.lock().review_delay = delay;
     }
 
     pub fn reviews(&self) -> u64 {
@@ -275,6 +327,8 @@ async fn answer(
                 );
             }
             let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+            let delay = state.lock().unwrap().review_delay;
+            tokio::time::sleep(delay).await;
             let mut state = state.lock().unwrap();
             state.reviews += 1;
             state.review_bearers.push(bearer.unwrap_or_default());

@@ -17,7 +17,7 @@ pub mod settings;
 use std::sync::Arc;
 
 use crate::{
-    cache::{Expiring, Remembered},
+    cache::{Digest, Expiring, Remembered},
     clock::Clock,
 };
 use bindings::Binding;
@@ -29,6 +29,10 @@ pub use settings::{KubernetesAuthConfig, KubernetesAuthSettings, SettingsError};
 
 /// Verified tokens (and the API server's refusals) remembered at once.
 const CAPACITY: usize = 8192;
+/// Verifications that may run at once (one per stripe): the same token presented by
+/// many calls together is verified once, and a flood of new tokens cannot have more
+/// than this many TokenReviews or key fetches in flight.
+const STRIPES: usize = 32;
 
 /// Why a ServiceAccount token was refused. The wording names the check that failed,
 /// never the token.
@@ -84,6 +88,7 @@ pub struct KubernetesAuth {
     review: Option<Review>,
     bindings: Vec<Binding>,
     remembered: Remembered<Entry>,
+    stripes: Vec<tokio::sync::Mutex<()>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -126,6 +131,7 @@ impl KubernetesAuth {
             review,
             bindings: settings.bindings.clone(),
             remembered: Remembered::new(CAPACITY),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             clock,
         })
     }
@@ -137,14 +143,16 @@ impl KubernetesAuth {
 
     /// The ServiceAccount `token` proves, from what was remembered or verified afresh.
     pub async fn verify(&self, token: &str) -> Result<ServiceAccount, Failure> {
-        let now_ms = self.clock.now_ms();
         let key = Remembered::<Entry>::digest(token);
-        if let Some(entry) = self.remembered.get(&key) {
-            if !entry.expired(now_ms) {
-                return entry.outcome.map_err(Failure::Refused);
-            }
-            self.remembered.remove(&key);
+        if let Some(outcome) = self.remembered_outcome(&key) {
+            return outcome;
         }
+        let _stripe = self.stripes[usize::from(key[0]) % STRIPES].lock().await;
+        // Verified by the call this one waited for.
+        if let Some(outcome) = self.remembered_outcome(&key) {
+            return outcome;
+        }
+        let now_ms = self.clock.now_ms();
         let verified = self.verify_afresh(token, now_ms).await;
         let until_ms = now_ms.saturating_add(self.cache_for_ms);
         let entry = match &verified {
@@ -165,6 +173,16 @@ impl KubernetesAuth {
             self.remembered.insert(key, entry, now_ms);
         }
         verified.map(|(account, _)| account)
+    }
+
+    /// What is remembered about the token filed under `key`, while it holds.
+    fn remembered_outcome(&self, key: &Digest) -> Option<Result<ServiceAccount, Failure>> {
+        let entry = self.remembered.get(key)?;
+        if entry.expired(self.clock.now_ms()) {
+            self.remembered.remove(key);
+            return None;
+        }
+        Some(entry.outcome.map_err(Failure::Refused))
     }
 
     /// Every check, in order of cost; answers the ServiceAccount and the token's `exp`.
