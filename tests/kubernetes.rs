@@ -132,8 +132,15 @@ impl Cluster {
     }
 }
 
+/// A clock that stands still at the wall clock's second; tokens are issued from it
+/// (`seconds`), so none is ahead of credvault's time.
 fn real_clock() -> ManualClock {
     ManualClock::at(now_secs() * 1000)
+}
+
+fn seconds(clock: &ManualClock) -> i64 {
+    use credvault::clock::Clock;
+    clock.now_ms() / 1000
 }
 
 async fn whoami(server: &TestServer, token: &str) -> Result<String, tonic::Status> {
@@ -158,22 +165,23 @@ async fn refused(server: &TestServer, token: &str) -> (Code, String) {
     (status.code(), message)
 }
 
-fn renderer_token(key: &IssuerKey) -> String {
-    key.sign(&projected("jobs", "renderer", &[AUDIENCE], now_secs(), 600))
+/// A token for jobs/renderer issued at `now` (seconds), valid 10 minutes.
+fn renderer_token(key: &IssuerKey, now: i64) -> String {
+    key.sign(&projected("jobs", "renderer", &[AUDIENCE], now, 600))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projected_token_is_its_bound_caller_and_audited_as_its_service_account() {
     let (es, rs) = (IssuerKey::es256("es-1"), IssuerKey::rs256("rs-1"));
     let cluster = Cluster::new(vec![es.clone(), rs.clone()]).await;
-    let server = cluster
-        .serve(Verify::ReviewAndJwksFile, &real_clock())
-        .await;
+    let clock = real_clock();
+    let now = seconds(&clock);
+    let server = cluster.serve(Verify::ReviewAndJwksFile, &clock).await;
 
-    let token = renderer_token(&es);
+    let token = renderer_token(&es, now);
     assert_eq!(whoami(&server, &token).await.unwrap(), cluster.consumer);
     assert_eq!(
-        whoami(&server, &renderer_token(&rs)).await.unwrap(),
+        whoami(&server, &renderer_token(&rs, now)).await.unwrap(),
         cluster.consumer
     );
     assert_eq!(cluster.api.reviews(), 2);
@@ -239,10 +247,9 @@ async fn every_bad_token_is_refused_offline_with_the_check_it_failed() {
     let key = IssuerKey::es256("k1");
     let rsa = IssuerKey::rs256("r1");
     let cluster = Cluster::new(vec![key.clone(), rsa.clone()]).await;
-    let server = cluster
-        .serve(Verify::ReviewAndJwksFile, &real_clock())
-        .await;
-    let now = now_secs();
+    let clock = real_clock();
+    let now = seconds(&clock);
+    let server = cluster.serve(Verify::ReviewAndJwksFile, &clock).await;
     let sign = |claims: serde_json::Value| key.sign(&claims);
 
     let cases = [
@@ -358,8 +365,9 @@ fn hs256_with(public_pem: &str, kid: &str, claims: &serde_json::Value) -> String
 async fn the_api_servers_word_decides_and_its_absence_touches_no_other_credential() {
     let key = IssuerKey::es256("k1");
     let mut cluster = Cluster::new(vec![key.clone()]).await;
-    let server = cluster.serve(Verify::Review, &real_clock()).await;
-    let now = now_secs();
+    let clock = real_clock();
+    let now = seconds(&clock);
+    let server = cluster.serve(Verify::Review, &clock).await;
 
     // The pod is gone: the API server answers authenticated: false.
     cluster.api.deny_all(true);
@@ -448,15 +456,15 @@ async fn a_remembered_token_is_refused_once_past_its_exp_and_asked_again_after_c
     let key = IssuerKey::es256("k1");
     let cluster = Cluster::new(vec![key.clone()]).await;
     let clock = real_clock();
+    let now = seconds(&clock);
     let server = cluster.serve(Verify::Review, &clock).await;
-    let now = now_secs();
 
     // A token with 30 s left, under cache_secs = 60.
     let short = key.sign(&projected("jobs", "renderer", &[AUDIENCE], now - 570, 600));
     assert_eq!(whoami(&server, &short).await.unwrap(), cluster.consumer);
     assert_eq!(whoami(&server, &short).await.unwrap(), cluster.consumer);
     assert_eq!(cluster.api.reviews(), 1);
-    let long = renderer_token(&key);
+    let long = renderer_token(&key, now);
     assert_eq!(whoami(&server, &long).await.unwrap(), cluster.consumer);
     assert_eq!(cluster.api.reviews(), 2);
 
@@ -479,12 +487,14 @@ async fn a_remembered_token_is_refused_once_past_its_exp_and_asked_again_after_c
 async fn a_rotated_jwks_file_is_read_again() {
     let (old, new) = (IssuerKey::es256("old"), IssuerKey::es256("new"));
     let cluster = Cluster::new(vec![old.clone()]).await;
-    let server = cluster.serve(Verify::JwksFile, &real_clock()).await;
+    let clock = real_clock();
+    let now = seconds(&clock);
+    let server = cluster.serve(Verify::JwksFile, &clock).await;
     assert_eq!(
-        whoami(&server, &renderer_token(&old)).await.unwrap(),
+        whoami(&server, &renderer_token(&old, now)).await.unwrap(),
         cluster.consumer
     );
-    let early = renderer_token(&new);
+    let early = renderer_token(&new, now);
     let (_, message) = refused(&server, &early).await;
     assert!(message.contains("kid"), "{message}");
 
@@ -495,13 +505,7 @@ async fn a_rotated_jwks_file_is_read_again() {
     )
     .unwrap();
     assert_eq!(whoami(&server, &early).await.unwrap(), cluster.consumer);
-    let stale = old.sign(&projected(
-        "jobs",
-        "renderer",
-        &[AUDIENCE],
-        now_secs() - 1,
-        600,
-    ));
+    let stale = old.sign(&projected("jobs", "renderer", &[AUDIENCE], now - 1, 600));
     let (code, message) = refused(&server, &stale).await;
     assert_eq!(code, Code::Unauthenticated);
     assert!(message.contains("kid"), "{message}");
@@ -513,25 +517,20 @@ async fn keys_from_discovery_are_fetched_once_and_again_for_an_unknown_kid() {
     let (first, second) = (IssuerKey::rs256("first"), IssuerKey::es256("second"));
     let cluster = Cluster::new(vec![first.clone()]).await;
     let clock = real_clock();
+    let now = seconds(&clock);
     let server = cluster.serve(Verify::Discovery, &clock).await;
     assert_eq!(
-        whoami(&server, &renderer_token(&first)).await.unwrap(),
+        whoami(&server, &renderer_token(&first, now)).await.unwrap(),
         cluster.consumer
     );
-    let other = first.sign(&projected(
-        "jobs",
-        "renderer",
-        &[AUDIENCE],
-        now_secs() - 1,
-        600,
-    ));
+    let other = first.sign(&projected("jobs", "renderer", &[AUDIENCE], now - 1, 600));
     assert_eq!(whoami(&server, &other).await.unwrap(), cluster.consumer);
     assert_eq!(cluster.api.jwks_fetches(), 1);
 
     // The issuer adds a key; a token with its kid makes credvault fetch again (at most
     // every 10 s).
     cluster.api.set_keys(vec![first.clone(), second.clone()]);
-    let rotated = renderer_token(&second);
+    let rotated = renderer_token(&second, now);
     let (_, message) = refused(&server, &rotated).await;
     assert!(message.contains("kid"), "{message}");
     assert_eq!(cluster.api.jwks_fetches(), 1, "refetched sooner than 10 s");
@@ -560,7 +559,7 @@ async fn the_api_server_is_reached_over_https_with_the_configured_ca_only() {
         let mut config = support::config(&cluster.dir.path().join("data"), &cluster.key);
         config.kubernetes_auth = Some(kubernetes);
         let server = TestServer::start_with(config).await;
-        let token = renderer_token(&key);
+        let token = renderer_token(&key, now_secs());
         match accepted {
             true => assert_eq!(whoami(&server, &token).await.unwrap(), cluster.consumer),
             // A certificate from another CA: the token is not sent, the call can retry.
@@ -600,7 +599,7 @@ async fn no_token_text_reaches_the_log_at_trace_level() {
     );
     let remote = support::Remote(daemon.wait_for_addr());
 
-    let accepted = renderer_token(&key);
+    let accepted = renderer_token(&key, now_secs());
     let wrong_audience = key.sign(&projected("jobs", "renderer", &["vault"], now_secs(), 600));
     let unbound = key.sign(&projected("jobs", "uploader", &[AUDIENCE], now_secs(), 600));
     let whoami = async |token: &str| {

@@ -114,9 +114,11 @@ impl Fetcher {
 
 /// credvault's own ServiceAccount token, read afresh (the kubelet rotates it).
 async fn bearer(path: &Path) -> Result<Zeroizing<String>, String> {
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|error| format!("reading the token file {}: {error}", path.display()))?;
+    let text = Zeroizing::new(
+        tokio::fs::read_to_string(path)
+            .await
+            .map_err(|error| format!("reading the token file {}: {error}", path.display()))?,
+    );
     let token = Zeroizing::new(text.trim().to_owned());
     match token.is_empty() {
         true => Err(format!("the token file {} is empty", path.display())),
