@@ -7,7 +7,7 @@ use std::{path::Path, time::Duration};
 use reqwest::{Client, Method, RequestBuilder, StatusCode, redirect::Policy};
 use zeroize::Zeroizing;
 
-use crate::refresh::providers::{install_crypto_provider, read_capped};
+use crate::refresh::providers::{failure_kind, install_crypto_provider, read_capped};
 
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
@@ -94,16 +94,10 @@ impl Fetcher {
             let token = bearer(path).await.map_err(|reason| failed(what, reason))?;
             request = request.bearer_auth(token.as_str());
         }
-        let mut response = request.send().await.map_err(|error| {
-            let kind = if error.is_timeout() {
-                "timed out"
-            } else if error.is_connect() {
-                "could not connect"
-            } else {
-                "failed"
-            };
-            failed(what, format!("request {kind}"))
-        })?;
+        let mut response = request
+            .send()
+            .await
+            .map_err(|error| failed(what, format!("request {}", failure_kind(&error))))?;
         let status = response.status();
         let body = read_capped(&mut response, MAX_ANSWER_BYTES)
             .await

@@ -48,20 +48,24 @@ impl Http {
         what: &str,
     ) -> Result<(StatusCode, Vec<u8>), LoginError> {
         let mut response = request.send().await.map_err(|error| {
-            let kind = if error.is_timeout() {
-                "timed out"
-            } else if error.is_connect() {
-                "could not connect"
-            } else {
-                "failed"
-            };
-            LoginError::transient(format!("{what}: request {kind}"))
+            LoginError::transient(format!("{what}: request {}", failure_kind(&error)))
         })?;
         let status = response.status();
         let body = read_capped(&mut response, MAX_RESPONSE_BYTES)
             .await
             .map_err(|failure| LoginError::transient(format!("{what}: {failure}")))?;
         Ok((status, body))
+    }
+}
+
+/// What went wrong with a request that got no answer, in words that name nothing sent.
+pub fn failure_kind(error: &reqwest::Error) -> &'static str {
+    if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else {
+        "failed"
     }
 }
 

@@ -10,7 +10,7 @@ pub mod pixverse;
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
-pub use http::{ReadFailure, install_crypto_provider, read_capped};
+pub use http::{ReadFailure, failure_kind, install_crypto_provider, read_capped};
 
 use crate::{
     accounts::{Account, Refreshed},
