@@ -12,6 +12,7 @@
 use std::{
     collections::BTreeMap,
     future::Future,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -492,6 +493,40 @@ fn main() {
 /// (100,000 creations leave the allocator fragmented for whatever runs next).
 const RSS_CHILD: &str = "CREDVAULT_BENCH_RSS_CHILD";
 
+/// The floor under a start's RSS: the embedded store alone, opened on the vault the
+/// first RSS child filled, every account record read once (as a start reads them to
+/// build the directory), nothing else.
+async fn store_alone(db: &std::path::Path) {
+    use credvault::store::{Range, Tree};
+    let store = credvault::store::open_embedded(db).unwrap();
+    let mut after: Option<Vec<u8>> = None;
+    let mut records = 0;
+    loop {
+        let page = store
+            .scan(Range::new(Tree::Accounts, b"", 1024).after(after.as_deref()))
+            .await
+            .unwrap();
+        records += page.entries.len();
+        after = page.entries.last().map(|(key, _)| key.clone());
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(records, 100_000);
+    let rss = rss_mib();
+    println!("  RSS of the store alone, its 100,000 account records read once: {rss:.0} MiB");
+    println!("{RSS_LINE}{rss:.1}");
+}
+
+/// Set in the third RSS child: the store alone (see [`store_alone`]).
+const RSS_STORE_ONLY: &str = "CREDVAULT_BENCH_RSS_STORE_ONLY";
+
+/// The RSS children's vault: its directory and its master key.
+const RSS_DIR: &str = "CREDVAULT_BENCH_RSS_DIR";
+const RSS_KEY: &str = "CREDVAULT_BENCH_RSS_KEY";
+/// Set in the second RSS child, which starts on the vault the first one filled.
+const RSS_STARTED: &str = "CREDVAULT_BENCH_RSS_STARTED";
+
 /// How the RSS child tells its figure.
 const RSS_LINE: &str = "RSS_100K_MIB ";
 
@@ -503,13 +538,23 @@ const UNMETERED: &str = "CREDVAULT_BENCH_UNMETERED";
 /// the RSS run).
 const ONLY: &str = "CREDVAULT_BENCH_ONLY";
 
-/// RSS of a serving credvault with 100,000 accounts loaded (in its own process).
+/// RSS of a serving credvault with 100,000 accounts (in its own process): the one that
+/// created them, or (with [`RSS_STARTED`]) one started on the vault it left.
 async fn rss_with_100k_accounts() {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = config(dir.path()).resolve().unwrap();
+    let dir = PathBuf::from(std::env::var_os(RSS_DIR).expect("the vault's directory"));
+    let mut config = config(&dir);
+    config.master_key = std::env::var(RSS_KEY).ok().map(SecretString::from);
+    let settings = config.resolve().unwrap();
+    let started = std::env::var_os(RSS_STARTED).is_some();
+    if std::env::var_os(RSS_STORE_ONLY).is_some() {
+        return store_alone(&dir.join("db")).await;
+    }
     let vault = Vault::open(&settings).await.unwrap();
     let before = rss_mib();
-    create_accounts(&vault, "pixverse", 100_000).await;
+    if !started {
+        create_accounts(&vault, "pixverse", 100_000).await;
+    }
+    assert_eq!(vault.accounts.count(), 100_000);
     let listeners = Listeners::bind(&settings).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server::run(
@@ -522,8 +567,12 @@ async fn rss_with_100k_accounts() {
     ));
     tokio::task::yield_now().await;
     let rss = rss_mib();
+    let how = match started {
+        true => "started on them",
+        false => "the process that created them",
+    };
     println!(
-        "  RSS with 100,000 accounts loaded and serving: {rss:.0} MiB (was {before:.0} MiB before loading; target ≤ 150)"
+        "  RSS with 100,000 accounts serving, {how}: {rss:.0} MiB (was {before:.0} MiB before loading them; target ≤ 150)"
     );
     println!("{RSS_LINE}{rss:.1}");
     let _ = stop.send(());
@@ -865,7 +914,9 @@ async fn run() {
     let mut summary = serde_json::json!({
         "rounds": rounds,
         "secs": window().as_secs_f64(),
-        "rss_100k_mib": rss_mib.map(|rss| round(rss, 1)),
+        "rss_100k_mib": rss_mib.map(|(created, _, _)| round(created, 1)),
+        "rss_100k_started_mib": rss_mib.map(|(_, started, _)| round(started, 1)),
+        "rss_100k_store_alone_mib": rss_mib.map(|(_, _, store)| round(store, 1)),
         "log_bytes_per_reveal": {
             "log_lines_off": round(median(&log_off), 1),
             "log_lines_on": round(median(&log_on), 1),
@@ -913,20 +964,34 @@ async fn run() {
     println!("BENCH_SUMMARY {summary}");
 }
 
-/// RSS with 100,000 accounts, measured in a child process.
-fn rss_run() -> f64 {
-    let rss = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(std::env::args().skip(1))
-        .env(RSS_CHILD, "1")
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&rss.stdout);
-    print!("{out}");
-    assert!(rss.status.success(), "the RSS run failed");
-    out.lines()
-        .find_map(|l| l.strip_prefix(RSS_LINE))
-        .and_then(|n| n.trim().parse::<f64>().ok())
-        .expect("the RSS run printed its figure")
+/// RSS with 100,000 accounts, measured in child processes: the one that creates them
+/// (the allocator keeps some of what creating them churned), and one started on them.
+fn rss_run() -> (f64, f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate().unwrap().to_base64().to_string();
+    let child = |started: bool, store_only: bool| {
+        let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+        command
+            .args(std::env::args().skip(1))
+            .env(RSS_CHILD, "1")
+            .env(RSS_DIR, dir.path())
+            .env(RSS_KEY, &key);
+        if started {
+            command.env(RSS_STARTED, "1");
+        }
+        if store_only {
+            command.env(RSS_STORE_ONLY, "1");
+        }
+        let rss = command.output().unwrap();
+        let out = String::from_utf8_lossy(&rss.stdout);
+        print!("{out}");
+        assert!(rss.status.success(), "the RSS run failed");
+        out.lines()
+            .find_map(|l| l.strip_prefix(RSS_LINE))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .expect("the RSS run printed its figure")
+    };
+    (child(false, false), child(true, false), child(true, true))
 }
 
 /// The median over rounds of `a`'s rate over `b`'s in the same round.
