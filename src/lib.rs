@@ -9,7 +9,8 @@
 //!   call layer (request id, authentication, audit, metrics), the one error-to-status
 //!   map, and the WatchCredentials stream.
 //! - [`auth`]: proving a request's credential (bootstrap token, API key + secret, JWT,
-//!   Basic, socket peer) into a [`auth::Caller`].
+//!   Basic, socket peer, Kubernetes ServiceAccount token in `auth/kubernetes/`) into a
+//!   [`auth::Caller`].
 //! - [`limits`]: request size, call deadline and per-connection concurrency.
 //!
 //! The domain:
@@ -48,6 +49,8 @@
 //! - [`config`] and [`cli`]: layered configuration (defaults, TOML, env, flags).
 //! - [`clock`], [`timefmt`], [`telemetry`], [`hex`], [`proto`]: time, timestamps,
 //!   logging, hex, and the generated code of `credvault.v1`.
+//! - [`cache`] and [`rounds`]: a bounded map of what was proven about a token (keyed by
+//!   its SHA-256), and the group-commit rounds that durable writes share.
 //!
 //! The fake upstream the tests and the README demo use is its own crate
 //! (`fake-upstream/`), outside the daemon.

@@ -208,7 +208,7 @@ impl Authenticator {
             .verify(token)
             .await
             .map_err(|failure| match failure {
-                Failure::Refused(refusal) => AuthError::Kubernetes(refusal),
+                Failure::Refused(refusal) => AuthError::Kubernetes(refusal.reason()),
                 Failure::Unavailable => AuthError::KubernetesUnavailable,
             })?;
         let caller_id =

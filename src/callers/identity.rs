@@ -215,9 +215,10 @@ pub enum AuthError {
         "this credvault node cannot confirm its view of callers is current (no word from the shared store for {0} s); try another node or retry later"
     )]
     Stale(u64),
-    /// A ServiceAccount token that did not pass a check.
+    /// A ServiceAccount token that did not pass a check (which one, in words that
+    /// name nothing of the token).
     #[error("ServiceAccount token refused: {0}")]
-    Kubernetes(crate::auth::kubernetes::Refusal),
+    Kubernetes(&'static str),
     /// A verified ServiceAccount that no binding maps to a caller.
     #[error(
         "ServiceAccount {namespace}/{service_account} is not bound to a caller here (kubernetes_auth.bindings)"

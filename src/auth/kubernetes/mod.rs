@@ -36,34 +36,49 @@ const STRIPES: usize = 32;
 
 /// Why a ServiceAccount token was refused. The wording names the check that failed,
 /// never the token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
-    #[error("it is not a JWT")]
     Malformed,
-    #[error("it does not name a ServiceAccount")]
     NotServiceAccount,
-    #[error(
-        "it is a legacy Secret-based token (no expiry, no audience); send a projected token (allow_legacy_tokens is off)"
-    )]
     Legacy,
-    #[error("its audience does not include this server's")]
     Audience,
-    #[error("it has expired")]
     Expired,
-    #[error("it is not valid yet (nbf)")]
     NotYetValid,
-    #[error("its algorithm is not RS256 or ES256")]
     Algorithm,
-    #[error("no key of the cluster's issuer has its kid")]
     UnknownKey,
-    #[error("its signature does not verify against the cluster's keys")]
     Signature,
-    #[error("its issuer is not the cluster's")]
     Issuer,
-    #[error("the Kubernetes API server did not authenticate it")]
     NotAuthenticated,
-    #[error("the API server's review names another ServiceAccount or pod than the token")]
     Mismatch,
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Malformed => "it is not a JWT",
+            Refusal::NotServiceAccount => "it does not name a ServiceAccount",
+            Refusal::Legacy => {
+                "it is a legacy Secret-based token (no expiry, no audience); send a projected token (allow_legacy_tokens is off)"
+            }
+            Refusal::Audience => "its audience does not include this server's",
+            Refusal::Expired => "it has expired",
+            Refusal::NotYetValid => "it is not valid yet (nbf)",
+            Refusal::Algorithm => "its algorithm is not RS256 or ES256",
+            Refusal::UnknownKey => "no key of the cluster's issuer has its kid",
+            Refusal::Signature => "its signature does not verify against the cluster's keys",
+            Refusal::Issuer => "its issuer is not the cluster's",
+            Refusal::NotAuthenticated => "the Kubernetes API server did not authenticate it",
+            Refusal::Mismatch => {
+                "the API server's review names another ServiceAccount or pod than the token"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
 }
 
 /// A token that could not be accepted: refused, or not verifiable right now.
