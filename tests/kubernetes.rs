@@ -210,6 +210,14 @@ async fn a_projected_token_is_its_bound_caller_and_audited_as_its_service_accoun
         .await
         .unwrap_err();
     assert_eq!(outside.code(), Code::PermissionDenied);
+    // A pod's 10-minute token does not buy a one-year JWT.
+    let traded = server
+        .callers(Auth::bearer(&token))
+        .await
+        .issue_token(proto::IssueTokenRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(traded.code(), Code::PermissionDenied, "{traded:?}");
     // Remembered: the calls after the first asked the API server nothing more.
     assert_eq!(cluster.api.reviews(), 2);
 

@@ -166,6 +166,11 @@ impl Callers for CallersApi {
         let req = request.into_inner();
         text_field("caller_id", &req.caller_id, validate::MAX_ID_LEN)?;
         let target = actor.target(&req.caller_id).map_err(denied)?;
+        if target == actor.id && matches!(actor.credential, Credential::Kubernetes { .. }) {
+            return Err(Status::permission_denied(
+                "IssueToken for yourself needs one of credvault's own credentials: a ServiceAccount token is not traded for a one-year JWT (its pod's token is the credential)",
+            ));
+        }
         let (jwt, claims) = self
             .callers
             .issue_token(target)
