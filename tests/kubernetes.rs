@@ -545,6 +545,24 @@ async fn keys_from_discovery_are_fetched_once_and_again_for_an_unknown_kid() {
     clock.advance(11_000);
     assert_eq!(whoami(&server, &rotated).await.unwrap(), cluster.consumer);
     assert_eq!(cluster.api.jwks_fetches(), 2);
+
+    // The issuer fails past refresh_secs: one attempt, then the keys held go on
+    // verifying, and it is not asked again for 10 s, not even for an unknown kid.
+    cluster.api.jwks_down(true);
+    clock.advance(301_000);
+    let later = seconds(&clock);
+    assert_eq!(
+        whoami(&server, &renderer_token(&second, later))
+            .await
+            .unwrap(),
+        cluster.consumer
+    );
+    assert_eq!(cluster.api.jwks_fetches(), 3);
+    let stranger = IssuerKey::es256("third");
+    let (code, message) = refused(&server, &renderer_token(&stranger, later)).await;
+    assert_eq!(code, Code::Unauthenticated);
+    assert!(message.contains("kid"), "{message}");
+    assert_eq!(cluster.api.jwks_fetches(), 3, "asked again within 10 s");
     server.stop().await;
 }
 

@@ -141,6 +141,8 @@ struct State {
     review_bearers: Vec<String>,
     /// How long a review takes to answer (a slow API server).
     review_delay: std::time::Duration,
+    /// Answer the JWKS document with 503 (still counted as a fetch).
+    jwks_down: bool,
 }
 
 /// The fake API server; dropped or [`FakeApiServer::stop`]ped, it stops listening and
@@ -245,6 +247,10 @@ impl FakeApiServer {
         self.lock().review_delay = delay;
     }
 
+    pub fn jwks_down(&self, down: bool) {
+        self.lock().jwks_down = down;
+    }
+
     pub fn reviews(&self) -> u64 {
         self.lock().reviews
     }
@@ -312,7 +318,10 @@ async fn answer(
         (Method::GET, "/openid/v1/jwks") => {
             let mut state = state.lock().unwrap();
             state.jwks_fetches += 1;
-            reply(StatusCode::OK, jwks(&state.keys))
+            match state.jwks_down {
+                true => reply(StatusCode::SERVICE_UNAVAILABLE, json!({"code": 503})),
+                false => reply(StatusCode::OK, jwks(&state.keys)),
+            }
         }
         (Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews") => {
             let body = Limited::new(request.into_body(), 64 * 1024)

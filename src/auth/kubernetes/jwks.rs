@@ -6,7 +6,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicI64, Ordering},
+    },
 };
 
 use jsonwebtoken::{
@@ -32,6 +35,9 @@ pub struct Jwks {
     fetcher: Fetcher,
     loaded: RwLock<Option<Arc<Loaded>>>,
     fetching: tokio::sync::Mutex<()>,
+    /// When keys were last asked for over HTTP, answered or not: while the issuer is
+    /// down, the keys held stay in use and it is asked again at most this often.
+    tried_at_ms: AtomicI64,
 }
 
 struct Loaded {
@@ -64,6 +70,7 @@ impl Jwks {
             fetcher,
             loaded: RwLock::new(None),
             fetching: tokio::sync::Mutex::new(()),
+            tried_at_ms: AtomicI64::new(i64::MIN),
         }
     }
 
@@ -155,6 +162,10 @@ impl Jwks {
         match &self.source {
             JwksSource::File(path) => loaded.stamp == stamp(path),
             JwksSource::Url(_) | JwksSource::Discovery(_) => {
+                let tried = now_ms.saturating_sub(self.tried_at_ms.load(Ordering::Relaxed));
+                if (0..UNKNOWN_KID_REFETCH_MS).contains(&tried) {
+                    return true;
+                }
                 let age = now_ms.saturating_sub(loaded.at_ms);
                 let refetch_after = match unknown_kid {
                     true => UNKNOWN_KID_REFETCH_MS,
@@ -166,6 +177,9 @@ impl Jwks {
     }
 
     async fn load(&self, now_ms: i64) -> Result<Loaded, String> {
+        if !matches!(self.source, JwksSource::File(_)) {
+            self.tried_at_ms.store(now_ms, Ordering::Relaxed);
+        }
         let (bytes, stamp) = match &self.source {
             JwksSource::File(path) => {
                 let before = stamp(path);
