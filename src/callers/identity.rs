@@ -39,10 +39,15 @@ impl Credential {
             Credential::Kubernetes {
                 namespace,
                 service_account,
-            } => format!("k8s:{namespace}/{service_account}"),
+            } => kubernetes_principal(namespace, service_account),
             _ => String::new(),
         }
     }
+}
+
+/// How the audit trail names a Kubernetes ServiceAccount: `k8s:namespace/name`.
+pub fn kubernetes_principal(namespace: &str, service_account: &str) -> String {
+    format!("k8s:{namespace}/{service_account}")
 }
 
 /// An authenticated caller, put into each request's extensions by the auth layer.
@@ -242,7 +247,7 @@ impl AuthError {
             AuthError::KubernetesUnbound {
                 namespace,
                 service_account,
-            } => format!("k8s:{namespace}/{service_account}"),
+            } => kubernetes_principal(namespace, service_account),
             _ => String::new(),
         }
     }

@@ -82,7 +82,7 @@ impl ServiceAccount {
 
     /// `k8s:namespace/serviceaccount`, as audit events record it.
     pub fn principal(&self) -> String {
-        format!("k8s:{}/{}", self.namespace, self.name)
+        crate::callers::identity::kubernetes_principal(&self.namespace, &self.name)
     }
 }
 
