@@ -9,19 +9,19 @@
 
 use std::future::Future;
 
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, MutexGuard, watch};
 
 pub struct Rounds {
-    /// How far the rounds have covered, and how many have ended (failed ones too, so
-    /// that their waiters look again and one of them runs the next round).
-    ended: watch::Sender<(u64, u64)>,
+    /// How far the rounds have covered. Every turn with the lock ends with a send,
+    /// covering more or not, so that whoever found the lock held looks again.
+    ended: watch::Sender<u64>,
     running: Mutex<()>,
 }
 
 impl Default for Rounds {
     fn default() -> Self {
         Self {
-            ended: watch::Sender::new((0, 0)),
+            ended: watch::Sender::new(0),
             running: Mutex::new(()),
         }
     }
@@ -41,51 +41,61 @@ impl Rounds {
     {
         let mut ended = self.ended.subscribe();
         loop {
-            let (covered, _) = *ended.borrow_and_update();
+            let covered = *ended.borrow_and_update();
             if let Some(answer) = done(covered) {
                 return answer;
             }
-            let Ok(_running) = self.running.try_lock() else {
-                // A round is running: wait for it to end, then look again. (The sender
-                // lives in `self`, so this cannot fail while `self` is borrowed.)
+            let Ok(running) = self.running.try_lock() else {
+                // Someone has the lock: wait for its turn to end, then look again. (The
+                // sender lives in `self`, so this cannot fail while `self` is borrowed.)
                 let _ = ended.changed().await;
                 continue;
+            };
+            // Told when this turn ends however it ends, even a runner whose call is
+            // dropped mid-round (its client gone): the others must not be left waiting.
+            let mut turn = Turn {
+                ended: &self.ended,
+                covers: None,
+                running: Some(running),
             };
             // A round may have ended between the look above and taking the lock.
             if let Some(answer) = done(self.covered()) {
                 return answer;
             }
-            // Told when the round ends however it ends: a runner whose call is
-            // dropped mid-round (its client gone) must not leave the others waiting.
-            let mut ending = Ending {
-                ended: &self.ended,
-                covers: None,
-            };
-            ending.covers = Some(round().await?);
+            turn.covers = Some(round().await?);
         }
     }
 
     /// How far the rounds have covered.
     pub fn covered(&self) -> u64 {
-        self.ended.borrow().0
+        *self.ended.borrow()
     }
 }
 
-/// Ends a round when dropped: records how far it covered (nothing if it failed or was
-/// dropped) and wakes the waiters.
-struct Ending<'a> {
-    ended: &'a watch::Sender<(u64, u64)>,
+/// One waiter's turn with the lock (a round, or only a look at how far the last one
+/// covered). When dropped it lets the lock go, then records how far its round covered
+/// (nothing if there was none, it failed or was dropped) and wakes the waiters.
+///
+/// Both, in that order: a waiter that finds the lock held waits for the next send, so
+/// every holder must send, and only once it has let go. Sent while still holding it, a
+/// waiter that looked after the send (not covered) and then found the lock held would
+/// wait for a send no one was left to make. Let go first, at worst a waiter takes the
+/// lock before the send and looks once more than needed.
+struct Turn<'a> {
+    ended: &'a watch::Sender<u64>,
     covers: Option<u64>,
+    running: Option<MutexGuard<'a, ()>>,
 }
 
-impl Drop for Ending<'_> {
+impl Drop for Turn<'_> {
     fn drop(&mut self) {
+        drop(self.running.take());
         let covers = self.covers;
-        self.ended.send_modify(|(covered, rounds)| {
+        // Sent (and the version bumped) whether or not it covers more.
+        self.ended.send_modify(|covered| {
             if let Some(covers) = covers {
                 *covered = (*covered).max(covers);
             }
-            *rounds += 1;
         });
     }
 }
@@ -128,6 +138,40 @@ mod tests {
         }
         assert_eq!(rounds.covered(), 64);
         assert!(ran.load(Ordering::SeqCst) < 8, "the waiters shared rounds");
+    }
+
+    /// A turn with the lock that ends while a waiter finds it held must still wake that
+    /// waiter. Two ways this was lost: a round's end told before its lock was let go,
+    /// and a look under the lock (covered already, no round) that told nothing. Either
+    /// left a waiter that looked (not covered) and then found the lock held waiting for
+    /// a round no one would run: a bench's account creation hung once in a few runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiter_that_misses_the_lock_as_a_round_ends_is_not_forgotten() {
+        let deadline = std::time::Duration::from_secs(10);
+        for _ in 0..2_000 {
+            let rounds = Arc::new(Rounds::default());
+            let written = Arc::new(AtomicU64::new(0));
+            let mut tasks = Vec::new();
+            for _ in 0..4 {
+                let (rounds, written) = (rounds.clone(), written.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mine = written.fetch_add(1, Ordering::SeqCst) + 1;
+                    rounds
+                        .until(
+                            |covered| (covered >= mine).then_some(Ok::<_, ()>(())),
+                            || async { Ok(written.load(Ordering::SeqCst)) },
+                        )
+                        .await
+                }));
+            }
+            for task in tasks {
+                tokio::time::timeout(deadline, task)
+                    .await
+                    .expect("every waiter is covered by a round")
+                    .unwrap()
+                    .unwrap();
+            }
+        }
     }
 
     #[tokio::test]
