@@ -121,7 +121,11 @@ struct Rows {
     reveal: Row,
     reveal_log_lines: Row,
     reveal_os_sync: Row,
+    /// The masked read, then a round of a group commit (see `DurableFloor`).
+    masked_durable: Row,
     two_whoami: Row,
+    /// Two GetCallerInfo, then a round of a group commit (see `DurableFloor`).
+    two_whoami_durable: Row,
     lease: Row,
     half_rate: Row,
     /// Store flushes timed while the half-rate load runs.
@@ -533,7 +537,7 @@ const RSS_LINE: &str = "RSS_100K_MIB ";
 /// Set: the bench caller pays no credits (no debit settles per hand-out).
 const UNMETERED: &str = "CREDVAULT_BENCH_UNMETERED";
 
-/// Runs one load alone for 10 s (`reveal`, `lease`, `whoami`, `whoami_jwt`, `masked` or
+/// Runs one load alone for 10 s (`reveal`, `reveal_os` (`audit.sync = "os"`), `lease`, `whoami`, `whoami_jwt`, `masked` or
 /// `check`), for a profiler; `etcd` runs the etcd rounds alone, `sled` all but them (and
 /// the RSS run).
 const ONLY: &str = "CREDVAULT_BENCH_ONLY";
@@ -615,6 +619,46 @@ async fn store_flush_latency() {
         "    of which the write mark (pwrite + fdatasync of its file), alone: p50 {mark_p50:.2} ms  p99 {mark_p99:.2} ms  = {:.0}% of the flush's p50",
         100.0 * mark_p50 / p50
     );
+}
+
+/// The least a durable hand-out adds to a read, shared as a hand-out's is: each call
+/// waits for a round of the same group commit a hand-out's audit event goes through
+/// (`credvault::rounds`), whose runner makes one small write and flushes the store. A
+/// hand-out does all of this and more (its event encoded, sealed and written in the
+/// round, its debit, the door), so no hand-out can beat a load built on this.
+struct DurableFloor {
+    store: std::sync::Arc<dyn credvault::store::Store>,
+    rounds: credvault::rounds::Rounds,
+    asked: std::sync::atomic::AtomicU64,
+}
+
+impl DurableFloor {
+    fn new(store: std::sync::Arc<dyn credvault::store::Store>) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            store,
+            rounds: credvault::rounds::Rounds::default(),
+            asked: Default::default(),
+        })
+    }
+
+    async fn commit(&self) -> Result<(), Status> {
+        use credvault::store::{Tree, Txn};
+        use std::sync::atomic::Ordering;
+        let mine = self.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        self.rounds
+            .until(
+                |covered| (covered >= mine).then_some(Ok(())),
+                || async {
+                    let covers = self.asked.load(Ordering::SeqCst);
+                    let txn = Txn::new().put(Tree::Meta, b"bench-floor", &covers.to_be_bytes());
+                    let failed = |e: credvault::store::StoreError| Status::internal(e.to_string());
+                    self.store.commit(txn).await.map_err(failed)?;
+                    self.store.flush().await.map_err(failed)?;
+                    Ok(covers)
+                },
+            )
+            .await
+    }
 }
 
 /// What any durable hand-out waits for at least, timed beside a load: one small write
@@ -769,6 +813,21 @@ async fn run() {
             }
         }
     };
+    // Floors under durable hand-outs: the same calls, then the least a durable answer
+    // adds (see `DurableFloor`; in this process, no audit event, no debit).
+    let durable = DurableFloor::new(store.clone());
+    let masked_durable = {
+        let (masked, durable) = (masked(auth.clone()), durable.clone());
+        move |channel: Channel, i: u64| {
+            let (masked, durable) = (masked.clone(), durable.clone());
+            async move {
+                let at = Instant::now();
+                masked(channel, i).await?;
+                durable.commit().await?;
+                Ok(at.elapsed())
+            }
+        }
+    };
     // The floor under an acquire-and-release pair: any two authenticated calls.
     let two_whoami = move |auth: Auth| {
         let whoami = whoami(auth);
@@ -778,6 +837,18 @@ async fn run() {
                 let latency = whoami(channel.clone(), i).await?;
                 whoami(channel, i).await?;
                 Ok(latency)
+            }
+        }
+    };
+    let two_whoami_durable = {
+        let (two, durable) = (two_whoami(auth.clone()), durable.clone());
+        move |channel: Channel, i: u64| {
+            let (two, durable) = (two.clone(), durable.clone());
+            async move {
+                let at = Instant::now();
+                two(channel, i).await?;
+                durable.commit().await?;
+                Ok(at.elapsed())
             }
         }
     };
@@ -792,6 +863,7 @@ async fn run() {
                 .map(|rate| rate / (CONNECTIONS * IN_FLIGHT) as f64);
             stats.merge(match only.as_str() {
                 "reveal" => drive(&channels, paced, reveal(auth.clone())).await,
+                "reveal_os" => drive(&os_channels, paced, reveal(os_sync.auth.clone())).await,
                 "lease" => drive(&channels, paced, lease(auth.clone())).await,
                 "whoami" => drive(&channels, paced, whoami(auth.clone())).await,
                 "whoami_jwt" => drive(&channels, paced, whoami(jwt.clone())).await,
@@ -828,6 +900,8 @@ async fn run() {
             .add(drive(&channels, None, whoami(jwt.clone())).await, base);
         rows.masked
             .add(drive(&channels, None, masked(auth.clone())).await, base);
+        rows.masked_durable
+            .add(drive(&channels, None, masked_durable.clone()).await, base);
         let (reveals, bytes) =
             with_log_bytes(&log, drive(&channels, None, reveal(auth.clone()))).await;
         rows.reveal.add(reveals, base);
@@ -845,6 +919,10 @@ async fn run() {
         );
         let two = drive(&channels, None, two_whoami(auth.clone())).await;
         rows.two_whoami.add(two, base);
+        rows.two_whoami_durable.add(
+            drive(&channels, None, two_whoami_durable.clone()).await,
+            base,
+        );
         let pairs = drive(&channels, None, lease(auth.clone())).await;
         // At half of this round's peak, each of the tasks paced (open loop).
         let per_task = pairs.rate() / 2.0 / (CONNECTIONS * IN_FLIGHT) as f64;
@@ -871,6 +949,8 @@ async fn run() {
         .print("GetCallerInfo with a JWT (the same caller)");
     rows.masked
         .print("  floor: GetAccount masked (same accounts, no audit)");
+    rows.masked_durable
+        .print("  floor: GetAccount masked + a group-committed flush");
     rows.reveal
         .print("RevealAccount, 1,000 accounts (metered caller)");
     println!(
@@ -887,6 +967,8 @@ async fn run() {
         .print("RevealAccount with [audit] sync = \"os\"");
     rows.two_whoami
         .print("  floor: two GetCallerInfo in a row, per pair");
+    rows.two_whoami_durable
+        .print("  floor: the two + a group-committed flush, per pair");
     rows.lease
         .print("AcquireLease (each then released), 100 × 8");
     println!(
@@ -929,6 +1011,12 @@ async fn run() {
         "lease_pair_vs_two_calls": per_round(&rows.lease, &rows.two_whoami),
         "lease_half_p99_vs_flush_probe_p99": round(half_p99 / rows.probe.all.percentile_ms(99), 3),
         "reveal_os_sync_vs_masked": per_round(&rows.reveal_os_sync, &rows.masked),
+        // What the durable floors leave of the reveal and pair targets: above the
+        // target, it is within reach; below, no durable hand-out can meet it here.
+        "masked_durable_vs_masked": per_round(&rows.masked_durable, &rows.masked),
+        "reveal_vs_masked_durable": per_round(&rows.reveal, &rows.masked_durable),
+        "two_calls_durable_vs_two_calls": per_round(&rows.two_whoami_durable, &rows.two_whoami),
+        "lease_pair_vs_two_calls_durable": per_round(&rows.lease, &rows.two_whoami_durable),
         "reveal_log_lines_vs_off": round(
             median(&rows.reveal_log_lines.rates) / median(&rows.reveal.rates),
             3,
@@ -942,10 +1030,12 @@ async fn run() {
         ("whoami_key", &mut rows.whoami),
         ("whoami_jwt", &mut rows.whoami_jwt),
         ("masked", &mut rows.masked),
+        ("masked_durable", &mut rows.masked_durable),
         ("reveal", &mut rows.reveal),
         ("reveal_os_sync", &mut rows.reveal_os_sync),
         ("reveal_log_lines", &mut rows.reveal_log_lines),
         ("two_calls", &mut rows.two_whoami),
+        ("two_calls_durable", &mut rows.two_whoami_durable),
         ("lease_pair", &mut rows.lease),
         ("lease_half", &mut rows.half_rate),
         ("flush_probe", &mut rows.probe),
