@@ -537,9 +537,9 @@ const RSS_LINE: &str = "RSS_100K_MIB ";
 /// Set: the bench caller pays no credits (no debit settles per hand-out).
 const UNMETERED: &str = "CREDVAULT_BENCH_UNMETERED";
 
-/// Runs one load alone for 10 s (`reveal`, `reveal_os` (`audit.sync = "os"`), `lease`, `whoami`, `whoami_jwt`, `masked` or
-/// `check`), for a profiler; `etcd` runs the etcd rounds alone, `sled` all but them (and
-/// the RSS run).
+/// Runs one load alone for 10 s (`reveal`, `reveal_os` (with `audit.sync = "os"`),
+/// `lease`, `whoami`, `whoami_jwt`, `masked` or `check`), for a profiler; `etcd` runs
+/// the etcd rounds alone, `sled` all but them (and the RSS run).
 const ONLY: &str = "CREDVAULT_BENCH_ONLY";
 
 /// RSS of a serving credvault with 100,000 accounts (in its own process): the one that
