@@ -661,6 +661,26 @@ impl DurableFloor {
     }
 }
 
+/// `call`, then a round of `durable`: the durable floor under that load.
+fn then_durable<F, Fut>(
+    call: F,
+    durable: std::sync::Arc<DurableFloor>,
+) -> impl Fn(Channel, u64) -> CallFuture + Clone + Send + 'static
+where
+    F: Fn(Channel, u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Duration, Status>> + Send + 'static,
+{
+    move |channel: Channel, i: u64| {
+        let (call, durable) = (call.clone(), durable.clone());
+        Box::pin(async move {
+            let at = Instant::now();
+            call(channel, i).await?;
+            durable.commit().await?;
+            Ok(at.elapsed())
+        })
+    }
+}
+
 /// What any durable hand-out waits for at least, timed beside a load: one small write
 /// and a flush of the same store (through the store's group commit, where a
 /// hand-out's flush goes too), every 5 ms for one measurement window.
@@ -816,18 +836,7 @@ async fn run() {
     // Floors under durable hand-outs: the same calls, then the least a durable answer
     // adds (see `DurableFloor`; in this process, no audit event, no debit).
     let durable = DurableFloor::new(store.clone());
-    let masked_durable = {
-        let (masked, durable) = (masked(auth.clone()), durable.clone());
-        move |channel: Channel, i: u64| {
-            let (masked, durable) = (masked.clone(), durable.clone());
-            async move {
-                let at = Instant::now();
-                masked(channel, i).await?;
-                durable.commit().await?;
-                Ok(at.elapsed())
-            }
-        }
-    };
+    let masked_durable = then_durable(masked(auth.clone()), durable.clone());
     // The floor under an acquire-and-release pair: any two authenticated calls.
     let two_whoami = move |auth: Auth| {
         let whoami = whoami(auth);
@@ -840,18 +849,7 @@ async fn run() {
             }
         }
     };
-    let two_whoami_durable = {
-        let (two, durable) = (two_whoami(auth.clone()), durable.clone());
-        move |channel: Channel, i: u64| {
-            let (two, durable) = (two.clone(), durable.clone());
-            async move {
-                let at = Instant::now();
-                two(channel, i).await?;
-                durable.commit().await?;
-                Ok(at.elapsed())
-            }
-        }
-    };
+    let two_whoami_durable = then_durable(two_whoami(auth.clone()), durable.clone());
     // For a profiler: one load alone for 10 s, then exit.
     if let Ok(only) = std::env::var(ONLY)
         && only != "sled"
