@@ -7,6 +7,7 @@ mod support;
 use std::{sync::Arc, time::Duration};
 
 use credvault::{
+    accounts::{NewAccount, SessionInput},
     clock::SystemClock,
     server::{self, Listeners},
 };
@@ -15,6 +16,20 @@ use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+
+/// The `credvault_lease_waiters` gauge for pixverse, scraped from `/metrics`.
+async fn lease_waiters(metrics: std::net::SocketAddr) -> Option<f64> {
+    credvault::refresh::providers::install_crypto_provider();
+    let page = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    page.lines()
+        .find(|l| l.starts_with("credvault_lease_waiters{") && l.contains("provider=\"pixverse\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
 
 async fn probe(addr: std::net::SocketAddr, service: &str) -> Option<ServingStatus> {
     let channel = Channel::from_shared(format!("http://{addr}"))
@@ -37,15 +52,32 @@ async fn the_probe_port_follows_readiness_and_shutdown() {
     let mut config = support::config(dir.path(), &support::new_key());
     config.health_listen = "127.0.0.1:0".into();
     config.shutdown_grace_secs = 10;
+    config.metrics_listen = "127.0.0.1:0".into();
     let settings = config.resolve().unwrap();
 
     // Bound, vault not open yet: the probe answers, and says not ready.
     let listeners = Listeners::bind(&settings).await.unwrap();
     let health = listeners.health_addr().expect("a probe port");
     let api = listeners.tcp_addr().unwrap();
+    let metrics = listeners.metrics_addr().expect("a metrics listener");
     assert_eq!(probe(health, "").await, Some(ServingStatus::NotServing));
 
     let vault = support::open_vault(&settings, Arc::new(SystemClock)).await;
+    vault
+        .accounts
+        .create(NewAccount {
+            provider: "pixverse".into(),
+            email: "one@example.com".into(),
+            password: Some("pw-123456".to_owned().into()),
+            max_jobs: 1,
+            session: Some(SessionInput {
+                token: support::upstream_jwt(1_900_000_000, "one").into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server::run(
         vault,
@@ -79,18 +111,38 @@ async fn the_probe_port_follows_readiness_and_shutdown() {
             .unwrap_err();
     assert_eq!(elsewhere.code(), tonic::Code::Unimplemented);
 
-    // A watcher keeps the API draining after the stop; the probe says so meanwhile.
+    // An AcquireLease waiting for a slot keeps the API draining after the stop (for up
+    // to the 10 s grace); the probe says so meanwhile. (A watch would not: open watches
+    // end at shutdown, and the drain after them was too short for a probe on a loaded
+    // machine to see.) The only slot of the only account is held first, and the stop
+    // is sent once the metrics say the second acquire waits for it.
     let channel = Channel::from_shared(format!("http://{api}"))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let watch =
-        proto::credentials_client::CredentialsClient::with_interceptor(channel, Auth::admin())
-            .watch_credentials(proto::WatchCredentialsRequest::default())
-            .await
-            .unwrap()
-            .into_inner();
+    let mut credentials =
+        proto::credentials_client::CredentialsClient::with_interceptor(channel, Auth::admin());
+    let acquire = |wait_secs| proto::AcquireLeaseRequest {
+        provider: "pixverse".into(),
+        wait_timeout: Some(prost_types::Duration {
+            seconds: wait_secs,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    let _held = credentials.acquire_lease(acquire(0)).await.unwrap();
+    let waiting = {
+        let mut credentials = credentials.clone();
+        tokio::spawn(async move { credentials.acquire_lease(acquire(60)).await })
+    };
+    assert!(
+        support::eventually(Duration::from_secs(10), async || {
+            lease_waiters(metrics).await == Some(1.0)
+        })
+        .await,
+        "the second AcquireLease waits for the slot"
+    );
     stop.send(()).unwrap();
     assert!(
         support::eventually(Duration::from_secs(5), async || {
@@ -99,8 +151,8 @@ async fn the_probe_port_follows_readiness_and_shutdown() {
         .await,
         "NOT_SERVING while draining"
     );
-    assert!(!serving.is_finished(), "still draining the watcher");
-    drop(watch);
+    assert!(!serving.is_finished(), "still draining the waiting acquire");
+    waiting.abort();
     serving.await.unwrap().unwrap();
     assert_eq!(probe(health, "").await, None, "the probe port closes last");
 }
