@@ -7,7 +7,6 @@ mod support;
 use std::{sync::Arc, time::Duration};
 
 use credvault::{
-    accounts::{NewAccount, SessionInput},
     clock::SystemClock,
     server::{self, Listeners},
 };
@@ -63,21 +62,6 @@ async fn the_probe_port_follows_readiness_and_shutdown() {
     assert_eq!(probe(health, "").await, Some(ServingStatus::NotServing));
 
     let vault = support::open_vault(&settings, Arc::new(SystemClock)).await;
-    vault
-        .accounts
-        .create(NewAccount {
-            provider: "pixverse".into(),
-            email: "one@example.com".into(),
-            password: Some("pw-123456".to_owned().into()),
-            max_jobs: 1,
-            session: Some(SessionInput {
-                token: support::upstream_jwt(1_900_000_000, "one").into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server::run(
         vault,
@@ -114,11 +98,15 @@ async fn the_probe_port_follows_readiness_and_shutdown() {
     // An AcquireLease waiting for a slot keeps the API draining after the stop (for up
     // to the 10 s grace); the probe says so meanwhile. (A watch would not: open watches
     // end at shutdown, and the drain after them was too short for a probe on a loaded
-    // machine to see.) The only slot of the only account is held first, and the stop
+    // machine to see.) The only slot of the only account (maxJobs 1) is held first, and the stop
     // is sent once the metrics say the second acquire waits for it.
     let channel = Channel::from_shared(format!("http://{api}"))
         .unwrap()
         .connect()
+        .await
+        .unwrap();
+    proto::accounts_client::AccountsClient::with_interceptor(channel.clone(), Auth::admin())
+        .create_account(support::leasable("one@example.com", "pw-123456", 1))
         .await
         .unwrap();
     let mut credentials =

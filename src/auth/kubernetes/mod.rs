@@ -53,6 +53,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The refusal in words (what every error and log line about it says).
     pub fn reason(self) -> &'static str {
         match self {
             Refusal::Malformed => "it is not a JWT",
@@ -72,12 +73,6 @@ impl Refusal {
                 "the API server's review names another ServiceAccount or pod than the token"
             }
         }
-    }
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.reason())
     }
 }
 
