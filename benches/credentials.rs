@@ -126,6 +126,9 @@ struct Rows {
     two_whoami: Row,
     /// Two GetCallerInfo, then a round of a group commit (see `DurableFloor`).
     two_whoami_durable: Row,
+    /// A RevealAccount of a pool account, then a GetCallerInfo: what a lease pair
+    /// does at least.
+    reveal_whoami: Row,
     lease: Row,
     half_rate: Row,
     /// Store flushes timed while the half-rate load runs.
@@ -431,15 +434,24 @@ async fn serve(settings: &credvault::config::Settings) -> Bench {
 /// What one load's call answers: the latency to record.
 type CallFuture = std::pin::Pin<Box<dyn Future<Output = Result<Duration, Status>> + Send>>;
 
-/// RevealAccount of `prefix{i % accounts}@example.com` (pixverse).
+/// RevealAccount of `user{i % 1000}@example.com` (pixverse).
 fn reveal(auth: Auth) -> impl Fn(Channel, u64) -> CallFuture + Clone + Send + 'static {
+    reveal_of(auth, "pixverse", 1000)
+}
+
+/// RevealAccount of `user{i % accounts}@example.com` of `provider`.
+fn reveal_of(
+    auth: Auth,
+    provider: &'static str,
+    accounts: u64,
+) -> impl Fn(Channel, u64) -> CallFuture + Clone + Send + 'static {
     move |channel: Channel, i: u64| {
         let auth = auth.clone();
         Box::pin(async move {
             let mut client = CredentialsClient::with_interceptor(channel, auth);
             let request = proto::RevealAccountRequest {
-                provider: "pixverse".into(),
-                email: format!("user{}@example.com", i % 1000),
+                provider: provider.into(),
+                email: format!("user{}@example.com", i % accounts),
             };
             let at = Instant::now();
             client.reveal_account(request).await?;
@@ -538,8 +550,9 @@ const RSS_LINE: &str = "RSS_100K_MIB ";
 const UNMETERED: &str = "CREDVAULT_BENCH_UNMETERED";
 
 /// Runs one load alone for 10 s (`reveal`, `reveal_os` (with `audit.sync = "os"`),
-/// `lease`, `whoami`, `whoami_jwt`, `masked` or `check`), for a profiler; `etcd` runs
-/// the etcd rounds alone, `sled` all but them (and the RSS run).
+/// `lease`, `whoami`, `whoami_jwt`, `masked` or `check`), for a profiler; `pairs` the
+/// lease pair and its floors in interleaved rounds, for an A/B; `etcd` runs the etcd
+/// rounds alone, `sled` all but them (and the RSS run).
 const ONLY: &str = "CREDVAULT_BENCH_ONLY";
 
 /// RSS of a serving credvault with 100,000 accounts (in its own process): the one that
@@ -850,10 +863,68 @@ async fn run() {
         }
     };
     let two_whoami_durable = then_durable(two_whoami(auth.clone()), durable.clone());
+    // The floor under a durable lease pair: what an AcquireLease must do at least (an
+    // authenticated call that reads and opens a pool account's sealed record and hands
+    // its token out through the door, durably debited and audited) is a RevealAccount of
+    // that account; the release, at least an authenticated call.
+    let reveal_whoami = move |auth: Auth| {
+        let reveal = reveal_of(auth.clone(), "pool", 100);
+        let whoami = whoami(auth);
+        move |channel: Channel, i: u64| {
+            let (reveal, whoami) = (reveal.clone(), whoami.clone());
+            async move {
+                let latency = reveal(channel.clone(), i).await?;
+                whoami(channel, i).await?;
+                Ok(latency)
+            }
+        }
+    };
+    if std::env::var(ONLY).as_deref() == Ok("pairs") {
+        // The pair and its floors alone, for an A/B: ratios to two calls per round.
+        let loads = [
+            "two calls",
+            "two calls + a flush",
+            "reveal + a call",
+            "lease pair",
+        ];
+        let mut rows: Vec<Row> = loads.iter().map(|_| Row::default()).collect();
+        for _ in 0..rounds {
+            let two = drive(&channels, None, two_whoami(auth.clone())).await;
+            let base = two.rate();
+            rows[0].add(two, base);
+            rows[1].add(
+                drive(&channels, None, two_whoami_durable.clone()).await,
+                base,
+            );
+            rows[2].add(
+                drive(&channels, None, reveal_whoami(auth.clone())).await,
+                base,
+            );
+            rows[3].add(drive(&channels, None, lease(auth.clone())).await, base);
+        }
+        for (name, row) in loads.iter().zip(&rows) {
+            println!(
+                "  {name:<22} {:>7.0} pairs/s  CPU {:>6.1} µs/pair  ×two calls {:.3}  ({})",
+                median(&row.rates),
+                median(&row.cpu),
+                median(&row.ratios),
+                row.ratios
+                    .iter()
+                    .map(|r| format!("{r:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        let _ = stop.send(());
+        serving.await.unwrap().unwrap();
+        return;
+    }
     // For a profiler: one load alone for 10 s, then exit.
     if let Ok(only) = std::env::var(ONLY)
         && only != "sled"
     {
+        // For `callgrind_control -i on` (run under `valgrind --instr-atstart=no`).
+        println!("  {only}: the load starts");
         let until = Instant::now() + Duration::from_secs(10);
         let mut stats = Stats::default();
         while Instant::now() < until {
@@ -872,7 +943,8 @@ async fn run() {
         stats.elapsed = Duration::from_secs(10);
         let (p50, p99) = (stats.percentile_ms(50), stats.percentile_ms(99));
         println!(
-            "  {only} alone: {:.0}/s p50 {p50:.2} ms p99 {p99:.2} ms {:?}",
+            "  {only} alone: {} calls, {:.0}/s p50 {p50:.2} ms p99 {p99:.2} ms {:?}",
+            stats.latencies.len(),
             stats.rate(),
             stats.codes
         );
@@ -921,6 +993,10 @@ async fn run() {
             drive(&channels, None, two_whoami_durable.clone()).await,
             base,
         );
+        rows.reveal_whoami.add(
+            drive(&channels, None, reveal_whoami(auth.clone())).await,
+            base,
+        );
         let pairs = drive(&channels, None, lease(auth.clone())).await;
         // At half of this round's peak, each of the tasks paced (open loop).
         let per_task = pairs.rate() / 2.0 / (CONNECTIONS * IN_FLIGHT) as f64;
@@ -967,6 +1043,8 @@ async fn run() {
         .print("  floor: two GetCallerInfo in a row, per pair");
     rows.two_whoami_durable
         .print("  floor: the two + a group-committed flush, per pair");
+    rows.reveal_whoami
+        .print("  floor: RevealAccount of a pool account + GetCallerInfo");
     rows.lease
         .print("AcquireLease (each then released), 100 × 8");
     println!(
@@ -1015,6 +1093,9 @@ async fn run() {
         "reveal_vs_masked_durable": per_round(&rows.reveal, &rows.masked_durable),
         "two_calls_durable_vs_two_calls": per_round(&rows.two_whoami_durable, &rows.two_whoami),
         "lease_pair_vs_two_calls_durable": per_round(&rows.lease, &rows.two_whoami_durable),
+        // The floor a lease pair cannot beat: a reveal of the same accounts and a call.
+        "reveal_then_call_vs_two_calls": per_round(&rows.reveal_whoami, &rows.two_whoami),
+        "lease_pair_vs_reveal_then_call": per_round(&rows.lease, &rows.reveal_whoami),
         "reveal_log_lines_vs_off": round(
             median(&rows.reveal_log_lines.rates) / median(&rows.reveal.rates),
             3,
@@ -1034,6 +1115,7 @@ async fn run() {
         ("reveal_log_lines", &mut rows.reveal_log_lines),
         ("two_calls", &mut rows.two_whoami),
         ("two_calls_durable", &mut rows.two_whoami_durable),
+        ("reveal_then_call", &mut rows.reveal_whoami),
         ("lease_pair", &mut rows.lease),
         ("lease_half", &mut rows.half_rate),
         ("flush_probe", &mut rows.probe),

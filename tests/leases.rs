@@ -575,6 +575,22 @@ async fn scope_credit_and_lookup_refusals() {
             "no account of provider pixverse is available to this caller"
         )
     );
+    // A scope covering part of the provider: a pool lease comes from that part only.
+    account(&server, "ops@other.example.com", 2).await;
+    for _ in 0..3 {
+        let lease = client
+            .acquire_lease(acquire("pixverse", "", 60, 0))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(lease.email, "ops@other.example.com");
+        client
+            .release_lease(proto::ReleaseLeaseRequest {
+                lease_id: lease.lease_id,
+            })
+            .await
+            .unwrap();
+    }
 
     let broke = consumer(&server, "broke@example.com", &["pixverse"], 0).await;
     let mut client = server.credentials(broke).await;

@@ -152,6 +152,13 @@ impl Caller {
         })
     }
 
+    /// Whether the caller may have the credentials of every account of `provider`:
+    /// admins, and consumers with a scope naming the whole provider. When not, each
+    /// account is still checked with [`Caller::require_reach`].
+    pub fn reaches_provider(&self, provider: &str) -> bool {
+        self.is_admin() || scope::covers_provider(&self.scopes, provider)
+    }
+
     /// Whether the caller may have this account's credentials: admins always,
     /// consumers when one of their scopes covers it.
     pub fn require_reach(&self, provider: &str, email: &str) -> Result<(), Denied> {

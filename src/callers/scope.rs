@@ -25,6 +25,11 @@ pub fn parse(scope: &str) -> Result<String, FieldError> {
     Ok(scope.to_lowercase())
 }
 
+/// Whether one of `scopes` covers every account of `provider` (a bare provider scope).
+pub fn covers_provider(scopes: &[String], provider: &str) -> bool {
+    scopes.iter().any(|scope| scope == provider)
+}
+
 /// Whether any of `scopes` covers the account.
 pub fn covers(scopes: &[String], provider: &str, email: &str) -> bool {
     scopes.iter().any(|scope| match scope.split_once('/') {
@@ -73,6 +78,17 @@ mod tests {
         assert!(covers(&["p/user?@x.io".to_owned()], "p", "user7@x.io"));
         assert!(!covers(&["p/user?@x.io".to_owned()], "p", "user77@x.io"));
         assert!(!covers(&[], "p", "a@x.io"));
+    }
+
+    #[test]
+    fn only_a_bare_provider_scope_covers_the_whole_provider() {
+        let scopes = vec!["pixverse/*".to_owned(), "dataapi".to_owned()];
+        assert!(covers_provider(&scopes, "dataapi"));
+        // A glob scope is checked account by account, even one that matches them all.
+        assert!(!covers_provider(&scopes, "pixverse"));
+        assert!(covers(&scopes, "pixverse", "a@x.io"));
+        assert!(!covers_provider(&scopes, "data"));
+        assert!(!covers_provider(&[], "dataapi"));
     }
 
     #[test]

@@ -225,6 +225,9 @@ impl LeaseService {
             None => self.accounts.provider_entries(&request.provider)?,
         };
         let ready_until = now + self.settings.min_token_validity_secs.saturating_mul(1000);
+        // Checked once for the provider; account by account only when the caller's
+        // scopes reach part of it.
+        let reaches_all = caller.reaches_provider(&request.provider);
         let mut pool = Pool {
             candidates: Vec::new(),
             unserved: Vec::new(),
@@ -235,7 +238,7 @@ impl LeaseService {
                 .labels
                 .iter()
                 .all(|(k, v)| m.labels.get(k) == Some(v))
-                && caller.require_reach(&m.provider, &m.email).is_ok();
+                && (reaches_all || caller.require_reach(&m.provider, &m.email).is_ok());
             if !wanted {
                 continue;
             }
@@ -339,20 +342,30 @@ impl LeaseService {
         }
     }
 
-    /// The least loaded usable account with a free slot; random among ties.
+    /// The least loaded usable account with a free slot; random among ties. The loads
+    /// are read together, under the slot table's lock once.
     fn choose<'a>(&self, candidates: &'a [Candidate], tried_login: bool) -> Option<&'a Candidate> {
-        let open: Vec<(usize, &Candidate)> = candidates
+        let usable: Vec<&Candidate> = candidates
             .iter()
             .filter(|c| c.usable(tried_login))
-            .map(|c| (self.slots.held(&c.entry.key), c))
-            .filter(|(load, c)| *load < c.max_jobs())
             .collect();
-        let least = open.iter().map(|(load, _)| *load).min()?;
-        let tied: Vec<&Candidate> = open
-            .iter()
-            .filter(|(l, _)| *l == least)
-            .map(|(_, c)| *c)
-            .collect();
+        let keys: Vec<&AccountKey> = usable.iter().map(|c| &c.entry.key).collect();
+        let held = self.slots.held_each(&keys);
+        let mut least = usize::MAX;
+        let mut tied: Vec<&Candidate> = Vec::new();
+        for (candidate, load) in usable.into_iter().zip(held) {
+            if load >= candidate.max_jobs() || load > least {
+                continue;
+            }
+            if load < least {
+                least = load;
+                tied.clear();
+            }
+            tied.push(candidate);
+        }
+        if tied.is_empty() {
+            return None;
+        }
         Some(tied[random_below(tied.len() as u64) as usize])
     }
 

@@ -480,6 +480,11 @@ impl SlotTable for ClusterSlots {
         self.mirror().table.count(key)
     }
 
+    fn held_each(&self, keys: &[&AccountKey]) -> Vec<usize> {
+        let mirror = self.mirror();
+        keys.iter().map(|key| mirror.table.count(key)).collect()
+    }
+
     fn leases_of(&self, key: &AccountKey) -> Vec<LeaseRecord> {
         self.mirror().table.of_account(key)
     }

@@ -167,6 +167,11 @@ impl SlotTable for LocalSlots {
         self.table().count(key)
     }
 
+    fn held_each(&self, keys: &[&AccountKey]) -> Vec<usize> {
+        let table = self.table();
+        keys.iter().map(|key| table.count(key)).collect()
+    }
+
     fn leases_of(&self, key: &AccountKey) -> Vec<LeaseRecord> {
         self.table().of_account(key)
     }

@@ -2,6 +2,8 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use foldhash::fast::RandomState;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{accounts::AccountKey, audit::Subject};
@@ -35,10 +37,12 @@ impl LeaseRecord {
     }
 }
 
+/// The maps hash with foldhash (seeded per process): an AcquireLease looks every
+/// candidate account up, and SipHash made that most of choosing among 100.
 #[derive(Default)]
 pub struct Table {
-    leases: HashMap<String, LeaseRecord>,
-    by_account: HashMap<AccountKey, HashSet<String>>,
+    leases: HashMap<String, LeaseRecord, RandomState>,
+    by_account: HashMap<AccountKey, HashSet<String, RandomState>, RandomState>,
     by_expiry: BTreeSet<(i64, String)>,
 }
 
