@@ -171,13 +171,15 @@ impl Row {
             median(&self.rates),
             median(&self.cpu),
             median(&self.ratios),
-            self.ratios
-                .iter()
-                .map(|r| format!("{r:.2}"))
-                .collect::<Vec<_>>()
-                .join(" "),
+            self.round_ratios(),
             self.all.codes
         );
+    }
+
+    /// Each round's ratio, as printed.
+    fn round_ratios(&self) -> String {
+        let ratios: Vec<String> = self.ratios.iter().map(|r| format!("{r:.2}")).collect();
+        ratios.join(" ")
     }
 }
 
@@ -908,11 +910,7 @@ async fn run() {
                 median(&row.rates),
                 median(&row.cpu),
                 median(&row.ratios),
-                row.ratios
-                    .iter()
-                    .map(|r| format!("{r:.2}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
+                row.round_ratios()
             );
         }
         let _ = stop.send(());
