@@ -225,8 +225,10 @@ impl LeaseService {
             None => self.accounts.provider_entries(&request.provider)?,
         };
         let ready_until = now + self.settings.min_token_validity_secs.saturating_mul(1000);
-        // Checked once for the provider; account by account only when the caller's
-        // scopes reach part of it.
+        // Checked once for the provider (a bare provider scope, or an admin); account
+        // by account when the caller's scopes reach only part of it. The entry's own
+        // provider is compared too, so the shortcut covers exactly what
+        // `require_reach` would.
         let reaches_all = caller.reaches_provider(&request.provider);
         let mut pool = Pool {
             candidates: Vec::new(),
@@ -238,7 +240,8 @@ impl LeaseService {
                 .labels
                 .iter()
                 .all(|(k, v)| m.labels.get(k) == Some(v))
-                && (reaches_all || caller.require_reach(&m.provider, &m.email).is_ok());
+                && ((reaches_all && m.provider == request.provider)
+                    || caller.require_reach(&m.provider, &m.email).is_ok());
             if !wanted {
                 continue;
             }
