@@ -676,6 +676,27 @@ impl DurableFloor {
     }
 }
 
+/// `first`, then `second` on the same connection: one pair, timed by `first`'s latency.
+fn in_turn<A, FutA, B, FutB>(
+    first: A,
+    second: B,
+) -> impl Fn(Channel, u64) -> CallFuture + Clone + Send + Sync + 'static
+where
+    A: Fn(Channel, u64) -> FutA + Clone + Send + Sync + 'static,
+    FutA: Future<Output = Result<Duration, Status>> + Send + 'static,
+    B: Fn(Channel, u64) -> FutB + Clone + Send + Sync + 'static,
+    FutB: Future<Output = Result<Duration, Status>> + Send + 'static,
+{
+    move |channel: Channel, i: u64| {
+        let (first, second) = (first.clone(), second.clone());
+        Box::pin(async move {
+            let latency = first(channel.clone(), i).await?;
+            second(channel, i).await?;
+            Ok(latency)
+        })
+    }
+}
+
 /// `call`, then a round of `durable`: the durable floor under that load.
 fn then_durable<F, Fut>(
     call: F,
@@ -853,34 +874,14 @@ async fn run() {
     let durable = DurableFloor::new(store.clone());
     let masked_durable = then_durable(masked(auth.clone()), durable.clone());
     // The floor under an acquire-and-release pair: any two authenticated calls.
-    let two_whoami = move |auth: Auth| {
-        let whoami = whoami(auth);
-        move |channel: Channel, i: u64| {
-            let whoami = whoami.clone();
-            async move {
-                let latency = whoami(channel.clone(), i).await?;
-                whoami(channel, i).await?;
-                Ok(latency)
-            }
-        }
-    };
+    let two_whoami = move |auth: Auth| in_turn(whoami(auth.clone()), whoami(auth));
     let two_whoami_durable = then_durable(two_whoami(auth.clone()), durable.clone());
     // The floor under a durable lease pair: what an AcquireLease must do at least (an
     // authenticated call that reads and opens a pool account's sealed record and hands
     // its token out through the door, durably debited and audited) is a RevealAccount of
     // that account; the release, at least an authenticated call.
-    let reveal_whoami = move |auth: Auth| {
-        let reveal = reveal_of(auth.clone(), "pool", 100);
-        let whoami = whoami(auth);
-        move |channel: Channel, i: u64| {
-            let (reveal, whoami) = (reveal.clone(), whoami.clone());
-            async move {
-                let latency = reveal(channel.clone(), i).await?;
-                whoami(channel, i).await?;
-                Ok(latency)
-            }
-        }
-    };
+    let reveal_whoami =
+        move |auth: Auth| in_turn(reveal_of(auth.clone(), "pool", 100), whoami(auth));
     if std::env::var(ONLY).as_deref() == Ok("pairs") {
         // The pair and its floors alone, for an A/B: ratios to two calls per round.
         let loads = [

@@ -39,9 +39,7 @@ pub trait SlotTable: Send + Sync + 'static {
 
     /// How many slots of each of these accounts are held, read at one moment (under
     /// one lock, where [`SlotTable::held`] takes it once per account).
-    fn held_each(&self, keys: &[&AccountKey]) -> Vec<usize> {
-        keys.iter().map(|key| self.held(key)).collect()
-    }
+    fn held_each(&self, keys: &[&AccountKey]) -> Vec<usize>;
 
     /// The leases holding slots of this account.
     fn leases_of(&self, key: &AccountKey) -> Vec<LeaseRecord>;
