@@ -521,25 +521,33 @@ pub async fn run(
         });
         tokio::spawn(exporter::serve(metrics, sources, stop_rx.clone()));
     }
-    if let Some(tcp) = tcp {
-        let routes = router(&vault, &services, health.clone(), tls)?;
+    // Every router is built (the steps that can fail) and the health service says
+    // SERVING before any of them answers: a call that connected early (the listeners
+    // were bound, and "credvault serving" logged, before this) is answered by a ready
+    // vault and never reads NOT_SERVING from it.
+    let tcp = match tcp {
+        Some(tcp) => Some((tcp, router(&vault, &services, health.clone(), tls)?)),
+        None => None,
+    };
+    let unix = match unix {
+        Some((unix, path)) => Some((unix, path, router(&vault, &services, health.clone(), None)?)),
+        None => None,
+    };
+    set_health(&health_reporter, ServingStatus::Serving).await;
+    if let Some((tcp, routes)) = tcp {
         servers.spawn(routes.serve_with_incoming_shutdown(
             no_delay(TcpListenerStream::new(tcp)),
             stopped(stop_rx.clone()),
         ));
     }
-    let socket_path = match unix {
-        Some((unix, path)) => {
-            let routes = router(&vault, &services, health.clone(), None)?;
+    let socket_path =
+        unix.map(|(unix, path, routes)| {
             servers.spawn(routes.serve_with_incoming_shutdown(
                 UnixListenerStream::new(unix),
                 stopped(stop_rx.clone()),
             ));
-            Some(path)
-        }
-        None => None,
-    };
-    set_health(&health_reporter, ServingStatus::Serving).await;
+            path
+        });
 
     let mut outcome = Ok(());
     tokio::select! {
