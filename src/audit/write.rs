@@ -169,21 +169,23 @@ impl AuditLog {
         let Some(spill) = &self.spill else {
             return self.commit_durable(event).await;
         };
-        // Encoded and sealed as the one-event block the trail would store under its
-        // number, before it is queued (the queue takes the event).
-        let (seq, block) = {
+        // Encoded as the one-event block the trail would store under its number before
+        // it is queued (the queue takes the event), and sealed once the queue's lock is
+        // let go: every hand-out takes that lock, and a seal (its nonce a `getrandom`
+        // call) held it long enough to make the hand-outs queue on it.
+        let (seq, encoded) = {
             let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             let event = self.number(event);
             let seq = event.seq;
             let encoded = block::encode_blocks(std::slice::from_ref(&event), 1, usize::MAX);
-            let block = encoded
-                .first()
-                .map(|b| sealed::seal_raw(&self.sealer, Tree::Audit, &seq.to_be_bytes(), &b.bytes))
-                .ok_or(AuditError::Unwritten)?;
             queue.events.push(event);
-            (seq, block)
+            (seq, encoded)
         };
-        let block = block.map_err(AuditError::from)?;
+        let block = encoded
+            .first()
+            .map(|b| sealed::seal_raw(&self.sealer, Tree::Audit, &seq.to_be_bytes(), &b.bytes))
+            .ok_or(AuditError::Unwritten)?
+            .map_err(AuditError::from)?;
         if let Err(error) = spill.append(seq, &block) {
             metrics::counter!("credvault_audit_write_failures_total").increment(1);
             tracing::error!(%error, "writing an audit event to the spill file failed");
