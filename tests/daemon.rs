@@ -981,7 +981,34 @@ fn failed_starts_leave_nothing_and_keys_are_owner_only() {
         &[],
     );
     assert_eq!(code, Some(75), "EX_TEMPFAIL for a busy port: {stderr}");
+    assert!(
+        stderr.contains(&format!("binding {addr}: ")),
+        "the refusal names the port: {stderr}"
+    );
     assert!(!data.exists(), "a busy port made {data_arg}");
+    // The probe and metrics ports likewise, each named as what it is.
+    for (variable, named) in [
+        ("CREDVAULT_HEALTH_LISTEN", "health listener"),
+        ("CREDVAULT_METRICS_LISTEN", "metrics listener"),
+    ] {
+        let (code, stderr) = run(
+            &[
+                "serve",
+                "--dev",
+                "--data-dir",
+                data_arg,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            &[(variable, addr.as_str())],
+        );
+        assert_eq!(code, Some(75), "a busy {named}: {stderr}");
+        assert!(
+            stderr.contains(&format!("binding {named} {addr}: ")),
+            "the refusal names the {named}: {stderr}"
+        );
+        assert!(!data.exists(), "a busy {named} made {data_arg}");
+    }
 
     let out = dir.path().join("out.key");
     let (code, stderr) = run(&["keygen", "--out", out.to_str().unwrap()], &[]);

@@ -62,16 +62,7 @@ pub(super) fn health_server(reporter: &HealthReporter) -> HealthServer<HealthSer
 impl Listeners {
     pub async fn bind(settings: &Settings) -> Result<Self, ServeError> {
         let tcp = match settings.listen {
-            Some(addr) => {
-                Some(
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| ServeError::Bind {
-                            what: addr.to_string(),
-                            source,
-                        })?,
-                )
-            }
+            Some(addr) => Some(bind_tcp(addr, "").await?),
             None => None,
         };
         let unix = match &settings.socket {
@@ -86,13 +77,7 @@ impl Listeners {
         let (stop, stop_rx) = watch::channel(false);
         let (addr, task) = match settings.health_listen {
             Some(addr) => {
-                let listener =
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| ServeError::Bind {
-                            what: format!("health listener {addr}"),
-                            source,
-                        })?;
+                let listener = bind_tcp(addr, "health listener ").await?;
                 let bound = listener.local_addr().ok();
                 let mut stop_rx = stop_rx;
                 let reflecting = settings.reflection != Reflection::Off;
@@ -125,16 +110,7 @@ impl Listeners {
             task,
         };
         let metrics = match settings.metrics_listen {
-            Some(addr) => {
-                Some(
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| ServeError::Bind {
-                            what: format!("metrics listener {addr}"),
-                            source,
-                        })?,
-                )
-            }
+            Some(addr) => Some(bind_tcp(addr, "metrics listener ").await?),
             None => None,
         };
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -169,6 +145,16 @@ impl Listeners {
     pub fn socket_path(&self) -> Option<&Path> {
         self.unix.as_ref().map(|(_, path)| path.as_path())
     }
+}
+
+/// A TCP listener on `addr`; a failure names it after `what` (`""` for the API's).
+async fn bind_tcp(addr: SocketAddr, what: &str) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what: format!("{what}{addr}"),
+            source,
+        })
 }
 
 fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
