@@ -65,8 +65,6 @@ pub enum ServeError {
     Flush(#[from] crate::store::StoreError),
 }
 
-/// The sockets the API is served on, bound before serving so that callers (and tests)
-/// can learn the real address of a `:0` port.
 type Routes = Router<Stack<CallLayer, Identity>>;
 
 /// What the services share beside the vault, built when serving starts.

@@ -23,6 +23,8 @@ use tonic_health::{
 use super::{LIVENESS, ServeError, health_reflection, set_health};
 use crate::config::{Reflection, Settings};
 
+/// The sockets the API is served on, bound before serving so that callers (and tests)
+/// can learn the real address of a `:0` port.
 pub struct Listeners {
     pub(super) tcp: Option<TcpListener>,
     pub(super) unix: Option<(UnixListener, PathBuf)>,
