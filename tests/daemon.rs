@@ -567,16 +567,13 @@ async fn dev_mode_prints_one_admin_token_and_keeps_its_key() {
 
     let mut daemon = Daemon::spawn(&args, &[]);
     let addr = daemon.wait_for_addr();
-    let output = daemon.output();
-    let token_lines: Vec<&str> = output
-        .lines()
-        .filter(|l| l.starts_with("admin token: "))
-        .collect();
-    assert_eq!(token_lines.len(), 1, "{output}");
-    assert!(output.contains("DEVELOPMENT MODE"), "{output}");
-    let token = token_lines[0]
+    // The token goes to stdout and the serving line to stderr: two pipes, two reader
+    // threads, no order between them. Wait for the token line itself.
+    let token = daemon
+        .wait_for_line("admin token: ")
         .trim_start_matches("admin token: ")
         .to_owned();
+    assert!(daemon.output().contains("DEVELOPMENT MODE"));
     assert!(token.len() >= 32);
     let key_file = data.join("dev-master.key");
     assert_eq!(
@@ -591,6 +588,13 @@ async fn dev_mode_prints_one_admin_token_and_keeps_its_key() {
         .unwrap();
     drop(admin);
     assert!(daemon.terminate().success());
+    // Exited, so both readers hold everything it wrote: exactly one token line.
+    let output = daemon.output();
+    let token_lines = output
+        .lines()
+        .filter(|l| l.starts_with("admin token: "))
+        .count();
+    assert_eq!(token_lines, 1, "{output}");
 
     // A second start reuses the key file (the data still opens) with a new token.
     let mut daemon = Daemon::spawn(&args, &[]);
