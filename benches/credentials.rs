@@ -101,6 +101,10 @@ impl Stats {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
 
+    fn p99_ms(&mut self) -> f64 {
+        self.percentile_ms(99)
+    }
+
     fn percentile_ms(&mut self, p: usize) -> f64 {
         self.latencies.sort();
         self.latencies
@@ -133,6 +137,33 @@ struct Rows {
     half_rate: Row,
     /// Store flushes timed while the half-rate load runs.
     probe: Row,
+    /// A RevealAccount of a pool account + a GetCallerInfo, paced as `half_rate`.
+    half_floor: Row,
+    /// Store flushes timed while `half_floor` runs.
+    floor_probe: Row,
+}
+
+impl Rows {
+    /// Target 4 and its floor, from every round's latencies together.
+    fn half_targets(&mut self) -> serde_json::Map<String, serde_json::Value> {
+        let half = self.half_rate.all.p99_ms();
+        let floor = self.half_floor.all.p99_ms();
+        let mut targets = serde_json::Map::new();
+        for (name, ratio) in [
+            (
+                "lease_half_p99_vs_flush_probe_p99",
+                half / self.probe.all.p99_ms(),
+            ),
+            (
+                "reveal_then_call_half_p99_vs_its_flush_probe_p99",
+                floor / self.floor_probe.all.p99_ms(),
+            ),
+            ("lease_half_p99_vs_reveal_then_call_half_p99", half / floor),
+        ] {
+            targets.insert(name.into(), round(ratio, 3).into());
+        }
+        targets
+    }
 }
 
 /// One line of the report: a measurement's rounds.
@@ -747,6 +778,25 @@ async fn flush_probe(store: std::sync::Arc<dyn credvault::store::Store>) -> Stat
     stats
 }
 
+/// `call` paced at `per_task` calls/s per task, then the same load again with the flush
+/// probe beside it (apart, so that the probe's flushes do not weigh on the load's
+/// figures): the load's latencies and the probe's.
+async fn paced_with_probe<F, Fut>(
+    channels: &[Channel],
+    per_task: f64,
+    store: &std::sync::Arc<dyn credvault::store::Store>,
+    call: F,
+) -> (Stats, Stats)
+where
+    F: Fn(Channel, u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<Duration, Status>> + Send,
+{
+    let paced = drive(channels, Some(per_task), call.clone()).await;
+    let probing = tokio::spawn(flush_probe(store.clone()));
+    drive(channels, Some(per_task), call).await;
+    (paced, probing.await.unwrap())
+}
+
 /// A minimal tonic server answering health Check; `no_delay` as credvault sets it on
 /// the streams it accepts.
 async fn minimal_server(no_delay: bool) -> std::net::SocketAddr {
@@ -918,6 +968,41 @@ async fn run() {
         serving.await.unwrap().unwrap();
         return;
     }
+    if std::env::var(ONLY).as_deref() == Ok("half") {
+        // Target 4 and its floor alone, for an A/B, measured as the full run does.
+        let mut rows = Rows::default();
+        for round in 0..rounds {
+            let peak = drive(&channels, None, lease(auth.clone())).await;
+            let per_task = peak.rate() / 2.0 / (CONNECTIONS * IN_FLIGHT) as f64;
+            let base = peak.rate();
+            let (mut half, mut probe) =
+                paced_with_probe(&channels, per_task, &store, lease(auth.clone())).await;
+            let (mut floor, mut floor_probe) =
+                paced_with_probe(&channels, per_task, &store, reveal_whoami(auth.clone())).await;
+            println!(
+                "  round {round}: peak {:.0} pairs/s; half p99 {:.2} ms ×probe {:.2}; floor p99 {:.2} ms ×its probe {:.2}",
+                peak.rate(),
+                half.p99_ms(),
+                half.p99_ms() / probe.p99_ms(),
+                floor.p99_ms(),
+                floor.p99_ms() / floor_probe.p99_ms(),
+            );
+            rows.half_rate.add(half, base);
+            rows.probe.add(probe, base);
+            rows.half_floor.add(floor, base);
+            rows.floor_probe.add(floor_probe, base);
+        }
+        rows.half_rate.print("AcquireLease at half its peak rate");
+        rows.probe.print("  flush probe beside it");
+        rows.half_floor
+            .print("  floor: RevealAccount + GetCallerInfo at that rate");
+        rows.floor_probe.print("  flush probe beside the floor");
+        let targets = rows.half_targets();
+        println!("  {}", serde_json::Value::Object(targets));
+        let _ = stop.send(());
+        serving.await.unwrap().unwrap();
+        return;
+    }
     // For a profiler: one load alone for 10 s, then exit.
     if let Ok(only) = std::env::var(ONLY)
         && only != "sled"
@@ -1000,16 +1085,15 @@ async fn run() {
         // At half of this round's peak, each of the tasks paced (open loop).
         let per_task = pairs.rate() / 2.0 / (CONNECTIONS * IN_FLIGHT) as f64;
         rows.lease.add(pairs, base);
-        rows.half_rate.add(
-            drive(&channels, Some(per_task), lease(auth.clone())).await,
-            base,
-        );
-        // The same load again, with the probe beside it (apart, so that its flushes
-        // do not weigh on the half-rate figures).
-        let probing = tokio::spawn(flush_probe(store.clone()));
-        drive(&channels, Some(per_task), lease(auth.clone())).await;
-        let probe = probing.await.unwrap();
+        let (half, probe) =
+            paced_with_probe(&channels, per_task, &store, lease(auth.clone())).await;
+        rows.half_rate.add(half, base);
         rows.probe.add(probe, base);
+        // Target 4's floor: what an acquire does at least, at the same rate.
+        let (floor, floor_probe) =
+            paced_with_probe(&channels, per_task, &store, reveal_whoami(auth.clone())).await;
+        rows.half_floor.add(floor, base);
+        rows.floor_probe.add(floor_probe, base);
     }
     rows.baseline
         .print("baseline: minimal tonic server, unary Check");
@@ -1054,6 +1138,10 @@ async fn run() {
     rows.half_rate.print("AcquireLease at half its peak rate");
     rows.probe
         .print("  floor: one store write + flush beside that load, every 5 ms (calls/s: probes)");
+    rows.half_floor
+        .print("  floor: RevealAccount of a pool account + GetCallerInfo at that rate");
+    rows.floor_probe
+        .print("    the same probe beside that floor load");
 
     let _ = stop.send(());
     serving.await.unwrap().unwrap();
@@ -1079,12 +1167,10 @@ async fn run() {
             "log_lines_on": round(median(&log_on), 1),
         },
     });
-    let half_p99 = rows.half_rate.all.percentile_ms(99);
     let serde_json::Value::Object(mut targets) = serde_json::json!({
         "whoami_jwt_vs_key": per_round(&rows.whoami_jwt, &rows.whoami),
         "reveal_vs_masked": per_round(&rows.reveal, &rows.masked),
         "lease_pair_vs_two_calls": per_round(&rows.lease, &rows.two_whoami),
-        "lease_half_p99_vs_flush_probe_p99": round(half_p99 / rows.probe.all.percentile_ms(99), 3),
         "reveal_os_sync_vs_masked": per_round(&rows.reveal_os_sync, &rows.masked),
         // What the durable floors leave of the reveal and pair targets: above the
         // target, it is within reach; below, no durable hand-out can meet it here.
@@ -1118,6 +1204,8 @@ async fn run() {
         ("lease_pair", &mut rows.lease),
         ("lease_half", &mut rows.half_rate),
         ("flush_probe", &mut rows.probe),
+        ("reveal_then_call_half", &mut rows.half_floor),
+        ("flush_probe_floor", &mut rows.floor_probe),
     ] {
         loads.insert(name.into(), row.summary());
     }
@@ -1127,6 +1215,7 @@ async fn run() {
     for (name, value) in etcd_rows.targets {
         targets.insert(name.into(), value.into());
     }
+    targets.extend(rows.half_targets());
     let object = summary.as_object_mut().unwrap();
     object.extend(loads);
     object.insert("targets".into(), targets.into());
