@@ -573,7 +573,8 @@ async fn dev_mode_prints_one_admin_token_and_keeps_its_key() {
         .wait_for_line("admin token: ")
         .trim_start_matches("admin token: ")
         .to_owned();
-    assert!(daemon.output().contains("DEVELOPMENT MODE"));
+    let output = daemon.output();
+    assert!(output.contains("DEVELOPMENT MODE"), "{output}");
     assert!(token.len() >= 32);
     let key_file = data.join("dev-master.key");
     assert_eq!(
