@@ -216,6 +216,20 @@ impl Row {
     }
 }
 
+/// One line per load of an A/B mode: its median rate, CPU per `unit`, and ratio to
+/// the round's first load (`against`), with each round's ratio.
+fn print_against(loads: &[&str], rows: &[Row], unit: &str, against: &str) {
+    for (name, row) in loads.iter().zip(rows) {
+        println!(
+            "  {name:<22} {:>7.0} {unit}s/s  CPU {:>6.1} µs/{unit}  ×{against} {:.3}  ({})",
+            median(&row.rates),
+            median(&row.cpu),
+            median(&row.ratios),
+            row.round_ratios()
+        );
+    }
+}
+
 fn round(value: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (value * scale).round() / scale
@@ -768,26 +782,6 @@ impl OsFloor {
     }
 }
 
-/// `call`, then `floor`'s write: the `sync = "os"` floor under that load.
-fn then_os_write<F, Fut>(
-    call: F,
-    floor: std::sync::Arc<OsFloor>,
-) -> impl Fn(Channel, u64) -> CallFuture + Clone + Send + 'static
-where
-    F: Fn(Channel, u64) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Duration, Status>> + Send + 'static,
-{
-    move |channel: Channel, i: u64| {
-        let (call, floor) = (call.clone(), floor.clone());
-        Box::pin(async move {
-            let at = Instant::now();
-            call(channel, i).await?;
-            floor.write(i)?;
-            Ok(at.elapsed())
-        })
-    }
-}
-
 /// `first`, then `second` on the same connection: one pair, timed by `first`'s latency.
 fn in_turn<A, FutA, B, FutB>(
     first: A,
@@ -809,21 +803,24 @@ where
     }
 }
 
-/// `call`, then a round of `durable`: the durable floor under that load.
-fn then_durable<F, Fut>(
+/// `call`, then `floor` (given the call's `i`), timed together: a floor under that load
+/// (see `DurableFloor` and `OsFloor`).
+fn then_floor<F, Fut, G, GFut>(
     call: F,
-    durable: std::sync::Arc<DurableFloor>,
+    floor: G,
 ) -> impl Fn(Channel, u64) -> CallFuture + Clone + Send + 'static
 where
     F: Fn(Channel, u64) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Duration, Status>> + Send + 'static,
+    G: Fn(u64) -> GFut + Clone + Send + Sync + 'static,
+    GFut: Future<Output = Result<(), Status>> + Send + 'static,
 {
     move |channel: Channel, i: u64| {
-        let (call, durable) = (call.clone(), durable.clone());
+        let (call, floor) = (call.clone(), floor.clone());
         Box::pin(async move {
             let at = Instant::now();
             call(channel, i).await?;
-            durable.commit().await?;
+            floor(i).await?;
             Ok(at.elapsed())
         })
     }
@@ -1004,10 +1001,14 @@ async fn run() {
     // Floors under durable hand-outs: the same calls, then the least a durable answer
     // adds (see `DurableFloor`; in this process, no audit event, no debit).
     let durable = DurableFloor::new(store.clone());
-    let masked_durable = then_durable(masked(auth.clone()), durable.clone());
+    let durable_round = move |_| {
+        let durable = durable.clone();
+        async move { durable.commit().await }
+    };
+    let masked_durable = then_floor(masked(auth.clone()), durable_round.clone());
     // The floor under an acquire-and-release pair: any two authenticated calls.
     let two_whoami = move |auth: Auth| in_turn(whoami(auth.clone()), whoami(auth));
-    let two_whoami_durable = then_durable(two_whoami(auth.clone()), durable.clone());
+    let two_whoami_durable = then_floor(two_whoami(auth.clone()), durable_round);
     // The floor under a durable lease pair: what an AcquireLease must do at least (an
     // authenticated call that reads and opens a pool account's sealed record and hands
     // its token out through the door, durably debited and audited) is a RevealAccount of
@@ -1015,7 +1016,11 @@ async fn run() {
     let reveal_whoami =
         move |auth: Auth| in_turn(reveal_of(auth.clone(), "pool", 100), whoami(auth));
     let os_floor = OsFloor::new(sealer, &dir.path().join("os-floor"));
-    let masked_os_floor = then_os_write(masked(auth.clone()), os_floor.clone());
+    let os_write = {
+        let os_floor = os_floor.clone();
+        move |i| std::future::ready(os_floor.write(i))
+    };
+    let masked_os_floor = then_floor(masked(auth.clone()), os_write);
     if std::env::var(ONLY).as_deref() == Ok("os") {
         // Target 7 and its floor alone, for an A/B: ratios to the masked read per round.
         let loads = ["masked", "masked + os write", "reveal, sync = \"os\""];
@@ -1031,15 +1036,7 @@ async fn run() {
                 base,
             );
         }
-        for (name, row) in loads.iter().zip(&rows) {
-            println!(
-                "  {name:<22} {:>7.0} calls/s  CPU {:>6.1} µs/call  ×masked {:.3}  ({})",
-                median(&row.rates),
-                median(&row.cpu),
-                median(&row.ratios),
-                row.round_ratios()
-            );
-        }
+        print_against(&loads, &rows, "call", "masked");
         let _ = stop.send(());
         serving.await.unwrap().unwrap();
         return;
@@ -1067,15 +1064,7 @@ async fn run() {
             );
             rows[3].add(drive(&channels, None, lease(auth.clone())).await, base);
         }
-        for (name, row) in loads.iter().zip(&rows) {
-            println!(
-                "  {name:<22} {:>7.0} pairs/s  CPU {:>6.1} µs/pair  ×two calls {:.3}  ({})",
-                median(&row.rates),
-                median(&row.cpu),
-                median(&row.ratios),
-                row.round_ratios()
-            );
-        }
+        print_against(&loads, &rows, "pair", "two calls");
         let _ = stop.send(());
         serving.await.unwrap().unwrap();
         return;
