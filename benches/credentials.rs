@@ -101,10 +101,6 @@ impl Stats {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn p99_ms(&mut self) -> f64 {
-        self.percentile_ms(99)
-    }
-
     fn percentile_ms(&mut self, p: usize) -> f64 {
         self.latencies.sort();
         self.latencies
@@ -148,17 +144,17 @@ struct Rows {
 impl Rows {
     /// Target 4 and its floor, from every round's latencies together.
     fn half_targets(&mut self) -> serde_json::Map<String, serde_json::Value> {
-        let half = self.half_rate.all.p99_ms();
-        let floor = self.half_floor.all.p99_ms();
+        let half = self.half_rate.all.percentile_ms(99);
+        let floor = self.half_floor.all.percentile_ms(99);
         let mut targets = serde_json::Map::new();
         for (name, ratio) in [
             (
                 "lease_half_p99_vs_flush_probe_p99",
-                half / self.probe.all.p99_ms(),
+                half / self.probe.all.percentile_ms(99),
             ),
             (
                 "reveal_then_call_half_p99_vs_its_flush_probe_p99",
-                floor / self.floor_probe.all.p99_ms(),
+                floor / self.floor_probe.all.percentile_ms(99),
             ),
             ("lease_half_p99_vs_reveal_then_call_half_p99", half / floor),
         ] {
@@ -1083,10 +1079,10 @@ async fn run() {
             println!(
                 "  round {round}: peak {:.0} pairs/s; half p99 {:.2} ms ×probe {:.2}; floor p99 {:.2} ms ×its probe {:.2}",
                 peak.rate(),
-                half.p99_ms(),
-                half.p99_ms() / probe.p99_ms(),
-                floor.p99_ms(),
-                floor.p99_ms() / floor_probe.p99_ms(),
+                half.percentile_ms(99),
+                half.percentile_ms(99) / probe.percentile_ms(99),
+                floor.percentile_ms(99),
+                floor.percentile_ms(99) / floor_probe.percentile_ms(99),
             );
             rows.half_rate.add(half, base);
             rows.probe.add(probe, base);
