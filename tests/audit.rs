@@ -649,9 +649,14 @@ async fn pruned_space_on_the_embedded_store_is_reused_so_it_stays_bounded() {
     // The later rounds take no more than the early ones, give or take a few of the
     // store's 512 KiB segments. (Blocks too big for the store's inline nodes leaked a
     // blob file, 640 KiB, per round: the data directory went from 8.2 MiB in the first
-    // four rounds to 13.0 in the last four.)
+    // four rounds to 13.0 in the last four.) A leak raises every later round; sled
+    // frees segments in the background, so one round can catch the file grown before
+    // its old segments are free (once in about twenty runs, the last of twelve at
+    // 10,240 KiB after 6,656-7,680): the later rounds are judged by their upper median.
     let early = *sizes[..4].iter().max().unwrap();
-    let late = *sizes[8..].iter().max().unwrap();
+    let mut later = sizes[8..].to_vec();
+    later.sort_unstable();
+    let late = later[later.len() / 2];
     assert!(
         late <= early + 2048,
         "KiB on disk after each round: {sizes:?}"
