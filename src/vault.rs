@@ -336,10 +336,13 @@ impl Vault {
         .map_err(store_error)?
         .tagged(&settings.node_id, settings.audit_log_lines);
         if settings.audit_sync == crate::config::AuditSync::Os {
-            audit = audit
+            let debits;
+            (audit, debits) = audit
                 .spilling_to(&settings.data_dir)
                 .await
                 .map_err(store_error)?;
+            // The spill keeps them until the first flush round covers it.
+            callers.take_spilled(&debits).await?;
         }
         let audit = Arc::new(audit);
         // Hand-outs take their credits in memory; each group commit writes them.
@@ -352,6 +355,18 @@ impl Vault {
             Rekey::with_sharing(store.clone(), sealer.clone(), etcd.is_some())
                 .with_dev_key(settings.dev_key.as_ref().map(|dev| dev.path.clone())),
         );
+        if audit.spills() {
+            // Weak: the audit log's hook above already holds the callers.
+            let events = Arc::downgrade(&audit);
+            callers.write_events_first(Box::new(move || {
+                let events = events.clone();
+                Box::pin(async move {
+                    if let Some(audit) = events.upgrade() {
+                        audit.write_queued_if_any().await;
+                    }
+                })
+            }));
+        }
         let door = Arc::new(crate::handout::Door::new(callers.clone(), audit.clone()));
         Ok(Self {
             store,

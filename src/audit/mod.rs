@@ -35,6 +35,7 @@ mod write;
 
 pub use call::{Call, Subject};
 pub use sequence::{AuditSequence, LocalSequence};
+pub use write::SpilledDebit;
 
 use crate::{
     clock::Clock,

@@ -13,7 +13,7 @@ use crate::{
 use crate::{
     crypto::{Fingerprinter, Sealer},
     sealed::{self, SealedError},
-    store::{Store, StoreExt, Tree},
+    store::{Store, StoreExt, Swap, Tree},
 };
 
 struct Trail {
@@ -278,9 +278,17 @@ async fn pruning_removes_old_blocks_and_trims_the_one_where_old_meets_new() {
 async fn spilled_events_the_store_lost_are_put_back_even_between_stored_ones() {
     let trail = Trail::new();
     let dir = tempfile::tempdir().unwrap();
-    let log = trail.log().await.spilling_to(dir.path()).await.unwrap();
+    let log = trail.log().await.spilling_to(dir.path()).await.unwrap().0;
     for n in 0..5 {
-        assert_eq!(log.commit_spilled(event(n)).await.unwrap(), n as u64 + 1);
+        // Each event's hand-out took n credits from caller c{n}.
+        let event = AuditEvent {
+            caller_id: format!("c{n}"),
+            ..event(n)
+        };
+        assert_eq!(
+            log.commit_spilled(event, n as i64).await.unwrap(),
+            n as u64 + 1
+        );
     }
     // Events 1-5 are in the spill only; 1-3 reach the store, 4 and 5 do not, and a
     // later block (6) does (as when a block write failed and the next succeeded).
@@ -288,17 +296,13 @@ async fn spilled_events_the_store_lost_are_put_back_even_between_stored_ones() {
     let keys = trail.stored_keys().await;
     assert_eq!(keys, [1], "one block of five: {keys:?}");
     // Keep 1-3 only: rewrite the block as three events, and add a block for 6.
-    let kept = log
-        .open_block(
-            &1u64.to_be_bytes(),
-            &trail
-                .store
-                .value(Tree::Audit, &1u64.to_be_bytes())
-                .await
-                .unwrap()
-                .unwrap(),
-        )
+    let five = trail
+        .store
+        .value(Tree::Audit, &1u64.to_be_bytes())
+        .await
+        .unwrap()
         .unwrap();
+    let kept = log.open_block(&1u64.to_be_bytes(), &five).unwrap();
     let rewrite = |events: &[AuditEvent], first: u64| {
         let encoded = block::encode_blocks(events, BLOCK_MAX, BLOCK_BYTES);
         sealed::seal_raw(
@@ -310,16 +314,12 @@ async fn spilled_events_the_store_lost_are_put_back_even_between_stored_ones() {
         .unwrap()
     };
     let three = rewrite(&kept[..3], 1);
-    trail
+    let swapped = trail
         .store
-        .swap(Tree::Audit, &1u64.to_be_bytes(), None, None)
+        .swap(Tree::Audit, &1u64.to_be_bytes(), Some(&five), Some(&three))
         .await
         .unwrap();
-    trail
-        .store
-        .swap(Tree::Audit, &1u64.to_be_bytes(), None, Some(&three))
-        .await
-        .unwrap();
+    assert!(matches!(swapped, Swap::Done), "block 1 now holds 1-3 only");
     let mut sixth = kept[4].clone();
     sixth.seq = 6;
     let six = rewrite(&[sixth], 6);
@@ -330,24 +330,34 @@ async fn spilled_events_the_store_lost_are_put_back_even_between_stored_ones() {
         .unwrap();
     drop(log);
 
-    let log = trail.log().await.spilling_to(dir.path()).await.unwrap();
+    let (log, debits) = trail.log().await.spilling_to(dir.path()).await.unwrap();
     assert_eq!(all(&log).await, [1, 2, 3, 4, 5, 6], "4 and 5 put back");
+    let debit = |caller: &str, credits| SpilledDebit {
+        caller_id: caller.into(),
+        credits,
+    };
     assert_eq!(
-        log.commit_spilled(event(9)).await.unwrap(),
+        debits,
+        [debit("c3", 3), debit("c4", 4)],
+        "the debits of the events put back, and only theirs"
+    );
+    assert_eq!(
+        log.commit_spilled(event(9), 0).await.unwrap(),
         7,
         "numbering goes on after 6"
     );
     // Opened again without a flush round: 7 was spilled only, and is put back.
     drop(log);
-    let log = trail.log().await.spilling_to(dir.path()).await.unwrap();
+    let (log, debits) = trail.log().await.spilling_to(dir.path()).await.unwrap();
     assert_eq!(all(&log).await, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(debits, [], "7 owed nothing; 4 and 5 are stored now");
 }
 
 #[tokio::test(start_paused = true)]
 async fn with_a_spill_and_nothing_spilled_other_events_are_still_written() {
     let trail = Trail::new();
     let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(trail.log().await.spilling_to(dir.path()).await.unwrap());
+    let log = Arc::new(trail.log().await.spilling_to(dir.path()).await.unwrap().0);
     log.append(event(0));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let writer = tokio::spawn(log.clone().keep_written(stopped));

@@ -23,6 +23,14 @@ use crate::{
     store::{Store, StoreError, StoreExt, Tree},
 };
 
+/// A debit a hand-out took under `audit.sync = "os"` and the store lost in a crash,
+/// read back from the spill with its event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpilledDebit {
+    pub caller_id: String,
+    pub credits: i64,
+}
+
 /// How often `audit.sync = "os"` flushes what hand-outs spilled.
 pub const SPILL_FLUSH_EVERY: Duration = Duration::from_millis(50);
 
@@ -86,13 +94,19 @@ impl AuditLog {
 
     /// `audit.sync = "os"`: hand-outs' events go to a spill file in `dir` before the
     /// answer (see [`spill`](super::spill)). Events a previous run spilled and the store
-    /// lost are put back first.
-    pub async fn spilling_to(mut self, dir: &Path) -> Result<Self, StoreError> {
+    /// lost are put back first; answers the debits their hand-outs took, which the
+    /// store lost with them (the caller's id and the credits), for the credits to take
+    /// again.
+    pub async fn spilling_to(
+        mut self,
+        dir: &Path,
+    ) -> Result<(Self, Vec<SpilledDebit>), StoreError> {
         let (spill, left) = super::spill::Spill::open(dir)?;
         let next = self.next_stored_seq().await?;
         let stored = self.stored_between(&left).await?;
         let missing: Vec<_> = left.iter().filter(|s| !stored.contains(&s.seq)).collect();
         let mut last = None;
+        let mut debits = Vec::new();
         for spilled in &missing {
             self.store
                 .swap(
@@ -103,6 +117,19 @@ impl AuditLog {
                 )
                 .await?;
             last = Some(spilled.seq);
+            if spilled.debit > 0 {
+                // The block is the event the door sealed; one that does not open is
+                // reported by reads, and charges nobody.
+                match self.open_block(&spilled.seq.to_be_bytes(), &spilled.block) {
+                    Ok(events) => debits.extend(events.into_iter().map(|e| SpilledDebit {
+                        caller_id: e.caller_id,
+                        credits: spilled.debit,
+                    })),
+                    Err(error) => {
+                        tracing::error!(%error, seq = spilled.seq, "a spilled audit event does not open");
+                    }
+                }
+            }
         }
         if let Some(last) = last {
             self.store.flush().await?;
@@ -113,7 +140,7 @@ impl AuditLog {
             self.sequence = Box::new(LocalSequence::starting_at(next.max(last + 1)));
         }
         self.spill = Some(spill);
-        Ok(self)
+        Ok((self, debits))
     }
 
     /// The numbers of the stored events among those `spilled` names: the blocks that
@@ -162,10 +189,10 @@ impl AuditLog {
         self.spill.is_some()
     }
 
-    /// A reveal's event with `audit.sync = "os"`: written to the spill file (the store
-    /// has it within a flush round); without a spill, durable as
-    /// [`AuditLog::commit_durable`] makes it.
-    pub async fn commit_spilled(&self, event: AuditEvent) -> Result<u64, AuditError> {
+    /// A reveal's event with `audit.sync = "os"`: written to the spill file with the
+    /// `debit` its hand-out took (the store has both within a flush round); without a
+    /// spill, durable as [`AuditLog::commit_durable`] makes it.
+    pub async fn commit_spilled(&self, event: AuditEvent, debit: i64) -> Result<u64, AuditError> {
         let Some(spill) = &self.spill else {
             return self.commit_durable(event).await;
         };
@@ -186,7 +213,7 @@ impl AuditLog {
             .map(|b| sealed::seal_raw(&self.sealer, Tree::Audit, &seq.to_be_bytes(), &b.bytes))
             .ok_or(AuditError::Unwritten)?
             .map_err(AuditError::from)?;
-        if let Err(error) = spill.append(seq, &block) {
+        if let Err(error) = spill.append(seq, debit, &block) {
             metrics::counter!("credvault_audit_write_failures_total").increment(1);
             tracing::error!(%error, "writing an audit event to the spill file failed");
             return Err(AuditError::Unwritten);
@@ -373,6 +400,14 @@ impl AuditLog {
         }
     }
 
+    /// Writes the queued events, if any (what a settle runs first under `audit.sync =
+    /// "os"`).
+    pub async fn write_queued_if_any(&self) {
+        if !self.queue_is_empty() {
+            self.write_queued().await;
+        }
+    }
+
     /// Writes what is pending every [`WRITE_EVERY`] until `stop` (shutdown writes the
     /// rest once the calls have drained).
     pub async fn keep_written(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
@@ -400,9 +435,7 @@ impl AuditLog {
     /// Writes the queued events and what the durable commits write before their flush
     /// (debits a cancelled hand-out left pending, too). Not flushed.
     pub async fn write_pending(&self) {
-        if !self.queue_is_empty() {
-            self.write_queued().await;
-        }
+        self.write_queued_if_any().await;
         self.run_before_flush().await;
     }
 

@@ -41,6 +41,9 @@ pub trait Credits: Send + Sync + 'static {
         &'a self,
         charge: &'a Charge,
     ) -> Pin<Box<dyn Future<Output = Result<(), CallerError>> + Send + 'a>>;
+    /// Held shared from a charge until its hand-out's event is spilled: no debit is
+    /// written meanwhile (see [`CallerService::settle`]).
+    fn spill_gate(&self) -> &tokio::sync::RwLock<()>;
 }
 
 impl Credits for CallerService {
@@ -61,6 +64,10 @@ impl Credits for CallerService {
         charge: &'a Charge,
     ) -> Pin<Box<dyn Future<Output = Result<(), CallerError>> + Send + 'a>> {
         Box::pin(CallerService::refund(self, charge))
+    }
+
+    fn spill_gate(&self) -> &tokio::sync::RwLock<()> {
+        &self.spill_gate
     }
 }
 
@@ -123,6 +130,15 @@ impl Charge {
         match &self.written {
             None => Some(Settled::Written),
             Some(written) => written.get().copied(),
+        }
+    }
+
+    /// The credits this debit still has to write into the stored balance: its cost
+    /// while it waits for a settle, 0 when nothing is owed or it was paid ahead.
+    pub fn unwritten(&self) -> i64 {
+        match &self.written {
+            Some(written) if written.get().is_none() => self.cost,
+            _ => 0,
         }
     }
 
@@ -226,8 +242,19 @@ impl CallerService {
     /// under that caller's stripe lock. The debits the stored balance no longer covers
     /// (another process spent from it) are refused, the others written. Not flushed:
     /// the durable commit that runs it flushes next.
+    ///
+    /// With `audit.sync = "os"`, the next start takes a spilled hand-out's debit again
+    /// when the store lost its event, so a debit must never be stored without its
+    /// event. A settle therefore holds the spill gate alone (each such hand-out holds
+    /// it shared from its charge until its event is queued and spilled) and writes the
+    /// queued events before the debits: the store keeps a debit only after its event,
+    /// and a replay never charges twice.
     pub async fn settle(&self) {
         let _settling = self.settling.lock().await;
+        let _gate = self.spill_gate.write().await;
+        if let Some(write_events) = self.write_events.get() {
+            write_events().await;
+        }
         // Only callers that owe something: one whose hand-outs paid ahead needs no
         // write, and must not wait for a top-up holding its stripe.
         let owing: Vec<String> = {
@@ -345,6 +372,45 @@ impl CallerService {
                 Ok(())
             }
         }
+    }
+
+    /// Sets what a settle runs first to write the queued audit events (`audit.sync =
+    /// "os"`; once, later calls are ignored).
+    pub fn write_events_first(&self, write: crate::audit::BeforeFlush) {
+        let _ = self.write_events.set(write);
+    }
+
+    /// Takes again the debits of hand-outs whose events the last run spilled (`audit.sync
+    /// = "os"`) and the store lost: at start, before any call. A caller deleted or made
+    /// unmetered since owes nothing; a balance is never taken below zero. Not flushed.
+    pub async fn take_spilled(
+        &self,
+        debits: &[crate::audit::SpilledDebit],
+    ) -> Result<(), CallerError> {
+        let mut owed: HashMap<&str, i64> = HashMap::new();
+        for debit in debits {
+            *owed.entry(debit.caller_id.as_str()).or_default() += debit.credits;
+        }
+        for (id, sum) in owed {
+            let _stripe = self.stripe(id).lock().await;
+            let taken = self
+                .modify_locked(id, None, Vec::new(), |record| {
+                    let Some(credits) = record.credits.as_mut() else {
+                        return Ok(false);
+                    };
+                    credits.remaining = (credits.remaining - sum).max(0);
+                    Ok(true)
+                })
+                .await;
+            match taken {
+                Ok(_) => {
+                    tracing::warn!(caller = %id, credits = sum, "debits the store lost were taken again from the spill file")
+                }
+                Err(CallerError::NotFound(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn pending_debits(&self) -> MutexGuard<'_, Pending> {

@@ -134,6 +134,12 @@ pub struct CallerService {
     /// Held for a whole settle: a flush that follows any settle then covers every debit
     /// written so far, even one a concurrent settle was writing.
     settling: tokio::sync::Mutex<()>,
+    /// Held shared by a hand-out whose event goes to the audit spill (`audit.sync =
+    /// "os"`) from its charge until the event is spilled, and alone by a settle, which
+    /// first writes the queued events (see [`CallerService::settle`]).
+    spill_gate: tokio::sync::RwLock<()>,
+    /// With `audit.sync = "os"`: writes the queued audit events.
+    write_events: std::sync::OnceLock<crate::audit::BeforeFlush>,
     /// Counts the record changes this process wrote: a long-lived stream waits on it
     /// to check its caller again at once.
     changed: tokio::sync::watch::Sender<u64>,
@@ -180,6 +186,8 @@ impl CallerService {
             view: RwLock::new(view),
             pending: Mutex::new(HashMap::new()),
             settling: tokio::sync::Mutex::new(()),
+            spill_gate: tokio::sync::RwLock::new(()),
+            write_events: std::sync::OnceLock::new(),
             changed: tokio::sync::watch::Sender::new(0),
             seen: tokio::sync::watch::Sender::new(seen),
             freshness: freshness::Freshness::default(),

@@ -104,6 +104,14 @@ impl Door {
             email: subject.email.to_lowercase(),
             ..subject
         });
+        // A spilled hand-out's debit is not written before its event is (see
+        // `CallerService::settle`): no settle runs from the charge until the event is
+        // spilled.
+        let gate = if spilled {
+            Some(credits.spill_gate().read().await)
+        } else {
+            None
+        };
         credits.check_enabled(payer)?;
         let charge = credits.charge(payer, cost)?;
         let mut event = call.event("OK");
@@ -113,7 +121,9 @@ impl Door {
             // does not write another (a failure below is told by the error).
             call.mark_written();
             if spilled {
-                self.audit.commit_spilled(event).await?;
+                let spilled = self.audit.commit_spilled(event, charge.unwritten()).await;
+                drop(gate);
+                spilled?;
             } else {
                 self.audit.commit_durable(event).await?;
             }

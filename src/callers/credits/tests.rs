@@ -249,3 +249,59 @@ async fn the_bootstrap_admin_cannot_be_demoted_and_is_restored_at_start() {
         .unwrap();
     assert!(opened.record.roles.contains(&Role::Admin) && !opened.record.disabled);
 }
+
+#[tokio::test]
+async fn a_debit_is_unwritten_until_a_settle_and_a_free_call_owes_none() {
+    let (service, _plan, id) = consumer(10).await;
+    let charge = service.charge(&id, 2).unwrap();
+    assert_eq!(charge.unwritten(), 2);
+    service.flush().await.unwrap();
+    assert_eq!(charge.unwritten(), 0);
+    assert_eq!(service.charge(&id, 0).unwrap().unwritten(), 0);
+}
+
+#[tokio::test]
+async fn spilled_debits_are_taken_again_per_caller_and_never_below_zero() {
+    let (service, _plan, id) = consumer(10).await;
+    let spilled = |caller: &str, credits| crate::audit::SpilledDebit {
+        caller_id: caller.into(),
+        credits,
+    };
+    // A caller deleted since owes nothing, and does not stop the others.
+    service
+        .take_spilled(&[spilled(&id, 3), spilled("gone", 5), spilled(&id, 4)])
+        .await
+        .unwrap();
+    assert_eq!(stored(&service, &id).await, 3);
+    service.take_spilled(&[spilled(&id, 9)]).await.unwrap();
+    assert_eq!(stored(&service, &id).await, 0, "never below zero");
+}
+
+#[tokio::test]
+async fn a_settle_waits_for_spilling_hand_outs_and_writes_the_queued_events_first() {
+    let (service, _plan, id) = consumer(10).await;
+    let events_written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = events_written.clone();
+    service.write_events_first(Box::new(move || {
+        let counter = counter.clone();
+        Box::pin(async move {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+    }));
+    // A hand-out between its charge and its spilled event holds the gate shared.
+    let handing_out = service.spill_gate.read().await;
+    service.charge(&id, 2).unwrap();
+    let mut settle = Box::pin(service.settle());
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(settle.as_mut().poll(&mut context).is_pending());
+    assert_eq!(events_written.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        stored(&service, &id).await,
+        10,
+        "no debit written meanwhile"
+    );
+    drop(handing_out);
+    settle.await;
+    assert_eq!(events_written.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(stored(&service, &id).await, 8);
+}
