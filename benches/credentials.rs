@@ -728,7 +728,8 @@ impl DurableFloor {
 /// HMAC-SHA256 (the two of a bench account, as raw bytes, no hex), and a 150-byte
 /// record holding them (a reveal's encoded event is larger: its method, account,
 /// request id and caller come to more) is sealed under the vault's key and written to
-/// the OS with its debit in one `write(2)`, as the spill writes it. Within 100 ms it is
+/// the OS with its debit in one `write(2)`, as the spill writes it (the spill seals the
+/// debit inside the event; beside it here, the same bytes to write). Within 100 ms it is
 /// on disk: a thread `fdatasync`s the file every 50 ms (so the file itself is the
 /// durable record; no store). A reveal also builds and encodes the event, checks and
 /// charges the caller, and writes the event and the debit into the store.

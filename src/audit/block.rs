@@ -59,6 +59,8 @@ struct EventRecord {
     node_id: Option<String>,
     #[prost(string, tag = "14")]
     principal: String,
+    #[prost(int64, tag = "15")]
+    unwritten_debit: i64,
 }
 
 /// Consecutive events encoded as one block.
@@ -170,6 +172,9 @@ fn encode_event(event: &AuditEvent, before: &Before<'_>, out: &mut Vec<u8>) {
     for hash in others {
         encoding::string::encode(11, hash, out);
     }
+    if event.unwritten_debit != 0 {
+        encoding::int64::encode(15, &event.unwritten_debit, out);
+    }
 }
 
 /// A string field, left out when empty (as protobuf leaves out defaults).
@@ -216,6 +221,7 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Vec<AuditEvent>> {
                 secret_hashes,
                 node_id: node_id.clone(),
                 principal: record.principal,
+                unwritten_debit: record.unwritten_debit,
             }
         })
         .collect();

@@ -101,6 +101,12 @@ pub struct AuditEvent {
     /// `k8s:namespace/serviceaccount`. Empty for credvault's own credentials.
     #[serde(default)]
     pub principal: String,
+    /// Under `audit.sync = "os"`: the credits a reveal took that only the spill held
+    /// when it was answered; a start that puts the event back from the spill takes
+    /// them from the caller again. 0 otherwise. Sealed with the event, so the spill
+    /// file cannot be edited to charge anyone.
+    #[serde(default)]
+    pub unwritten_debit: i64,
 }
 
 /// What ListEvents may filter on; empty strings and `None` match everything.

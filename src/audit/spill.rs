@@ -8,12 +8,8 @@
 //! then deletes the segments before the new one: everything in them was queued before
 //! the round began, so the flush covered it.
 //!
-//! A segment starts with [`MAGIC`]; then each record is `len: u32 | seq: u64 | debit:
-//! i64 | block` (big-endian; `block` as sealed for the trail's key `seq`; `debit` the
-//! credits the hand-out took and the store has not yet been written, so a replay that
-//! puts the event back charges them too). A record cut short by an OS crash ends the
-//! segment's replay. A segment without the magic is read as the first format, `len |
-//! seq | block`, with no debits.
+//! A record is `len: u32 | seq: u64 | block` (big-endian; `block` as sealed for the
+//! trail's key `seq`). A record cut short by an OS crash ends the segment's replay.
 
 use std::{
     fs::{File, OpenOptions},
@@ -24,12 +20,6 @@ use std::{
 };
 
 const PREFIX: &str = "audit-spill.";
-/// What a segment of the current format starts with.
-const MAGIC: &[u8; 8] = b"CVSPILL2";
-/// `len | seq | debit`.
-const HEADER: usize = 4 + 8 + 8;
-/// `len | seq` in the first format.
-const HEADER_V1: usize = 4 + 8;
 
 pub struct Spill {
     dir: PathBuf,
@@ -46,10 +36,9 @@ struct Segment {
     written: bool,
 }
 
-/// A spilled event: the trail's key, the debit its hand-out took, and its sealed block.
+/// A spilled event: the trail's key and its sealed block.
 pub struct Spilled {
     pub seq: u64,
-    pub debit: i64,
     pub block: Vec<u8>,
 }
 
@@ -75,13 +64,12 @@ impl Spill {
         Ok((spill, left))
     }
 
-    /// Appends one event's block and its hand-out's `debit`, in one `write(2)`.
-    pub fn append(&self, seq: u64, debit: i64, block: &[u8]) -> io::Result<()> {
+    /// Appends one event's block, in one `write(2)`.
+    pub fn append(&self, seq: u64, block: &[u8]) -> io::Result<()> {
         let len = u32::try_from(block.len()).map_err(io::Error::other)?;
-        let mut record = Vec::with_capacity(HEADER + block.len());
+        let mut record = Vec::with_capacity(12 + block.len());
         record.extend_from_slice(&len.to_be_bytes());
         record.extend_from_slice(&seq.to_be_bytes());
-        record.extend_from_slice(&debit.to_be_bytes());
         record.extend_from_slice(block);
         let mut segment = self.lock();
         segment.file.write_all(&record)?;
@@ -139,15 +127,12 @@ fn segment_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("{PREFIX}{number}"))
 }
 
-/// A new segment, its magic written.
 fn create(path: &Path) -> io::Result<File> {
-    let mut file = OpenOptions::new()
-        .create_new(true)
+    OpenOptions::new()
+        .create(true)
         .append(true)
         .mode(0o600)
-        .open(path)?;
-    file.write_all(MAGIC)?;
-    Ok(file)
+        .open(path)
 }
 
 /// The segment numbers in `dir`, in order.
@@ -170,31 +155,19 @@ fn segments(dir: &Path) -> io::Result<Vec<u64>> {
 fn read_segment(path: &Path) -> io::Result<Vec<Spilled>> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
-    // A segment cut short before its magic was whole holds no record.
-    let (mut rest, with_debits) = match bytes.strip_prefix(MAGIC.as_slice()) {
-        Some(records) => (records, true),
-        None if MAGIC.starts_with(&bytes) => (&[][..], true),
-        None => (bytes.as_slice(), false),
-    };
-    let header = if with_debits { HEADER } else { HEADER_V1 };
     let mut out = Vec::new();
-    while rest.len() >= header {
+    let mut rest = bytes.as_slice();
+    while rest.len() >= 12 {
         let len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
         let seq = u64::from_be_bytes(rest[4..12].try_into().expect("8 bytes"));
-        let debit = if with_debits {
-            i64::from_be_bytes(rest[12..20].try_into().expect("8 bytes"))
-        } else {
-            0
-        };
-        let Some(block) = rest.get(header..header + len) else {
+        let Some(block) = rest.get(12..12 + len) else {
             break;
         };
         out.push(Spilled {
             seq,
-            debit,
             block: block.to_vec(),
         });
-        rest = &rest[header + len..];
+        rest = &rest[12 + len..];
     }
     Ok(out)
 }
@@ -209,10 +182,10 @@ mod tests {
         let (spill, left) = Spill::open(dir.path()).unwrap();
         assert!(left.is_empty());
         assert_eq!(spill.start_round().unwrap(), None, "nothing to cover");
-        spill.append(7, 1, b"seven").unwrap();
-        spill.append(8, 0, b"eight").unwrap();
+        spill.append(7, b"seven").unwrap();
+        spill.append(8, b"eight").unwrap();
         let covers = spill.start_round().unwrap().unwrap();
-        spill.append(9, 3, b"nine").unwrap();
+        spill.append(9, b"nine").unwrap();
         drop(spill);
 
         // A crash before the round's flush: every record is still there.
@@ -220,8 +193,6 @@ mod tests {
         let seqs: Vec<u64> = left.iter().map(|s| s.seq).collect();
         assert_eq!(seqs, [7, 8, 9]);
         assert_eq!(left[2].block, b"nine");
-        let debits: Vec<i64> = left.iter().map(|s| s.debit).collect();
-        assert_eq!(debits, [1, 0, 3], "each record keeps its debit");
         // The round after a restart covers the old segments.
         let covers_all = spill.start_round().unwrap().unwrap();
         assert!(covers_all > covers);
@@ -235,10 +206,10 @@ mod tests {
     fn once_told_to_keep_nothing_is_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let (spill, _) = Spill::open(dir.path()).unwrap();
-        spill.append(1, 1, b"lost by the store").unwrap();
+        spill.append(1, b"lost by the store").unwrap();
         let covers = spill.start_round().unwrap().unwrap();
         spill.keep_all();
-        spill.append(2, 1, b"next").unwrap();
+        spill.append(2, b"next").unwrap();
         let next = spill.start_round().unwrap().unwrap();
         assert!(next > covers);
         spill.covered(next).unwrap();
@@ -252,8 +223,8 @@ mod tests {
     fn a_record_cut_short_ends_the_replay() {
         let dir = tempfile::tempdir().unwrap();
         let (spill, _) = Spill::open(dir.path()).unwrap();
-        spill.append(1, 1, b"whole").unwrap();
-        spill.append(2, 1, b"torn record").unwrap();
+        spill.append(1, b"whole").unwrap();
+        spill.append(2, b"torn record").unwrap();
         drop(spill);
         let path = segment_path(dir.path(), 0);
         let len = std::fs::metadata(&path).unwrap().len();
@@ -266,30 +237,5 @@ mod tests {
         let (_, left) = Spill::open(dir.path()).unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].block, b"whole");
-    }
-
-    #[test]
-    fn a_segment_of_the_first_format_is_read_with_no_debits() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut v1 = Vec::new();
-        for (seq, block) in [(4u64, &b"four"[..]), (5, b"five")] {
-            v1.extend_from_slice(&(block.len() as u32).to_be_bytes());
-            v1.extend_from_slice(&seq.to_be_bytes());
-            v1.extend_from_slice(block);
-        }
-        std::fs::write(segment_path(dir.path(), 3), &v1).unwrap();
-        // And a segment cut short inside its magic: nothing in it.
-        std::fs::write(segment_path(dir.path(), 4), &MAGIC[..5]).unwrap();
-        let (spill, left) = Spill::open(dir.path()).unwrap();
-        let read: Vec<(u64, i64, &[u8])> = left
-            .iter()
-            .map(|s| (s.seq, s.debit, s.block.as_slice()))
-            .collect();
-        assert_eq!(read, [(4, 0, &b"four"[..]), (5, 0, &b"five"[..])]);
-        // New segments are of the current format.
-        spill.append(6, 2, b"six").unwrap();
-        drop(spill);
-        let (_, left) = Spill::open(dir.path()).unwrap();
-        assert_eq!(left.last().map(|s| (s.seq, s.debit)), Some((6, 2)));
     }
 }

@@ -283,12 +283,10 @@ async fn spilled_events_the_store_lost_are_put_back_even_between_stored_ones() {
         // Each event's hand-out took n credits from caller c{n}.
         let event = AuditEvent {
             caller_id: format!("c{n}"),
+            unwritten_debit: n as i64,
             ..event(n)
         };
-        assert_eq!(
-            log.commit_spilled(event, n as i64).await.unwrap(),
-            n as u64 + 1
-        );
+        assert_eq!(log.commit_spilled(event).await.unwrap(), n as u64 + 1);
     }
     // Events 1-5 are in the spill only; 1-3 reach the store, 4 and 5 do not, and a
     // later block (6) does (as when a block write failed and the next succeeded).
@@ -342,7 +340,7 @@ async fn spilled_events_the_store_lost_are_put_back_even_between_stored_ones() {
         "the debits of the events put back, and only theirs"
     );
     assert_eq!(
-        log.commit_spilled(event(9), 0).await.unwrap(),
+        log.commit_spilled(event(9)).await.unwrap(),
         7,
         "numbering goes on after 6"
     );
@@ -351,6 +349,36 @@ async fn spilled_events_the_store_lost_are_put_back_even_between_stored_ones() {
     let (log, debits) = trail.log().await.spilling_to(dir.path()).await.unwrap();
     assert_eq!(all(&log).await, [1, 2, 3, 4, 5, 6, 7]);
     assert_eq!(debits, [], "7 owed nothing; 4 and 5 are stored now");
+}
+
+#[tokio::test]
+async fn a_spilled_debit_is_sealed_with_its_event_so_an_edited_spill_charges_nobody() {
+    let trail = Trail::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = trail.log().await.spilling_to(dir.path()).await.unwrap().0;
+    for caller in ["c1", "c2"] {
+        let event = AuditEvent {
+            caller_id: caller.into(),
+            unwritten_debit: 5,
+            ..event(0)
+        };
+        log.commit_spilled(event).await.unwrap();
+    }
+    drop(log);
+    // The last byte of the file is the second record's seal tag.
+    let path = dir.path().join("audit-spill.0");
+    let mut bytes = std::fs::read(&path).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let (_, debits) = trail.log().await.spilling_to(dir.path()).await.unwrap();
+    assert_eq!(
+        debits,
+        [SpilledDebit {
+            caller_id: "c1".into(),
+            credits: 5
+        }],
+        "the edited record charges nobody"
+    );
 }
 
 #[tokio::test(start_paused = true)]

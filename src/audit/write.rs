@@ -117,17 +117,20 @@ impl AuditLog {
                 )
                 .await?;
             last = Some(spilled.seq);
-            if spilled.debit > 0 {
-                // The block is the event the door sealed; one that does not open is
-                // reported by reads, and charges nobody.
-                match self.open_block(&spilled.seq.to_be_bytes(), &spilled.block) {
-                    Ok(events) => debits.extend(events.into_iter().map(|e| SpilledDebit {
-                        caller_id: e.caller_id,
-                        credits: spilled.debit,
-                    })),
-                    Err(error) => {
-                        tracing::error!(%error, seq = spilled.seq, "a spilled audit event does not open");
-                    }
+            // The debit is read from the sealed event; one that does not open is
+            // reported by reads, and charges nobody.
+            match self.open_block(&spilled.seq.to_be_bytes(), &spilled.block) {
+                Ok(events) => debits.extend(
+                    events
+                        .into_iter()
+                        .filter(|e| e.unwritten_debit > 0)
+                        .map(|e| SpilledDebit {
+                            caller_id: e.caller_id,
+                            credits: e.unwritten_debit,
+                        }),
+                ),
+                Err(error) => {
+                    tracing::error!(%error, seq = spilled.seq, "a spilled audit event does not open");
                 }
             }
         }
@@ -189,10 +192,11 @@ impl AuditLog {
         self.spill.is_some()
     }
 
-    /// A reveal's event with `audit.sync = "os"`: written to the spill file with the
-    /// `debit` its hand-out took (the store has both within a flush round); without a
-    /// spill, durable as [`AuditLog::commit_durable`] makes it.
-    pub async fn commit_spilled(&self, event: AuditEvent, debit: i64) -> Result<u64, AuditError> {
+    /// A reveal's event with `audit.sync = "os"`: written to the spill file, its
+    /// [`unwritten_debit`](AuditEvent::unwritten_debit) with it (the store has the event
+    /// and the debit within a flush round); without a spill, durable as
+    /// [`AuditLog::commit_durable`] makes it.
+    pub async fn commit_spilled(&self, event: AuditEvent) -> Result<u64, AuditError> {
         let Some(spill) = &self.spill else {
             return self.commit_durable(event).await;
         };
@@ -213,7 +217,7 @@ impl AuditLog {
             .map(|b| sealed::seal_raw(&self.sealer, Tree::Audit, &seq.to_be_bytes(), &b.bytes))
             .ok_or(AuditError::Unwritten)?
             .map_err(AuditError::from)?;
-        if let Err(error) = spill.append(seq, debit, &block) {
+        if let Err(error) = spill.append(seq, &block) {
             metrics::counter!("credvault_audit_write_failures_total").increment(1);
             tracing::error!(%error, "writing an audit event to the spill file failed");
             return Err(AuditError::Unwritten);

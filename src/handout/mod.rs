@@ -121,7 +121,8 @@ impl Door {
             // does not write another (a failure below is told by the error).
             call.mark_written();
             if spilled {
-                let spilled = self.audit.commit_spilled(event, charge.unwritten()).await;
+                event.unwritten_debit = charge.unwritten();
+                let spilled = self.audit.commit_spilled(event).await;
                 drop(gate);
                 spilled?;
             } else {

@@ -17,6 +17,7 @@ fn reveal(seq: u64, at_ms: i64) -> AuditEvent {
             0 => "k8s:jobs/renderer".into(),
             _ => String::new(),
         },
+        unwritten_debit: 0,
     }
 }
 
@@ -37,6 +38,8 @@ fn events_come_back_as_they_went_in() {
     events[9].node_id = "node-b".into();
     events[8].rpc = PACKAGE.into();
     events[6].secret_hashes = vec!["ABCD".into(), "".into(), "00ff".into(), "odd".into()];
+    // A reveal spilled under `audit.sync = "os"` carries its debit.
+    events[10].unwritten_debit = 3;
     let decoded = decode(&encode(&events)).unwrap();
     let mut expected = events.clone();
     // Hex hashes are listed before other text.
