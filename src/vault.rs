@@ -341,8 +341,13 @@ impl Vault {
                 .spilling_to(&settings.data_dir)
                 .await
                 .map_err(store_error)?;
-            // The spill keeps them until the first flush round covers it.
-            callers.take_spilled(&debits).await?;
+            // Flushed before the first call: a crash from here on finds the events
+            // stored and charges nothing again (the spill is only deleted by the first
+            // flush round).
+            if !debits.is_empty() {
+                callers.take_spilled(&debits).await?;
+                store.flush().await.map_err(store_error)?;
+            }
         }
         let audit = Arc::new(audit);
         // Hand-outs take their credits in memory; each group commit writes them.
