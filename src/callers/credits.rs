@@ -361,14 +361,8 @@ impl CallerService {
             }
             Some(Settled::Spent { .. } | Settled::Lost) => Ok(()),
             Some(Settled::Written) => {
-                self.modify_locked(&charge.caller_id, None, Vec::new(), |record| {
-                    let Some(credits) = record.credits.as_mut() else {
-                        return Ok(false);
-                    };
-                    credits.remaining = credits.remaining.saturating_add(charge.cost);
-                    Ok(true)
-                })
-                .await?;
+                self.add_to_balance_locked(&charge.caller_id, charge.cost)
+                    .await?;
                 Ok(())
             }
         }
@@ -393,16 +387,7 @@ impl CallerService {
         }
         for (id, sum) in owed {
             let _stripe = self.stripe(id).lock().await;
-            let taken = self
-                .modify_locked(id, None, Vec::new(), |record| {
-                    let Some(credits) = record.credits.as_mut() else {
-                        return Ok(false);
-                    };
-                    credits.remaining = (credits.remaining - sum).max(0);
-                    Ok(true)
-                })
-                .await;
-            match taken {
+            match self.add_to_balance_locked(id, -sum).await {
                 Ok(_) => {
                     tracing::warn!(caller = %id, credits = sum, "debits the store lost were taken again from the spill file")
                 }
@@ -411,6 +396,20 @@ impl CallerService {
             }
         }
         Ok(())
+    }
+
+    /// Adds `delta` credits to a metered caller's stored balance, never below zero (an
+    /// unmetered caller's is left as it is); its stripe lock held by the caller.
+    async fn add_to_balance_locked(&self, id: &str, delta: i64) -> Result<(), CallerError> {
+        self.modify_locked(id, None, Vec::new(), |record| {
+            let Some(credits) = record.credits.as_mut() else {
+                return Ok(false);
+            };
+            credits.remaining = credits.remaining.saturating_add(delta).max(0);
+            Ok(true)
+        })
+        .await
+        .map(|_| ())
     }
 
     pub(super) fn pending_debits(&self) -> MutexGuard<'_, Pending> {
