@@ -139,24 +139,45 @@ struct Rows {
     half_floor: Row,
     /// Store flushes timed while `half_floor` runs.
     floor_probe: Row,
+    /// `half_rate` again, in its probe's window.
+    half_beside: Row,
+    /// `half_floor` again, in its probe's window.
+    floor_beside: Row,
 }
 
 impl Rows {
+    /// One round of target 4: the half-rate lease load and its floor.
+    fn add_half(&mut self, lease: Paced, floor: Paced, base: f64) {
+        self.half_rate.add(lease.alone, base);
+        self.half_beside.add(lease.beside, base);
+        self.probe.add(lease.probe, base);
+        self.half_floor.add(floor.alone, base);
+        self.floor_beside.add(floor.beside, base);
+        self.floor_probe.add(floor.probe, base);
+    }
+
     /// Target 4 and its floor, from every round's latencies together.
     fn half_targets(&mut self) -> serde_json::Map<String, serde_json::Value> {
         let half = self.half_rate.all.percentile_ms(99);
         let floor = self.half_floor.all.percentile_ms(99);
+        let probe = self.probe.all.percentile_ms(99);
+        let floor_probe = self.floor_probe.all.percentile_ms(99);
         let mut targets = serde_json::Map::new();
         for (name, ratio) in [
-            (
-                "lease_half_p99_vs_flush_probe_p99",
-                half / self.probe.all.percentile_ms(99),
-            ),
+            ("lease_half_p99_vs_flush_probe_p99", half / probe),
             (
                 "reveal_then_call_half_p99_vs_its_flush_probe_p99",
-                floor / self.floor_probe.all.percentile_ms(99),
+                floor / floor_probe,
             ),
             ("lease_half_p99_vs_reveal_then_call_half_p99", half / floor),
+            (
+                "lease_half_beside_probe_p99_vs_flush_probe_p99",
+                self.half_beside.all.percentile_ms(99) / probe,
+            ),
+            (
+                "reveal_then_call_half_beside_probe_p99_vs_its_flush_probe_p99",
+                self.floor_beside.all.percentile_ms(99) / floor_probe,
+            ),
         ] {
             targets.insert(name.into(), round(ratio, 3).into());
         }
@@ -598,7 +619,7 @@ const RSS_LINE: &str = "RSS_100K_MIB ";
 const UNMETERED: &str = "CREDVAULT_BENCH_UNMETERED";
 
 /// Runs one load alone for 10 s (`reveal`, `reveal_os` (with `audit.sync = "os"`),
-/// `lease`, `whoami`, `whoami_jwt`, `masked`, `os_floor` (the masked read, then
+/// `lease`, `reveal_whoami` (the lease pair's floor), `whoami`, `whoami_jwt`, `masked`, `os_floor` (the masked read, then
 /// `OsFloor`'s write) or `check`), for a profiler; `pairs` the
 /// lease pair and its floors in interleaved rounds, for an A/B; `etcd` runs the etcd
 /// rounds alone, `sled` all but them (and the RSS run).
@@ -881,23 +902,36 @@ async fn flush_probe(store: std::sync::Arc<dyn credvault::store::Store>) -> Stat
     stats
 }
 
+/// A paced load's windows: alone, and again with the flush probe beside it.
+struct Paced {
+    /// The load alone (so that the probe's flushes do not weigh on its figures).
+    alone: Stats,
+    /// The same load in the probe's window.
+    beside: Stats,
+    /// The probe's flushes.
+    probe: Stats,
+}
+
 /// `call` paced at `per_task` calls/s per task, then the same load again with the flush
-/// probe beside it (apart, so that the probe's flushes do not weigh on the load's
-/// figures): the load's latencies and the probe's.
+/// probe beside it.
 async fn paced_with_probe<F, Fut>(
     channels: &[Channel],
     per_task: f64,
     store: &std::sync::Arc<dyn credvault::store::Store>,
     call: F,
-) -> (Stats, Stats)
+) -> Paced
 where
     F: Fn(Channel, u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<Duration, Status>> + Send,
 {
-    let paced = drive(channels, Some(per_task), call.clone()).await;
+    let alone = drive(channels, Some(per_task), call.clone()).await;
     let probing = tokio::spawn(flush_probe(store.clone()));
-    drive(channels, Some(per_task), call).await;
-    (paced, probing.await.unwrap())
+    let beside = drive(channels, Some(per_task), call).await;
+    Paced {
+        alone,
+        beside,
+        probe: probing.await.unwrap(),
+    }
 }
 
 /// A minimal tonic server answering health Check; `no_delay` as credvault sets it on
@@ -1101,27 +1135,29 @@ async fn run() {
             let peak = drive(&channels, None, lease(auth.clone())).await;
             let per_task = peak.rate() / 2.0 / (CONNECTIONS * IN_FLIGHT) as f64;
             let base = peak.rate();
-            let (mut half, mut probe) =
-                paced_with_probe(&channels, per_task, &store, lease(auth.clone())).await;
-            let (mut floor, mut floor_probe) =
+            let mut half = paced_with_probe(&channels, per_task, &store, lease(auth.clone())).await;
+            let mut floor =
                 paced_with_probe(&channels, per_task, &store, reveal_whoami(auth.clone())).await;
+            let probe = half.probe.percentile_ms(99);
+            let floor_probe = floor.probe.percentile_ms(99);
             println!(
-                "  round {round}: peak {:.0} pairs/s; half p99 {:.2} ms ×probe {:.2}; floor p99 {:.2} ms ×its probe {:.2}",
+                "  round {round}: peak {:.0} pairs/s; half p99 {:.2} ms ×probe {:.2} (beside it {:.2}); floor p99 {:.2} ms ×its probe {:.2} (beside it {:.2})",
                 peak.rate(),
-                half.percentile_ms(99),
-                half.percentile_ms(99) / probe.percentile_ms(99),
-                floor.percentile_ms(99),
-                floor.percentile_ms(99) / floor_probe.percentile_ms(99),
+                half.alone.percentile_ms(99),
+                half.alone.percentile_ms(99) / probe,
+                half.beside.percentile_ms(99) / probe,
+                floor.alone.percentile_ms(99),
+                floor.alone.percentile_ms(99) / floor_probe,
+                floor.beside.percentile_ms(99) / floor_probe,
             );
-            rows.half_rate.add(half, base);
-            rows.probe.add(probe, base);
-            rows.half_floor.add(floor, base);
-            rows.floor_probe.add(floor_probe, base);
+            rows.add_half(half, floor, base);
         }
         rows.half_rate.print("AcquireLease at half its peak rate");
+        rows.half_beside.print("  the same in the probe's window");
         rows.probe.print("  flush probe beside it");
         rows.half_floor
             .print("  floor: RevealAccount + GetCallerInfo at that rate");
+        rows.floor_beside.print("  the same in the probe's window");
         rows.floor_probe.print("  flush probe beside the floor");
         let targets = rows.half_targets();
         println!("  {}", serde_json::Value::Object(targets));
@@ -1144,6 +1180,7 @@ async fn run() {
                 "reveal" => drive(&channels, paced, reveal(auth.clone())).await,
                 "reveal_os" => drive(&os_channels, paced, reveal(os_sync.auth.clone())).await,
                 "lease" => drive(&channels, paced, lease(auth.clone())).await,
+                "reveal_whoami" => drive(&channels, paced, reveal_whoami(auth.clone())).await,
                 "whoami" => drive(&channels, paced, whoami(auth.clone())).await,
                 "whoami_jwt" => drive(&channels, paced, whoami(jwt.clone())).await,
                 "masked" => drive(&channels, paced, masked(auth.clone())).await,
@@ -1215,15 +1252,11 @@ async fn run() {
         // At half of this round's peak, each of the tasks paced (open loop).
         let per_task = pairs.rate() / 2.0 / (CONNECTIONS * IN_FLIGHT) as f64;
         rows.lease.add(pairs, base);
-        let (half, probe) =
-            paced_with_probe(&channels, per_task, &store, lease(auth.clone())).await;
-        rows.half_rate.add(half, base);
-        rows.probe.add(probe, base);
+        let half = paced_with_probe(&channels, per_task, &store, lease(auth.clone())).await;
         // Target 4's floor: what an acquire does at least, at the same rate.
-        let (floor, floor_probe) =
+        let floor =
             paced_with_probe(&channels, per_task, &store, reveal_whoami(auth.clone())).await;
-        rows.half_floor.add(floor, base);
-        rows.floor_probe.add(floor_probe, base);
+        rows.add_half(half, floor, base);
     }
     rows.baseline
         .print("baseline: minimal tonic server, unary Check");
@@ -1268,10 +1301,14 @@ async fn run() {
         2.0 * median(&rows.lease.ratios)
     );
     rows.half_rate.print("AcquireLease at half its peak rate");
+    rows.half_beside
+        .print("  the same again, in the flush probe's window");
     rows.probe
         .print("  floor: one store write + flush beside that load, every 5 ms (calls/s: probes)");
     rows.half_floor
         .print("  floor: RevealAccount of a pool account + GetCallerInfo at that rate");
+    rows.floor_beside
+        .print("    the same again, in its flush probe's window");
     rows.floor_probe
         .print("    the same probe beside that floor load");
 
@@ -1342,6 +1379,8 @@ async fn run() {
         ("flush_probe", &mut rows.probe),
         ("reveal_then_call_half", &mut rows.half_floor),
         ("flush_probe_floor", &mut rows.floor_probe),
+        ("lease_half_beside_probe", &mut rows.half_beside),
+        ("reveal_then_call_half_beside_probe", &mut rows.floor_beside),
     ] {
         loads.insert(name.into(), row.summary());
     }
