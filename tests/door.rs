@@ -168,3 +168,88 @@ async fn a_caller_disabled_since_it_authenticated_gets_nothing_through_the_door(
     assert_ne!(error.code(), Code::Ok);
     server.stop().await;
 }
+
+/// RevealAccount's outcomes in the trail, oldest first.
+async fn reveal_outcomes(server: &TestServer) -> Vec<String> {
+    let page = server
+        .audit(Auth::admin())
+        .await
+        .list_events(proto::ListEventsRequest {
+            rpc: "RevealAccount".into(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut outcomes: Vec<(u64, String)> = page
+        .events
+        .into_iter()
+        .map(|e| (e.seq, e.outcome))
+        .collect();
+    outcomes.sort();
+    outcomes.into_iter().map(|(_, outcome)| outcome).collect()
+}
+
+#[tokio::test]
+async fn with_sync_os_a_reveal_whose_event_cannot_be_spilled_hands_out_nothing_and_is_audited_as_failed()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(dir.path(), &support::new_key());
+    config.audit.sync = credvault::config::AuditSync::Os;
+    let server = TestServer::start_with(config).await;
+    server
+        .accounts()
+        .await
+        .create_account(leasable("job@example.com", "pw-123456", 2))
+        .await
+        .unwrap();
+    let terms = proto::UpdateCallerRequest {
+        add_credits: 10,
+        ..Default::default()
+    };
+    let (_, key) = support::pixverse_consumer(&server, "spill@example.com", SECRET, terms).await;
+    let mut credentials = server.credentials(Auth::api_key(&key, SECRET)).await;
+    let callers = server.callers(Auth::api_key(&key, SECRET)).await;
+    let balance = || {
+        let mut callers = callers.clone();
+        async move {
+            let me = callers
+                .get_caller_info(proto::GetCallerInfoRequest {})
+                .await;
+            me.unwrap().into_inner().balance
+        }
+    };
+
+    let before = balance().await;
+    credentials.reveal_account(reveal()).await.unwrap();
+    let after_one = balance().await;
+    assert!(
+        after_one < before,
+        "the reveal was charged: {before} → {after_one}"
+    );
+    let passed = server.door.passed();
+
+    // The spill's disk is full from now on: the event cannot reach the OS.
+    server.audit.fail_spill_appends();
+    let error = credentials.reveal_account(reveal()).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+    assert!(!error.message().contains("pw-123456"));
+    assert_eq!(server.door.passed(), passed, "nothing handed out");
+    assert_eq!(balance().await, after_one, "the charge was paid back");
+
+    // The trail has the first reveal handed out and the second refused, never two
+    // handed out (flush rounds run every 50 ms under "os").
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let outcomes = loop {
+        let outcomes = reveal_outcomes(&server).await;
+        if outcomes.len() >= 2 || std::time::Instant::now() > deadline {
+            break outcomes;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    assert_eq!(outcomes[0], "OK");
+    assert_ne!(outcomes[1], "OK", "{outcomes:?}");
+    server.stop().await;
+}

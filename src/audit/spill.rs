@@ -27,6 +27,8 @@ pub struct Spill {
     /// Set once a round could not write its events into the store: from then on no
     /// segment is deleted until the next start has put them back.
     keep: std::sync::atomic::AtomicBool,
+    /// Fault injection for tests: every append fails, as on a full disk.
+    full: std::sync::atomic::AtomicBool,
 }
 
 struct Segment {
@@ -60,12 +62,16 @@ impl Spill {
                 written: !numbers.is_empty(),
             }),
             keep: std::sync::atomic::AtomicBool::new(false),
+            full: std::sync::atomic::AtomicBool::new(false),
         };
         Ok((spill, left))
     }
 
     /// Appends one event's block, in one `write(2)`.
     pub fn append(&self, seq: u64, block: &[u8]) -> io::Result<()> {
+        if self.full.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(io::ErrorKind::StorageFull.into());
+        }
         let len = u32::try_from(block.len()).map_err(io::Error::other)?;
         let mut record = Vec::with_capacity(12 + block.len());
         record.extend_from_slice(&len.to_be_bytes());
@@ -91,6 +97,11 @@ impl Spill {
             written: false,
         };
         Ok(Some(next - 1))
+    }
+
+    /// Fault injection for tests: every later append fails as on a full disk.
+    pub fn fail_appends(&self) {
+        self.full.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Keeps every segment from now on (a round lost events the spill still holds).

@@ -395,3 +395,26 @@ async fn with_a_spill_and_nothing_spilled_other_events_are_still_written() {
     stop.send(true).unwrap();
     writer.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_event_the_spill_cannot_take_is_taken_back_and_never_stored() {
+    let trail = Trail::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(trail.log().await.spilling_to(dir.path()).await.unwrap().0);
+    assert_eq!(log.commit_spilled(event(0)).await.unwrap(), 1);
+    log.fail_spill_appends();
+    let refused = log.commit_spilled(event(1)).await;
+    assert!(matches!(refused, Err(AuditError::Unwritten)), "{refused:?}");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(log.clone().keep_written(stopped));
+    // The paused clock jumps ahead once every task waits: two rounds' worth.
+    tokio::time::sleep(write::SPILL_FLUSH_EVERY * 2).await;
+    assert_eq!(trail.stored_keys().await, [1], "one round wrote the queue");
+    assert_eq!(
+        all(&log).await,
+        [1],
+        "the refused hand-out's event (2) is not stored as handed out"
+    );
+    stop.send(true).unwrap();
+    writer.await.unwrap();
+}

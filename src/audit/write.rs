@@ -192,6 +192,15 @@ impl AuditLog {
         self.spill.is_some()
     }
 
+    /// Fault injection for tests: from now on the spill's appends fail as on a full
+    /// disk (nothing without a spill).
+    #[doc(hidden)]
+    pub fn fail_spill_appends(&self) {
+        if let Some(spill) = &self.spill {
+            spill.fail_appends();
+        }
+    }
+
     /// A reveal's event with `audit.sync = "os"`: written to the spill file, its
     /// [`unwritten_debit`](AuditEvent::unwritten_debit) with it (the store has the event
     /// and the debit within a flush round); without a spill, durable as
@@ -212,17 +221,40 @@ impl AuditLog {
             queue.events.push(event);
             (seq, encoded)
         };
-        let block = encoded
+        let spilled = encoded
             .first()
-            .map(|b| sealed::seal_raw(&self.sealer, Tree::Audit, &seq.to_be_bytes(), &b.bytes))
-            .ok_or(AuditError::Unwritten)?
-            .map_err(AuditError::from)?;
-        if let Err(error) = spill.append(seq, &block) {
+            .ok_or(AuditError::Unwritten)
+            .and_then(|b| {
+                sealed::seal_raw(&self.sealer, Tree::Audit, &seq.to_be_bytes(), &b.bytes)
+                    .map_err(AuditError::from)
+            })
+            .and_then(|block| {
+                spill.append(seq, &block).map_err(|error| {
+                    tracing::error!(%error, "writing an audit event to the spill file failed");
+                    AuditError::Unwritten
+                })
+            });
+        if let Err(error) = spilled {
             metrics::counter!("credvault_audit_write_failures_total").increment(1);
-            tracing::error!(%error, "writing an audit event to the spill file failed");
-            return Err(AuditError::Unwritten);
+            // Nothing is handed out: the event must not reach the store as handed out.
+            if !self.unqueue(seq) {
+                tracing::error!(
+                    seq,
+                    "the event of a hand-out refused for an unwritten spill was already \
+                     being stored; the call's failure is recorded after it"
+                );
+            }
+            return Err(error);
         }
         Ok(seq)
+    }
+
+    /// Takes back a queued event no flush round has taken yet; answers whether it was
+    /// still queued.
+    fn unqueue(&self, seq: u64) -> bool {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let at = queue.events.iter().rposition(|event| event.seq == seq);
+        at.map(|at| queue.events.remove(at)).is_some()
     }
 
     /// One flush round of `audit.sync = "os"`: the queued events and the debits written

@@ -118,12 +118,18 @@ impl Door {
         event.secret_hashes = secrets.iter().map(|s| self.audit.hash(s)).collect();
         let durable: Result<(), HandOutError> = async {
             // Whatever happens next, the call's event is this one: the call layer
-            // does not write another (a failure below is told by the error).
+            // does not write another (a failure below is told by the error), unless
+            // the event never reached the OS.
             call.mark_written();
             if spilled {
                 event.unwritten_debit = charge.unwritten();
                 let spilled = self.audit.commit_spilled(event).await;
                 drop(gate);
+                if spilled.is_err() {
+                    // Taken back from the trail's queue: the call layer records the
+                    // call's failure instead.
+                    call.reopen();
+                }
                 spilled?;
             } else {
                 self.audit.commit_durable(event).await?;

@@ -67,6 +67,8 @@ pub struct TestServer {
     pub metrics: Option<SocketAddr>,
     /// The door unmasked secrets leave through, to count what passed it.
     pub door: Arc<credvault::handout::Door>,
+    /// The audit trail, for its fault injection.
+    pub audit: Arc<credvault::audit::AuditLog>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -110,6 +112,7 @@ impl TestServer {
         let socket = listeners.socket_path().map(Path::to_owned);
         let (stop, stopped) = oneshot::channel();
         let door = vault.door.clone();
+        let audit = vault.audit.clone();
         let task = tokio::spawn(server::run(
             vault,
             listeners,
@@ -123,6 +126,7 @@ impl TestServer {
             socket,
             metrics,
             door,
+            audit,
             stop: Some(stop),
             task: Some(task),
         }
