@@ -21,18 +21,27 @@ fn reveal() -> proto::RevealAccountRequest {
     }
 }
 
-#[tokio::test]
-async fn every_secret_bearing_rpc_hands_out_through_the_door() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::at(START_MS);
-    let config = support::config(dir.path(), &support::new_key());
-    let server = TestServer::start_with_clock(config, Arc::new(clock.clone())).await;
+/// A server on `config` and `clock`, holding the leasable account job@example.com.
+async fn serving_job(
+    config: credvault::config::Config,
+    clock: Arc<dyn credvault::clock::Clock>,
+) -> TestServer {
+    let server = TestServer::start_with_clock(config, clock).await;
     server
         .accounts()
         .await
         .create_account(leasable("job@example.com", "pw-123456", 2))
         .await
         .unwrap();
+    server
+}
+
+#[tokio::test]
+async fn every_secret_bearing_rpc_hands_out_through_the_door() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(START_MS);
+    let config = support::config(dir.path(), &support::new_key());
+    let server = serving_job(config, Arc::new(clock.clone())).await;
     let (_, key) = support::unmetered_consumer(&server, "door@example.com", SECRET).await;
     let auth = || Auth::api_key(&key, SECRET);
     let mut credentials = server.credentials(auth()).await;
@@ -123,13 +132,8 @@ async fn every_secret_bearing_rpc_hands_out_through_the_door() {
 #[tokio::test]
 async fn a_caller_disabled_since_it_authenticated_gets_nothing_through_the_door() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), &support::new_key()).await;
-    server
-        .accounts()
-        .await
-        .create_account(leasable("job@example.com", "pw-123456", 2))
-        .await
-        .unwrap();
+    let config = support::config(dir.path(), &support::new_key());
+    let server = serving_job(config, Arc::new(credvault::clock::SystemClock)).await;
     let (id, _) = support::unmetered_consumer(&server, "late@example.com", SECRET).await;
     let mut admin = server.callers(Auth::admin()).await;
     admin
@@ -197,13 +201,7 @@ async fn with_sync_os_a_reveal_whose_event_cannot_be_spilled_hands_out_nothing_a
     let dir = tempfile::tempdir().unwrap();
     let mut config = support::config(dir.path(), &support::new_key());
     config.audit.sync = credvault::config::AuditSync::Os;
-    let server = TestServer::start_with(config).await;
-    server
-        .accounts()
-        .await
-        .create_account(leasable("job@example.com", "pw-123456", 2))
-        .await
-        .unwrap();
+    let server = serving_job(config, Arc::new(credvault::clock::SystemClock)).await;
     let terms = proto::UpdateCallerRequest {
         add_credits: 10,
         ..Default::default()
