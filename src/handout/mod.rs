@@ -107,7 +107,7 @@ impl Door {
         // A spilled hand-out's debit is not written before its event is (see
         // `CallerService::settle`): no settle runs from the charge until the event is
         // spilled.
-        let gate = if spilled {
+        let mut gate = if spilled {
             Some(credits.spill_gate().read().await)
         } else {
             None
@@ -124,10 +124,12 @@ impl Door {
             if spilled {
                 event.unwritten_debit = charge.unwritten();
                 let spilled = self.audit.commit_spilled(event).await;
-                drop(gate);
-                if spilled.is_err() {
+                if spilled.is_ok() {
+                    drop(gate.take());
+                } else {
                     // Taken back from the trail's queue: the call layer records the
-                    // call's failure instead.
+                    // call's failure instead. The gate stays held until the refund
+                    // below, so no settle writes this debit without its event.
                     call.reopen();
                 }
                 spilled?;
@@ -151,6 +153,7 @@ impl Door {
             if let Err(refund) = credits.refund(&charge).await {
                 tracing::error!(error = %refund, "refunding a failed hand-out failed");
             }
+            drop(gate);
             return Err(error);
         }
         self.passed
