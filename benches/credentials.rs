@@ -619,10 +619,11 @@ const RSS_LINE: &str = "RSS_100K_MIB ";
 const UNMETERED: &str = "CREDVAULT_BENCH_UNMETERED";
 
 /// Runs one load alone for 10 s (`reveal`, `reveal_os` (with `audit.sync = "os"`),
-/// `lease`, `reveal_whoami` (the lease pair's floor), `whoami`, `whoami_jwt`, `masked`, `os_floor` (the masked read, then
-/// `OsFloor`'s write) or `check`), for a profiler; `pairs` the
-/// lease pair and its floors in interleaved rounds, for an A/B; `etcd` runs the etcd
-/// rounds alone, `sled` all but them (and the RSS run).
+/// `lease`, `reveal_whoami` (the lease pair's floor), `whoami`, `whoami_jwt`, `masked`,
+/// `os_floor` (the masked read, then `OsFloor`'s write) or `check`), for a profiler;
+/// `pairs` the lease pair and its floors in interleaved rounds, for an A/B; `half`
+/// target 4 and its floor; `os` target 7 and its floor; `etcd` runs the etcd rounds
+/// alone, `sled` all but them (and the RSS run).
 const ONLY: &str = "CREDVAULT_BENCH_ONLY";
 
 /// RSS of a serving credvault with 100,000 accounts (in its own process): the one that
