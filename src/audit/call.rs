@@ -99,12 +99,6 @@ impl Call {
         self.shared.written.swap(true, Ordering::SeqCst)
     }
 
-    /// The event a hand-out wrote was taken back (it never reached the OS): the call
-    /// layer writes the call's own event after all.
-    pub fn reopen(&self) {
-        self.shared.written.store(false, Ordering::SeqCst);
-    }
-
     pub fn written(&self) -> bool {
         self.shared.written.load(Ordering::SeqCst)
     }

@@ -388,7 +388,7 @@ impl CallerService {
         for (id, sum) in owed {
             let _stripe = self.stripe(id).lock().await;
             match self.add_to_balance_locked(id, -sum).await {
-                Ok(_) => {
+                Ok(()) => {
                     tracing::warn!(caller = %id, credits = sum, "debits the store lost were taken again from the spill file")
                 }
                 Err(CallerError::NotFound(_)) => {}

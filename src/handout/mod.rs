@@ -117,23 +117,18 @@ impl Door {
         let mut event = call.event("OK");
         event.secret_hashes = secrets.iter().map(|s| self.audit.hash(s)).collect();
         let durable: Result<(), HandOutError> = async {
-            // Whatever happens next, the call's event is this one: the call layer
-            // does not write another (a failure below is told by the error), unless
-            // the event never reached the OS.
-            call.mark_written();
+            // Once the event is on its way, it is the call's: the call layer does not
+            // write another (a failure below is told by the error).
             if spilled {
                 event.unwritten_debit = charge.unwritten();
-                let spilled = self.audit.commit_spilled(event).await;
-                if spilled.is_ok() {
-                    drop(gate.take());
-                } else {
-                    // Taken back from the trail's queue: the call layer records the
-                    // call's failure instead. The gate stays held until the refund
-                    // below, so no settle writes this debit without its event.
-                    call.reopen();
-                }
-                spilled?;
+                // A spill that failed took its event back from the trail's queue: the
+                // call layer records the call's failure instead, and the gate stays
+                // held until the refund below, so no settle writes this debit.
+                self.audit.commit_spilled(event).await?;
+                call.mark_written();
+                drop(gate.take());
             } else {
+                call.mark_written();
                 self.audit.commit_durable(event).await?;
             }
             match charge.settled() {
